@@ -1,0 +1,113 @@
+//! RFC 9457 problem types answered by oncely. Each has a stable `type` URI; clients match
+//! on it (for instance, a retry client retries `request-in-progress` and nothing else).
+
+use serde_json::json;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProblemKind {
+    MissingKey,
+    InvalidKey,
+    KeyReused,
+    RequestInProgress,
+    StoreUnavailable,
+    BodyTooLarge,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    ResponseNotStored,
+}
+
+impl ProblemKind {
+    pub const ALL: [ProblemKind; 9] = [
+        ProblemKind::MissingKey,
+        ProblemKind::InvalidKey,
+        ProblemKind::KeyReused,
+        ProblemKind::RequestInProgress,
+        ProblemKind::StoreUnavailable,
+        ProblemKind::BodyTooLarge,
+        ProblemKind::UpstreamUnavailable,
+        ProblemKind::UpstreamTimeout,
+        ProblemKind::ResponseNotStored,
+    ];
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            ProblemKind::MissingKey => "missing-idempotency-key",
+            ProblemKind::InvalidKey => "invalid-idempotency-key",
+            ProblemKind::KeyReused => "idempotency-key-reused",
+            ProblemKind::RequestInProgress => "request-in-progress",
+            ProblemKind::StoreUnavailable => "idempotency-store-unavailable",
+            ProblemKind::BodyTooLarge => "request-body-too-large",
+            ProblemKind::UpstreamUnavailable => "upstream-unavailable",
+            ProblemKind::UpstreamTimeout => "upstream-timeout",
+            ProblemKind::ResponseNotStored => "response-not-stored",
+        }
+    }
+
+    pub fn type_uri(self) -> String {
+        format!("urn:oncely:problem:{}", self.slug())
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            ProblemKind::MissingKey => "This route requires an Idempotency-Key header",
+            ProblemKind::InvalidKey => "The Idempotency-Key header is not valid",
+            ProblemKind::KeyReused => {
+                "This Idempotency-Key was already used with a different request"
+            }
+            ProblemKind::RequestInProgress => {
+                "A request with this Idempotency-Key is still in progress"
+            }
+            ProblemKind::StoreUnavailable => "The idempotency store is unavailable",
+            ProblemKind::BodyTooLarge => "The request body is larger than this route buffers",
+            ProblemKind::UpstreamUnavailable => "The upstream service could not be reached",
+            ProblemKind::UpstreamTimeout => "The upstream service did not answer in time",
+            ProblemKind::ResponseNotStored => {
+                "The upstream answered but the response could not be stored"
+            }
+        }
+    }
+
+    /// The default status; `KeyReused` may be configured to 409 instead.
+    pub fn default_status(self) -> u16 {
+        match self {
+            ProblemKind::MissingKey | ProblemKind::InvalidKey => 400,
+            ProblemKind::KeyReused => 422,
+            ProblemKind::RequestInProgress => 409,
+            ProblemKind::StoreUnavailable => 503,
+            ProblemKind::BodyTooLarge => 413,
+            ProblemKind::UpstreamUnavailable | ProblemKind::ResponseNotStored => 502,
+            ProblemKind::UpstreamTimeout => 504,
+        }
+    }
+
+    /// The `application/problem+json` body.
+    pub fn body(self, status: u16, detail: &str) -> Vec<u8> {
+        let v = json!({
+            "type": self.type_uri(),
+            "title": self.title(),
+            "status": status,
+            "detail": detail,
+        });
+        // Serialising a map of strings and a number cannot fail.
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+}
+
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_problem_json() {
+        for kind in ProblemKind::ALL {
+            let body: serde_json::Value =
+                serde_json::from_slice(&kind.body(kind.default_status(), "why")).unwrap();
+            assert_eq!(body["type"], kind.type_uri());
+            assert_eq!(body["detail"], "why");
+            assert_eq!(body["status"], kind.default_status());
+            assert!(!body["title"].as_str().unwrap().is_empty());
+        }
+    }
+}

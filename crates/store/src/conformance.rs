@@ -1,0 +1,453 @@
+//! The conformance suite every [`IdempotencyStore`] backend must pass.
+//!
+//! A backend's test file calls [`conformance_tests!`](crate::conformance_tests) with a
+//! factory that builds a fresh, empty store on a given [`ManualClock`]; the macro expands to
+//! one `#[tokio::test]` per case so failures name the broken property.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use oncely_core::record::{self, ClaimRequest};
+use oncely_core::{
+    ClaimOutcome, Fingerprint, IdempotencyKey, LeaseToken, ManualClock, Record, RecordKey,
+    RecordState, Refusal, StoredResponse, Tenant, Timestamp,
+};
+use rand::{Rng, SeedableRng};
+
+use crate::{IdempotencyStore, StoreError};
+
+pub const LEASE: Duration = Duration::from_millis(100);
+pub const TTL: Duration = Duration::from_millis(500);
+const START: Timestamp = Timestamp(1_700_000_000_000);
+
+pub fn key(tenant: &str, k: &str) -> RecordKey {
+    RecordKey::new(
+        Tenant::from_header_value(tenant.as_bytes()),
+        "POST",
+        "/orders",
+        IdempotencyKey::new(k).expect("valid test key"),
+    )
+}
+
+pub fn fp(body: &[u8]) -> Fingerprint {
+    Fingerprint::compute("POST", "/orders", Some("application/json"), body)
+}
+
+pub fn response(body: impl Into<Bytes>) -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        headers: vec![
+            ("content-type".into(), b"application/json".to_vec()),
+            ("x-binary".into(), vec![0x80, 0xff, 0x00, b'a']),
+        ],
+        body: body.into(),
+    }
+}
+
+fn claimed(o: ClaimOutcome) -> LeaseToken {
+    match o {
+        ClaimOutcome::Claimed { token, .. } => token,
+        other => panic!("expected a won claim, got {other:?}"),
+    }
+}
+
+fn existing(o: ClaimOutcome) -> Record {
+    match o {
+        ClaimOutcome::Exists(r) => r,
+        other => panic!("expected an existing record, got {other:?}"),
+    }
+}
+
+/// Builds a fresh store for one test case.
+pub trait Factory<S> {
+    fn make(&self, clock: ManualClock) -> impl Future<Output = S>;
+}
+
+impl<S, F, Fut> Factory<S> for F
+where
+    F: Fn(ManualClock) -> Fut,
+    Fut: Future<Output = S>,
+{
+    fn make(&self, clock: ManualClock) -> impl Future<Output = S> {
+        self(clock)
+    }
+}
+
+async fn setup<S: IdempotencyStore, F: Factory<S>>(f: &F) -> (Arc<S>, ManualClock) {
+    let clock = ManualClock::new(START);
+    (Arc::new(f.make(clock.clone()).await), clock)
+}
+
+/// N tasks claim one key at once: exactly one wins.
+pub async fn one_winner_among_concurrent_claims<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+    let (store, _clock) = setup(f).await;
+    let k = key("t1", "race");
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (store, k) = (store.clone(), k.clone());
+        tasks.push(tokio::spawn(async move {
+            store.claim(&k, fp(b"{}"), LEASE, TTL).await
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        if let ClaimOutcome::Claimed { .. } = t.await.expect("task").expect("claim") {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1, "exactly one concurrent claim may win");
+}
+
+/// A duplicate sees the request in progress, then the stored response, byte for byte.
+pub async fn duplicate_sees_progress_then_replay<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+    let (store, clock) = setup(f).await;
+    let k = key("t1", "k1");
+    let token = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+    let r = existing(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+    assert!(matches!(r.state, RecordState::InProgress { token: t, .. } if t == token));
+    clock.advance(Duration::from_millis(10));
+    store
+        .complete(&k, token, response("first"), TTL)
+        .await
+        .unwrap();
+    let r = existing(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+    assert_eq!(
+        r.state,
+        RecordState::Completed {
+            response: response("first")
+        }
+    );
+    assert_eq!(r.fingerprint, fp(b"a"));
+    assert_eq!(r.created_at, START);
+    assert_eq!(
+        r.expires_at,
+        START.plus(Duration::from_millis(10)).plus(TTL)
+    );
+    // Long after the lease, a completed record is still replayed, never re-claimed.
+    clock.advance(LEASE * 3);
+    assert!(existing(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap()).is_completed());
+}
+
+/// Another fingerprint never claims, neither while in flight nor after the lease.
+pub async fn other_fingerprint_never_claims<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+    let (store, clock) = setup(f).await;
+    let k = key("t1", "k1");
+    claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+    assert_eq!(
+        existing(store.claim(&k, fp(b"b"), LEASE, TTL).await.unwrap()).fingerprint,
+        fp(b"a")
+    );
+    clock.advance(LEASE * 2);
+    assert_eq!(
+        existing(store.claim(&k, fp(b"b"), LEASE, TTL).await.unwrap()).fingerprint,
+        fp(b"a")
+    );
+}
+
+/// After the lease a takeover gets a new token; the old token is refused everywhere.
+pub async fn takeover_fences_stale_holder<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+    let (store, clock) = setup(f).await;
+    let k = key("t1", "k1");
+    let old = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+    clock.advance(LEASE - Duration::from_millis(1));
+    existing(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+    clock.advance(Duration::from_millis(1));
+    let new = match store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap() {
+        ClaimOutcome::Claimed {
+            token,
+            takeover,
+            lease_expires_at,
+        } => {
+            assert!(takeover, "a claim over an expired lease is a takeover");
+            assert_eq!(lease_expires_at, START.plus(LEASE).plus(LEASE));
+            token
+        }
+        other => panic!("expected takeover, got {other:?}"),
+    };
+    assert_ne!(old, new);
+    let refused = Err(StoreError::Refused(Refusal::StaleToken));
+    assert_eq!(
+        store.complete(&k, old, response("stale"), TTL).await,
+        refused
+    );
+    assert_eq!(store.release(&k, old).await, refused);
+    assert_eq!(store.renew(&k, old, LEASE).await.map(|_| ()), refused);
+    store.complete(&k, new, response("new"), TTL).await.unwrap();
+    let r = store.get(&k).await.unwrap().unwrap();
+    assert_eq!(
+        r.state,
+        RecordState::Completed {
+            response: response("new")
+        }
+    );
+    assert_eq!(
+        store.complete(&k, new, response("again"), TTL).await,
+        Err(StoreError::Refused(Refusal::AlreadyCompleted))
+    );
+}
+
+/// Release deletes the record: a retry claims again; the released token is dead.
+pub async fn release_frees_the_key<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+    let (store, _clock) = setup(f).await;
+    let k = key("t1", "k1");
+    let t1 = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+    store.release(&k, t1).await.unwrap();
+    assert_eq!(store.get(&k).await.unwrap(), None);
+    assert_eq!(
+        store.release(&k, t1).await,
+        Err(StoreError::Refused(Refusal::Missing))
+    );
+    // After a release any fingerprint may claim: nothing executed under the old one.
+    let t2 = claimed(store.claim(&k, fp(b"b"), LEASE, TTL).await.unwrap());
+    assert_eq!(
+        store.complete(&k, t1, response("x"), TTL).await,
+        Err(StoreError::Refused(Refusal::StaleToken))
+    );
+    store.complete(&k, t2, response("y"), TTL).await.unwrap();
+}
+
+/// Renewal extends the lease so a live holder is not taken over.
+pub async fn renew_extends_the_lease<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+    let (store, clock) = setup(f).await;
+    let k = key("t1", "k1");
+    let t = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+    clock.advance(LEASE / 2);
+    let until = store.renew(&k, t, LEASE).await.unwrap();
+    assert_eq!(until, START.plus(LEASE / 2).plus(LEASE));
+    clock.advance(LEASE / 2 + Duration::from_millis(10));
+    existing(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+    clock.advance(LEASE);
+    claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+}
+
+/// TTL expiry frees a key in any state, before any purge runs.
+pub async fn ttl_expiry_frees_the_key<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+    let (store, clock) = setup(f).await;
+    let k = key("t1", "k1");
+    let t = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+    store.complete(&k, t, response("done"), TTL).await.unwrap();
+    clock.advance(TTL - Duration::from_millis(1));
+    assert!(store.get(&k).await.unwrap().is_some());
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(store.get(&k).await.unwrap(), None);
+    // Expired: even another fingerprint claims, as a fresh record.
+    match store.claim(&k, fp(b"b"), LEASE, TTL).await.unwrap() {
+        ClaimOutcome::Claimed { takeover, .. } => assert!(!takeover),
+        other => panic!("expected a fresh claim, got {other:?}"),
+    }
+    assert_eq!(
+        store.get(&k).await.unwrap().unwrap().created_at,
+        clock_now(&clock)
+    );
+}
+
+fn clock_now(c: &ManualClock) -> Timestamp {
+    oncely_core::Clock::now(c)
+}
+
+/// Purge removes expired records in bounded batches and never touches live ones.
+pub async fn purge_in_batches<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+    let (store, clock) = setup(f).await;
+    for i in 0..25 {
+        let k = key("t1", &format!("old-{i}"));
+        let t = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+        if i % 2 == 0 {
+            store.complete(&k, t, response("x"), TTL).await.unwrap();
+        }
+    }
+    clock.advance(TTL);
+    let live = key("t1", "live");
+    claimed(store.claim(&live, fp(b"a"), LEASE, TTL).await.unwrap());
+    assert_eq!(store.purge_expired(10).await.unwrap(), 10);
+    assert_eq!(store.purge_expired(10).await.unwrap(), 10);
+    assert_eq!(store.purge_expired(10).await.unwrap(), 5);
+    assert_eq!(store.purge_expired(10).await.unwrap(), 0);
+    assert!(store.get(&live).await.unwrap().is_some());
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.in_progress, stats.completed), (1, 0));
+}
+
+/// Large and binary bodies come back byte for byte.
+pub async fn large_and_binary_bodies_round_trip<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+    let (store, _clock) = setup(f).await;
+    let big: Vec<u8> = (0..(1 << 20))
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let bodies = [
+        Bytes::from(big),
+        Bytes::from_static(&[0, 159, 146, 150, 0xff, 0]),
+        Bytes::new(),
+    ];
+    for (i, body) in bodies.into_iter().enumerate() {
+        let k = key("t1", &format!("body-{i}"));
+        let t = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+        store
+            .complete(&k, t, response(body.clone()), TTL)
+            .await
+            .unwrap();
+        let r = store.get(&k).await.unwrap().unwrap();
+        assert_eq!(
+            r.state,
+            RecordState::Completed {
+                response: response(body)
+            }
+        );
+    }
+}
+
+/// The same key in two scopes names two records.
+pub async fn scopes_are_isolated<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+    let (store, _clock) = setup(f).await;
+    let a = key("tenant-a", "shared");
+    let b = key("tenant-b", "shared");
+    let mut c = a.clone();
+    c.scope.route = "/payments".into();
+    let mut d = a.clone();
+    d.scope.method = "PATCH".into();
+    let ta = claimed(store.claim(&a, fp(b"a"), LEASE, TTL).await.unwrap());
+    for k in [&b, &c, &d] {
+        claimed(store.claim(k, fp(b"a"), LEASE, TTL).await.unwrap());
+    }
+    store
+        .complete(&a, ta, response("for a"), TTL)
+        .await
+        .unwrap();
+    assert!(!store.get(&b).await.unwrap().unwrap().is_completed());
+}
+
+/// A clock stepped backwards never frees a key early nor loses a completion.
+pub async fn clock_stepping_backwards_is_safe<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+    let (store, clock) = setup(f).await;
+    let k = key("t1", "k1");
+    let t = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+    clock.rewind(Duration::from_secs(3600));
+    existing(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+    store.complete(&k, t, response("done"), TTL).await.unwrap();
+    clock.advance(Duration::from_secs(3600));
+    assert!(store.get(&k).await.unwrap().unwrap().is_completed());
+}
+
+/// Random interleavings of every operation and of clock jumps, compared step by step with
+/// the pure transitions of `oncely_core::record`.
+pub async fn matches_the_model_under_random_operations<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+    for seed in 0..12u64 {
+        let (store, clock) = setup(f).await;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let keys = [key("t1", "a"), key("t1", "b"), key("t2", "a")];
+        let fps = [fp(b"x"), fp(b"y")];
+        let mut model: HashMap<RecordKey, Record> = HashMap::new();
+        let mut tokens: Vec<LeaseToken> = vec![LeaseToken(7)];
+        for step in 0..150 {
+            let k = &keys[rng.random_range(0..keys.len())];
+            let now = clock_now(&clock);
+            let ctx = format!("seed {seed} step {step}");
+            match rng.random_range(0..10) {
+                0..=2 => {
+                    let f = fps[rng.random_range(0..2)];
+                    let got = store.claim(k, f, LEASE, TTL).await.unwrap();
+                    let token = match &got {
+                        ClaimOutcome::Claimed { token, .. } => *token,
+                        ClaimOutcome::Exists(_) => LeaseToken(0),
+                    };
+                    let req = ClaimRequest {
+                        fingerprint: f,
+                        now,
+                        lease: LEASE,
+                        ttl: TTL,
+                        token,
+                    };
+                    let (write, want) = record::claim(model.get(k), &req);
+                    assert_eq!(got, want, "{ctx}: claim");
+                    if let Some(r) = write {
+                        model.insert(k.clone(), r);
+                        tokens.push(token);
+                    }
+                }
+                3 | 4 => {
+                    let t = tokens[rng.random_range(0..tokens.len())];
+                    let body = format!("r{step}");
+                    let got = store.complete(k, t, response(body.clone()), TTL).await;
+                    let want = record::complete(model.get(k), t, response(body), now, TTL);
+                    match want {
+                        Ok(r) => {
+                            assert_eq!(got, Ok(()), "{ctx}: complete");
+                            model.insert(k.clone(), r);
+                        }
+                        Err(e) => assert_eq!(got, Err(StoreError::Refused(e)), "{ctx}: complete"),
+                    }
+                }
+                5 => {
+                    let t = tokens[rng.random_range(0..tokens.len())];
+                    let got = store.release(k, t).await;
+                    match record::release(model.get(k), t, now) {
+                        Ok(()) => {
+                            assert_eq!(got, Ok(()), "{ctx}: release");
+                            model.remove(k);
+                        }
+                        Err(e) => assert_eq!(got, Err(StoreError::Refused(e)), "{ctx}: release"),
+                    }
+                }
+                6 => {
+                    let t = tokens[rng.random_range(0..tokens.len())];
+                    let got = store.renew(k, t, LEASE).await;
+                    match record::renew(model.get(k), t, now, LEASE) {
+                        Ok(r) => {
+                            assert_eq!(got, Ok(now.plus(LEASE)), "{ctx}: renew");
+                            model.insert(k.clone(), r);
+                        }
+                        Err(e) => assert_eq!(got, Err(StoreError::Refused(e)), "{ctx}: renew"),
+                    }
+                }
+                7 => {
+                    let got = store.get(k).await.unwrap();
+                    let want = model.get(k).filter(|r| !r.is_expired(now)).cloned();
+                    assert_eq!(got, want, "{ctx}: get");
+                }
+                8 => clock.advance(Duration::from_millis(rng.random_range(0..200))),
+                _ => {
+                    if rng.random_bool(0.2) {
+                        clock.rewind(Duration::from_millis(rng.random_range(0..150)));
+                    } else {
+                        let purged = store.purge_expired(100).await.unwrap();
+                        let before = model.len();
+                        model.retain(|_, r| !r.is_expired(now));
+                        assert_eq!(purged, (before - model.len()) as u64, "{ctx}: purge");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Expands to one test per conformance case for the store built by `$factory`, a
+/// `Fn(ManualClock) -> impl Future<Output = impl IdempotencyStore>`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@cases $factory;
+            one_winner_among_concurrent_claims,
+            duplicate_sees_progress_then_replay,
+            other_fingerprint_never_claims,
+            takeover_fences_stale_holder,
+            release_frees_the_key,
+            renew_extends_the_lease,
+            ttl_expiry_frees_the_key,
+            purge_in_batches,
+            large_and_binary_bodies_round_trip,
+            scopes_are_isolated,
+            clock_stepping_backwards_is_safe,
+            matches_the_model_under_random_operations,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::conformance::$case(&$factory).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,130 @@
+//! Where idempotency records live.
+//!
+//! [`IdempotencyStore`] is the one storage concern of the engine. Each engine implements it
+//! in its own crate (the in-memory backend lives here, for tests and embedding); every
+//! backend runs the shared [`conformance`] suite, which drives it through the transitions of
+//! [`oncely_core::record`] and compares it with that pure model.
+//!
+//! A store owns its clock: leases and TTLs are decided against the store's notion of now
+//! (the gateway's clock for SQLite and memory; a shared database may use its own), so callers
+//! pass durations, never instants.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use oncely_core::{
+    ClaimOutcome, Fingerprint, LeaseToken, Record, RecordKey, Refusal, StoredResponse, Timestamp,
+};
+
+mod memory;
+pub use memory::MemoryStore;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The transition was refused by the record's state; the store is healthy.
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// The store could not be reached or did not answer in time. The engine fails closed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be decoded.
+    #[error("store holds a corrupt record: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Counts reported by [`IdempotencyStore::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub in_progress: u64,
+    pub completed: u64,
+}
+
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Atomically claims `key` for a request with `fingerprint`: inserts an in-progress record
+    /// with a fresh lease token if there is no live record, takes over one whose lease has
+    /// expired if the fingerprint matches, and otherwise reports the live record.
+    async fn claim(
+        &self,
+        key: &RecordKey,
+        fingerprint: Fingerprint,
+        lease: Duration,
+        ttl: Duration,
+    ) -> StoreResult<ClaimOutcome>;
+
+    /// Stores the outcome; refused unless `token` is the current lease token.
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        token: LeaseToken,
+        response: StoredResponse,
+        ttl: Duration,
+    ) -> StoreResult<()>;
+
+    /// Deletes the record so a retry executes again; refused unless `token` is current.
+    async fn release(&self, key: &RecordKey, token: LeaseToken) -> StoreResult<()>;
+
+    /// Extends the lease of the current holder; returns the new lease expiry.
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> StoreResult<Timestamp>;
+
+    /// The live record for `key`, if any (expired records are absent even before purge).
+    async fn get(&self, key: &RecordKey) -> StoreResult<Option<Record>>;
+
+    /// Deletes up to `batch` expired records; returns how many were deleted.
+    async fn purge_expired(&self, batch: usize) -> StoreResult<u64>;
+
+    /// Live record counts.
+    async fn stats(&self) -> StoreResult<StoreStats>;
+}
+
+#[async_trait]
+impl<S: IdempotencyStore + ?Sized> IdempotencyStore for std::sync::Arc<S> {
+    async fn claim(
+        &self,
+        key: &RecordKey,
+        fingerprint: Fingerprint,
+        lease: Duration,
+        ttl: Duration,
+    ) -> StoreResult<ClaimOutcome> {
+        (**self).claim(key, fingerprint, lease, ttl).await
+    }
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        token: LeaseToken,
+        response: StoredResponse,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        (**self).complete(key, token, response, ttl).await
+    }
+    async fn release(&self, key: &RecordKey, token: LeaseToken) -> StoreResult<()> {
+        (**self).release(key, token).await
+    }
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> StoreResult<Timestamp> {
+        (**self).renew(key, token, lease).await
+    }
+    async fn get(&self, key: &RecordKey) -> StoreResult<Option<Record>> {
+        (**self).get(key).await
+    }
+    async fn purge_expired(&self, batch: usize) -> StoreResult<u64> {
+        (**self).purge_expired(batch).await
+    }
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        (**self).stats().await
+    }
+}
