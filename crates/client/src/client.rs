@@ -197,6 +197,8 @@ pub struct AttemptEvent<'a> {
     pub url: &'a str,
     /// The key the attempt carried.
     pub key: &'a str,
+    /// Where the key came from.
+    pub key_source: KeySource,
     /// The outcome.
     pub outcome: &'a Outcome,
     /// The transport error's message, if any.
@@ -598,6 +600,7 @@ impl Client {
                     method: &req.method,
                     url: &req.url,
                     key: &key,
+                    key_source,
                     outcome: &outcome,
                     error,
                     decision: &decision,
