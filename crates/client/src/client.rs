@@ -79,7 +79,7 @@ impl Request {
     }
 
     /// The method.
-    pub fn method_ref(&self) -> &Method {
+    pub fn method(&self) -> &Method {
         &self.method
     }
 
@@ -702,21 +702,14 @@ fn transport_kind(e: &reqwest::Error) -> TransportKind {
     }
 }
 
-/// reqwest's top-level messages are vague ("error sending request"); the innermost cause says
-/// what happened ("connection refused"). One line, innermost cause last.
+/// reqwest's top-level message ("error sending request for url (...)") repeats what the caller
+/// knows; the innermost cause says what happened ("Connection refused (os error 111)"). One line.
 fn error_chain(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(e);
-    let mut last = None;
     while let Some(s) = source {
-        last = Some(s.to_string());
+        msg = s.to_string();
         source = s.source();
-    }
-    if let Some(cause) = last {
-        if !msg.contains(&cause) {
-            msg.push_str(": ");
-            msg.push_str(&cause);
-        }
     }
     msg.replace('\n', " ")
 }

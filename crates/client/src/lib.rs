@@ -18,6 +18,28 @@
 //! - [`send`]: the `oncely send` command.
 //! - [`sim`]: a deterministic simulation of 1000 clients retrying through an outage.
 //!
+//! ```no_run
+//! use std::time::Duration;
+//! use oncely_client::{Client, Request};
+//!
+//! # async fn demo() -> Result<(), oncely_client::Error> {
+//! let client = Client::builder()
+//!     .max_attempts(5)
+//!     .deadline(Some(Duration::from_secs(30)))
+//!     .state_file("pending-keys.db") // optional: resume keys after a restart
+//!     .build()?;
+//! let resp = client
+//!     .send(
+//!         Request::post("http://localhost:8080/orders")
+//!             .operation("order-42") // names the logical request in the state file
+//!             .body(r#"{"sku":"tea","qty":2}"#),
+//!     )
+//!     .await?;
+//! println!("{} after {} attempt(s), key {}", resp.status, resp.attempts, resp.key);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! See `docs/retry-client.md` for the policies and the reasons behind them.
 
 pub mod backoff;

@@ -347,7 +347,7 @@ pub async fn run_with(args: SendArgs, io: Io) -> Exit {
         Err(e) => {
             let hint = match &e {
                 Error::GaveUp { key, .. } | Error::Transport { key, .. } => format!(
-                    "; the outcome is not known: re-run with --key {key}{} to retry safely",
+                    "; re-run with --key {key}{} to retry without risk of a duplicate",
                     if args.state.is_some() {
                         " (or the same --state)"
                     } else {

@@ -266,7 +266,8 @@ mod tests {
         assert_eq!(jitter.served, cfg.clients);
         assert!(jitter.peak_after_recovery * 4 < fixed.peak_after_recovery);
         // Never more than capacity plus a little: the herd is spread, not queued.
-        let capacity = cfg.capacity_per_tick * 10;
+        let ticks_per_bucket = (cfg.bucket.as_nanos() / cfg.tick.as_nanos()) as u32;
+        let capacity = cfg.capacity_per_tick * ticks_per_bucket;
         assert!(
             jitter.peak_after_recovery <= capacity,
             "{}",
