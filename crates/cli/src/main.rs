@@ -1,1 +1,65 @@
-fn main() {}
+//! The `oncely` command.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod demo;
+mod logging;
+mod serve;
+
+#[derive(Parser)]
+#[command(
+    name = "oncely",
+    version,
+    about = "Effectively-once writes: an Idempotency-Key gateway for any HTTP service"
+)]
+struct Cli {
+    #[command(flatten)]
+    log: logging::LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway in front of an upstream service.
+    Serve(serve::ServeArgs),
+    /// Start a small orders service behind the gateway and show what the gateway does.
+    Demo(demo::DemoArgs),
+    /// Measure the gateway against its upstream, side by side.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init(&cli.log) {
+        eprintln!("oncely: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("oncely: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("oncely: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

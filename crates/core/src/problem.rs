@@ -14,10 +14,11 @@ pub enum ProblemKind {
     UpstreamUnavailable,
     UpstreamTimeout,
     ResponseNotStored,
+    BodyUnreadable,
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 9] = [
+    pub const ALL: [ProblemKind; 10] = [
         ProblemKind::MissingKey,
         ProblemKind::InvalidKey,
         ProblemKind::KeyReused,
@@ -27,6 +28,7 @@ impl ProblemKind {
         ProblemKind::UpstreamUnavailable,
         ProblemKind::UpstreamTimeout,
         ProblemKind::ResponseNotStored,
+        ProblemKind::BodyUnreadable,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -40,6 +42,7 @@ impl ProblemKind {
             ProblemKind::UpstreamUnavailable => "upstream-unavailable",
             ProblemKind::UpstreamTimeout => "upstream-timeout",
             ProblemKind::ResponseNotStored => "response-not-stored",
+            ProblemKind::BodyUnreadable => "request-body-unreadable",
         }
     }
 
@@ -64,13 +67,14 @@ impl ProblemKind {
             ProblemKind::ResponseNotStored => {
                 "The upstream answered but the response could not be stored"
             }
+            ProblemKind::BodyUnreadable => "The request body could not be read",
         }
     }
 
     /// The default status; `KeyReused` may be configured to 409 instead.
     pub fn default_status(self) -> u16 {
         match self {
-            ProblemKind::MissingKey | ProblemKind::InvalidKey => 400,
+            ProblemKind::MissingKey | ProblemKind::InvalidKey | ProblemKind::BodyUnreadable => 400,
             ProblemKind::KeyReused => 422,
             ProblemKind::RequestInProgress => 409,
             ProblemKind::StoreUnavailable => 503,

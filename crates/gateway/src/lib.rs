@@ -1,1 +1,14 @@
+//! `oncely serve`: a reverse proxy that gives any HTTP service the idempotency contract.
+//!
+//! The gateway is the `oncely_http` layer wrapped around [`forward::Forwarder`], a hyper
+//! client pointed at one upstream. This crate adds what a process needs around it: the
+//! configuration file, the store URL, the listener with graceful shutdown, and the purge of
+//! expired records.
 
+pub mod config;
+pub mod forward;
+pub mod server;
+pub mod store_url;
+
+pub use config::{Config, ConfigError};
+pub use server::{Gateway, RunningGateway};

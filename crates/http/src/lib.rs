@@ -1,1 +1,27 @@
+//! The oncely idempotency engine over HTTP values, and the tower layer that carries it.
+//!
+//! The gateway (`oncely serve`) is this layer wrapped around a forwarding service; a Rust
+//! service can wrap the same layer around its own handlers. Either way one code path decides
+//! every answer of the contract (docs/contract.md): the pure decisions come from
+//! `oncely_core`, records from an `oncely_store::IdempotencyStore`.
 
+pub mod body;
+mod engine;
+pub mod headers;
+mod layer;
+pub mod policy;
+pub mod problem;
+mod wait;
+
+pub use body::{BoxBody, BoxError};
+pub use engine::{Engine, Forward, Outcome, OutcomeObserver, UpstreamError, UpstreamErrorKind};
+pub use layer::{IdempotencyLayer, IdempotencyService};
+pub use policy::{
+    InFlightMode, KeyRequirement, PathPattern, Route, RoutePolicy, Routes, StoreFailureMode,
+    TenantSource, UnknownOutcomePolicy,
+};
+
+/// The header that names the key, in lower case as `http` stores names.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Marks a response that was replayed from the store rather than produced now.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";

@@ -1,0 +1,37 @@
+//! Log output: human text by default, JSON lines on request; levels by flag or `RUST_LOG`.
+
+use clap::{Args, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Args)]
+pub struct LogArgs {
+    /// Log level or filter (e.g. `info`, `oncely_http=debug`); `RUST_LOG` is used if unset.
+    #[arg(long, global = true, env = "ONCELY_LOG")]
+    pub log_level: Option<String>,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn init(args: &LogArgs) -> Result<(), String> {
+    let filter = match &args.log_level {
+        Some(level) => {
+            EnvFilter::try_new(level).map_err(|e| format!("--log-level `{level}`: {e}"))?
+        }
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match args.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| format!("cannot set up logging: {e}"))
+}

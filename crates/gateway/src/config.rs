@@ -1,0 +1,544 @@
+//! `oncely.toml`: the gateway's settings and its routes. See docs/configuration.md.
+//!
+//! Parsing is strict (unknown fields are errors, so a typo never silently disables
+//! protection) and every error names the field and the file.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method, StatusCode};
+use oncely_core::StatusPolicy;
+use oncely_http::{
+    InFlightMode, KeyRequirement, PathPattern, Route, RoutePolicy, Routes, StoreFailureMode,
+    TenantSource, UnknownOutcomePolicy,
+};
+use serde::Deserialize;
+
+use crate::store_url::StoreUrl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything the gateway needs to run, after defaults and command-line overrides.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Required before the gateway starts; from the file or the command line.
+    pub upstream: Option<http::Uri>,
+    pub store: StoreUrl,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub purge_interval: Duration,
+    pub purge_batch: usize,
+    pub routes: Routes,
+}
+
+impl Config {
+    /// The defaults without a config file: POST and PATCH are keyed when a key is sent.
+    pub fn new(listen: SocketAddr, upstream: Option<http::Uri>, store: StoreUrl) -> Self {
+        Config {
+            listen,
+            upstream,
+            store,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            purge_interval: Duration::from_secs(60),
+            purge_batch: 1000,
+            routes: Routes::keyed_post_and_patch(RoutePolicy::default()),
+        }
+    }
+
+    /// Reads a config file. Server settings missing from the file keep the values already
+    /// in `self`.
+    pub fn load_file(self, path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.apply_toml(&text)
+            .map_err(|message| ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            })
+    }
+
+    /// Applies the text of a config file.
+    pub fn apply_toml(mut self, text: &str) -> Result<Config, String> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(s) = file.server {
+            if let Some(v) = s.listen {
+                self.listen = v.parse().map_err(|_| {
+                    format!("server.listen: `{v}` is not an address like 127.0.0.1:8080")
+                })?;
+            }
+            if let Some(v) = s.upstream {
+                self.upstream =
+                    Some(parse_upstream(&v).map_err(|e| format!("server.upstream: {e}"))?);
+            }
+            if let Some(v) = s.store {
+                self.store = StoreUrl::parse(&v).map_err(|e| format!("server.store: {e}"))?;
+            }
+            if let Some(v) = s.connect_timeout {
+                self.connect_timeout =
+                    parse_duration(&v).map_err(|e| format!("server.connect_timeout: {e}"))?;
+            }
+            if let Some(v) = s.response_timeout {
+                self.response_timeout =
+                    parse_duration(&v).map_err(|e| format!("server.response_timeout: {e}"))?;
+            }
+            if let Some(v) = s.shutdown_grace {
+                self.shutdown_grace =
+                    parse_duration(&v).map_err(|e| format!("server.shutdown_grace: {e}"))?;
+            }
+            if let Some(v) = s.purge_interval {
+                self.purge_interval =
+                    parse_duration(&v).map_err(|e| format!("server.purge_interval: {e}"))?;
+            }
+            if let Some(v) = s.purge_batch {
+                self.purge_batch = v.max(1);
+            }
+        }
+        if file.defaults.as_ref().is_some_and(|d| d.path.is_some()) {
+            return Err("defaults.path: `path` belongs in a [[routes]] entry".into());
+        }
+        let defaults = match &file.defaults {
+            Some(d) => d
+                .apply(RoutePolicy::default())
+                .map_err(|e| format!("defaults.{e}"))?,
+            None => RoutePolicy::default(),
+        };
+        let fallback_methods = match file.defaults.as_ref().and_then(|d| d.methods.clone()) {
+            Some(ms) => parse_methods(&ms).map_err(|e| format!("defaults.methods: {e}"))?,
+            None => vec![Method::POST, Method::PATCH],
+        };
+        let mut routes = Vec::new();
+        for (i, r) in file.routes.unwrap_or_default().into_iter().enumerate() {
+            let at = |e: String| format!("routes[{i}].{e}");
+            let Some(path) = &r.path else {
+                return Err(at(
+                    "path: every route needs a path, e.g. path = \"/orders\"".into(),
+                ));
+            };
+            let path = PathPattern::parse(path).map_err(|e| at(format!("path: {e}")))?;
+            let methods = parse_methods(r.methods.as_deref().unwrap_or(&[]))
+                .map_err(|e| at(format!("methods: {e}")))?;
+            let policy = r.apply(defaults.clone()).map_err(at)?;
+            routes.push(Route {
+                methods,
+                path,
+                policy: Arc::new(policy),
+            });
+        }
+        self.routes = Routes {
+            routes,
+            fallback: Some(Arc::new(defaults)),
+            fallback_methods,
+        };
+        Ok(self)
+    }
+
+    /// Checks settings that only make sense together; returns warnings worth logging.
+    pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        let policies = self
+            .routes
+            .routes
+            .iter()
+            .map(|r| (r.path.as_str().to_owned(), r.policy.clone()))
+            .chain(
+                self.routes
+                    .fallback
+                    .iter()
+                    .map(|p| ("defaults".to_owned(), p.clone())),
+            );
+        for (name, p) in policies {
+            if p.lease.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}: lease must be longer than 0"
+                )));
+            }
+            if p.ttl < p.lease {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}: ttl ({:?}) is shorter than the lease ({:?}); a record would vanish while held",
+                    p.ttl, p.lease
+                )));
+            }
+            if !p.renew_lease && p.lease < self.response_timeout {
+                warnings.push(format!(
+                    "{name}: the lease ({:?}) is shorter than the response timeout ({:?}) and is not renewed: \
+                     a slow upstream call can be taken over and run twice",
+                    p.lease, self.response_timeout
+                ));
+            }
+        }
+        Ok(warnings)
+    }
+}
+
+/// An upstream URL: `http://host:port` with an optional path prefix.
+pub fn parse_upstream(s: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(format!("`{s}`: https upstreams are not supported yet; use http (for example on a private network or a sidecar)")),
+        _ => return Err(format!("`{s}` must start with http://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("`{s}` has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{s}`: an upstream URL cannot carry a query"));
+    }
+    Ok(uri)
+}
+
+/// `300ms`, `2s`, `5m`, `24h`, `7d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (use e.g. 300ms, 30s, 5m, 24h, 7d)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        other => {
+            return Err(format!(
+                "`{s}`: unknown unit `{other}` (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 10.0 * 365.0 * 86400.0 {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `1048576`, `512KiB`, `1MiB`, `2MB`, `1GiB`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (use e.g. 65536, 512KiB, 1MiB)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "`{s}`: unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn parse_methods(ms: &[String]) -> Result<Vec<Method>, String> {
+    ms.iter()
+        .map(|m| {
+            let up = m.trim().to_ascii_uppercase();
+            Method::from_bytes(up.as_bytes()).map_err(|_| format!("`{m}` is not an HTTP method"))
+        })
+        .collect()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    server: Option<ServerSection>,
+    defaults: Option<PolicySection>,
+    routes: Option<Vec<PolicySection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    listen: Option<String>,
+    upstream: Option<String>,
+    store: Option<String>,
+    connect_timeout: Option<String>,
+    response_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+    purge_interval: Option<String>,
+    purge_batch: Option<usize>,
+}
+
+/// `[defaults]` and each `[[routes]]` entry: the same policy fields, plus the route's path.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicySection {
+    /// Routes only: the path pattern.
+    path: Option<String>,
+    key: Option<String>,
+    ttl: Option<String>,
+    lease: Option<String>,
+    renew_lease: Option<bool>,
+    tenant: Option<String>,
+    in_flight: Option<String>,
+    max_wait: Option<String>,
+    retry_after: Option<String>,
+    mismatch_status: Option<u16>,
+    stored_statuses: Option<Vec<String>>,
+    max_body: Option<String>,
+    max_response: Option<String>,
+    unknown_outcome: Option<String>,
+    store_unavailable: Option<String>,
+    /// In a route: the methods it matches (all if absent). In `[defaults]`: the methods keyed
+    /// when no route matches.
+    methods: Option<Vec<String>>,
+}
+
+impl PolicySection {
+    fn apply(&self, mut p: RoutePolicy) -> Result<RoutePolicy, String> {
+        if let Some(v) = &self.key {
+            p.key = match v.as_str() {
+                "required" => KeyRequirement::Required,
+                "optional" => KeyRequirement::Optional,
+                "ignored" | "off" => KeyRequirement::Ignored,
+                _ => {
+                    return Err(format!(
+                        "key: `{v}` is not one of required, optional, ignored"
+                    ))
+                }
+            };
+        }
+        if let Some(v) = &self.ttl {
+            p.ttl = parse_duration(v).map_err(|e| format!("ttl: {e}"))?;
+        }
+        if let Some(v) = &self.lease {
+            p.lease = parse_duration(v).map_err(|e| format!("lease: {e}"))?;
+        }
+        if let Some(v) = self.renew_lease {
+            p.renew_lease = v;
+        }
+        if let Some(v) = &self.tenant {
+            p.tenant = match v.as_str() {
+                "authorization" => TenantSource::Authorization,
+                "anonymous" | "none" => TenantSource::Anonymous,
+                other => match other.strip_prefix("header:") {
+                    Some(h) => TenantSource::Header(
+                        HeaderName::from_bytes(h.trim().as_bytes())
+                            .map_err(|_| format!("tenant: `{h}` is not a header name"))?,
+                    ),
+                    None => {
+                        return Err(format!(
+                            "tenant: `{v}` is not one of authorization, anonymous, header:NAME"
+                        ))
+                    }
+                },
+            };
+        }
+        let max_wait = match &self.max_wait {
+            Some(v) => Some(parse_duration(v).map_err(|e| format!("max_wait: {e}"))?),
+            None => None,
+        };
+        match (self.in_flight.as_deref(), max_wait) {
+            (Some("reject"), _) => p.in_flight = InFlightMode::Reject,
+            (Some("wait"), w) => {
+                p.in_flight = InFlightMode::Wait {
+                    max_wait: w.unwrap_or(Duration::from_secs(10)),
+                }
+            }
+            (Some(other), _) => {
+                return Err(format!("in_flight: `{other}` is not one of reject, wait"))
+            }
+            (None, Some(w)) => {
+                if let InFlightMode::Wait { .. } = p.in_flight {
+                    p.in_flight = InFlightMode::Wait { max_wait: w };
+                }
+            }
+            (None, None) => {}
+        }
+        if let Some(v) = &self.retry_after {
+            p.retry_after = parse_duration(v).map_err(|e| format!("retry_after: {e}"))?;
+        }
+        if let Some(v) = self.mismatch_status {
+            if v != 409 && v != 422 {
+                return Err(format!("mismatch_status: {v} is not 422 or 409"));
+            }
+            p.mismatch_status =
+                StatusCode::from_u16(v).map_err(|e| format!("mismatch_status: {e}"))?;
+        }
+        if let Some(v) = &self.stored_statuses {
+            p.stored_statuses =
+                StatusPolicy::parse(v).map_err(|e| format!("stored_statuses: {e}"))?;
+        }
+        if let Some(v) = &self.max_body {
+            p.max_body = parse_size(v).map_err(|e| format!("max_body: {e}"))?;
+        }
+        if let Some(v) = &self.max_response {
+            p.max_response = parse_size(v).map_err(|e| format!("max_response: {e}"))?;
+        }
+        if let Some(v) = &self.unknown_outcome {
+            p.unknown_outcome = match v.as_str() {
+                "hold" => UnknownOutcomePolicy::Hold,
+                "release" => UnknownOutcomePolicy::Release,
+                _ => {
+                    return Err(format!(
+                        "unknown_outcome: `{v}` is not one of hold, release"
+                    ))
+                }
+            };
+        }
+        if let Some(v) = &self.store_unavailable {
+            p.store_failure = match v.as_str() {
+                "fail-closed" => StoreFailureMode::FailClosed,
+                "fail-open" => StoreFailureMode::FailOpen,
+                _ => {
+                    return Err(format!(
+                        "store_unavailable: `{v}` is not one of fail-closed, fail-open"
+                    ))
+                }
+            };
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Config {
+        Config::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Some("http://127.0.0.1:1".parse().unwrap()),
+            StoreUrl::Memory,
+        )
+    }
+
+    #[test]
+    fn parses_a_full_file() {
+        let c = base()
+            .apply_toml(
+                r#"
+                [server]
+                listen = "127.0.0.1:9000"
+                upstream = "http://127.0.0.1:3000"
+                store = "sqlite://x.db"
+                response_timeout = "5s"
+
+                [defaults]
+                ttl = "1h"
+                tenant = "header:X-Tenant"
+                methods = ["post"]
+
+                [[routes]]
+                path = "/orders"
+                methods = ["POST"]
+                key = "required"
+                in_flight = "wait"
+                max_wait = "2s"
+                mismatch_status = 409
+                stored_statuses = ["2xx"]
+                max_body = "64KiB"
+
+                [[routes]]
+                path = "/health"
+                key = "ignored"
+                "#,
+            )
+            .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.response_timeout, Duration::from_secs(5));
+        let p = c.routes.policy_for(&Method::POST, "/orders").unwrap();
+        assert_eq!(p.key, KeyRequirement::Required);
+        assert_eq!(
+            p.in_flight,
+            InFlightMode::Wait {
+                max_wait: Duration::from_secs(2)
+            }
+        );
+        assert_eq!(p.mismatch_status, StatusCode::CONFLICT);
+        assert_eq!(p.max_body, 64 << 10);
+        assert_eq!(
+            p.ttl,
+            Duration::from_secs(3600),
+            "routes inherit the defaults"
+        );
+        assert!(!p.stored_statuses.is_stored(404));
+        assert!(c.routes.policy_for(&Method::POST, "/health").is_none());
+        assert!(
+            c.routes.policy_for(&Method::PATCH, "/other").is_none(),
+            "defaults.methods = [POST]"
+        );
+        assert_eq!(
+            c.routes.policy_for(&Method::POST, "/other").unwrap().key,
+            KeyRequirement::Optional
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = base()
+            .apply_toml("[defaults]\nttl = \"5 parsecs\"")
+            .unwrap_err();
+        assert!(e.contains("defaults.ttl"), "{e}");
+        let e = base()
+            .apply_toml("[[routes]]\npath = \"/a\"\nkey = \"maybe\"")
+            .unwrap_err();
+        assert!(e.contains("routes[0].key"), "{e}");
+        let e = base().apply_toml("[defaults]\ntll = \"1h\"").unwrap_err();
+        assert!(e.contains("tll"), "unknown fields are refused: {e}");
+        let e = base()
+            .apply_toml("[server]\nupstream = \"https://x\"")
+            .unwrap_err();
+        assert!(e.contains("https"), "{e}");
+    }
+
+    #[test]
+    fn validation_catches_contradictions() {
+        let c = base()
+            .apply_toml("[defaults]\nttl = \"1s\"\nlease = \"5s\"")
+            .unwrap();
+        assert!(c.validate().is_err());
+        let c = base()
+            .apply_toml("[defaults]\nlease = \"1s\"\nrenew_lease = false")
+            .unwrap();
+        assert_eq!(c.validate().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("300ms").unwrap(), Duration::from_millis(300));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert!(
+            parse_duration("x").is_err()
+                && parse_duration("5y").is_err()
+                && parse_duration("").is_err()
+        );
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("2MB").unwrap(), 2_000_000);
+        assert!(parse_size("1TiB").is_err() && parse_size("-1").is_err());
+    }
+}

@@ -1,0 +1,215 @@
+//! The listener: accepts connections, serves each through the engine, purges expired
+//! records, and shuts down gracefully.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use oncely_core::{Clock, SystemClock};
+use oncely_http::{Engine, IdempotencyLayer};
+use oncely_store::IdempotencyStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::config::Config;
+use crate::forward::{ClientAddr, Forwarder};
+
+pub struct Gateway {
+    config: Config,
+    store: Arc<dyn IdempotencyStore>,
+    clock: Arc<dyn Clock>,
+}
+
+/// A gateway serving in the background; dropped or shut down, it stops.
+pub struct RunningGateway {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    engine: Arc<Engine>,
+}
+
+impl Gateway {
+    /// Opens the store named by the config.
+    pub fn open(config: Config) -> Result<Gateway, String> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = config
+            .store
+            .open(clock.clone())
+            .map_err(|e| format!("cannot open the store: {e}"))?;
+        Ok(Gateway {
+            config,
+            store,
+            clock,
+        })
+    }
+
+    /// Uses a given store and clock (tests, embedding).
+    pub fn with_store(
+        config: Config,
+        store: Arc<dyn IdempotencyStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Gateway {
+        Gateway {
+            config,
+            store,
+            clock,
+        }
+    }
+
+    /// Binds the listener and serves in a background task.
+    pub async fn start(self) -> Result<RunningGateway, String> {
+        let listener = TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", self.config.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let upstream = self.config.upstream.clone().ok_or(
+            "no upstream: pass --upstream http://HOST:PORT (or set server.upstream in the config)",
+        )?;
+        let forwarder = Forwarder::new(
+            upstream,
+            self.config.connect_timeout,
+            self.config.response_timeout,
+        )?;
+        let engine = Arc::new(Engine::new(
+            self.store.clone(),
+            self.clock.clone(),
+            self.config.routes.clone(),
+        ));
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, forwarder, engine.clone(), self.config, rx));
+        Ok(RunningGateway {
+            addr,
+            shutdown: tx,
+            task,
+            engine,
+        })
+    }
+}
+
+impl RunningGateway {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to the grace period), and returns
+    /// when everything is closed.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Serves until `signal` resolves, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        self.shutdown().await;
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    forwarder: Forwarder,
+    engine: Arc<Engine>,
+    config: Config,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = IdempotencyLayer::new(engine.clone()).layer(forwarder);
+    let graceful = GracefulShutdown::new();
+    let purger = tokio::spawn(purge_loop(
+        engine.clone(),
+        config.purge_interval,
+        config.purge_batch,
+    ));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = service.clone();
+        let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ClientAddr(peer));
+            let mut svc = svc.clone();
+            async move {
+                Ok::<_, Infallible>(svc.call(req).await.unwrap_or_else(|never| match never {}))
+            }
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), hyper_svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    purger.abort();
+    let grace = config.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "connections still open after the grace period; closing them"
+        );
+    }
+    // Executions continue after their client left; give them the rest of the grace period.
+    if !engine.drain(grace).await {
+        tracing::warn!(
+            "executions still running at shutdown; their keys stay held until their leases end"
+        );
+    }
+}
+
+async fn purge_loop(engine: Arc<Engine>, every: Duration, batch: usize) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut total = 0;
+        // Small batches keep each write transaction short, so the hot path never waits long.
+        loop {
+            match engine.store().purge_expired(batch).await {
+                Ok(n) => {
+                    total += n;
+                    if (n as usize) < batch {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging expired records failed");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!(purged = total, "expired idempotency records purged");
+        }
+    }
+}

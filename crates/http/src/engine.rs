@@ -1,0 +1,665 @@
+//! The engine: one request through the contract.
+//!
+//! ```text
+//! route? --no--> pass through (streamed)
+//!   key? --absent--> 400 (required) / pass through (optional)
+//!   key valid? --no--> 400 invalid-idempotency-key
+//!   body within limit? --no--> 413
+//!   claim(scope, key, fingerprint)
+//!     store down          -> 503 (fail closed) / pass through (fail open)
+//!     claimed             -> execute in a task of its own, then complete or release
+//!     exists, other fp    -> 422 (or 409)
+//!     exists, completed   -> replay + Idempotent-Replayed: true
+//!     exists, in flight   -> 409 + Retry-After, or wait (bounded) and replay
+//! ```
+//!
+//! Execution runs in a spawned task so that a client hanging up mid-request does not cancel
+//! the upstream call half way: the outcome is still stored and the client's retry replays it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use oncely_core::record::{decide_existing, ExistingDecision};
+use oncely_core::{
+    parse_idempotency_key, ClaimOutcome, Clock, Fingerprint, IdempotencyKey, KeyError, LeaseToken,
+    ProblemKind, RecordKey, Refusal, StoredResponse,
+};
+use oncely_store::{IdempotencyStore, StoreError};
+use tokio_util::task::TaskTracker;
+
+/// The one call to the wrapped service, boxed so the engine is not generic over it.
+pub type Forward = Box<dyn FnOnce(Request<BoxBody>) -> ForwardFuture + Send>;
+pub type ForwardFuture =
+    Pin<Box<dyn Future<Output = Result<Response<BoxBody>, BoxError>> + Send + 'static>>;
+
+use crate::body::{buffer, full, BoxBody, BoxError, Buffered, Prefixed};
+use crate::policy::{
+    InFlightMode, KeyRequirement, RoutePolicy, Routes, StoreFailureMode, UnknownOutcomePolicy,
+};
+use crate::problem::{problem, problem_default, with_retry_after};
+use crate::wait::Waiters;
+use crate::{headers, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+
+/// What happened to one request; reported to the [`OutcomeObserver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Claimed, forwarded, and the response stored.
+    Executed,
+    /// Answered from the store.
+    Replayed,
+    /// A duplicate that waited for the first request and was then replayed.
+    WaitedThenReplayed,
+    /// 409 `request-in-progress`.
+    InFlightRejected,
+    /// 422/409 `idempotency-key-reused`.
+    Mismatch,
+    MissingKey,
+    InvalidKey,
+    BodyTooLarge,
+    /// The upstream answered a status that is not stored (5xx, 408, 429...): key released.
+    Released,
+    /// The upstream may or may not have acted (timeout or reset after sending).
+    UnknownOutcome,
+    /// The upstream could not be reached before anything was sent: key released.
+    UpstreamUnreachable,
+    StoreUnavailable,
+    /// Not a keyed request (or fail-open): forwarded untouched.
+    PassedThrough,
+    /// A claim took over a key whose holder's lease had expired.
+    Takeover,
+    /// A holder's completion was refused because its lease had been taken over.
+    StaleCompletionRefused,
+}
+
+pub trait OutcomeObserver: Send + Sync + 'static {
+    fn observe(&self, outcome: Outcome);
+}
+
+/// How an upstream call failed, as far as idempotency cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// Nothing reached the upstream (connect refused, DNS...): safe to release the key.
+    NotSent,
+    /// The request may have been received: the outcome is unknown.
+    Unknown,
+    /// No answer within the response timeout: the outcome is unknown.
+    Timeout,
+}
+
+/// The error a forwarding service returns so the engine can tell the cases apart. Any other
+/// error type from an inner service is treated as [`UpstreamErrorKind::Unknown`].
+#[derive(Debug)]
+pub struct UpstreamError {
+    pub kind: UpstreamErrorKind,
+    pub message: String,
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for UpstreamError {}
+
+impl UpstreamError {
+    pub fn new(kind: UpstreamErrorKind, message: impl Into<String>) -> Self {
+        UpstreamError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn classify(err: BoxError) -> UpstreamError {
+        match err.downcast::<UpstreamError>() {
+            Ok(e) => *e,
+            Err(other) => UpstreamError::new(UpstreamErrorKind::Unknown, other.to_string()),
+        }
+    }
+}
+
+pub struct Engine {
+    store: Arc<dyn IdempotencyStore>,
+    clock: Arc<dyn Clock>,
+    routes: Routes,
+    waiters: Waiters,
+    tasks: TaskTracker,
+    observer: Option<Arc<dyn OutcomeObserver>>,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn IdempotencyStore>, clock: Arc<dyn Clock>, routes: Routes) -> Self {
+        Engine {
+            store,
+            clock,
+            routes,
+            waiters: Waiters::new(),
+            tasks: TaskTracker::new(),
+            observer: None,
+        }
+    }
+
+    pub fn with_observer(mut self, observer: Arc<dyn OutcomeObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn store(&self) -> &Arc<dyn IdempotencyStore> {
+        &self.store
+    }
+
+    /// Waits up to `grace` for executions in flight to complete or release their keys.
+    /// Returns false if some were still running when the grace period ended; their keys stay
+    /// held until their leases expire, as for any unknown outcome.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+
+    /// Executions currently running.
+    pub fn executions_in_flight(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn observe(&self, outcome: Outcome) {
+        tracing::debug!(?outcome, "idempotency outcome");
+        if let Some(o) = &self.observer {
+            o.observe(outcome);
+        }
+    }
+
+    /// Answers one request, calling `inner` at most once.
+    pub async fn handle(
+        self: Arc<Self>,
+        inner: Forward,
+        req: Request<BoxBody>,
+    ) -> Response<BoxBody> {
+        let Some(policy) = self
+            .routes
+            .policy_for(req.method(), req.uri().path())
+            .cloned()
+        else {
+            return self.pass_through(inner, req).await;
+        };
+        let key = match key_of(req.headers()) {
+            None if policy.key == KeyRequirement::Required => {
+                self.observe(Outcome::MissingKey);
+                return problem_default(
+                    ProblemKind::MissingKey,
+                    &format!(
+                        "{} {} requires an Idempotency-Key header",
+                        req.method(),
+                        req.uri().path()
+                    ),
+                );
+            }
+            None => return self.pass_through(inner, req).await,
+            Some(Err(e)) => {
+                self.observe(Outcome::InvalidKey);
+                return problem_default(ProblemKind::InvalidKey, &e.to_string());
+            }
+            Some(Ok(k)) => k,
+        };
+        let (parts, body) = req.into_parts();
+        let body = match buffer(body, policy.max_body).await {
+            Ok(Buffered::Complete(b)) => b,
+            Ok(Buffered::TooLarge { .. }) => {
+                self.observe(Outcome::BodyTooLarge);
+                return problem_default(
+                    ProblemKind::BodyTooLarge,
+                    &format!(
+                        "keyed request bodies are limited to {} bytes on this route",
+                        policy.max_body
+                    ),
+                );
+            }
+            Err(e) => return problem_default(ProblemKind::BodyUnreadable, &e.to_string()),
+        };
+        let tenant = policy.tenant.tenant_of(&parts.headers);
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let fingerprint =
+            Fingerprint::compute(parts.method.as_str(), path_and_query, content_type, &body);
+        let record_key = RecordKey::new(tenant, parts.method.as_str(), parts.uri.path(), key);
+        let job = Job {
+            parts,
+            body,
+            record_key,
+            fingerprint,
+            policy,
+        };
+        self.claim_and_run(inner, job).await
+    }
+
+    async fn claim_and_run(self: Arc<Self>, inner: Forward, job: Job) -> Response<BoxBody> {
+        let p = job.policy.clone();
+        let wait_deadline = match p.in_flight {
+            InFlightMode::Wait { max_wait } => Some(tokio::time::Instant::now() + max_wait),
+            InFlightMode::Reject => None,
+        };
+        let mut waited = false;
+        loop {
+            let claim = self
+                .store
+                .claim(&job.record_key, job.fingerprint, p.lease, p.ttl)
+                .await;
+            let existing = match claim {
+                Err(e) => return self.store_failed(inner, job, e).await,
+                Ok(ClaimOutcome::Claimed {
+                    token, takeover, ..
+                }) => {
+                    if takeover {
+                        self.observe(Outcome::Takeover);
+                        tracing::info!(key = %job.record_key, "took over a key whose lease had expired");
+                    }
+                    return self.execute(inner, job, token).await;
+                }
+                Ok(ClaimOutcome::Exists(record)) => record,
+            };
+            match decide_existing(&existing, job.fingerprint) {
+                ExistingDecision::Replay(stored) => {
+                    self.observe(if waited {
+                        Outcome::WaitedThenReplayed
+                    } else {
+                        Outcome::Replayed
+                    });
+                    return replay(stored);
+                }
+                ExistingDecision::KeyReused => return self.mismatch(&p),
+                ExistingDecision::InProgress { .. } => {
+                    let Some(deadline) = wait_deadline else {
+                        return self.in_flight(&p);
+                    };
+                    waited = true;
+                    match self.wait_for_holder(&job, deadline).await {
+                        WaitEnd::Replay(stored) => {
+                            self.observe(Outcome::WaitedThenReplayed);
+                            return replay(stored);
+                        }
+                        WaitEnd::Mismatch => return self.mismatch(&p),
+                        WaitEnd::ClaimAgain => continue,
+                        WaitEnd::TimedOut => return self.in_flight(&p),
+                        WaitEnd::StoreFailed(e) => return self.store_failed(inner, job, e).await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Holds a duplicate until the holder finishes, its lease lapses, or `deadline` passes.
+    async fn wait_for_holder(&self, job: &Job, deadline: tokio::time::Instant) -> WaitEnd {
+        let notify = self.waiters.shard(&job.record_key);
+        let mut poll = Duration::from_millis(5);
+        loop {
+            // Register for the wake-up before reading, so a completion between the read and
+            // the sleep is not missed.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let record = match self.store.get(&job.record_key).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return WaitEnd::ClaimAgain,
+                Err(e) => return WaitEnd::StoreFailed(e),
+            };
+            let mut sleep_for = poll;
+            match decide_existing(&record, job.fingerprint) {
+                ExistingDecision::Replay(stored) => return WaitEnd::Replay(stored),
+                ExistingDecision::KeyReused => return WaitEnd::Mismatch,
+                ExistingDecision::InProgress { lease_expires_at } => {
+                    let now = self.clock.now();
+                    if lease_expires_at <= now {
+                        return WaitEnd::ClaimAgain;
+                    }
+                    sleep_for = sleep_for.min(now.until(lease_expires_at));
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return WaitEnd::TimedOut;
+            }
+            let wake_at = (now + sleep_for).min(deadline);
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+            // Another gateway may hold the key: poll, backing off to bound the store load.
+            poll = (poll * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    async fn execute(
+        self: Arc<Self>,
+        inner: Forward,
+        job: Job,
+        token: LeaseToken,
+    ) -> Response<BoxBody> {
+        let engine = self.clone();
+        let task = self
+            .tasks
+            .spawn(async move { engine.run_claimed(inner, job, token).await });
+        match task.await {
+            Ok(resp) => resp,
+            // The execution panicked; its guard has applied the unknown-outcome policy.
+            Err(e) => problem_default(
+                ProblemKind::UpstreamUnavailable,
+                &format!("the request failed: {e}"),
+            ),
+        }
+    }
+
+    async fn run_claimed(
+        self: Arc<Self>,
+        inner: Forward,
+        job: Job,
+        token: LeaseToken,
+    ) -> Response<BoxBody> {
+        let Job {
+            parts,
+            body,
+            record_key,
+            policy,
+            ..
+        } = job;
+        let mut guard = ClaimGuard {
+            engine: self.clone(),
+            key: record_key.clone(),
+            token,
+            policy: policy.clone(),
+            armed: true,
+        };
+        let request = Request::from_parts(parts, full(body));
+        let call = inner(request);
+        let result = tokio::select! {
+            r = call => r,
+            _ = self.renew_lease(&record_key, token, &policy) => unreachable_heartbeat(),
+        };
+        let response = match result {
+            Ok(resp) => resp,
+            Err(err) => {
+                guard.armed = false;
+                let err = UpstreamError::classify(err);
+                return self.upstream_failed(&record_key, token, &policy, err).await;
+            }
+        };
+        let status = response.status();
+        if !policy.stored_statuses.is_stored(status.as_u16()) {
+            guard.armed = false;
+            self.release(&record_key, token).await;
+            self.observe(Outcome::Released);
+            return response;
+        }
+        let (rparts, rbody) = response.into_parts();
+        guard.armed = false;
+        match buffer(rbody, policy.max_response).await {
+            Ok(Buffered::Complete(bytes)) => {
+                let stored = StoredResponse {
+                    status: status.as_u16(),
+                    headers: headers::stored_headers(&rparts.headers),
+                    body: bytes.clone(),
+                };
+                self.complete(&record_key, token, stored, &policy).await;
+                Response::from_parts(rparts, full(bytes))
+            }
+            Ok(Buffered::TooLarge { read, rest }) => {
+                tracing::warn!(key = %record_key, limit = policy.max_response, "response too large to store; passed on unstored");
+                self.unknown_outcome(&record_key, token, &policy).await;
+                Response::from_parts(rparts, crate::body::boxed(Prefixed::new(read, rest)))
+            }
+            Err(e) => {
+                let err = UpstreamError::new(
+                    UpstreamErrorKind::Unknown,
+                    format!("the upstream response broke off: {e}"),
+                );
+                self.upstream_failed(&record_key, token, &policy, err).await
+            }
+        }
+    }
+
+    /// Keeps the lease alive while the upstream works, so a live holder is never taken over.
+    /// Never returns while renewals succeed; after a refusal (the key was taken over or
+    /// evicted) it stops renewing and waits forever.
+    async fn renew_lease(&self, key: &RecordKey, token: LeaseToken, policy: &RoutePolicy) {
+        if policy.renew_lease {
+            let every = (policy.lease / 3).max(Duration::from_millis(10));
+            loop {
+                tokio::time::sleep(every).await;
+                match self.store.renew(key, token, policy.lease).await {
+                    Ok(_) => {}
+                    Err(StoreError::Refused(r)) => {
+                        tracing::warn!(key = %key, reason = %r, "lease lost while the upstream was working");
+                        break;
+                    }
+                    // A store blip: keep trying; the lease still has time left.
+                    Err(e) => tracing::warn!(key = %key, error = %e, "lease renewal failed"),
+                }
+            }
+        }
+        std::future::pending::<()>().await
+    }
+
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        token: LeaseToken,
+        stored: StoredResponse,
+        policy: &RoutePolicy,
+    ) {
+        let mut attempt = 0;
+        let result = loop {
+            match self
+                .store
+                .complete(key, token, stored.clone(), policy.ttl)
+                .await
+            {
+                Err(StoreError::Unavailable(e)) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(key = %key, error = %e, attempt, "storing the response failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                }
+                other => break other,
+            }
+        };
+        match result {
+            Ok(()) => self.observe(Outcome::Executed),
+            Err(StoreError::Refused(Refusal::StaleToken)) => {
+                // Our lease was taken over: the successor's outcome stands. The client still
+                // gets the answer its own request produced.
+                tracing::warn!(key = %key, "completion refused: the lease had been taken over");
+                self.observe(Outcome::StaleCompletionRefused);
+            }
+            Err(e) => {
+                tracing::error!(key = %key, error = %e, "the response could not be stored; the key stays held until its lease ends");
+                self.observe(Outcome::Executed);
+            }
+        }
+        self.waiters.wake(key);
+    }
+
+    async fn release(&self, key: &RecordKey, token: LeaseToken) {
+        if let Err(e) = self.store.release(key, token).await {
+            // A refused release means someone else holds the key now; an unavailable store
+            // means the lease will free it. Neither needs more from us.
+            tracing::warn!(key = %key, error = %e, "releasing the key failed");
+        }
+        self.waiters.wake(key);
+    }
+
+    async fn unknown_outcome(&self, key: &RecordKey, token: LeaseToken, policy: &RoutePolicy) {
+        self.observe(Outcome::UnknownOutcome);
+        match policy.unknown_outcome {
+            UnknownOutcomePolicy::Hold => self.waiters.wake(key),
+            UnknownOutcomePolicy::Release => self.release(key, token).await,
+        }
+    }
+
+    async fn upstream_failed(
+        &self,
+        key: &RecordKey,
+        token: LeaseToken,
+        policy: &RoutePolicy,
+        err: UpstreamError,
+    ) -> Response<BoxBody> {
+        match err.kind {
+            UpstreamErrorKind::NotSent => {
+                self.release(key, token).await;
+                self.observe(Outcome::UpstreamUnreachable);
+                problem_default(ProblemKind::UpstreamUnavailable, &err.message)
+            }
+            UpstreamErrorKind::Unknown => {
+                self.unknown_outcome(key, token, policy).await;
+                problem_default(
+                    ProblemKind::UpstreamUnavailable,
+                    &unknown_detail(&err, policy),
+                )
+            }
+            UpstreamErrorKind::Timeout => {
+                self.unknown_outcome(key, token, policy).await;
+                problem_default(ProblemKind::UpstreamTimeout, &unknown_detail(&err, policy))
+            }
+        }
+    }
+
+    async fn store_failed(&self, inner: Forward, job: Job, err: StoreError) -> Response<BoxBody> {
+        tracing::error!(key = %job.record_key, error = %err, "idempotency store failed");
+        match job.policy.store_failure {
+            StoreFailureMode::FailClosed => {
+                self.observe(Outcome::StoreUnavailable);
+                with_retry_after(
+                    problem_default(
+                        ProblemKind::StoreUnavailable,
+                        "the request was not forwarded; retry with the same key",
+                    ),
+                    1,
+                )
+            }
+            StoreFailureMode::FailOpen => {
+                let req = Request::from_parts(job.parts, full(job.body));
+                self.pass_through(inner, req).await
+            }
+        }
+    }
+
+    async fn pass_through(&self, inner: Forward, req: Request<BoxBody>) -> Response<BoxBody> {
+        self.observe(Outcome::PassedThrough);
+        match inner(req).await {
+            Ok(resp) => resp,
+            Err(e) => match UpstreamError::classify(e) {
+                e if e.kind == UpstreamErrorKind::Timeout => {
+                    problem_default(ProblemKind::UpstreamTimeout, &e.message)
+                }
+                e => problem_default(ProblemKind::UpstreamUnavailable, &e.message),
+            },
+        }
+    }
+
+    fn mismatch(&self, policy: &RoutePolicy) -> Response<BoxBody> {
+        self.observe(Outcome::Mismatch);
+        problem(
+            ProblemKind::KeyReused,
+            policy.mismatch_status,
+            "this key was first used with a different request (method, path, content type or body); use a new key for a new request",
+        )
+    }
+
+    fn in_flight(&self, policy: &RoutePolicy) -> Response<BoxBody> {
+        self.observe(Outcome::InFlightRejected);
+        with_retry_after(
+            problem_default(
+                ProblemKind::RequestInProgress,
+                "the first request with this key has not finished; retry after the delay",
+            ),
+            policy.retry_after.as_secs(),
+        )
+    }
+}
+
+fn unknown_detail(err: &UpstreamError, policy: &RoutePolicy) -> String {
+    match policy.unknown_outcome {
+        UnknownOutcomePolicy::Hold => format!(
+            "{}; the request may have been processed. The key stays reserved for up to {} s, then a retry with the same key is forwarded again",
+            err.message,
+            policy.lease.as_secs()
+        ),
+        UnknownOutcomePolicy::Release => {
+            format!("{}; the request may have been processed. A retry with the same key is forwarded again", err.message)
+        }
+    }
+}
+
+fn unreachable_heartbeat() -> Result<Response<BoxBody>, BoxError> {
+    Err("lease heartbeat ended unexpectedly".into())
+}
+
+struct Job {
+    parts: http::request::Parts,
+    body: Bytes,
+    record_key: RecordKey,
+    fingerprint: Fingerprint,
+    policy: Arc<RoutePolicy>,
+}
+
+enum WaitEnd {
+    Replay(StoredResponse),
+    Mismatch,
+    ClaimAgain,
+    TimedOut,
+    StoreFailed(StoreError),
+}
+
+/// Applies the unknown-outcome policy if an execution ends without deciding (it panicked, or
+/// the runtime shut down under it).
+struct ClaimGuard {
+    engine: Arc<Engine>,
+    key: RecordKey,
+    token: LeaseToken,
+    policy: Arc<RoutePolicy>,
+    armed: bool,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.engine.observe(Outcome::UnknownOutcome);
+        if self.policy.unknown_outcome == UnknownOutcomePolicy::Release {
+            let (engine, key, token) = (self.engine.clone(), self.key.clone(), self.token);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { engine.release(&key, token).await });
+            }
+        }
+    }
+}
+
+fn key_of(headers: &http::HeaderMap) -> Option<Result<IdempotencyKey, KeyError>> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return Some(Err(KeyError::Multiple));
+    }
+    Some(parse_idempotency_key(first.as_bytes()))
+}
+
+fn replay(stored: StoredResponse) -> Response<BoxBody> {
+    let mut resp = Response::new(full(stored.body));
+    *resp.status_mut() =
+        StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    for (name, value) in stored.headers {
+        if let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            h.append(n, v);
+        }
+    }
+    h.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    resp
+}

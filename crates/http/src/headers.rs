@@ -1,0 +1,79 @@
+//! Which headers cross the proxy and which are stored for replay.
+
+use http::header::{HeaderMap, HeaderName};
+
+/// RFC 9110 §7.6.1: connection-specific fields a proxy must not forward, plus the fields the
+/// `Connection` header itself names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers worth replaying: everything but hop-by-hop fields, cookies (a session must never
+/// be handed to whoever replays the key), and fields describing this one message's framing
+/// or moment, which the server recomputes.
+pub fn stored_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    let mut h = headers.clone();
+    strip_hop_by_hop(&mut h);
+    h.iter()
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "set-cookie" | "set-cookie2" | "content-length" | "date"
+            )
+        })
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_listed_and_standard_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "5".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn never_stores_cookies() {
+        let mut h = HeaderMap::new();
+        h.insert("set-cookie", "session=abc".parse().unwrap());
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.insert("content-length", "2".parse().unwrap());
+        h.insert("location", "/orders/1".parse().unwrap());
+        let stored = stored_headers(&h);
+        let names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["content-type", "location"]);
+    }
+}

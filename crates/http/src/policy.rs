@@ -1,0 +1,301 @@
+//! Per-route policy: which requests are keyed, and how each situation of the contract is
+//! answered on that route.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oncely_core::{StatusPolicy, Tenant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRequirement {
+    /// A request without a key is refused with 400 `missing-idempotency-key`.
+    Required,
+    /// Keyed when a key is sent; passed straight through otherwise.
+    Optional,
+    /// The key is ignored: the route is passed through untouched.
+    Ignored,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantSource {
+    /// The value of a header set by a trusted authenticating proxy; absent means anonymous.
+    Header(http::HeaderName),
+    /// A hash of the `Authorization` value; absent means anonymous.
+    Authorization,
+    /// Everyone shares one tenant (single-tenant services).
+    Anonymous,
+}
+
+impl TenantSource {
+    pub fn tenant_of(&self, headers: &http::HeaderMap) -> Tenant {
+        let value = match self {
+            TenantSource::Header(name) => headers.get(name).map(|v| (true, v)),
+            TenantSource::Authorization => {
+                headers.get(http::header::AUTHORIZATION).map(|v| (false, v))
+            }
+            TenantSource::Anonymous => None,
+        };
+        match value {
+            Some((true, v)) => Tenant::from_header_value(v.as_bytes()),
+            Some((false, v)) => Tenant::from_authorization(v.as_bytes()),
+            None => Tenant::anonymous(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InFlightMode {
+    /// Answer 409 `request-in-progress` with `Retry-After`.
+    Reject,
+    /// Hold the duplicate until the first completes (then replay) or `max_wait` passes (409).
+    Wait { max_wait: Duration },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownOutcomePolicy {
+    /// Keep the key held until its lease ends: retries get 409 meanwhile, then execute again
+    /// with the same key forwarded so the upstream can dedupe.
+    Hold,
+    /// Release at once: a retry executes again immediately.
+    Release,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFailureMode {
+    /// 503 `idempotency-store-unavailable`: no execution without protection.
+    FailClosed,
+    /// Forward without idempotency protection (availability over safety).
+    FailOpen,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutePolicy {
+    pub key: KeyRequirement,
+    pub ttl: Duration,
+    pub lease: Duration,
+    pub tenant: TenantSource,
+    pub in_flight: InFlightMode,
+    /// 422 by default; 409 where a client convention needs it.
+    pub mismatch_status: http::StatusCode,
+    pub stored_statuses: StatusPolicy,
+    /// Largest request body buffered for fingerprinting; larger gets 413.
+    pub max_body: usize,
+    /// Largest response body stored for replay; a larger one is passed on and treated as an
+    /// unknown outcome, since it cannot be replayed.
+    pub max_response: usize,
+    pub unknown_outcome: UnknownOutcomePolicy,
+    pub store_failure: StoreFailureMode,
+    /// `Retry-After` seconds sent with 409 `request-in-progress`.
+    pub retry_after: Duration,
+    /// Renew the lease while the upstream works (every third of the lease), so that only a
+    /// holder that stopped (crashed, frozen) is ever taken over.
+    pub renew_lease: bool,
+}
+
+impl Default for RoutePolicy {
+    fn default() -> Self {
+        RoutePolicy {
+            key: KeyRequirement::Optional,
+            ttl: Duration::from_secs(24 * 3600),
+            lease: Duration::from_secs(60),
+            tenant: TenantSource::Authorization,
+            in_flight: InFlightMode::Reject,
+            mismatch_status: http::StatusCode::UNPROCESSABLE_ENTITY,
+            stored_statuses: StatusPolicy::default(),
+            max_body: 1 << 20,
+            max_response: 4 << 20,
+            unknown_outcome: UnknownOutcomePolicy::Hold,
+            store_failure: StoreFailureMode::FailClosed,
+            retry_after: Duration::from_secs(1),
+            renew_lease: true,
+        }
+    }
+}
+
+/// A path pattern: literal segments, `{name}` for exactly one segment, and a final `*` for
+/// any rest (including nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    source: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param,
+    Rest,
+}
+
+impl PathPattern {
+    pub fn parse(source: &str) -> Result<Self, String> {
+        if !source.starts_with('/') {
+            return Err(format!("path pattern `{source}` must start with `/`"));
+        }
+        let parts: Vec<&str> = source[1..].split('/').collect();
+        let mut segments = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let seg = if *part == "*" {
+                if i + 1 != parts.len() {
+                    return Err(format!("in `{source}`, `*` may only be the last segment"));
+                }
+                Segment::Rest
+            } else if part.starts_with('{') && part.ends_with('}') && part.len() > 2 {
+                Segment::Param
+            } else if part.contains(['{', '}', '*']) {
+                return Err(format!(
+                    "in `{source}`, segment `{part}` mixes a literal with `{{}}` or `*`"
+                ));
+            } else {
+                Segment::Literal((*part).to_owned())
+            };
+            segments.push(seg);
+        }
+        Ok(PathPattern {
+            source: source.to_owned(),
+            segments,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        let Some(path) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = path.split('/');
+        for seg in &self.segments {
+            match seg {
+                Segment::Rest => return true,
+                Segment::Param => match parts.next() {
+                    Some(p) if !p.is_empty() => {}
+                    _ => return false,
+                },
+                Segment::Literal(l) => {
+                    if parts.next() != Some(l.as_str()) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// One configured route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Upper-case methods; empty means any method.
+    pub methods: Vec<http::Method>,
+    pub path: PathPattern,
+    pub policy: Arc<RoutePolicy>,
+}
+
+/// The routing table: the first matching route decides; a request no route matches falls
+/// back to `fallback` (if any) or is passed through unkeyed.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    pub routes: Vec<Route>,
+    /// Applied to unmatched requests whose method is in `fallback_methods`.
+    pub fallback: Option<Arc<RoutePolicy>>,
+    pub fallback_methods: Vec<http::Method>,
+}
+
+impl Routes {
+    /// The default without a config file: POST and PATCH are keyed when a key is sent.
+    pub fn keyed_post_and_patch(policy: RoutePolicy) -> Self {
+        Routes {
+            routes: Vec::new(),
+            fallback: Some(Arc::new(policy)),
+            fallback_methods: vec![http::Method::POST, http::Method::PATCH],
+        }
+    }
+
+    pub fn policy_for(&self, method: &http::Method, path: &str) -> Option<&Arc<RoutePolicy>> {
+        for r in &self.routes {
+            if (r.methods.is_empty() || r.methods.contains(method)) && r.path.matches(path) {
+                return Some(&r.policy).filter(|p| p.key != KeyRequirement::Ignored);
+            }
+        }
+        self.fallback
+            .as_ref()
+            .filter(|_| self.fallback_methods.contains(method))
+            .filter(|p| p.key != KeyRequirement::Ignored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_segments() {
+        let p = PathPattern::parse("/orders/{id}/pay").unwrap();
+        assert!(p.matches("/orders/42/pay"));
+        assert!(!p.matches("/orders//pay"));
+        assert!(!p.matches("/orders/42/pay/x"));
+        assert!(!p.matches("/orders/42"));
+        let p = PathPattern::parse("/files/*").unwrap();
+        assert!(p.matches("/files/a/b") && p.matches("/files/") && !p.matches("/filesx"));
+        assert!(PathPattern::parse("/a/*/b").is_err());
+        assert!(PathPattern::parse("orders").is_err());
+        assert!(PathPattern::parse("/a{b}").is_err());
+        assert!(PathPattern::parse("/").unwrap().matches("/"));
+    }
+
+    #[test]
+    fn first_route_wins_then_fallback() {
+        let ignored = Arc::new(RoutePolicy {
+            key: KeyRequirement::Ignored,
+            ..Default::default()
+        });
+        let required = Arc::new(RoutePolicy {
+            key: KeyRequirement::Required,
+            ..Default::default()
+        });
+        let mut routes = Routes::keyed_post_and_patch(RoutePolicy::default());
+        routes.routes.push(Route {
+            methods: vec![],
+            path: PathPattern::parse("/health").unwrap(),
+            policy: ignored,
+        });
+        routes.routes.push(Route {
+            methods: vec![http::Method::PUT],
+            path: PathPattern::parse("/orders/{id}").unwrap(),
+            policy: required,
+        });
+        assert!(routes.policy_for(&http::Method::POST, "/health").is_none());
+        assert_eq!(
+            routes
+                .policy_for(&http::Method::PUT, "/orders/1")
+                .unwrap()
+                .key,
+            KeyRequirement::Required
+        );
+        assert_eq!(
+            routes.policy_for(&http::Method::POST, "/x").unwrap().key,
+            KeyRequirement::Optional
+        );
+        assert!(routes.policy_for(&http::Method::GET, "/x").is_none());
+    }
+
+    #[test]
+    fn tenants_from_sources() {
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", "Bearer a".parse().unwrap());
+        h.insert("x-tenant", "acme".parse().unwrap());
+        let by_header =
+            TenantSource::Header(http::HeaderName::from_static("x-tenant")).tenant_of(&h);
+        assert_eq!(by_header, Tenant::from_header_value(b"acme"));
+        assert_eq!(
+            TenantSource::Authorization.tenant_of(&h),
+            Tenant::from_authorization(b"Bearer a")
+        );
+        assert_eq!(
+            TenantSource::Authorization.tenant_of(&http::HeaderMap::new()),
+            Tenant::anonymous()
+        );
+    }
+}
