@@ -1,1 +1,419 @@
+//! The embedded default record store: one SQLite file in WAL mode.
+//!
+//! # Shape
+//!
+//! - **Writes** (claim, complete, release, renew, purge) are sent to one dedicated writer
+//!   thread that owns the only read-write connection and group-commits them: it takes
+//!   everything queued (up to [`SqliteOptions::max_batch`]), applies it inside one
+//!   `BEGIN IMMEDIATE` ... `COMMIT`, and answers each caller only once the COMMIT has
+//!   succeeded. See `writer.rs` for the failure rules of a batch.
+//! - **Reads** (`get`, `stats`) run on a small pool of read-only connections through
+//!   `spawn_blocking`; WAL lets them read a committed snapshot beside the writer.
+//! - Every transition is a single SQL statement conditioned on the record's state (the
+//!   claim is one UPSERT, never a read followed by a write), and the outcome is the one the
+//!   pure transitions of `oncely_core::record` would give at the same instant. That is what
+//!   makes several processes sharing one file safe: `BEGIN IMMEDIATE` serializes their
+//!   batches (a process waits up to [`SqliteOptions::busy_timeout`] for another's), and each
+//!   statement re-checks the state it acts on.
+//!
+//! # Durability
+//!
+//! With the default `synchronous=NORMAL`, a COMMIT appends to the write-ahead log without
+//! waiting for the disk; the log is synced at checkpoints. A process crash or SIGKILL loses
+//! nothing committed (the log is in the OS page cache and is replayed on the next open),
+//! but a power loss or kernel crash may lose the last transactions before the latest
+//! checkpoint: a claim or completion a client already heard about can vanish, so a retry
+//! may execute again. The file itself never becomes corrupt either way.
+//! `synchronous_full: true` syncs the log at every COMMIT, which closes that window at the
+//! cost of one fsync per batch; group commit spreads that fsync over every request of the
+//! batch.
+//!
+//! # Schema
+//!
+//! Migrations are embedded and applied at [`SqliteStore::open`], tracked in
+//! `PRAGMA user_version`; a file written by a newer build is refused with an error that
+//! says so (see `schema.rs`).
 
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use oncely_core::{
+    ClaimOutcome, Clock, Fingerprint, LeaseToken, Record, RecordKey, StoredResponse, Timestamp,
+};
+use oncely_store::{IdempotencyStore, StoreError, StoreResult, StoreStats};
+use rusqlite::{params, Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+mod codec;
+mod schema;
+mod writer;
+
+use codec::unavailable;
+use writer::{Answer, Command, Op, Writer};
+
+/// How to open a [`SqliteStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// The database file; created if absent. Its `-wal` and `-shm` companions live beside it.
+    pub path: PathBuf,
+    /// `synchronous=FULL` instead of `NORMAL`: survive power loss too, at one fsync per
+    /// committed batch (see the crate documentation).
+    pub synchronous_full: bool,
+    /// How long a statement waits for a lock held by another connection (another process
+    /// on the same file, or a checkpoint) before the operation fails as unavailable.
+    pub busy_timeout: Duration,
+    /// Read-only connections serving `get` and `stats` concurrently (at least one is used).
+    pub readers: usize,
+    /// The most writes committed in one transaction (at least one).
+    pub max_batch: usize,
+}
+
+impl SqliteOptions {
+    /// Defaults: `synchronous=NORMAL`, 5 s busy timeout, 4 readers, batches of up to 512.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteOptions {
+            path: path.into(),
+            synchronous_full: false,
+            busy_timeout: Duration::from_secs(5),
+            readers: 4,
+            max_batch: 512,
+        }
+    }
+}
+
+/// The SQLite record store. Dropping it stops the writer thread after it has committed
+/// everything already submitted, and closes the file.
+pub struct SqliteStore {
+    path: PathBuf,
+    clock: Arc<dyn Clock>,
+    /// `None` only during drop, so the writer sees the channel close before it is joined.
+    commands: Option<mpsc::Sender<Command>>,
+    writer: Option<JoinHandle<()>>,
+    committed_batches: Arc<AtomicU64>,
+    readers: ReaderPool,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("committed_batches", &self.committed_batches())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the file, opens the reader connections and
+    /// starts the writer thread. Blocking: call it at startup, not on a hot async path.
+    pub fn open(opts: SqliteOptions, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
+        let mut conn = open_writer(&opts)?;
+        schema::migrate(&mut conn, &opts.path)?;
+
+        let readers = opts.readers.max(1);
+        let mut idle = Vec::with_capacity(readers);
+        for _ in 0..readers {
+            idle.push(open_reader(&opts.path, opts.busy_timeout)?);
+        }
+
+        let max_batch = opts.max_batch.max(1);
+        // Bounded so that a writer that cannot keep up pushes back on callers (they wait in
+        // `send`) instead of letting the queue grow without limit; a few batches' worth of
+        // slack keeps the next batch filling while one commits.
+        let (commands, queue) = mpsc::channel(max_batch.saturating_mul(4));
+        let committed_batches = Arc::new(AtomicU64::new(0));
+        let writer = Writer {
+            conn,
+            commands: queue,
+            clock: clock.clone(),
+            max_batch,
+            committed_batches: committed_batches.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("oncely-sqlite-writer".to_owned())
+            .spawn(move || writer.run())
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot start the SQLite writer thread: {e}"))
+            })?;
+
+        Ok(SqliteStore {
+            path: opts.path.clone(),
+            clock,
+            commands: Some(commands),
+            writer: Some(handle),
+            committed_batches,
+            readers: ReaderPool {
+                idle: Mutex::new(idle),
+                permits: Semaphore::new(readers),
+                path: opts.path,
+                busy_timeout: opts.busy_timeout,
+            },
+        })
+    }
+
+    /// How many write transactions have committed since open. With group commit this grows
+    /// more slowly than the number of writes under concurrency; it is exposed for tests and
+    /// metrics.
+    pub fn committed_batches(&self) -> u64 {
+        self.committed_batches.load(Ordering::Relaxed)
+    }
+
+    async fn submit(&self, op: Op) -> StoreResult<Answer> {
+        let stopped = || StoreError::Unavailable("the SQLite writer has stopped".to_owned());
+        let commands = self.commands.as_ref().ok_or_else(stopped)?;
+        let (reply, answer) = oneshot::channel();
+        commands
+            .send(Command { op, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer drain and commit what is queued, then exit;
+        // joining it means that when drop returns the file is closed, so a restart in the
+        // same process (or a test reopening the file) finds every write on disk.
+        self.commands = None;
+        if let Some(handle) = self.writer.take() {
+            if handle.join().is_err() {
+                tracing::error!(path = %self.path.display(), "the SQLite writer thread panicked");
+            }
+        }
+    }
+}
+
+fn open_error(path: &std::path::Path, e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("cannot open SQLite store {}: {e}", path.display()))
+}
+
+fn open_writer(opts: &SqliteOptions) -> StoreResult<Connection> {
+    let path = &opts.path;
+    let fail = |e| open_error(path, e);
+    let conn = Connection::open(path).map_err(fail)?;
+    // Set first: switching to WAL and migrating may have to wait for another process that
+    // is opening the same file.
+    conn.busy_timeout(opts.busy_timeout).map_err(fail)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(fail)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        // Without WAL the readers would block the writer and vice versa; an in-memory path
+        // or a filesystem without shared memory ends up here.
+        return Err(StoreError::Unavailable(format!(
+            "cannot open SQLite store {}: WAL journal mode is required, got {mode}",
+            path.display()
+        )));
+    }
+    let sync = if opts.synchronous_full {
+        "FULL"
+    } else {
+        "NORMAL"
+    };
+    conn.pragma_update(None, "synchronous", sync)
+        .map_err(fail)?;
+    // Room for every distinct statement the writer prepares, so none is ever re-parsed.
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+fn open_reader(path: &std::path::Path, busy_timeout: Duration) -> StoreResult<Connection> {
+    let fail = |e| open_error(path, e);
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(fail)?;
+    // WAL readers rarely wait, but they can while a checkpoint or recovery holds the index.
+    conn.busy_timeout(busy_timeout).map_err(fail)?;
+    Ok(conn)
+}
+
+/// Read-only connections lent to blocking tasks. The semaphore bounds concurrent reads to
+/// the pool size; a connection lost to a cancelled or panicked task is reopened lazily.
+struct ReaderPool {
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+    path: PathBuf,
+    busy_timeout: Duration,
+}
+
+impl ReaderPool {
+    fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
+        // The list is only pushed to and popped from; a panic elsewhere cannot leave it
+        // half-updated, so a poisoned lock is still usable.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("the SQLite reader pool is closed".into()))?;
+        let lent = self.idle().pop();
+        let (path, busy_timeout) = (self.path.clone(), self.busy_timeout);
+        let joined = tokio::task::spawn_blocking(move || {
+            let conn = match lent {
+                Some(conn) => conn,
+                None => open_reader(&path, busy_timeout)?,
+            };
+            let result = f(&conn);
+            Ok::<_, StoreError>((conn, result))
+        })
+        .await;
+        match joined {
+            Ok(Ok((conn, result))) => {
+                self.idle().push(conn);
+                result
+            }
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(StoreError::Unavailable(format!(
+                "an SQLite read task failed: {e}"
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for SqliteStore {
+    async fn claim(
+        &self,
+        key: &RecordKey,
+        fingerprint: Fingerprint,
+        lease: Duration,
+        ttl: Duration,
+    ) -> StoreResult<ClaimOutcome> {
+        let op = Op::Claim {
+            key: key.clone(),
+            fingerprint,
+            lease,
+            ttl,
+            token: LeaseToken::random(),
+        };
+        match self.submit(op).await? {
+            Answer::Claimed(outcome) => Ok(outcome),
+            other => Err(mismatch("claim", &other)),
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        token: LeaseToken,
+        response: StoredResponse,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let op = Op::Complete {
+            key: key.clone(),
+            token,
+            response,
+            ttl,
+        };
+        match self.submit(op).await? {
+            Answer::Done => Ok(()),
+            other => Err(mismatch("complete", &other)),
+        }
+    }
+
+    async fn release(&self, key: &RecordKey, token: LeaseToken) -> StoreResult<()> {
+        let op = Op::Release {
+            key: key.clone(),
+            token,
+        };
+        match self.submit(op).await? {
+            Answer::Done => Ok(()),
+            other => Err(mismatch("release", &other)),
+        }
+    }
+
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> StoreResult<Timestamp> {
+        let op = Op::Renew {
+            key: key.clone(),
+            token,
+            lease,
+        };
+        match self.submit(op).await? {
+            Answer::Renewed(until) => Ok(until),
+            other => Err(mismatch("renew", &other)),
+        }
+    }
+
+    async fn get(&self, key: &RecordKey) -> StoreResult<Option<Record>> {
+        let now = self.clock.now();
+        let key = key.clone();
+        self.readers
+            .run(move |conn| {
+                let sql = format!(
+                    "SELECT {} FROM idempotency_records
+                     WHERE tenant = ?1 AND method = ?2 AND route = ?3 AND idem_key = ?4
+                       AND expires_at > ?5",
+                    codec::RECORD_COLUMNS
+                );
+                let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
+                let mut rows = stmt
+                    .query(params![
+                        key.scope.tenant.as_str(),
+                        key.scope.method,
+                        key.scope.route,
+                        key.key.as_str(),
+                        now.0,
+                    ])
+                    .map_err(unavailable)?;
+                match rows.next().map_err(unavailable)? {
+                    Some(row) => codec::record_from_row(row, &key).map(Some),
+                    None => Ok(None),
+                }
+            })
+            .await
+    }
+
+    async fn purge_expired(&self, batch: usize) -> StoreResult<u64> {
+        match self.submit(Op::Purge { batch }).await? {
+            Answer::Purged(n) => Ok(n),
+            other => Err(mismatch("purge", &other)),
+        }
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        let now = self.clock.now();
+        self.readers
+            .run(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT COALESCE(SUM(state = 0), 0), COALESCE(SUM(state = 1), 0)
+                         FROM idempotency_records WHERE expires_at > ?1",
+                    )
+                    .map_err(unavailable)?;
+                let (in_progress, completed): (i64, i64) = stmt
+                    .query_row(params![now.0], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(unavailable)?;
+                Ok(StoreStats {
+                    in_progress: u64::try_from(in_progress).unwrap_or(0),
+                    completed: u64::try_from(completed).unwrap_or(0),
+                })
+            })
+            .await
+    }
+}
+
+/// The writer answered an op with another op's kind of answer: a bug, reported rather than
+/// panicked on.
+fn mismatch(op: &str, answer: &Answer) -> StoreError {
+    StoreError::Unavailable(format!(
+        "internal error: the SQLite writer answered {op} with {answer:?}"
+    ))
+}
