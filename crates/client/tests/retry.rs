@@ -524,3 +524,18 @@ async fn bad_input_is_an_error_not_a_panic() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot open"), "{err}");
 }
+
+#[tokio::test]
+async fn a_seed_makes_the_waits_reproducible() {
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let server = Flaky::start(vec![status(503), status(503), status(503), status(200)]).await;
+        let (events, hook) = recorder();
+        let client = fast().seed(99).hook(hook).build().unwrap();
+        client.send(Request::post(server.url("/"))).await.unwrap();
+        let delays: Vec<Decision> = events.lock().unwrap().iter().map(|e| e.decision).collect();
+        runs.push(delays);
+    }
+    assert_eq!(runs[0], runs[1]);
+    assert_eq!(runs[0].len(), 4);
+}
