@@ -1,0 +1,877 @@
+//! The contract of docs/contract.md, over real loopback HTTP and a real SQLite file, against
+//! an upstream that counts executions per key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oncely_core::SystemClock;
+use oncely_gateway::store_url::StoreUrl;
+use oncely_gateway::{Config, Gateway, RunningGateway};
+use oncely_testkit::{Answer, CountingUpstream, TestClient};
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+struct Setup {
+    gateway: RunningGateway,
+    upstream: CountingUpstream,
+    client: TestClient,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gateway.addr(), path)
+    }
+
+    async fn post(&self, key: &str, body: &str, extra: &[(&str, &str)]) -> Answer {
+        let mut headers = vec![JSON, ("idempotency-key", key)];
+        headers.extend_from_slice(extra);
+        self.client
+            .send("POST", &self.url("/orders"), &headers, body.to_owned())
+            .await
+            .expect("transport")
+    }
+}
+
+async fn setup(toml: &str) -> Setup {
+    let upstream = CountingUpstream::start().await;
+    setup_with(toml, upstream).await
+}
+
+async fn setup_with(toml: &str, upstream: CountingUpstream) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StoreUrl::Sqlite {
+        path: dir.path().join("oncely.db"),
+        synchronous_full: false,
+    };
+    let config = Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(upstream.url().parse().unwrap()),
+        store,
+    )
+    .apply_toml(toml)
+    .expect("test config");
+    config.validate().expect("valid config");
+    let gateway = Gateway::open(config)
+        .expect("open")
+        .start()
+        .await
+        .expect("start");
+    Setup {
+        gateway,
+        upstream,
+        client: TestClient::new(),
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn same_key_five_times_executes_once_and_replays_identically() {
+    let s = setup("").await;
+    let first = s.post("k-5", r#"{"item":"book"}"#, &[]).await;
+    assert_eq!(first.status, 201);
+    assert!(!first.replayed());
+    assert!(
+        first.header("set-cookie").is_some(),
+        "the first answer is the upstream's own"
+    );
+    for _ in 0..4 {
+        let again = s.post("k-5", r#"{"item":"book"}"#, &[]).await;
+        assert_eq!(again.status, 201);
+        assert_eq!(again.body, first.body, "byte-identical body");
+        assert!(again.replayed(), "replays are marked");
+        assert_eq!(
+            again.header("location"),
+            first.header("location"),
+            "stored headers are replayed"
+        );
+        assert_eq!(again.header("content-type"), first.header("content-type"));
+        assert_eq!(
+            again.header("set-cookie"),
+            None,
+            "cookies are never replayed"
+        );
+    }
+    assert_eq!(s.upstream.executions("k-5"), 1);
+}
+
+async fn hundred_concurrent(s: &Setup, key: &str) -> Vec<Answer> {
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (client, url, key) = (s.client.clone(), s.url("/orders"), key.to_owned());
+        tasks.push(tokio::spawn(async move {
+            client
+                .send(
+                    "POST",
+                    &url,
+                    &[JSON, ("idempotency-key", &key), ("x-test-delay-ms", "300")],
+                    r#"{"n":1}"#,
+                )
+                .await
+                .expect("transport")
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
+#[tokio::test]
+async fn hundred_concurrent_duplicates_reject_mode() {
+    let s = setup("").await;
+    let answers = hundred_concurrent(&s, "race-reject").await;
+    let created: Vec<&Answer> = answers.iter().filter(|a| a.status == 201).collect();
+    let rejected: Vec<&Answer> = answers.iter().filter(|a| a.status == 409).collect();
+    assert_eq!(
+        created.len(),
+        1,
+        "statuses: {:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    assert_eq!(rejected.len(), 99);
+    for r in rejected {
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert_eq!(
+            r.problem_type().as_deref(),
+            Some("urn:oncely:problem:request-in-progress")
+        );
+    }
+    assert_eq!(s.upstream.executions("race-reject"), 1);
+}
+
+#[tokio::test]
+async fn hundred_concurrent_duplicates_wait_mode() {
+    let s = setup("[defaults]\nin_flight = \"wait\"\nmax_wait = \"5s\"").await;
+    let answers = hundred_concurrent(&s, "race-wait").await;
+    assert!(
+        answers.iter().all(|a| a.status == 201),
+        "all get the answer"
+    );
+    assert!(
+        answers.iter().all(|a| a.body == answers[0].body),
+        "one body for all"
+    );
+    assert_eq!(answers.iter().filter(|a| a.replayed()).count(), 99);
+    assert_eq!(s.upstream.executions("race-wait"), 1);
+}
+
+#[tokio::test]
+async fn wait_mode_gives_up_after_max_wait() {
+    let s = setup("[defaults]\nin_flight = \"wait\"\nmax_wait = \"200ms\"").await;
+    let first = tokio::spawn({
+        let (c, u) = (s.client.clone(), s.url("/orders"));
+        async move {
+            c.send(
+                "POST",
+                &u,
+                &[
+                    JSON,
+                    ("idempotency-key", "slow"),
+                    ("x-test-delay-ms", "1000"),
+                ],
+                "{}",
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let dup = s.post("slow", "{}", &[]).await;
+    assert_eq!(dup.status, 409);
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "bounded wait"
+    );
+    assert_eq!(first.await.unwrap().unwrap().status, 201);
+    assert_eq!(s.upstream.executions("slow"), 1);
+}
+
+#[tokio::test]
+async fn reused_key_with_another_body_never_executes() {
+    let s = setup("").await;
+    // While the first is still in flight...
+    let first = tokio::spawn({
+        let (c, u) = (s.client.clone(), s.url("/orders"));
+        async move {
+            c.send(
+                "POST",
+                &u,
+                &[
+                    JSON,
+                    ("idempotency-key", "reuse"),
+                    ("x-test-delay-ms", "300"),
+                ],
+                r#"{"a":1}"#,
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let during = s.post("reuse", r#"{"a":2}"#, &[]).await;
+    assert_eq!(during.status, 422);
+    assert_eq!(
+        during.problem_type().as_deref(),
+        Some("urn:oncely:problem:idempotency-key-reused")
+    );
+    assert_eq!(first.await.unwrap().unwrap().status, 201);
+    // ...and after it completed.
+    let after = s.post("reuse", r#"{"a":2}"#, &[]).await;
+    assert_eq!(after.status, 422);
+    assert_eq!(s.upstream.executions("reuse"), 1);
+}
+
+#[tokio::test]
+async fn mismatch_status_can_be_409() {
+    let s = setup("[defaults]\nmismatch_status = 409").await;
+    assert_eq!(s.post("m409", r#"{"a":1}"#, &[]).await.status, 201);
+    let other = s.post("m409", r#"{"a":2}"#, &[]).await;
+    assert_eq!(other.status, 409);
+    assert_eq!(
+        other.problem_type().as_deref(),
+        Some("urn:oncely:problem:idempotency-key-reused")
+    );
+}
+
+#[tokio::test]
+async fn tenants_never_share_records() {
+    let s = setup("").await;
+    let a1 = s
+        .post("shared", "{}", &[("authorization", "Bearer alice")])
+        .await;
+    let b1 = s
+        .post("shared", "{}", &[("authorization", "Bearer bob")])
+        .await;
+    assert_eq!((a1.status, b1.status), (201, 201));
+    assert!(
+        !b1.replayed(),
+        "bob's request executes: another tenant's record is invisible"
+    );
+    assert_ne!(a1.body, b1.body);
+    assert_eq!(s.upstream.executions("shared"), 2);
+    let a2 = s
+        .post("shared", "{}", &[("authorization", "Bearer alice")])
+        .await;
+    let b2 = s
+        .post("shared", "{}", &[("authorization", "Bearer bob")])
+        .await;
+    assert_eq!(a2.body, a1.body);
+    assert_eq!(b2.body, b1.body);
+    let anon = s.post("shared", "{}", &[]).await;
+    assert!(!anon.replayed());
+    assert_eq!(s.upstream.executions("shared"), 3);
+}
+
+#[tokio::test]
+async fn tenant_from_a_header() {
+    let s = setup("[defaults]\ntenant = \"header:x-tenant\"").await;
+    let a = s
+        .post(
+            "tk",
+            "{}",
+            &[("x-tenant", "acme"), ("authorization", "Bearer one")],
+        )
+        .await;
+    // Same tenant header, another credential: the same tenant, so a replay.
+    let a2 = s
+        .post(
+            "tk",
+            "{}",
+            &[("x-tenant", "acme"), ("authorization", "Bearer two")],
+        )
+        .await;
+    let b = s.post("tk", "{}", &[("x-tenant", "globex")]).await;
+    assert!(a2.replayed() && a2.body == a.body);
+    assert!(!b.replayed());
+    assert_eq!(s.upstream.executions("tk"), 2);
+}
+
+#[tokio::test]
+async fn upstream_500_releases_the_key_and_201_is_stored() {
+    let s = setup("").await;
+    let failed = s
+        .post("flaky", r#"{"x":1}"#, &[("x-test-status", "500")])
+        .await;
+    assert_eq!(failed.status, 500, "the upstream's answer is passed on");
+    let retried = s.post("flaky", r#"{"x":1}"#, &[]).await;
+    assert_eq!(retried.status, 201);
+    assert!(!retried.replayed(), "the retry executed");
+    let replay = s
+        .post("flaky", r#"{"x":1}"#, &[("x-test-status", "500")])
+        .await;
+    assert_eq!(replay.status, 201);
+    assert!(replay.replayed());
+    assert_eq!(replay.body, retried.body);
+    assert_eq!(s.upstream.executions("flaky"), 2);
+    for transient in ["408", "429", "503"] {
+        let key = format!("transient-{transient}");
+        assert_eq!(
+            s.post(&key, "{}", &[("x-test-status", transient)])
+                .await
+                .status
+                .to_string(),
+            transient
+        );
+        assert_eq!(
+            s.post(&key, "{}", &[]).await.status,
+            201,
+            "{transient} does not poison the key"
+        );
+    }
+    // A 4xx answer is final: stored and replayed.
+    assert_eq!(
+        s.post("final-404", "{}", &[("x-test-status", "404")])
+            .await
+            .status,
+        404
+    );
+    let again = s.post("final-404", "{}", &[]).await;
+    assert_eq!((again.status, again.replayed()), (404, true));
+}
+
+#[tokio::test]
+async fn dropped_connection_holds_the_key_until_the_lease_ends() {
+    let s = setup("[defaults]\nlease = \"1s\"").await;
+    let dropped = s.post("drop", "{}", &[("x-test-drop", "1")]).await;
+    assert_eq!(dropped.status, 502);
+    assert_eq!(
+        dropped.problem_type().as_deref(),
+        Some("urn:oncely:problem:upstream-unavailable")
+    );
+    let soon = s.post("drop", "{}", &[]).await;
+    assert_eq!(soon.status, 409, "outcome unknown: the key stays held");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let later = s.post("drop", "{}", &[]).await;
+    assert_eq!(later.status, 201, "free once the lease ended");
+    assert_eq!(
+        s.upstream.executions("drop"),
+        2,
+        "the same key reached the upstream again, for it to dedupe"
+    );
+}
+
+#[tokio::test]
+async fn dropped_connection_with_release_policy_frees_at_once() {
+    let s = setup("[defaults]\nunknown_outcome = \"release\"").await;
+    assert_eq!(
+        s.post("drop-r", "{}", &[("x-test-drop", "1")]).await.status,
+        502
+    );
+    assert_eq!(s.post("drop-r", "{}", &[]).await.status, 201);
+}
+
+#[tokio::test]
+async fn lease_takeover_fences_the_stale_holder() {
+    // A lease shorter than the upstream's work and not renewed: the holder looks dead.
+    let s = setup("[defaults]\nlease = \"300ms\"\nrenew_lease = false").await;
+    let slow = tokio::spawn({
+        let (c, u) = (s.client.clone(), s.url("/orders"));
+        async move {
+            c.send(
+                "POST",
+                &u,
+                &[
+                    JSON,
+                    ("idempotency-key", "fence"),
+                    ("x-test-delay-ms", "1000"),
+                ],
+                "{}",
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let taker = s.post("fence", "{}", &[]).await;
+    assert_eq!(taker.status, 201);
+    assert!(!taker.replayed(), "the takeover executed");
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(
+        slow.status, 201,
+        "the stale holder's client still gets its own answer"
+    );
+    assert_eq!(slow.json()["execution"], 1);
+    assert_eq!(taker.json()["execution"], 2);
+    let replay = s.post("fence", "{}", &[]).await;
+    assert!(replay.replayed());
+    assert_eq!(
+        replay.body, taker.body,
+        "the stale completion was refused: the successor's outcome stands"
+    );
+}
+
+#[tokio::test]
+async fn renewed_lease_is_never_taken_over() {
+    let s = setup("[defaults]\nlease = \"300ms\"").await;
+    let slow = tokio::spawn({
+        let (c, u) = (s.client.clone(), s.url("/orders"));
+        async move {
+            c.send(
+                "POST",
+                &u,
+                &[
+                    JSON,
+                    ("idempotency-key", "renew"),
+                    ("x-test-delay-ms", "1000"),
+                ],
+                "{}",
+            )
+            .await
+        }
+    });
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            s.post("renew", "{}", &[]).await.status,
+            409,
+            "the live holder keeps its key"
+        );
+    }
+    assert_eq!(slow.await.unwrap().unwrap().status, 201);
+    assert_eq!(s.upstream.executions("renew"), 1);
+    assert_eq!(s.upstream.max_overlap("renew"), 1);
+}
+
+#[tokio::test]
+async fn ttl_expiry_frees_the_key() {
+    let s = setup("[defaults]\nttl = \"1s\"\nlease = \"500ms\"").await;
+    assert_eq!(s.post("ttl", r#"{"v":1}"#, &[]).await.status, 201);
+    assert_eq!(s.post("ttl", r#"{"v":2}"#, &[]).await.status, 422);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = s.post("ttl", r#"{"v":2}"#, &[]).await;
+    assert_eq!(fresh.status, 201);
+    assert!(!fresh.replayed());
+}
+
+#[tokio::test]
+async fn json_spelling_does_not_change_the_fingerprint() {
+    let s = setup("").await;
+    let first = s
+        .post(
+            "canon",
+            r#"{"amount":10.0,"items":[1,2],"who":{"b":1,"a":2}}"#,
+            &[],
+        )
+        .await;
+    for variant in [
+        r#"{"who":{"a":2,"b":1},"items":[1,2],"amount":10}"#,
+        "{ \"amount\" : 1e1,\n  \"items\" : [ 1 , 2 ],\n  \"who\" : { \"b\" : 1.0 , \"a\" : 2 } }",
+    ] {
+        let again = s.post("canon", variant, &[]).await;
+        assert_eq!(again.status, 201, "{variant}");
+        assert!(again.replayed());
+        assert_eq!(again.body, first.body);
+    }
+    assert_eq!(
+        s.post(
+            "canon",
+            r#"{"amount":10,"items":[2,1],"who":{"a":2,"b":1}}"#,
+            &[]
+        )
+        .await
+        .status,
+        422,
+        "array order matters"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_problem_answers() {
+    let s = setup("[[routes]]\npath = \"/orders\"\nmethods = [\"POST\"]\nkey = \"required\"\nmax_body = \"1KiB\"").await;
+    let url = s.url("/orders");
+    let check = |a: &Answer, status: u16, slug: &str| {
+        assert_eq!(a.status, status, "{:?}", a.body);
+        assert_eq!(a.header("content-type"), Some("application/problem+json"));
+        let j = a.json();
+        assert_eq!(j["type"], format!("urn:oncely:problem:{slug}"));
+        assert!(j["title"].is_string() && j["detail"].is_string());
+    };
+    check(
+        &s.client
+            .send_raw_header(&url, "idempotency-key", b"", b"{}")
+            .await
+            .unwrap(),
+        400,
+        "invalid-idempotency-key",
+    );
+    check(
+        &s.client
+            .send_raw_header(&url, "idempotency-key", &[b'k'; 256], b"{}")
+            .await
+            .unwrap(),
+        400,
+        "invalid-idempotency-key",
+    );
+    check(
+        &s.client
+            .send_raw_header(&url, "idempotency-key", b"a\tb", b"{}")
+            .await
+            .unwrap(),
+        400,
+        "invalid-idempotency-key",
+    );
+    check(
+        &s.client
+            .send_raw_header(&url, "idempotency-key", "clé".as_bytes(), b"{}")
+            .await
+            .unwrap(),
+        400,
+        "invalid-idempotency-key",
+    );
+    check(
+        &s.client
+            .send_raw_header(&url, "idempotency-key", b"\"unterminated", b"{}")
+            .await
+            .unwrap(),
+        400,
+        "invalid-idempotency-key",
+    );
+    check(
+        &s.client.send("POST", &url, &[JSON], "{}").await.unwrap(),
+        400,
+        "missing-idempotency-key",
+    );
+    check(
+        &s.client
+            .send(
+                "POST",
+                &url,
+                &[JSON, ("idempotency-key", "a"), ("idempotency-key", "b")],
+                "{}",
+            )
+            .await
+            .unwrap(),
+        400,
+        "invalid-idempotency-key",
+    );
+    check(
+        &s.post("big", &"x".repeat(1025), &[]).await,
+        413,
+        "request-body-too-large",
+    );
+    assert_eq!(
+        s.post(&"k".repeat(255), "{}", &[]).await.status,
+        201,
+        "255 characters is fine"
+    );
+    assert_eq!(s.post("\"quoted-key\"", "{}", &[]).await.status, 201);
+    assert!(
+        s.post("quoted-key", "{}", &[]).await.replayed(),
+        "sf-string and token spell one key"
+    );
+    // Malformed JSON is fingerprinted as bytes, not refused.
+    assert_eq!(s.post("broken", "{not json", &[]).await.status, 201);
+    assert!(s.post("broken", "{not json", &[]).await.replayed());
+    assert_eq!(s.post("broken", "{not json ", &[]).await.status, 422);
+    assert_eq!(s.upstream.total(), 3, "no bad request reached the upstream");
+}
+
+#[tokio::test]
+async fn control_bytes_in_the_key_never_crash_the_gateway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup("").await;
+    for raw_key in [&b"a\x01b"[..], b"\x7f", b"\xff\xfe", b"\"a\\"] {
+        let mut stream = tokio::net::TcpStream::connect(s.gateway.addr())
+            .await
+            .unwrap();
+        let mut req = b"POST /orders HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\nidempotency-key: ".to_vec();
+        req.extend_from_slice(raw_key);
+        req.extend_from_slice(b"\r\n\r\n{}");
+        stream.write_all(&req).await.unwrap();
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 400"), "{raw_key:?} -> {text}");
+    }
+    // Still serving.
+    assert_eq!(s.post("after-garbage", "{}", &[]).await.status, 201);
+    assert_eq!(s.upstream.total(), 1);
+}
+
+#[tokio::test]
+async fn unkeyed_requests_pass_through() {
+    let s = setup("").await;
+    let get = s
+        .client
+        .send("GET", &s.url("/things?x=1"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(get.status, 201);
+    assert_eq!(get.json()["path"], "/things");
+    let a = s
+        .client
+        .send("POST", &s.url("/orders"), &[JSON], "{}")
+        .await
+        .unwrap();
+    let b = s
+        .client
+        .send("POST", &s.url("/orders"), &[JSON], "{}")
+        .await
+        .unwrap();
+    assert!(
+        !a.replayed() && !b.replayed() && a.body != b.body,
+        "no key: no protection, as configured"
+    );
+    assert_eq!(a.header("set-cookie").is_some(), true);
+    assert_eq!(
+        a.json()["forwarded_for"],
+        "127.0.0.1",
+        "X-Forwarded-For is added"
+    );
+    assert_eq!(s.upstream.total(), 3);
+}
+
+#[tokio::test]
+async fn unreachable_upstream_releases_the_key() {
+    // Reserve a port with nothing listening on it.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreUrl::Sqlite {
+        path: dir.path().join("o.db"),
+        synchronous_full: false,
+    };
+    let config = Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(format!("http://127.0.0.1:{port}").parse().unwrap()),
+        store,
+    );
+    let gateway = Gateway::open(config).unwrap().start().await.unwrap();
+    let client = TestClient::new();
+    let url = format!("http://{}/orders", gateway.addr());
+    let down = client
+        .send("POST", &url, &[JSON, ("idempotency-key", "u1")], "{}")
+        .await
+        .unwrap();
+    assert_eq!(down.status, 502);
+    assert_eq!(
+        down.problem_type().as_deref(),
+        Some("urn:oncely:problem:upstream-unavailable")
+    );
+    // The upstream comes up on that port: the retry executes at once (nothing was sent).
+    let upstream = CountingUpstream::start_on(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    let up = client
+        .send("POST", &url, &[JSON, ("idempotency-key", "u1")], "{}")
+        .await
+        .unwrap();
+    assert_eq!(up.status, 201);
+    assert_eq!(upstream.executions("u1"), 1);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_requests_in_flight() {
+    let s = setup("").await;
+    let url = s.url("/orders");
+    let in_flight = tokio::spawn({
+        let c = s.client.clone();
+        let url = url.clone();
+        async move {
+            c.send(
+                "POST",
+                &url,
+                &[JSON, ("idempotency-key", "bye"), ("x-test-delay-ms", "500")],
+                "{}",
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let addr = s.gateway.addr();
+    s.gateway.shutdown().await;
+    let done = in_flight.await.unwrap().unwrap();
+    assert_eq!(done.status, 201, "the request in flight completed");
+    assert!(
+        TestClient::new()
+            .send("POST", &format!("http://{addr}/orders"), &[JSON], "{}")
+            .await
+            .is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn a_client_hanging_up_does_not_abort_the_execution() {
+    let s = setup("").await;
+    let url = s.url("/orders");
+    let impatient = tokio::spawn({
+        let c = s.client.clone();
+        async move {
+            c.send(
+                "POST",
+                &url,
+                &[
+                    JSON,
+                    ("idempotency-key", "hangup"),
+                    ("x-test-delay-ms", "300"),
+                ],
+                "{}",
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    impatient.abort();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let retry = s.post("hangup", "{}", &[]).await;
+    assert_eq!(retry.status, 201);
+    assert!(
+        retry.replayed(),
+        "the first execution finished and was stored"
+    );
+    assert_eq!(s.upstream.executions("hangup"), 1);
+}
+
+/// A store that can be switched off, to test the fail-closed and fail-open policies. The
+/// backend behind it is real; only reachability is simulated.
+struct SwitchableStore {
+    inner: oncely_store::MemoryStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl oncely_store::IdempotencyStore for SwitchableStore {
+    async fn claim(
+        &self,
+        k: &oncely_core::RecordKey,
+        f: oncely_core::Fingerprint,
+        l: Duration,
+        t: Duration,
+    ) -> oncely_store::StoreResult<oncely_core::ClaimOutcome> {
+        self.check()?;
+        self.inner.claim(k, f, l, t).await
+    }
+    async fn complete(
+        &self,
+        k: &oncely_core::RecordKey,
+        tok: oncely_core::LeaseToken,
+        r: oncely_core::StoredResponse,
+        t: Duration,
+    ) -> oncely_store::StoreResult<()> {
+        self.check()?;
+        self.inner.complete(k, tok, r, t).await
+    }
+    async fn release(
+        &self,
+        k: &oncely_core::RecordKey,
+        tok: oncely_core::LeaseToken,
+    ) -> oncely_store::StoreResult<()> {
+        self.check()?;
+        self.inner.release(k, tok).await
+    }
+    async fn renew(
+        &self,
+        k: &oncely_core::RecordKey,
+        tok: oncely_core::LeaseToken,
+        l: Duration,
+    ) -> oncely_store::StoreResult<oncely_core::Timestamp> {
+        self.check()?;
+        self.inner.renew(k, tok, l).await
+    }
+    async fn get(
+        &self,
+        k: &oncely_core::RecordKey,
+    ) -> oncely_store::StoreResult<Option<oncely_core::Record>> {
+        self.check()?;
+        self.inner.get(k).await
+    }
+    async fn purge_expired(&self, b: usize) -> oncely_store::StoreResult<u64> {
+        self.check()?;
+        self.inner.purge_expired(b).await
+    }
+    async fn stats(&self) -> oncely_store::StoreResult<oncely_store::StoreStats> {
+        self.check()?;
+        self.inner.stats().await
+    }
+}
+
+impl SwitchableStore {
+    fn check(&self) -> oncely_store::StoreResult<()> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(oncely_store::StoreError::Unavailable("switched off".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test]
+async fn store_outage_fails_closed_or_open_per_route() {
+    let upstream = CountingUpstream::start().await;
+    let store = Arc::new(SwitchableStore {
+        inner: oncely_store::MemoryStore::new(Arc::new(SystemClock)),
+        down: std::sync::atomic::AtomicBool::new(false),
+    });
+    let config = Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(upstream.url().parse().unwrap()),
+        StoreUrl::Memory,
+    )
+    .apply_toml("[[routes]]\npath = \"/open\"\nstore_unavailable = \"fail-open\"")
+    .unwrap();
+    let gateway = Gateway::with_store(config, store.clone(), Arc::new(SystemClock))
+        .start()
+        .await
+        .unwrap();
+    let client = TestClient::new();
+    let base = format!("http://{}", gateway.addr());
+    let done = client
+        .send(
+            "POST",
+            &format!("{base}/orders"),
+            &[JSON, ("idempotency-key", "before")],
+            "{}",
+        )
+        .await
+        .unwrap();
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let closed = client
+        .send(
+            "POST",
+            &format!("{base}/orders"),
+            &[JSON, ("idempotency-key", "during")],
+            "{}",
+        )
+        .await
+        .unwrap();
+    assert_eq!(closed.status, 503);
+    assert_eq!(
+        closed.problem_type().as_deref(),
+        Some("urn:oncely:problem:idempotency-store-unavailable")
+    );
+    assert!(closed.header("retry-after").is_some());
+    assert_eq!(
+        upstream.executions("during"),
+        0,
+        "fail closed: nothing forwarded"
+    );
+    let open = client
+        .send(
+            "POST",
+            &format!("{base}/open"),
+            &[JSON, ("idempotency-key", "during")],
+            "{}",
+        )
+        .await
+        .unwrap();
+    assert_eq!(open.status, 201, "fail open: forwarded without protection");
+    let unkeyed = client
+        .send("GET", &format!("{base}/anything"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(unkeyed.status, 201, "unkeyed traffic never needs the store");
+    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let back = client
+        .send(
+            "POST",
+            &format!("{base}/orders"),
+            &[JSON, ("idempotency-key", "before")],
+            "{}",
+        )
+        .await
+        .unwrap();
+    assert!(back.replayed(), "records from before the outage are intact");
+    assert_eq!(back.body, done.body);
+}
