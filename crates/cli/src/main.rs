@@ -30,6 +30,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure the gateway against its upstream, side by side.
     Bench(bench::BenchArgs),
+    /// Send one request, curl-like, retrying safely: one Idempotency-Key, full jitter.
+    Send(oncely_client::send::SendArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,11 +50,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // `send` has its own exit codes (docs/retry-client.md).
+    if let Command::Send(args) = cli.command {
+        return runtime.block_on(oncely_client::send::run(args));
+    }
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Send(_) => Ok(()), // handled above
         }
     });
     match result {
