@@ -1,0 +1,283 @@
+//! The `oncely` binary as users run it: crash and restart on one SQLite file, graceful stop
+//! on SIGTERM, command-line errors, and the demo.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oncely_testkit::{CountingUpstream, TestClient};
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+fn oncely() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_oncely"))
+}
+
+/// Starts `oncely serve` and returns it with its base URL.
+fn serve(upstream: &str, db: &Path, config: &Path) -> (Child, String) {
+    let mut child = oncely()
+        .args([
+            "--log-level",
+            "warn",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+        ])
+        .arg("--store")
+        .arg(format!("sqlite://{}", db.display()))
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn oncely serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected output: {line}"))
+        .to_owned();
+    (child, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_request_then_restart_on_the_same_file() {
+    let upstream = CountingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("oncely.db");
+    let config = dir.path().join("oncely.toml");
+    std::fs::write(&config, "[defaults]\nlease = \"3s\"\n").unwrap();
+    let client = TestClient::new();
+
+    let (mut gw, url) = serve(&upstream.url(), &db, &config);
+    let orders = format!("{url}/orders");
+    let done = client
+        .send(
+            "POST",
+            &orders,
+            &[JSON, ("idempotency-key", "done")],
+            r#"{"a":1}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, 201);
+
+    let interrupted = tokio::spawn({
+        let (client, orders) = (client.clone(), orders.clone());
+        async move {
+            client
+                .send(
+                    "POST",
+                    &orders,
+                    &[
+                        JSON,
+                        ("idempotency-key", "cut"),
+                        ("x-test-delay-ms", "2000"),
+                    ],
+                    r#"{"a":2}"#,
+                )
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.kill().expect("SIGKILL");
+    let killed_at = Instant::now();
+    gw.wait().unwrap();
+    assert!(
+        interrupted.await.unwrap().is_err(),
+        "the client saw the connection die"
+    );
+
+    let (mut gw, url) = serve(&upstream.url(), &db, &config);
+    let orders = format!("{url}/orders");
+    let replay = client
+        .send(
+            "POST",
+            &orders,
+            &[JSON, ("idempotency-key", "done")],
+            r#"{"a":1}"#,
+        )
+        .await
+        .unwrap();
+    assert!(replay.replayed(), "completed keys survive the crash");
+    assert_eq!(replay.body, done.body);
+    assert_eq!(upstream.executions("done"), 1);
+
+    let held = client
+        .send(
+            "POST",
+            &orders,
+            &[JSON, ("idempotency-key", "cut")],
+            r#"{"a":2}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        held.status, 409,
+        "the interrupted key is held while its lease runs"
+    );
+
+    // No crash blocks a key longer than its lease.
+    let lease_end = killed_at + Duration::from_millis(3000 + 200);
+    tokio::time::sleep_until(lease_end.into()).await;
+    let retried = client
+        .send(
+            "POST",
+            &orders,
+            &[JSON, ("idempotency-key", "cut")],
+            r#"{"a":2}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        retried.status, 201,
+        "free after the lease: {:?}",
+        retried.body
+    );
+    assert_eq!(
+        upstream.executions("cut"),
+        2,
+        "the retry reached the upstream with the same key"
+    );
+    gw.kill().unwrap();
+    gw.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish() {
+    let upstream = CountingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("oncely.toml");
+    std::fs::write(&config, "").unwrap();
+    let (mut gw, url) = serve(&upstream.url(), &dir.path().join("o.db"), &config);
+    let client = TestClient::new();
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        let orders = format!("{url}/orders");
+        async move {
+            client
+                .send(
+                    "POST",
+                    &orders,
+                    &[
+                        JSON,
+                        ("idempotency-key", "term"),
+                        ("x-test-delay-ms", "700"),
+                    ],
+                    "{}",
+                )
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SAFETY: plain kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(gw.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let answer = in_flight.await.unwrap().expect("answered before exiting");
+    assert_eq!(answer.status, 201);
+    let status = gw.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+}
+
+#[test]
+fn command_line_errors_are_one_line_and_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["serve".into()], "no upstream"),
+        (
+            vec!["serve".into(), "--upstream".into(), "ftp://x".into()],
+            "--upstream",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--upstream".into(),
+                "http://127.0.0.1:9".into(),
+                "--store".into(),
+                "postgres://h/db".into(),
+            ],
+            "not available",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--upstream".into(),
+                "http://127.0.0.1:9".into(),
+                "--config".into(),
+                "/nonexistent/oncely.toml".into(),
+            ],
+            "cannot read",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--upstream".into(),
+                "http://127.0.0.1:9".into(),
+                "--listen".into(),
+                "nowhere".into(),
+            ],
+            "--listen",
+        ),
+    ];
+    let bad_config = dir.path().join("bad.toml");
+    std::fs::write(&bad_config, "[defaults]\nlease = \"forever\"\n").unwrap();
+    let mut cases = cases;
+    cases.push((
+        vec![
+            "serve".into(),
+            "--upstream".into(),
+            "http://127.0.0.1:9".into(),
+            "--config".into(),
+            bad_config.display().to_string(),
+        ],
+        "defaults.lease",
+    ));
+    for (args, expected) in cases {
+        let out = oncely().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{args:?}: one line: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"));
+    }
+}
+
+#[test]
+fn the_demo_tour_runs_and_shows_one_execution_per_key() {
+    let out = oncely()
+        .args([
+            "demo",
+            "--port",
+            "0",
+            "--work-ms",
+            "200",
+            "--exit-after-tour",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("replayed=true identical body=true"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("422"), "{stdout}");
+    assert!(stdout.contains("{201: 1, 409: 9}"), "{stdout}");
+    assert!(stdout.contains("executed 2 order(s)"), "{stdout}");
+    assert!(stdout.contains("curl -i -X POST"), "{stdout}");
+}
