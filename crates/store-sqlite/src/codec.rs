@@ -15,9 +15,15 @@ pub(crate) const STATE_IN_PROGRESS: i64 = 0;
 /// Completed records: response columns set, lease columns NULL.
 pub(crate) const STATE_COMPLETED: i64 = 1;
 
-/// The columns [`record_from_row`] expects, in order.
-pub(crate) const RECORD_COLUMNS: &str =
-    "fingerprint, created_at, expires_at, state, lease_token, lease_expires_at, status, headers, body";
+/// The columns [`record_from_row`] expects, in order. A macro rather than a `const` so that
+/// statements can be built with `concat!` and stay `&'static str` for the statement cache.
+macro_rules! record_columns {
+    () => {
+        "fingerprint, created_at, expires_at, state, lease_token, lease_expires_at, status, \
+         headers, body"
+    };
+}
+pub(crate) use record_columns;
 
 /// Any I/O-side failure of SQLite: the engine fails closed on it.
 pub(crate) fn unavailable(e: rusqlite::Error) -> StoreError {

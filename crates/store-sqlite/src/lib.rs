@@ -56,6 +56,15 @@ mod writer;
 use codec::unavailable;
 use writer::{Answer, Command, Op, Writer};
 
+/// More readers than this only multiply file handles: SQLite reads are CPU-bound here.
+const MAX_READERS: usize = 64;
+/// Bounds one transaction (and the command queue, a few batches long) so that an absurd
+/// setting cannot allocate without limit or hold the write lock for long.
+const MAX_BATCH: usize = 1 << 16;
+/// After a checkpoint the WAL is truncated back to this size, so a burst of writes does not
+/// leave a huge log file behind.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
 /// How to open a [`SqliteStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqliteOptions {
@@ -67,9 +76,9 @@ pub struct SqliteOptions {
     /// How long a statement waits for a lock held by another connection (another process
     /// on the same file, or a checkpoint) before the operation fails as unavailable.
     pub busy_timeout: Duration,
-    /// Read-only connections serving `get` and `stats` concurrently (at least one is used).
+    /// Read-only connections serving `get` and `stats` concurrently (clamped to 1..=64).
     pub readers: usize,
-    /// The most writes committed in one transaction (at least one).
+    /// The most writes committed in one transaction (clamped to 1..=65536).
     pub max_batch: usize,
 }
 
@@ -114,13 +123,13 @@ impl SqliteStore {
         let mut conn = open_writer(&opts)?;
         schema::migrate(&mut conn, &opts.path)?;
 
-        let readers = opts.readers.max(1);
+        let readers = opts.readers.clamp(1, MAX_READERS);
         let mut idle = Vec::with_capacity(readers);
         for _ in 0..readers {
             idle.push(open_reader(&opts.path, opts.busy_timeout)?);
         }
 
-        let max_batch = opts.max_batch.max(1);
+        let max_batch = opts.max_batch.clamp(1, MAX_BATCH);
         // Bounded so that a writer that cannot keep up pushes back on callers (they wait in
         // `send`) instead of letting the queue grow without limit; a few batches' worth of
         // slack keeps the next batch filling while one commits.
@@ -216,6 +225,8 @@ fn open_writer(opts: &SqliteOptions) -> StoreResult<Connection> {
         "NORMAL"
     };
     conn.pragma_update(None, "synchronous", sync)
+        .map_err(fail)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
         .map_err(fail)?;
     // Room for every distinct statement the writer prepares, so none is ever re-parsed.
     conn.set_prepared_statement_cache_capacity(32);
@@ -357,13 +368,7 @@ impl IdempotencyStore for SqliteStore {
         let key = key.clone();
         self.readers
             .run(move |conn| {
-                let sql = format!(
-                    "SELECT {} FROM idempotency_records
-                     WHERE tenant = ?1 AND method = ?2 AND route = ?3 AND idem_key = ?4
-                       AND expires_at > ?5",
-                    codec::RECORD_COLUMNS
-                );
-                let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
+                let mut stmt = conn.prepare_cached(GET_SQL).map_err(unavailable)?;
                 let mut rows = stmt
                     .query(params![
                         key.scope.tenant.as_str(),
@@ -410,10 +415,103 @@ impl IdempotencyStore for SqliteStore {
     }
 }
 
+/// The live record of a key; an expired one is absent even before purge removes it.
+const GET_SQL: &str = concat!(
+    "SELECT ",
+    codec::record_columns!(),
+    " FROM idempotency_records
+     WHERE tenant = ?1 AND method = ?2 AND route = ?3 AND idem_key = ?4 AND expires_at > ?5"
+);
+
 /// The writer answered an op with another op's kind of answer: a bug, reported rather than
 /// panicked on.
 fn mismatch(op: &str, answer: &Answer) -> StoreError {
     StoreError::Unavailable(format!(
         "internal error: the SQLite writer answered {op} with {answer:?}"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let o = SqliteOptions::new("/tmp/x.db");
+        assert_eq!(o.path, PathBuf::from("/tmp/x.db"));
+        assert!(!o.synchronous_full);
+        assert_eq!(o.busy_timeout, Duration::from_secs(5));
+        assert_eq!((o.readers, o.max_batch), (4, 512));
+    }
+
+    #[test]
+    fn the_writer_connection_is_wal_with_the_chosen_sync_level() {
+        let dir = tempfile::tempdir().unwrap();
+        for (full, want) in [(false, 1), (true, 2)] {
+            let mut o = SqliteOptions::new(dir.path().join(format!("s{want}.db")));
+            o.synchronous_full = full;
+            let conn = open_writer(&o).unwrap();
+            let mode: String = conn
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            let sync: i64 = conn
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap();
+            assert_eq!((mode.as_str(), sync), ("wal", want));
+        }
+    }
+
+    #[test]
+    fn an_in_memory_path_is_refused_rather_than_run_without_wal() {
+        let err = SqliteStore::open(
+            SqliteOptions::new(":memory:"),
+            Arc::new(oncely_core::SystemClock),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(m) if m.contains("WAL")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn migrations_are_idempotent_and_stamp_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        for _ in 0..2 {
+            let mut conn = open_writer(&SqliteOptions::new(&path)).unwrap();
+            schema::migrate(&mut conn, &path).unwrap();
+            let v: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            let app: i64 = conn
+                .pragma_query_value(None, "application_id", |r| r.get(0))
+                .unwrap();
+            assert_eq!((v, app), (schema::latest(), schema::APPLICATION_ID));
+        }
+    }
+
+    #[test]
+    fn purge_walks_the_expiry_index_and_lookups_the_primary_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let mut conn = open_writer(&SqliteOptions::new(&path)).unwrap();
+        schema::migrate(&mut conn, &path).unwrap();
+        let plan = |sql: &str| -> String {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            // The plan does not depend on the values; NULLs satisfy the parameter count.
+            let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            rows.join("\n")
+        };
+        let purge = plan(writer::PURGE_SQL);
+        assert!(purge.contains("idempotency_records_expires_at"), "{purge}");
+        let get = plan(GET_SQL);
+        assert!(get.contains("PRIMARY KEY"), "{get}");
+        assert!(!get.contains("SCAN"), "{get}");
+    }
 }

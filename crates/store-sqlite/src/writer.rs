@@ -107,25 +107,19 @@ impl Writer {
 
     fn run_batch(&self, batch: &mut Vec<Command>) {
         let size = batch.len();
-        let mut answered: Vec<(oneshot::Sender<StoreResult<Answer>>, StoreResult<Answer>)> =
-            Vec::with_capacity(size);
-        let outcome = self.apply_all(batch, &mut answered);
-        match outcome {
-            Ok(()) => {
+        match self.apply_all(batch) {
+            Ok(results) => {
                 self.committed_batches.fetch_add(1, Ordering::Relaxed);
                 tracing::trace!(ops = size, "sqlite batch committed");
-                for (reply, result) in answered {
+                for (cmd, result) in batch.drain(..).zip(results) {
                     // A caller that gave up waiting is not an error of the store.
-                    let _ = reply.send(result);
+                    let _ = cmd.reply.send(result);
                 }
             }
-            Err(e) => {
-                tracing::warn!(ops = size, error = %e, "sqlite batch failed; nothing of it was kept");
+            Err(why) => {
+                tracing::warn!(ops = size, error = %why, "sqlite batch failed; nothing of it was kept");
                 self.abandon();
-                let err = StoreError::Unavailable(e);
-                for (reply, _) in answered {
-                    let _ = reply.send(Err(err.clone()));
-                }
+                let err = StoreError::Unavailable(why);
                 for cmd in batch.drain(..) {
                     let _ = cmd.reply.send(Err(err.clone()));
                 }
@@ -133,35 +127,32 @@ impl Writer {
         }
     }
 
-    /// Runs the batch in one transaction. On success every command has moved to `answered`;
-    /// on failure the transaction is not committed and the error says why.
-    fn apply_all(
-        &self,
-        batch: &mut Vec<Command>,
-        answered: &mut Vec<(oneshot::Sender<StoreResult<Answer>>, StoreResult<Answer>)>,
-    ) -> Result<(), String> {
+    /// Runs the batch in one transaction and returns each op's result, in order, once the
+    /// COMMIT has succeeded. On failure nothing is committed and the error says why; the
+    /// commands stay in `batch` so that every caller can be told.
+    fn apply_all(&self, batch: &[Command]) -> Result<Vec<StoreResult<Answer>>, String> {
         let conn = &self.conn;
         exec(conn, "BEGIN IMMEDIATE").map_err(|e| format!("sqlite BEGIN: {e}"))?;
-        for cmd in batch.drain(..) {
+        let mut results = Vec::with_capacity(batch.len());
+        for cmd in batch {
             exec(conn, "SAVEPOINT op").map_err(|e| format!("sqlite SAVEPOINT: {e}"))?;
             let result = self.apply(&cmd.op);
             if conn.is_autocommit() {
                 // SQLite rolled the whole transaction back under us: the ops already run in
                 // this batch are gone too, so none of them may be reported as done.
-                let why = match &result {
-                    Err(e) => format!("the transaction was rolled back: {e}"),
-                    Ok(_) => "the transaction was rolled back".to_owned(),
-                };
-                answered.push((cmd.reply, Err(StoreError::Unavailable(why.clone()))));
-                return Err(why);
+                return Err(match result {
+                    Err(e) => format!("sqlite rolled the batch back: {e}"),
+                    Ok(_) => "sqlite rolled the batch back".to_owned(),
+                });
             }
             if result.is_err() {
                 exec(conn, "ROLLBACK TO op").map_err(|e| format!("sqlite ROLLBACK TO: {e}"))?;
             }
             exec(conn, "RELEASE op").map_err(|e| format!("sqlite RELEASE: {e}"))?;
-            answered.push((cmd.reply, result));
+            results.push(result);
         }
-        exec(conn, "COMMIT").map_err(|e| format!("sqlite COMMIT: {e}"))
+        exec(conn, "COMMIT").map_err(|e| format!("sqlite COMMIT: {e}"))?;
+        Ok(results)
     }
 
     /// Leaves no transaction open after a failed batch, so the next batch starts clean.
@@ -232,13 +223,12 @@ WHERE idempotency_records.expires_at <= ?6
        AND idempotency_records.fingerprint = excluded.fingerprint)
 RETURNING takeovers";
 
-fn select_record_sql() -> String {
-    format!(
-        "SELECT {} FROM idempotency_records
-         WHERE tenant = ?1 AND method = ?2 AND route = ?3 AND idem_key = ?4",
-        codec::RECORD_COLUMNS
-    )
-}
+const SELECT_RECORD_SQL: &str = concat!(
+    "SELECT ",
+    codec::record_columns!(),
+    " FROM idempotency_records
+     WHERE tenant = ?1 AND method = ?2 AND route = ?3 AND idem_key = ?4"
+);
 
 fn claim(
     conn: &Connection,
@@ -281,7 +271,7 @@ fn claim(
     // The UPSERT found a live record it may not replace. Reading it in the same transaction
     // reports exactly the record that refused the claim.
     let mut stmt = conn
-        .prepare_cached(&select_record_sql())
+        .prepare_cached(SELECT_RECORD_SQL)
         .map_err(unavailable)?;
     let mut rows = stmt.query(key_params(key)).map_err(unavailable)?;
     match rows.next().map_err(unavailable)? {
@@ -445,16 +435,15 @@ fn refuse_unless_changed(
 /// Deletes at most `batch` expired rows in one statement, oldest first, so that a purge
 /// holds the write lock for a bounded time however large the backlog is. The inner SELECT
 /// walks the `expires_at` index.
+pub(crate) const PURGE_SQL: &str = "
+DELETE FROM idempotency_records
+WHERE (tenant, method, route, idem_key) IN (
+    SELECT tenant, method, route, idem_key FROM idempotency_records
+    WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)";
+
 fn purge(conn: &Connection, now: Timestamp, batch: usize) -> StoreResult<u64> {
     let limit = i64::try_from(batch).unwrap_or(i64::MAX);
-    let mut stmt = conn
-        .prepare_cached(
-            "DELETE FROM idempotency_records
-             WHERE (tenant, method, route, idem_key) IN (
-                 SELECT tenant, method, route, idem_key FROM idempotency_records
-                 WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)",
-        )
-        .map_err(unavailable)?;
+    let mut stmt = conn.prepare_cached(PURGE_SQL).map_err(unavailable)?;
     let deleted = stmt.execute(params![now.0, limit]).map_err(unavailable)?;
     Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
 }

@@ -336,3 +336,50 @@ async fn every_answered_write_survives_restart() {
     let stats = store.stats().await.unwrap();
     assert_eq!(stats.in_progress, 50);
 }
+
+/// Another process holding the write lock past the busy timeout: the batch fails closed
+/// (every caller hears `Unavailable`, nothing is half-written), reads carry on beside the
+/// lock, and the store recovers as soon as the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_lock_held_elsewhere_fails_closed_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.db");
+    let clock = ManualClock::new(START);
+    let mut opts = SqliteOptions::new(&path);
+    opts.busy_timeout = Duration::from_millis(100);
+    let store = Arc::new(SqliteStore::open(opts, Arc::new(clock.clone())).unwrap());
+    let held = key("t1", "held");
+    won(store.claim(&held, fp(b"a"), LEASE, TTL).await.unwrap());
+
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .claim(&key("t1", &format!("blocked-{i}")), fp(b"a"), LEASE, TTL)
+                .await
+        }));
+    }
+    for t in tasks {
+        let got = t.await.unwrap();
+        assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+    }
+    // WAL readers are not blocked by a writer.
+    assert!(store.get(&held).await.unwrap().is_some());
+    raw.execute_batch("ROLLBACK").unwrap();
+
+    for i in 0..8 {
+        let k = key("t1", &format!("blocked-{i}"));
+        assert_eq!(
+            store.get(&k).await.unwrap(),
+            None,
+            "a failed batch keeps nothing"
+        );
+        match store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap() {
+            ClaimOutcome::Claimed { takeover, .. } => assert!(!takeover),
+            other => panic!("expected a fresh claim, got {other:?}"),
+        }
+    }
+}
