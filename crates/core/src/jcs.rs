@@ -141,8 +141,8 @@ mod tests {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
-            any::<i32>().prop_map(|i| Value::from(i)),
-            (-1.0e6f64..1.0e6).prop_map(|f| Value::from(f)),
+            any::<i32>().prop_map(Value::from),
+            (-1.0e6f64..1.0e6).prop_map(Value::from),
             "[a-z\\u{80}-\\u{10ffff}\"\\\\\n]{0,8}".prop_map(Value::String),
         ];
         leaf.prop_recursive(4, 32, 6, |inner| {

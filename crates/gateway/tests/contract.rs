@@ -613,7 +613,7 @@ async fn unkeyed_requests_pass_through() {
         !a.replayed() && !b.replayed() && a.body != b.body,
         "no key: no protection, as configured"
     );
-    assert_eq!(a.header("set-cookie").is_some(), true);
+    assert!(a.header("set-cookie").is_some());
     assert_eq!(
         a.json()["forwarded_for"],
         "127.0.0.1",
