@@ -5,7 +5,8 @@
 //! then through the gateway with the same client, concurrency and duration, and reports
 //! throughput, p50, p99 and the gateway/direct ratio.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,12 +33,20 @@ pub struct BenchArgs {
     /// Store for the gateway [default: a fresh SQLite file in a temporary directory].
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// nginx binary for a plain-proxy reference column [default: `nginx` if on the PATH].
+    #[arg(long, value_name = "PATH")]
+    nginx: Option<PathBuf>,
+    /// Skip the nginx reference even if nginx is installed.
+    #[arg(long)]
+    no_nginx: bool,
 }
 
 struct Scenario {
     name: String,
     concurrency: usize,
     duplicate_share: f64,
+    /// Send no key: measures the proxying alone, the ceiling of the keyed path.
+    keyed: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -62,6 +71,11 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         upstream.url(),
         args.seconds
     );
+    let nginx = if args.no_nginx {
+        None
+    } else {
+        start_reference(args.nginx.clone(), upstream.addr(), &tmp).await
+    };
 
     let mut scenarios: Vec<Scenario> = args
         .concurrency
@@ -70,6 +84,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             name: format!("unique keys, c={c}"),
             concurrency: c,
             duplicate_share: 0.0,
+            keyed: true,
         })
         .collect();
     if args.duplicates_at > 0 {
@@ -77,62 +92,72 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             name: format!("50% duplicates, c={}", args.duplicates_at),
             concurrency: args.duplicates_at,
             duplicate_share: 0.5,
+            keyed: true,
+        });
+    }
+    if let Some(&c) = args.concurrency.iter().max() {
+        scenarios.push(Scenario {
+            name: format!("no key (pass-through), c={c}"),
+            concurrency: c,
+            duplicate_share: 0.0,
+            keyed: false,
         });
     }
     let body = bench_body(args.body_bytes);
     let duration = Duration::from_secs(args.seconds.max(1));
-    // Warm both paths (connection pools, SQLite pages) before measuring.
-    load(
-        &upstream.url(),
-        8,
-        0.0,
-        Duration::from_millis(500),
-        &body,
-        "warm-d",
-    )
-    .await;
-    load(
-        &gateway_url,
-        8,
-        0.0,
-        Duration::from_millis(500),
-        &body,
-        "warm-g",
-    )
-    .await;
+    // Warm every path (connection pools, SQLite pages) before measuring.
+    let mut targets = vec![upstream.url(), gateway_url.clone()];
+    if let Some((_, url)) = &nginx {
+        targets.push(url.clone());
+    }
+    for (i, t) in targets.iter().enumerate() {
+        let warm = Load {
+            concurrency: 8,
+            duplicate_share: 0.0,
+            keyed: true,
+            duration: Duration::from_millis(500),
+        };
+        load(t, &warm, &body, &format!("warm{i}")).await;
+    }
 
     let mut rows = Vec::new();
     for (i, s) in scenarios.iter().enumerate() {
-        let tag = format!("s{i}");
         eprintln!("running: {} ...", s.name);
-        let direct = load(
-            &upstream.url(),
-            s.concurrency,
-            s.duplicate_share,
+        let plan = Load {
+            concurrency: s.concurrency,
+            duplicate_share: s.duplicate_share,
+            keyed: s.keyed,
             duration,
-            &body,
-            &format!("{tag}d"),
-        )
-        .await;
-        let gateway = load(
-            &gateway_url,
-            s.concurrency,
-            s.duplicate_share,
-            duration,
-            &body,
-            &format!("{tag}g"),
-        )
-        .await;
-        rows.push((s.name.clone(), direct, gateway));
+        };
+        let direct = load(&upstream.url(), &plan, &body, &format!("s{i}d")).await;
+        let gateway = load(&gateway_url, &plan, &body, &format!("s{i}g")).await;
+        let reference = match &nginx {
+            Some((_, url)) => Some(load(url, &plan, &body, &format!("s{i}n")).await),
+            None => None,
+        };
+        rows.push((s.name.clone(), direct, gateway, reference));
     }
     let _ = child.kill().await;
+    if let Some((mut n, _)) = nginx {
+        let _ = n.kill().await;
+    }
     let _ = std::fs::remove_dir_all(&tmp);
 
-    println!("| scenario | direct req/s | gateway req/s | ratio | direct p50 | gateway p50 | added p50 | direct p99 | gateway p99 | errors |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, d, g) in rows {
+    println!("| scenario | direct req/s | gateway req/s | gateway/direct | nginx req/s | gateway/nginx | direct p50 | gateway p50 | added p50 | nginx p50 | direct p99 | gateway p99 | nginx p99 | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, d, g, n) in rows {
+        let (n_rps, n_ratio, n_p50, n_p99, n_err) = match n {
+            Some(n) => (
+                format!("{:.0}", n.rps),
+                format!("{:.0}%", 100.0 * g.rps / n.rps.max(1.0)),
+                ms(n.p50_us),
+                ms(n.p99_us),
+                n.errors,
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into(), 0),
+        };
         println!(
-            "| {name} | {:.0} | {:.0} | {:.0}% | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {:.0} | {:.0} | {:.0}% | {n_rps} | {n_ratio} | {} | {} | {} | {n_p50} | {} | {} | {n_p99} | {} |",
             d.rps,
             g.rps,
             100.0 * g.rps / d.rps.max(1.0),
@@ -141,7 +166,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             ms(g.p50_us.saturating_sub(d.p50_us)),
             ms(d.p99_us),
             ms(g.p99_us),
-            d.errors + g.errors
+            d.errors + g.errors + n_err
         );
     }
     Ok(())
@@ -193,15 +218,100 @@ async fn spawn_gateway(
     Ok((child, url))
 }
 
-/// Closed-loop load: `concurrency` workers each send one request at a time for `duration`.
-async fn load(
-    base: &str,
+async fn start_reference(
+    explicit: Option<PathBuf>,
+    upstream: SocketAddr,
+    dir: &Path,
+) -> Option<(tokio::process::Child, String)> {
+    let Some(bin) = find_nginx(explicit) else {
+        eprintln!("nginx not found: the plain-proxy reference column is skipped (install nginx or pass --nginx)");
+        return None;
+    };
+    match spawn_nginx(&bin, upstream, dir).await {
+        Ok(n) => {
+            eprintln!("nginx reference proxy {} ({})", n.1, bin.display());
+            Some(n)
+        }
+        Err(e) => {
+            eprintln!("nginx reference skipped: {e}");
+            None
+        }
+    }
+}
+
+fn find_nginx(explicit: Option<PathBuf>) -> Option<PathBuf> {
+    if explicit.is_some() {
+        return explicit;
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+}
+
+/// A plain nginx reverse proxy with upstream keep-alive: the ceiling a proxy can reach here.
+async fn spawn_nginx(
+    bin: &Path,
+    upstream: SocketAddr,
+    dir: &Path,
+) -> Result<(tokio::process::Child, String), String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs")).map_err(|e| e.to_string())?;
+    let p = prefix.display();
+    let conf = format!(
+        "daemon off;\nworker_processes auto;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
+         upstream up {{ server {upstream}; keepalive 256; }}\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n"
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
+    let child = tokio::process::Command::new(bin)
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok((child, url));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("nginx did not start listening within 5 s".into())
+}
+
+/// How one target is loaded.
+struct Load {
     concurrency: usize,
     duplicate_share: f64,
+    /// Send no key: measures the proxying alone, the ceiling of the keyed path.
+    keyed: bool,
     duration: Duration,
-    body: &str,
-    tag: &str,
-) -> Stats {
+}
+
+/// Closed-loop load: `concurrency` workers each send one request at a time for `duration`.
+async fn load(base: &str, plan: &Load, body: &str, tag: &str) -> Stats {
+    let (concurrency, duplicate_share, keyed, duration) = (
+        plan.concurrency,
+        plan.duplicate_share,
+        plan.keyed,
+        plan.duration,
+    );
     let client = TestClient::new();
     let url = format!("{base}/orders");
     let next_key = Arc::new(AtomicU64::new(0));
@@ -233,11 +343,12 @@ async fn load(
                     _ => format!("{tag}-{w}-{}", next_key.fetch_add(1, Ordering::Relaxed)),
                 };
                 let t = Instant::now();
-                let headers = [
+                let all = [
                     ("content-type", "application/json"),
                     ("idempotency-key", key.as_str()),
                 ];
-                match client.send("POST", &url, &headers, body.clone()).await {
+                let headers = if keyed { &all[..] } else { &all[..1] };
+                match client.send("POST", &url, headers, body.clone()).await {
                     Ok(a) if a.status == 201 => latencies.push(t.elapsed().as_micros() as u64),
                     _ => {
                         errors.fetch_add(1, Ordering::Relaxed);

@@ -51,9 +51,19 @@ where
         });
     }
     let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    // Stop as soon as the body says it is complete (its declared length has arrived) instead
+    // of waiting for an end-of-stream poll, which costs hyper another wake-up of its
+    // connection task.
+    while !body.is_end_stream() {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
         let frame = frame.map_err(Into::into)?;
         if let Ok(data) = frame.into_data() {
+            if buf.is_empty() && body.is_end_stream() && data.len() <= limit {
+                // The whole body in one frame: keep it without a copy.
+                return Ok(Buffered::Complete(data));
+            }
             buf.extend_from_slice(&data);
             if buf.len() > limit {
                 return Ok(Buffered::TooLarge {

@@ -340,18 +340,15 @@ impl Engine {
         job: Job,
         token: LeaseToken,
     ) -> Response<BoxBody> {
-        let engine = self.clone();
-        let task = self
+        // Run inline (no task hand-off on the hot path), but never let a client that hangs up
+        // cancel the execution half way: if this future is dropped, the rest runs detached.
+        let run = self
             .tasks
-            .spawn(async move { engine.run_claimed(inner, job, token).await });
-        match task.await {
-            Ok(resp) => resp,
-            // The execution panicked; its guard has applied the unknown-outcome policy.
-            Err(e) => problem_default(
-                ProblemKind::UpstreamUnavailable,
-                &format!("the request failed: {e}"),
-            ),
+            .track_future(self.clone().run_claimed(inner, job, token));
+        RunToCompletion {
+            fut: Some(Box::pin(run)),
         }
+        .await
     }
 
     async fn run_claimed(
@@ -611,6 +608,50 @@ enum WaitEnd {
     ClaimAgain,
     TimedOut,
     StoreFailed(StoreError),
+}
+
+/// Polls its future inline; if dropped before the future finished, spawns the rest of it so
+/// it still completes (and stores or releases its key) after the caller went away.
+struct RunToCompletion<F: Future + Send + 'static>
+where
+    F::Output: Send + 'static,
+{
+    fut: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future + Send + 'static> Future for RunToCompletion<F>
+where
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let Some(fut) = self.fut.as_mut() else {
+            // Polled after completion: a caller bug; never complete twice.
+            return std::task::Poll::Pending;
+        };
+        let out = fut.as_mut().poll(cx);
+        if out.is_ready() {
+            self.fut = None;
+        }
+        out
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for RunToCompletion<F>
+where
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        if let Some(fut) = self.fut.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(fut);
+            }
+        }
+    }
 }
 
 /// Applies the unknown-outcome policy if an execution ends without deciding (it panicked, or

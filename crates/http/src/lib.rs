@@ -14,7 +14,9 @@ pub mod problem;
 mod wait;
 
 pub use body::{BoxBody, BoxError};
-pub use engine::{Engine, Forward, Outcome, OutcomeObserver, UpstreamError, UpstreamErrorKind};
+pub use engine::{
+    Engine, Forward, ForwardFuture, Outcome, OutcomeObserver, UpstreamError, UpstreamErrorKind,
+};
 pub use layer::{IdempotencyLayer, IdempotencyService};
 pub use policy::{
     InFlightMode, KeyRequirement, PathPattern, Route, RoutePolicy, Routes, StoreFailureMode,

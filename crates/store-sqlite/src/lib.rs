@@ -511,7 +511,10 @@ mod tests {
         let purge = plan(writer::PURGE_SQL);
         assert!(purge.contains("idempotency_records_expires_at"), "{purge}");
         let get = plan(GET_SQL);
-        assert!(get.contains("PRIMARY KEY"), "{get}");
+        assert!(
+            get.contains("sqlite_autoindex_idempotency_records_1"),
+            "{get}"
+        );
         assert!(!get.contains("SCAN"), "{get}");
     }
 }

@@ -437,8 +437,8 @@ fn refuse_unless_changed(
 /// walks the `expires_at` index.
 pub(crate) const PURGE_SQL: &str = "
 DELETE FROM idempotency_records
-WHERE (tenant, method, route, idem_key) IN (
-    SELECT tenant, method, route, idem_key FROM idempotency_records
+WHERE id IN (
+    SELECT id FROM idempotency_records
     WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)";
 
 fn purge(conn: &Connection, now: Timestamp, batch: usize) -> StoreResult<u64> {
