@@ -6,18 +6,95 @@
 //! reused.
 //!
 //! Numbers are IEEE 754 doubles serialised as ECMAScript's `Number.prototype.toString` does,
-//! as the RFC requires; integers beyond 2^53 therefore lose precision exactly as they would in
-//! any JCS implementation. An object with a duplicated member name keeps the last value (the
-//! RFC asks parsers to reject such input; we canonicalise rather than refuse a request).
+//! as the RFC requires. Two kinds of input are not canonicalised, so that the caller hashes
+//! their raw bytes instead and two different requests never share a fingerprint:
+//! - a number whose magnitude exceeds 2^53, where doubles stop being exact (account numbers
+//!   and 64-bit ids that differ in their last digit would otherwise collide);
+//! - an object with a duplicated member name, which parsers resolve differently (the RFC
+//!   forbids it; a canonical form would have to pick one value).
 
-use serde_json::Value;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 
-/// Canonical bytes of `input`, or `None` if it is not a single valid JSON text.
+/// Canonical bytes of `input`, or `None` if it is not a single valid JSON text or holds
+/// something JCS cannot represent faithfully (see the module notes).
 pub fn canonicalize(input: &[u8]) -> Option<Vec<u8>> {
-    let value: Value = serde_json::from_slice(input).ok()?;
+    let Strict(value) = serde_json::from_slice(input).ok()?;
     let mut out = Vec::with_capacity(input.len());
     write_value(&value, &mut out);
     Some(out)
+}
+
+/// Beyond this magnitude not every integer is a double.
+const EXACT_LIMIT: f64 = 9_007_199_254_740_992.0;
+const EXACT_INT: u64 = 1 << 53;
+
+/// A JSON value parsed with the two refusals described in the module notes.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Value, E> {
+        if n > EXACT_INT {
+            return Err(E::custom("integer beyond the exact range of a double"));
+        }
+        Ok(Value::Number(n.into()))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Value, E> {
+        if n.unsigned_abs() > EXACT_INT {
+            return Err(E::custom("integer beyond the exact range of a double"));
+        }
+        Ok(Value::Number(n.into()))
+    }
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Value, E> {
+        if n.abs() > EXACT_LIMIT {
+            return Err(E::custom("number beyond the exact range of a double"));
+        }
+        Number::from_f64(n)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("not a finite number"))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if out.insert(name, v).is_some() {
+                return Err(de::Error::custom("duplicate member name"));
+            }
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 fn write_value(v: &Value, out: &mut Vec<u8>) {
@@ -114,8 +191,9 @@ mod tests {
         assert_eq!(canon("-0"), "0");
         assert_eq!(canon("0.000001"), "0.000001");
         assert_eq!(canon("1e-7"), "1e-7");
-        assert_eq!(canon("1e21"), "1e+21");
-        assert_eq!(canon("123456789012345680000"), "123456789012345680000");
+        assert_eq!(canon("1e15"), "1000000000000000");
+        assert_eq!(canon("123456.789e3"), "123456789");
+        assert_eq!(canon("-1.5E-3"), "-0.0015");
         assert_eq!(canon("4.50"), "4.5");
     }
 
@@ -127,6 +205,22 @@ mod tests {
             "{\"\\r\":3,\"1\":4,\"\u{80}\":5,\"\u{20ac}\":1,\"\u{1f600}\":2}"
         );
         assert_eq!(canon(r#""\u0041\u001f\/""#), "\"A\\u001f/\"");
+    }
+
+    #[test]
+    fn inexact_numbers_and_duplicate_names_are_not_canonicalised() {
+        assert!(canonicalize(b"9007199254740993").is_none());
+        assert!(canonicalize(br#"{"id":-9007199254740993}"#).is_none());
+        assert!(canonicalize(b"1e300").is_none());
+        assert!(
+            canonicalize(b"9007199254740992").is_some(),
+            "2^53 itself is exact"
+        );
+        assert!(canonicalize(br#"{"a":1,"a":2}"#).is_none());
+        assert!(
+            canonicalize(br#"{"a":{"b":1},"c":{"b":2}}"#).is_some(),
+            "same name in two objects is fine"
+        );
     }
 
     #[test]

@@ -234,10 +234,14 @@ pub fn renew(
     let r = live(existing, now)?;
     check_holder(r, token)?;
     let mut renewed = r.clone();
+    let lease_expires_at = now.plus(lease);
     renewed.state = RecordState::InProgress {
         token,
-        lease_expires_at: now.plus(lease),
+        lease_expires_at,
     };
+    // A record never expires under a live lease: otherwise a holder renewing past its TTL
+    // would see its record vanish and a duplicate claim it afresh, beside it.
+    renewed.expires_at = renewed.expires_at.max(lease_expires_at);
     Ok(renewed)
 }
 
@@ -380,12 +384,17 @@ mod tests {
             LeaseToken(1),
             resp(),
             Timestamp(10),
-            Duration::from_millis(500),
+            Duration::from_millis(1000),
         )
         .unwrap();
-        let (_, out) = claim(Some(&done), &req(fp(b"b"), 509, 2));
+        assert_eq!(
+            done.expires_at,
+            Timestamp(1010),
+            "retention counts from the completion"
+        );
+        let (_, out) = claim(Some(&done), &req(fp(b"b"), 1009, 2));
         assert!(matches!(out, ClaimOutcome::Exists(_)));
-        let (_, out) = claim(Some(&done), &req(fp(b"b"), 510, 2));
+        let (_, out) = claim(Some(&done), &req(fp(b"b"), 1010, 2));
         assert!(matches!(
             out,
             ClaimOutcome::Claimed {
@@ -393,6 +402,33 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn completion_never_shortens_retention() {
+        let (rec, _) = claim(None, &req(fp(b"a"), 0, 1));
+        let done = complete(
+            rec.as_ref(),
+            LeaseToken(1),
+            resp(),
+            Timestamp(10),
+            Duration::from_millis(100),
+        )
+        .unwrap();
+        assert_eq!(done.expires_at, Timestamp(1000), "the claim promised 1000");
+    }
+
+    #[test]
+    fn renewal_keeps_the_record_alive_past_its_ttl() {
+        let (rec, _) = claim(None, &req(fp(b"a"), 0, 1));
+        let renewed = renew(
+            rec.as_ref(),
+            LeaseToken(1),
+            Timestamp(990),
+            Duration::from_millis(100),
+        )
+        .unwrap();
+        assert_eq!(renewed.expires_at, Timestamp(1090));
     }
 
     #[test]

@@ -15,9 +15,13 @@ impl Tenant {
     pub fn anonymous() -> Self {
         Tenant("anon".to_owned())
     }
-    /// A tenant named by a trusted header (set by an authenticating proxy in front).
+    /// A tenant named by a trusted header (set by an authenticating proxy in front). Values
+    /// that are not UTF-8 are kept as hex, so two different byte strings never name one tenant.
     pub fn from_header_value(v: &[u8]) -> Self {
-        Tenant(format!("hdr:{}", String::from_utf8_lossy(v)))
+        match std::str::from_utf8(v) {
+            Ok(s) => Tenant(format!("hdr:{s}")),
+            Err(_) => Tenant(format!("hdrx:{}", crate::fingerprint::hex(v))),
+        }
     }
     /// A tenant derived from the `Authorization` value. Only a hash is kept: two different
     /// credentials never share a tenant, and the credential itself is never stored.
@@ -92,5 +96,13 @@ mod tests {
         assert!(!a.as_str().contains("one"), "the credential is never kept");
         assert_ne!(Tenant::from_header_value(b"anon"), Tenant::anonymous());
         assert_ne!(Tenant::from_header_value(a.as_str().as_bytes()), a);
+        assert_ne!(
+            Tenant::from_header_value(b"\xff"),
+            Tenant::from_header_value(b"\xfe")
+        );
+        assert_ne!(
+            Tenant::from_header_value(b"\xff"),
+            Tenant::from_header_value("\u{fffd}".as_bytes())
+        );
     }
 }

@@ -31,6 +31,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The shortest lease accepted: renewals run every third of it (at least every 10 ms).
+pub const MIN_LEASE: Duration = Duration::from_millis(50);
+
 /// Everything the gateway needs to run, after defaults and command-line overrides.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -154,6 +157,13 @@ impl Config {
     /// Checks settings that only make sense together; returns warnings worth logging.
     pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
         let mut warnings = Vec::new();
+        if self.response_timeout <= self.connect_timeout {
+            return Err(ConfigError::Invalid(format!(
+                "server.response_timeout ({:?}) must be longer than server.connect_timeout ({:?}): \
+                 otherwise a slow connect looks like an unknown outcome and holds the key",
+                self.response_timeout, self.connect_timeout
+            )));
+        }
         let policies = self
             .routes
             .routes
@@ -166,9 +176,10 @@ impl Config {
                     .map(|p| ("defaults".to_owned(), p.clone())),
             );
         for (name, p) in policies {
-            if p.lease.is_zero() {
+            if p.lease < MIN_LEASE {
                 return Err(ConfigError::Invalid(format!(
-                    "{name}: lease must be longer than 0"
+                    "{name}: lease ({:?}) is shorter than {MIN_LEASE:?}, too short to be renewed in time",
+                    p.lease
                 )));
             }
             if p.ttl < p.lease {
@@ -370,11 +381,14 @@ impl PolicySection {
             (Some(other), _) => {
                 return Err(format!("in_flight: `{other}` is not one of reject, wait"))
             }
-            (None, Some(w)) => {
-                if let InFlightMode::Wait { .. } = p.in_flight {
-                    p.in_flight = InFlightMode::Wait { max_wait: w };
+            (None, Some(w)) => match p.in_flight {
+                InFlightMode::Wait { .. } => p.in_flight = InFlightMode::Wait { max_wait: w },
+                InFlightMode::Reject => {
+                    return Err(
+                        "max_wait: only meaningful with in_flight = \"wait\"; set that too".into(),
+                    )
                 }
-            }
+            },
             (None, None) => {}
         }
         if let Some(v) = &self.retry_after {
@@ -524,6 +538,31 @@ mod tests {
             .apply_toml("[defaults]\nlease = \"1s\"\nrenew_lease = false")
             .unwrap();
         assert_eq!(c.validate().unwrap().len(), 1);
+        let c = base().apply_toml("[defaults]\nlease = \"10ms\"").unwrap();
+        assert!(c.validate().is_err(), "too short to renew");
+        let c = base()
+            .apply_toml("[server]\nconnect_timeout = \"5s\"\nresponse_timeout = \"2s\"")
+            .unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("connect_timeout"));
+        let e = base()
+            .apply_toml("[[routes]]\npath = \"/a\"\nmax_wait = \"2s\"")
+            .unwrap_err();
+        assert!(e.contains("max_wait"), "{e}");
+        let c = base()
+            .apply_toml(
+                "[defaults]\nin_flight = \"wait\"\n[[routes]]\npath = \"/a\"\nmax_wait = \"2s\"",
+            )
+            .unwrap();
+        assert_eq!(
+            c.routes.policy_for(&Method::POST, "/a").unwrap().in_flight,
+            InFlightMode::Wait {
+                max_wait: Duration::from_secs(2)
+            }
+        );
     }
 
     #[test]

@@ -84,16 +84,22 @@ impl Service<Request<BoxBody>> for Forwarder {
             let client_addr = req.extensions().get::<ClientAddr>().copied();
             let headers = req.headers_mut();
             strip_hop_by_hop(headers);
+            // X-Forwarded-Host names the host the client asked for, never a value it forged.
+            headers.remove("x-forwarded-host");
             if let Some(host) = headers.get(HOST).cloned() {
                 headers.insert("x-forwarded-host", host);
             }
             headers.insert(HOST, this.upstream_host.clone());
             if let Some(ClientAddr(addr)) = client_addr {
                 let ip = addr.ip().to_string();
-                let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                    Some(prev) => format!("{prev}, {ip}"),
-                    None => ip,
-                };
+                // Earlier proxies' entries, from every X-Forwarded-For line, then this client.
+                let mut hops: Vec<&str> = headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                hops.push(&ip);
+                let value = hops.join(", ");
                 if let Ok(v) = HeaderValue::from_str(&value) {
                     headers.insert("x-forwarded-for", v);
                 }
@@ -127,6 +133,7 @@ impl Service<Request<BoxBody>> for Forwarder {
             };
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            let body = IdleTimeout::new(body, this.response_timeout);
             Ok(Response::from_parts(parts, boxed(body)))
         })
     }
@@ -141,4 +148,62 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+/// Fails a response body that sends nothing for `idle`: an upstream that stalls after its
+/// headers must not hold a request (and its key) forever.
+struct IdleTimeout<B> {
+    inner: B,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> IdleTimeout<B> {
+    fn new(inner: B, idle: Duration) -> Self {
+        IdleTimeout {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl<B> http_body::Body for IdleTimeout<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<oncely_http::BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = oncely_http::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + self.idle;
+                self.timer.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    let msg = format!(
+                        "the upstream sent nothing for {:?} in the middle of its response",
+                        self.idle
+                    );
+                    Poll::Ready(Some(Err(msg.into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

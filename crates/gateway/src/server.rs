@@ -168,18 +168,16 @@ async fn serve(
     }
     drop(listener);
     purger.abort();
-    let grace = config.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
+    // One deadline for the whole stop: connections first, then executions whose client left.
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    if tokio::time::timeout_at(deadline, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!(
-            ?grace,
-            "connections still open after the grace period; closing them"
-        );
+        tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the grace period; closing them");
     }
-    // Executions continue after their client left; give them the rest of the grace period.
-    if !engine.drain(grace).await {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if !engine.drain(left).await {
         tracing::warn!(
             "executions still running at shutdown; their keys stay held until their leases end"
         );

@@ -875,3 +875,80 @@ async fn store_outage_fails_closed_or_open_per_route() {
     assert!(back.replayed(), "records from before the outage are intact");
     assert_eq!(back.body, done.body);
 }
+
+#[tokio::test]
+async fn the_lease_is_renewed_while_a_slow_body_arrives() {
+    let s = setup("[defaults]\nlease = \"300ms\"").await;
+    let slow = tokio::spawn({
+        let (c, u) = (s.client.clone(), s.url("/orders"));
+        async move {
+            c.send(
+                "POST",
+                &u,
+                &[
+                    JSON,
+                    ("idempotency-key", "slow-body"),
+                    ("x-test-body-delay-ms", "1000"),
+                ],
+                "{}",
+            )
+            .await
+        }
+    });
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            s.post("slow-body", "{}", &[]).await.status,
+            409,
+            "headers arrived, body still coming: still held"
+        );
+    }
+    let first = slow.await.unwrap().unwrap();
+    assert_eq!(first.status, 201);
+    let replay = s.post("slow-body", "{}", &[]).await;
+    assert!(replay.replayed());
+    assert_eq!(replay.body, first.body);
+    assert_eq!(s.upstream.executions("slow-body"), 1);
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_an_unknown_outcome_not_a_hang() {
+    let s = setup("[server]\nconnect_timeout = \"200ms\"\nresponse_timeout = \"400ms\"\n[defaults]\nlease = \"1s\"").await;
+    let started = std::time::Instant::now();
+    let stalled = s
+        .post("stall", "{}", &[("x-test-body-delay-ms", "5000")])
+        .await;
+    assert_eq!(stalled.status, 502, "{:?}", stalled.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "bounded by the idle timeout"
+    );
+    assert_eq!(
+        s.post("stall", "{}", &[]).await.status,
+        409,
+        "the outcome is unknown: held for the lease"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(s.post("stall", "{}", &[]).await.status, 201);
+}
+
+#[tokio::test]
+async fn large_integers_are_compared_exactly() {
+    let s = setup("").await;
+    assert_eq!(
+        s.post("big-int", r#"{"account":9007199254740993}"#, &[])
+            .await
+            .status,
+        201
+    );
+    let other = s
+        .post("big-int", r#"{"account":9007199254740992}"#, &[])
+        .await;
+    assert_eq!(
+        other.status, 422,
+        "ids that differ beyond 2^53 are different requests"
+    );
+    let dup_names = s.post("dup-names", r#"{"a":1,"a":2}"#, &[]).await;
+    assert_eq!(dup_names.status, 201);
+    assert_eq!(s.post("dup-names", r#"{"a":2}"#, &[]).await.status, 422);
+}

@@ -251,7 +251,7 @@ impl Engine {
                 .claim(&job.record_key, job.fingerprint, p.lease, p.ttl)
                 .await;
             let existing = match claim {
-                Err(e) => return self.store_failed(inner, job, e).await,
+                Err(e) => return self.store_failed(inner, job, e, !waited).await,
                 Ok(ClaimOutcome::Claimed {
                     token, takeover, ..
                 }) => {
@@ -286,7 +286,9 @@ impl Engine {
                         WaitEnd::Mismatch => return self.mismatch(&p),
                         WaitEnd::ClaimAgain => continue,
                         WaitEnd::TimedOut => return self.in_flight(&p),
-                        WaitEnd::StoreFailed(e) => return self.store_failed(inner, job, e).await,
+                        WaitEnd::StoreFailed(e) => {
+                            return self.store_failed(inner, job, e, false).await
+                        }
                     }
                 }
             }
@@ -315,6 +317,15 @@ impl Engine {
                 ExistingDecision::InProgress { lease_expires_at } => {
                     let now = self.clock.now();
                     if lease_expires_at <= now {
+                        // Pause before claiming: if the store's clock disagrees with ours, the
+                        // claim finds the lease still live and we come back here, so this
+                        // pause is what keeps that loop from spinning.
+                        tokio::time::sleep(
+                            poll.min(
+                                deadline.saturating_duration_since(tokio::time::Instant::now()),
+                            ),
+                        )
+                        .await;
                         return WaitEnd::ClaimAgain;
                     }
                     sleep_for = sleep_for.min(now.until(lease_expires_at));
@@ -372,49 +383,55 @@ impl Engine {
             armed: true,
         };
         let request = Request::from_parts(parts, full(body));
-        let call = inner(request);
-        let result = tokio::select! {
-            r = call => r,
-            _ = self.renew_lease(&record_key, token, &policy) => unreachable_heartbeat(),
-        };
-        let response = match result {
-            Ok(resp) => resp,
-            Err(err) => {
-                guard.armed = false;
-                let err = UpstreamError::classify(err);
-                return self.upstream_failed(&record_key, token, &policy, err).await;
+        // The lease is renewed for as long as the upstream works: until its response headers
+        // and, for a response to store, its whole body have arrived.
+        let work = async {
+            let response = inner(request).await?;
+            if !policy.stored_statuses.is_stored(response.status().as_u16()) {
+                return Ok(Upstream::NotStored(response));
+            }
+            let (rparts, rbody) = response.into_parts();
+            match buffer(rbody, policy.max_response).await {
+                Ok(Buffered::Complete(bytes)) => Ok(Upstream::Whole(rparts, bytes)),
+                Ok(Buffered::TooLarge { read, rest }) => Ok(Upstream::TooLarge(
+                    rparts,
+                    crate::body::boxed(Prefixed::new(read, rest)),
+                )),
+                Err(e) => Err(UpstreamError::new(
+                    UpstreamErrorKind::Unknown,
+                    format!("the upstream response broke off: {e}"),
+                )
+                .into()),
             }
         };
-        let status = response.status();
-        if !policy.stored_statuses.is_stored(status.as_u16()) {
-            guard.armed = false;
-            self.release(&record_key, token).await;
-            self.observe(Outcome::Released);
-            return response;
-        }
-        let (rparts, rbody) = response.into_parts();
+        let result: Result<Upstream, BoxError> = tokio::select! {
+            r = work => r,
+            _ = self.renew_lease(&record_key, token, &policy) => Err("lease heartbeat ended unexpectedly".into()),
+        };
         guard.armed = false;
-        match buffer(rbody, policy.max_response).await {
-            Ok(Buffered::Complete(bytes)) => {
+        match result {
+            Err(err) => {
+                let err = UpstreamError::classify(err);
+                self.upstream_failed(&record_key, token, &policy, err).await
+            }
+            Ok(Upstream::NotStored(response)) => {
+                self.release(&record_key, token).await;
+                self.observe(Outcome::Released);
+                response
+            }
+            Ok(Upstream::Whole(rparts, bytes)) => {
                 let stored = StoredResponse {
-                    status: status.as_u16(),
+                    status: rparts.status.as_u16(),
                     headers: headers::stored_headers(&rparts.headers),
                     body: bytes.clone(),
                 };
                 self.complete(&record_key, token, stored, &policy).await;
                 Response::from_parts(rparts, full(bytes))
             }
-            Ok(Buffered::TooLarge { read, rest }) => {
+            Ok(Upstream::TooLarge(rparts, body)) => {
                 tracing::warn!(key = %record_key, limit = policy.max_response, "response too large to store; passed on unstored");
                 self.unknown_outcome(&record_key, token, &policy).await;
-                Response::from_parts(rparts, crate::body::boxed(Prefixed::new(read, rest)))
-            }
-            Err(e) => {
-                let err = UpstreamError::new(
-                    UpstreamErrorKind::Unknown,
-                    format!("the upstream response broke off: {e}"),
-                );
-                self.upstream_failed(&record_key, token, &policy, err).await
+                Response::from_parts(rparts, body)
             }
         }
     }
@@ -523,9 +540,22 @@ impl Engine {
         }
     }
 
-    async fn store_failed(&self, inner: Forward, job: Job, err: StoreError) -> Response<BoxBody> {
+    /// `may_fail_open` is false once this request has seen a live holder of its key: forwarding
+    /// it then would run it beside the first execution, so it fails closed whatever the policy.
+    async fn store_failed(
+        &self,
+        inner: Forward,
+        job: Job,
+        err: StoreError,
+        may_fail_open: bool,
+    ) -> Response<BoxBody> {
         tracing::error!(key = %job.record_key, error = %err, "idempotency store failed");
-        match job.policy.store_failure {
+        let mode = if may_fail_open {
+            job.policy.store_failure
+        } else {
+            StoreFailureMode::FailClosed
+        };
+        match mode {
             StoreFailureMode::FailClosed => {
                 self.observe(Outcome::StoreUnavailable);
                 with_retry_after(
@@ -590,8 +620,14 @@ fn unknown_detail(err: &UpstreamError, policy: &RoutePolicy) -> String {
     }
 }
 
-fn unreachable_heartbeat() -> Result<Response<BoxBody>, BoxError> {
-    Err("lease heartbeat ended unexpectedly".into())
+/// What the upstream produced, once the engine has read what it needs of it.
+enum Upstream {
+    /// A status that is not stored: passed on (streamed), and the key released.
+    NotStored(Response<BoxBody>),
+    /// A stored status with its whole body.
+    Whole(http::response::Parts, Bytes),
+    /// A stored status whose body is larger than `max_response`: passed on unstored.
+    TooLarge(http::response::Parts, BoxBody),
 }
 
 struct Job {

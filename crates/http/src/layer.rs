@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use crate::body::{boxed, BoxBody, BoxError};
 use crate::engine::{Forward, ForwardFuture};
-use crate::Engine;
+use crate::{Engine, UpstreamError, UpstreamErrorKind};
 
 #[derive(Clone)]
 pub struct IdempotencyLayer {
@@ -88,7 +88,11 @@ where
         let not_ready = self.not_ready.take();
         let forward: Forward = Box::new(move |req: Request<BoxBody>| -> ForwardFuture {
             match not_ready {
-                Some(e) => Box::pin(std::future::ready(Err(e.into()))),
+                Some(e) => {
+                    // The service refused before anything was sent: the key can be released.
+                    let err = UpstreamError::new(UpstreamErrorKind::NotSent, e);
+                    Box::pin(std::future::ready(Err(err.into())))
+                }
                 None => Box::pin(IntoBoxError(Box::pin(ready.call(req)))),
             }
         });

@@ -28,17 +28,27 @@ pub enum TenantSource {
 
 impl TenantSource {
     pub fn tenant_of(&self, headers: &http::HeaderMap) -> Tenant {
-        let value = match self {
-            TenantSource::Header(name) => headers.get(name).map(|v| (true, v)),
-            TenantSource::Authorization => {
-                headers.get(http::header::AUTHORIZATION).map(|v| (false, v))
-            }
-            TenantSource::Anonymous => None,
+        let (name, from_header) = match self {
+            TenantSource::Header(name) => (name, true),
+            TenantSource::Authorization => (&http::header::AUTHORIZATION, false),
+            TenantSource::Anonymous => return Tenant::anonymous(),
         };
-        match value {
-            Some((true, v)) => Tenant::from_header_value(v.as_bytes()),
-            Some((false, v)) => Tenant::from_authorization(v.as_bytes()),
-            None => Tenant::anonymous(),
+        // Every value counts: if a client sends its own copy of the header and the trusted
+        // proxy appends its value instead of replacing it, the pair is a tenant of its own
+        // rather than whichever value happens to come first.
+        let mut values = headers.get_all(name).iter();
+        let Some(first) = values.next() else {
+            return Tenant::anonymous();
+        };
+        let mut raw = first.as_bytes().to_vec();
+        for v in values {
+            raw.push(b'\n');
+            raw.extend_from_slice(v.as_bytes());
+        }
+        if from_header {
+            Tenant::from_header_value(&raw)
+        } else {
+            Tenant::from_authorization(&raw)
         }
     }
 }

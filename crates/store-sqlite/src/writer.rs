@@ -365,7 +365,8 @@ fn renew(
     let until = now.plus(lease);
     let mut stmt = conn
         .prepare_cached(
-            "UPDATE idempotency_records SET lease_expires_at = ?5
+            "UPDATE idempotency_records
+             SET lease_expires_at = ?5, expires_at = MAX(expires_at, ?5)
              WHERE tenant = ?1 AND method = ?2 AND route = ?3 AND idem_key = ?4
                AND expires_at > ?6 AND state = 0 AND lease_token = ?7",
         )

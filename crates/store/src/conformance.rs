@@ -223,6 +223,26 @@ pub async fn renew_extends_the_lease<S: IdempotencyStore, F: Factory<S>>(f: &F) 
     claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
 }
 
+/// A holder that keeps renewing outlives the record's TTL: the record never expires under a
+/// live lease, so no duplicate can claim it afresh beside the holder.
+pub async fn renewal_outlives_the_ttl<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+    let (store, clock) = setup(f).await;
+    let k = key("t1", "k1");
+    let t = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+    for _ in 0..(2 * TTL.as_millis() / (LEASE / 2).as_millis()) {
+        clock.advance(LEASE / 2);
+        store.renew(&k, t, LEASE).await.unwrap();
+        existing(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
+    }
+    let r = store
+        .get(&k)
+        .await
+        .unwrap()
+        .expect("still live after twice its TTL");
+    assert!(r.expires_at >= clock_now(&clock).plus(LEASE / 2));
+    store.complete(&k, t, response("late"), TTL).await.unwrap();
+}
+
 /// TTL expiry frees a key in any state, before any purge runs.
 pub async fn ttl_expiry_frees_the_key<S: IdempotencyStore, F: Factory<S>>(f: &F) {
     let (store, clock) = setup(f).await;
@@ -434,6 +454,7 @@ macro_rules! conformance_tests {
             takeover_fences_stale_holder,
             release_frees_the_key,
             renew_extends_the_lease,
+            renewal_outlives_the_ttl,
             ttl_expiry_frees_the_key,
             purge_in_batches,
             large_and_binary_bodies_round_trip,

@@ -6,13 +6,18 @@
 //! the request, then drop the connection without answering).
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -112,7 +117,7 @@ impl std::error::Error for Dropped {}
 async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Dropped> {
+) -> Result<Response<DelayedBody>, Dropped> {
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -127,6 +132,9 @@ async fn handle(
         .and_then(|v| v.parse::<u16>().ok())
         .unwrap_or(201);
     let drop_conn = header("x-test-drop").is_some();
+    let body_delay = header("x-test-body-delay-ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     let forwarded_for = header("x-forwarded-for").unwrap_or_default();
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
@@ -170,7 +178,10 @@ async fn handle(
         "body_bytes": body.len(),
         "forwarded_for": forwarded_for,
     });
-    let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
+    let mut resp = Response::new(DelayedBody::new(
+        Bytes::from(json.to_string()),
+        Duration::from_millis(body_delay),
+    ));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
     let h = resp.headers_mut();
     h.insert("content-type", "application/json".parse().expect("literal"));
@@ -180,6 +191,54 @@ async fn handle(
         format!("session=s{n}; HttpOnly").parse().expect("ascii"),
     );
     Ok(resp)
+}
+
+/// A response body sent `delay` after the headers (`x-test-body-delay-ms`), as a slow or
+/// stalled upstream would. Chunked, so the client cannot know its length in advance.
+pub struct DelayedBody {
+    data: Option<Bytes>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl DelayedBody {
+    fn new(data: Bytes, delay: Duration) -> Self {
+        let sleep = (!delay.is_zero()).then(|| Box::pin(tokio::time::sleep(delay)));
+        DelayedBody {
+            data: Some(data),
+            sleep,
+        }
+    }
+}
+
+impl http_body::Body for DelayedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(sleep) = self.sleep.as_mut() {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+        }
+        Poll::Ready(self.data.take().map(|d| Ok(Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match (&self.data, &self.sleep) {
+            // Known length when sent at once, like an ordinary upstream.
+            (Some(d), None) => http_body::SizeHint::with_exact(d.len() as u64),
+            (None, _) => http_body::SizeHint::with_exact(0),
+            (Some(_), Some(_)) => http_body::SizeHint::default(),
+        }
+    }
 }
 
 /// A small HTTP/1 client for tests: pooled, no redirects, whole bodies.
