@@ -952,3 +952,41 @@ async fn large_integers_are_compared_exactly() {
     assert_eq!(dup_names.status, 201);
     assert_eq!(s.post("dup-names", r#"{"a":2}"#, &[]).await.status, 422);
 }
+
+#[tokio::test]
+async fn waiting_duplicates_of_a_failing_request_never_overlap() {
+    // Every execution answers 500, so each release lets one waiter execute next: many
+    // executions in all, but never two at once, and every client gets an answer.
+    let s = setup("[defaults]\nin_flight = \"wait\"\nmax_wait = \"10s\"").await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (c, u) = (s.client.clone(), s.url("/orders"));
+        tasks.push(tokio::spawn(async move {
+            c.send(
+                "POST",
+                &u,
+                &[
+                    JSON,
+                    ("idempotency-key", "fail-wait"),
+                    ("x-test-status", "500"),
+                    ("x-test-delay-ms", "20"),
+                ],
+                "{}",
+            )
+            .await
+            .expect("transport")
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, 500);
+    }
+    assert_eq!(
+        s.upstream.max_overlap("fail-wait"),
+        1,
+        "executions of one key never overlap"
+    );
+    assert!(
+        s.upstream.executions("fail-wait") >= 2,
+        "a released key lets a waiter execute"
+    );
+}
