@@ -281,3 +281,96 @@ fn the_demo_tour_runs_and_shows_one_execution_per_key() {
     assert!(stdout.contains("executed 2 order(s)"), "{stdout}");
     assert!(stdout.contains("curl -i -X POST"), "{stdout}");
 }
+
+/// `oncely send` through `oncely serve`: the retry client and the gateway together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_through_the_gateway_retries_with_one_key() {
+    let upstream = CountingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("oncely.toml");
+    std::fs::write(&config, "").unwrap();
+    let (mut gw, url) = serve(&upstream.url(), &dir.path().join("o.db"), &config);
+    let orders = format!("{url}/orders");
+    let send = |key: &str, extra: &[&str]| {
+        let mut cmd = oncely();
+        cmd.args([
+            "send",
+            "POST",
+            &orders,
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"a":1}"#,
+        ])
+        .args(["--key", key, "--base-delay", "20ms", "--max-delay", "200ms"])
+        .args(extra);
+        cmd
+    };
+
+    // Two 503s: the gateway releases the key each time, the client retries with the same key.
+    let out = tokio::task::spawn_blocking({
+        let mut cmd = send("e2e-flaky", &["-H", "x-test-fail-first: 2"]);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(upstream.executions("e2e-flaky"), 3, "{stderr}");
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(first["execution"], 3);
+
+    // Run again: a replay, no new execution.
+    let again = tokio::task::spawn_blocking({
+        let mut cmd = send("e2e-flaky", &[]);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(again.status.success());
+    assert_eq!(again.stdout, out.stdout, "byte-identical replay");
+    assert_eq!(upstream.executions("e2e-flaky"), 3);
+
+    // A duplicate while the first is in flight: 409 request-in-progress is retried until
+    // the first completes, then the replay is the answer.
+    let client = TestClient::new();
+    let slow = tokio::spawn({
+        let orders = orders.clone();
+        async move {
+            client
+                .send(
+                    "POST",
+                    &orders,
+                    &[
+                        JSON,
+                        ("idempotency-key", "e2e-busy"),
+                        ("x-test-delay-ms", "600"),
+                    ],
+                    r#"{"a":1}"#,
+                )
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let dup = tokio::task::spawn_blocking({
+        let mut cmd = send("e2e-busy", &["--max-attempts", "10"]);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&dup.stderr);
+    assert!(dup.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("409"),
+        "the in-flight answer was seen and retried: {stderr}"
+    );
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(
+        dup.stdout,
+        slow.body.to_vec(),
+        "the retry got the first request's answer"
+    );
+    assert_eq!(upstream.executions("e2e-busy"), 1);
+    gw.kill().unwrap();
+    gw.wait().unwrap();
+}

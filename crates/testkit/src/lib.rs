@@ -2,8 +2,10 @@
 //!
 //! [`CountingUpstream`] is a real HTTP server that counts executions per `Idempotency-Key`
 //! and notices overlapping executions of one key. Each request can steer it with headers:
-//! `x-test-delay-ms` (work time), `x-test-status` (answer status), `x-test-drop: 1` (read
-//! the request, then drop the connection without answering).
+//! `x-test-delay-ms` (work time), `x-test-status` (answer status), `x-test-fail-first: N`
+//! (answer 503 to the first N executions of the key), `x-test-body-delay-ms` (send the body
+//! that long after the headers), `x-test-drop: 1` (read the request, then drop the connection
+//! without answering).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -128,6 +130,9 @@ async fn handle(
     let delay = header("x-test-delay-ms")
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
+    let fail_first = header("x-test-fail-first")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     let status = header("x-test-status")
         .and_then(|v| v.parse::<u16>().ok())
         .unwrap_or(201);
@@ -182,6 +187,11 @@ async fn handle(
         Bytes::from(json.to_string()),
         Duration::from_millis(body_delay),
     ));
+    let status = if execution > 0 && execution <= fail_first {
+        503
+    } else {
+        status
+    };
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
     let h = resp.headers_mut();
     h.insert("content-type", "application/json".parse().expect("literal"));
