@@ -69,23 +69,8 @@ async fn sigkill_mid_request_then_restart_on_the_same_file() {
         .unwrap();
     assert_eq!(done.status, 201);
 
-    let interrupted = tokio::spawn({
-        let (client, orders) = (client.clone(), orders.clone());
-        async move {
-            client
-                .send(
-                    "POST",
-                    &orders,
-                    &[
-                        JSON,
-                        ("idempotency-key", "cut"),
-                        ("x-test-delay-ms", "2000"),
-                    ],
-                    r#"{"a":2}"#,
-                )
-                .await
-        }
-    });
+    let interrupted =
+        client.spawn_post(&orders, "cut", r#"{"a":2}"#, &[("x-test-delay-ms", "2000")]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.kill().expect("SIGKILL");
     let killed_at = Instant::now();
@@ -158,24 +143,12 @@ async fn sigterm_lets_requests_in_flight_finish() {
     std::fs::write(&config, "").unwrap();
     let (mut gw, url) = serve(&upstream.url(), &dir.path().join("o.db"), &config);
     let client = TestClient::new();
-    let in_flight = tokio::spawn({
-        let client = client.clone();
-        let orders = format!("{url}/orders");
-        async move {
-            client
-                .send(
-                    "POST",
-                    &orders,
-                    &[
-                        JSON,
-                        ("idempotency-key", "term"),
-                        ("x-test-delay-ms", "700"),
-                    ],
-                    "{}",
-                )
-                .await
-        }
-    });
+    let in_flight = client.spawn_post(
+        &format!("{url}/orders"),
+        "term",
+        "{}",
+        &[("x-test-delay-ms", "700")],
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     // SAFETY: plain kill(2) on our own child's pid.
     let rc = unsafe { libc::kill(gw.id() as i32, libc::SIGTERM) };
@@ -334,23 +307,12 @@ async fn send_through_the_gateway_retries_with_one_key() {
     // A duplicate while the first is in flight: 409 request-in-progress is retried until
     // the first completes, then the replay is the answer.
     let client = TestClient::new();
-    let slow = tokio::spawn({
-        let orders = orders.clone();
-        async move {
-            client
-                .send(
-                    "POST",
-                    &orders,
-                    &[
-                        JSON,
-                        ("idempotency-key", "e2e-busy"),
-                        ("x-test-delay-ms", "600"),
-                    ],
-                    r#"{"a":1}"#,
-                )
-                .await
-        }
-    });
+    let slow = client.spawn_post(
+        &orders,
+        "e2e-busy",
+        r#"{"a":1}"#,
+        &[("x-test-delay-ms", "600")],
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     let dup = tokio::task::spawn_blocking({
         let mut cmd = send("e2e-busy", &["--max-attempts", "10"]);

@@ -23,6 +23,19 @@ impl Setup {
         format!("http://{}{}", self.gateway.addr(), path)
     }
 
+    /// Starts a keyed POST in the background (the first of a race, or a slow holder).
+    fn spawn_post(
+        &self,
+        key: &str,
+        body: &str,
+        extra: &[(&str, &str)],
+    ) -> tokio::task::JoinHandle<Answer> {
+        let pending = self
+            .client
+            .spawn_post(&self.url("/orders"), key, body, extra);
+        tokio::spawn(async move { pending.await.expect("task").expect("transport") })
+    }
+
     async fn post(&self, key: &str, body: &str, extra: &[(&str, &str)]) -> Answer {
         let mut headers = vec![JSON, ("idempotency-key", key)];
         headers.extend_from_slice(extra);
@@ -161,22 +174,7 @@ async fn hundred_concurrent_duplicates_wait_mode() {
 #[tokio::test]
 async fn wait_mode_gives_up_after_max_wait() {
     let s = setup("[defaults]\nin_flight = \"wait\"\nmax_wait = \"200ms\"").await;
-    let first = tokio::spawn({
-        let (c, u) = (s.client.clone(), s.url("/orders"));
-        async move {
-            c.send(
-                "POST",
-                &u,
-                &[
-                    JSON,
-                    ("idempotency-key", "slow"),
-                    ("x-test-delay-ms", "1000"),
-                ],
-                "{}",
-            )
-            .await
-        }
-    });
+    let first = s.spawn_post("slow", "{}", &[("x-test-delay-ms", "1000")]);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
     let dup = s.post("slow", "{}", &[]).await;
@@ -185,7 +183,7 @@ async fn wait_mode_gives_up_after_max_wait() {
         started.elapsed() < Duration::from_millis(800),
         "bounded wait"
     );
-    assert_eq!(first.await.unwrap().unwrap().status, 201);
+    assert_eq!(first.await.unwrap().status, 201);
     assert_eq!(s.upstream.executions("slow"), 1);
 }
 
@@ -193,22 +191,7 @@ async fn wait_mode_gives_up_after_max_wait() {
 async fn reused_key_with_another_body_never_executes() {
     let s = setup("").await;
     // While the first is still in flight...
-    let first = tokio::spawn({
-        let (c, u) = (s.client.clone(), s.url("/orders"));
-        async move {
-            c.send(
-                "POST",
-                &u,
-                &[
-                    JSON,
-                    ("idempotency-key", "reuse"),
-                    ("x-test-delay-ms", "300"),
-                ],
-                r#"{"a":1}"#,
-            )
-            .await
-        }
-    });
+    let first = s.spawn_post("reuse", r#"{"a":1}"#, &[("x-test-delay-ms", "300")]);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let during = s.post("reuse", r#"{"a":2}"#, &[]).await;
     assert_eq!(during.status, 422);
@@ -216,7 +199,7 @@ async fn reused_key_with_another_body_never_executes() {
         during.problem_type().as_deref(),
         Some("urn:oncely:problem:idempotency-key-reused")
     );
-    assert_eq!(first.await.unwrap().unwrap().status, 201);
+    assert_eq!(first.await.unwrap().status, 201);
     // ...and after it completed.
     let after = s.post("reuse", r#"{"a":2}"#, &[]).await;
     assert_eq!(after.status, 422);
@@ -366,27 +349,12 @@ async fn dropped_connection_with_release_policy_frees_at_once() {
 async fn lease_takeover_fences_the_stale_holder() {
     // A lease shorter than the upstream's work and not renewed: the holder looks dead.
     let s = setup("[defaults]\nlease = \"300ms\"\nrenew_lease = false").await;
-    let slow = tokio::spawn({
-        let (c, u) = (s.client.clone(), s.url("/orders"));
-        async move {
-            c.send(
-                "POST",
-                &u,
-                &[
-                    JSON,
-                    ("idempotency-key", "fence"),
-                    ("x-test-delay-ms", "1000"),
-                ],
-                "{}",
-            )
-            .await
-        }
-    });
+    let slow = s.spawn_post("fence", "{}", &[("x-test-delay-ms", "1000")]);
     tokio::time::sleep(Duration::from_millis(450)).await;
     let taker = s.post("fence", "{}", &[]).await;
     assert_eq!(taker.status, 201);
     assert!(!taker.replayed(), "the takeover executed");
-    let slow = slow.await.unwrap().unwrap();
+    let slow = slow.await.unwrap();
     assert_eq!(
         slow.status, 201,
         "the stale holder's client still gets its own answer"
@@ -404,22 +372,7 @@ async fn lease_takeover_fences_the_stale_holder() {
 #[tokio::test]
 async fn renewed_lease_is_never_taken_over() {
     let s = setup("[defaults]\nlease = \"300ms\"").await;
-    let slow = tokio::spawn({
-        let (c, u) = (s.client.clone(), s.url("/orders"));
-        async move {
-            c.send(
-                "POST",
-                &u,
-                &[
-                    JSON,
-                    ("idempotency-key", "renew"),
-                    ("x-test-delay-ms", "1000"),
-                ],
-                "{}",
-            )
-            .await
-        }
-    });
+    let slow = s.spawn_post("renew", "{}", &[("x-test-delay-ms", "1000")]);
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
@@ -428,7 +381,7 @@ async fn renewed_lease_is_never_taken_over() {
             "the live holder keeps its key"
         );
     }
-    assert_eq!(slow.await.unwrap().unwrap().status, 201);
+    assert_eq!(slow.await.unwrap().status, 201);
     assert_eq!(s.upstream.executions("renew"), 1);
     assert_eq!(s.upstream.max_overlap("renew"), 1);
 }
@@ -487,46 +440,21 @@ async fn bad_input_gets_problem_answers() {
         assert_eq!(j["type"], format!("urn:oncely:problem:{slug}"));
         assert!(j["title"].is_string() && j["detail"].is_string());
     };
-    check(
-        &s.client
-            .send_raw_header(&url, "idempotency-key", b"", b"{}")
+    let bad_keys: [&[u8]; 5] = [
+        b"",
+        &[b'k'; 256],
+        b"a\tb",
+        "clé".as_bytes(),
+        b"\"unterminated",
+    ];
+    for raw in bad_keys {
+        let answer = s
+            .client
+            .send_raw_header(&url, "idempotency-key", raw, b"{}")
             .await
-            .unwrap(),
-        400,
-        "invalid-idempotency-key",
-    );
-    check(
-        &s.client
-            .send_raw_header(&url, "idempotency-key", &[b'k'; 256], b"{}")
-            .await
-            .unwrap(),
-        400,
-        "invalid-idempotency-key",
-    );
-    check(
-        &s.client
-            .send_raw_header(&url, "idempotency-key", b"a\tb", b"{}")
-            .await
-            .unwrap(),
-        400,
-        "invalid-idempotency-key",
-    );
-    check(
-        &s.client
-            .send_raw_header(&url, "idempotency-key", "clé".as_bytes(), b"{}")
-            .await
-            .unwrap(),
-        400,
-        "invalid-idempotency-key",
-    );
-    check(
-        &s.client
-            .send_raw_header(&url, "idempotency-key", b"\"unterminated", b"{}")
-            .await
-            .unwrap(),
-        400,
-        "invalid-idempotency-key",
-    );
+            .unwrap();
+        check(&answer, 400, "invalid-idempotency-key");
+    }
     check(
         &s.client.send("POST", &url, &[JSON], "{}").await.unwrap(),
         400,
@@ -664,24 +592,11 @@ async fn unreachable_upstream_releases_the_key() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_requests_in_flight() {
     let s = setup("").await;
-    let url = s.url("/orders");
-    let in_flight = tokio::spawn({
-        let c = s.client.clone();
-        let url = url.clone();
-        async move {
-            c.send(
-                "POST",
-                &url,
-                &[JSON, ("idempotency-key", "bye"), ("x-test-delay-ms", "500")],
-                "{}",
-            )
-            .await
-        }
-    });
+    let in_flight = s.spawn_post("bye", "{}", &[("x-test-delay-ms", "500")]);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let addr = s.gateway.addr();
     s.gateway.shutdown().await;
-    let done = in_flight.await.unwrap().unwrap();
+    let done = in_flight.await.unwrap();
     assert_eq!(done.status, 201, "the request in flight completed");
     assert!(
         TestClient::new()
@@ -695,23 +610,7 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
 #[tokio::test]
 async fn a_client_hanging_up_does_not_abort_the_execution() {
     let s = setup("").await;
-    let url = s.url("/orders");
-    let impatient = tokio::spawn({
-        let c = s.client.clone();
-        async move {
-            c.send(
-                "POST",
-                &url,
-                &[
-                    JSON,
-                    ("idempotency-key", "hangup"),
-                    ("x-test-delay-ms", "300"),
-                ],
-                "{}",
-            )
-            .await
-        }
-    });
+    let impatient = s.spawn_post("hangup", "{}", &[("x-test-delay-ms", "300")]);
     tokio::time::sleep(Duration::from_millis(100)).await;
     impatient.abort();
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -879,22 +778,7 @@ async fn store_outage_fails_closed_or_open_per_route() {
 #[tokio::test]
 async fn the_lease_is_renewed_while_a_slow_body_arrives() {
     let s = setup("[defaults]\nlease = \"300ms\"").await;
-    let slow = tokio::spawn({
-        let (c, u) = (s.client.clone(), s.url("/orders"));
-        async move {
-            c.send(
-                "POST",
-                &u,
-                &[
-                    JSON,
-                    ("idempotency-key", "slow-body"),
-                    ("x-test-body-delay-ms", "1000"),
-                ],
-                "{}",
-            )
-            .await
-        }
-    });
+    let slow = s.spawn_post("slow-body", "{}", &[("x-test-body-delay-ms", "1000")]);
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
@@ -903,7 +787,7 @@ async fn the_lease_is_renewed_while_a_slow_body_arrives() {
             "headers arrived, body still coming: still held"
         );
     }
-    let first = slow.await.unwrap().unwrap();
+    let first = slow.await.unwrap();
     assert_eq!(first.status, 201);
     let replay = s.post("slow-body", "{}", &[]).await;
     assert!(replay.replayed());

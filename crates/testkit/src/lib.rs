@@ -327,6 +327,34 @@ impl TestClient {
         })
     }
 
+    /// Starts a JSON POST with an `Idempotency-Key` in the background: the first request of
+    /// a race, or a slow holder that later requests collide with.
+    pub fn spawn_post(
+        &self,
+        url: &str,
+        key: &str,
+        body: &str,
+        extra: &[(&str, &str)],
+    ) -> tokio::task::JoinHandle<Result<Answer, String>> {
+        let (client, url, body) = (self.clone(), url.to_owned(), body.to_owned());
+        let mut owned = vec![
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("idempotency-key".to_owned(), key.to_owned()),
+        ];
+        owned.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        tokio::spawn(async move {
+            let headers: Vec<(&str, &str)> = owned
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            client.send("POST", &url, &headers, body).await
+        })
+    }
+
     /// Like [`send`](Self::send) but with raw header bytes, for invalid values.
     pub async fn send_raw_header(
         &self,
