@@ -67,7 +67,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         key = "required"
         "#,
     )?;
-    let gateway = Gateway::open(config)?.start().await?;
+    let gateway = Gateway::open(config)?
+        .start()
+        .await
+        .map_err(|e| format!("{e}; pass --port to use another port (0 picks a free one)"))?;
     let url = format!("http://{}", gateway.addr());
     println!("oncely demo");
     println!("  orders service (direct): http://{}", orders.addr);

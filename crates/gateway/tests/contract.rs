@@ -349,9 +349,17 @@ async fn dropped_connection_with_release_policy_frees_at_once() {
 async fn lease_takeover_fences_the_stale_holder() {
     // A lease shorter than the upstream's work and not renewed: the holder looks dead.
     let s = setup("[defaults]\nlease = \"300ms\"\nrenew_lease = false").await;
-    let slow = s.spawn_post("fence", "{}", &[("x-test-delay-ms", "1000")]);
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    let taker = s.post("fence", "{}", &[]).await;
+    let slow = s.spawn_post("fence", "{}", &[("x-test-delay-ms", "2000")]);
+    // Retry like a client would until the lease has lapsed and the key is taken over
+    // (polling rather than one fixed sleep keeps this independent of machine load).
+    let mut taker = s.post("fence", "{}", &[]).await;
+    for _ in 0..30 {
+        if taker.status != 409 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        taker = s.post("fence", "{}", &[]).await;
+    }
     assert_eq!(taker.status, 201);
     assert!(!taker.replayed(), "the takeover executed");
     let slow = slow.await.unwrap();
@@ -371,10 +379,11 @@ async fn lease_takeover_fences_the_stale_holder() {
 
 #[tokio::test]
 async fn renewed_lease_is_never_taken_over() {
-    let s = setup("[defaults]\nlease = \"300ms\"").await;
-    let slow = s.spawn_post("renew", "{}", &[("x-test-delay-ms", "1000")]);
+    // Renewed every 200 ms, so a renewal may run 400 ms late before the lease lapses.
+    let s = setup("[defaults]\nlease = \"600ms\"").await;
+    let slow = s.spawn_post("renew", "{}", &[("x-test-delay-ms", "1800")]);
     for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
         assert_eq!(
             s.post("renew", "{}", &[]).await.status,
             409,
@@ -777,10 +786,10 @@ async fn store_outage_fails_closed_or_open_per_route() {
 
 #[tokio::test]
 async fn the_lease_is_renewed_while_a_slow_body_arrives() {
-    let s = setup("[defaults]\nlease = \"300ms\"").await;
-    let slow = s.spawn_post("slow-body", "{}", &[("x-test-body-delay-ms", "1000")]);
+    let s = setup("[defaults]\nlease = \"600ms\"").await;
+    let slow = s.spawn_post("slow-body", "{}", &[("x-test-body-delay-ms", "1800")]);
     for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
         assert_eq!(
             s.post("slow-body", "{}", &[]).await.status,
             409,
