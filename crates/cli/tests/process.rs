@@ -336,3 +336,91 @@ async fn send_through_the_gateway_retries_with_one_key() {
     gw.kill().unwrap();
     gw.wait().unwrap();
 }
+
+/// Two gateways on one SQLite file. The holder of a key is frozen (SIGSTOP, as a long GC
+/// pause or a stalled VM would): its lease lapses, the other gateway takes the key over with a
+/// new token, and when the frozen one wakes up its completion is refused, while its own client
+/// still receives the answer its request produced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_holder_is_fenced_off_by_the_gateway_that_took_over() {
+    let upstream = CountingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let config = dir.path().join("oncely.toml");
+    // Renewed every second: the holder's writer is idle when it is frozen right after its claim.
+    std::fs::write(&config, "[defaults]\nlease = \"3s\"\n").unwrap();
+    let (mut a, url_a) = serve(&upstream.url(), &db, &config);
+    let (mut b, url_b) = serve(&upstream.url(), &db, &config);
+    let client = TestClient::new();
+    let body = r#"{"pay":1}"#;
+
+    let held = client.spawn_post(
+        &format!("{url_a}/orders"),
+        "frozen",
+        body,
+        &[("x-test-delay-ms", "4500")],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(a.id() as i32, libc::SIGSTOP) }, 0);
+    let frozen_at = Instant::now();
+
+    let orders_b = format!("{url_b}/orders");
+    let mut taken = client
+        .send(
+            "POST",
+            &orders_b,
+            &[JSON, ("idempotency-key", "frozen")],
+            body,
+        )
+        .await
+        .unwrap();
+    while taken.status == 409 && frozen_at.elapsed() < Duration::from_secs(8) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        taken = client
+            .send(
+                "POST",
+                &orders_b,
+                &[JSON, ("idempotency-key", "frozen")],
+                body,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(taken.status, 201, "{:?}", taken.body);
+    assert!(
+        !taken.replayed(),
+        "the other gateway took the key over and executed"
+    );
+    assert_eq!(taken.json()["execution"], 2);
+
+    assert_eq!(unsafe { libc::kill(a.id() as i32, libc::SIGCONT) }, 0);
+    let late = held.await.unwrap().unwrap();
+    assert_eq!(
+        late.status, 201,
+        "the frozen holder's client still gets its own answer"
+    );
+    assert_eq!(late.json()["execution"], 1);
+
+    for url in [&url_a, &url_b] {
+        let replay = client
+            .send(
+                "POST",
+                &format!("{url}/orders"),
+                &[JSON, ("idempotency-key", "frozen")],
+                body,
+            )
+            .await
+            .unwrap();
+        assert!(replay.replayed());
+        assert_eq!(
+            replay.body, taken.body,
+            "the stale completion was refused on {url}"
+        );
+    }
+    assert_eq!(upstream.executions("frozen"), 2);
+    for gw in [&mut a, &mut b] {
+        gw.kill().unwrap();
+        gw.wait().unwrap();
+    }
+}

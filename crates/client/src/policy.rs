@@ -6,8 +6,9 @@
 //!   outcome is unknown; with the same key the server deduplicates);
 //! - 502, 503, 504 (a proxy or the server says "not now");
 //! - 429 (rate limited);
-//! - 409 whose problem+json `type` ends in `request-in-progress`: the gateway is still running
-//!   the first attempt of this key and will replay its answer once done.
+//! - 409 whose problem+json `type` is exactly the gateway's `urn:oncely:problem:request-in-progress`
+//!   ([`oncely_core::ProblemKind::RequestInProgress`]): the gateway is still running the first
+//!   attempt of this key and will replay its answer once done. Any other 409 is final.
 //!
 //! Never retried: every other status (other 4xx are the caller's mistake and repeat identically;
 //! 500 and 501 are not "try again" signals), and local errors such as an invalid request.
@@ -15,6 +16,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use oncely_core::ProblemKind;
 use rand::Rng;
 
 use crate::backoff::Backoff;
@@ -52,7 +54,7 @@ pub enum Outcome {
         status: u16,
         /// The parsed `Retry-After`, if any.
         retry_after: Option<Duration>,
-        /// A 409 whose problem `type` ends in `request-in-progress`.
+        /// A 409 whose problem `type` is the gateway's `request-in-progress`.
         in_progress: bool,
     },
     /// No HTTP answer.
@@ -101,6 +103,13 @@ pub enum StopReason {
     Deadline,
     /// The server asked to wait (`Retry-After`) past the overall deadline.
     RetryAfterBeyondDeadline(Duration),
+    /// The server asked to wait (`Retry-After`) longer than the client accepts to wait.
+    RetryAfterTooLong {
+        /// What the server asked for.
+        asked: Duration,
+        /// The longest `Retry-After` the client honours ([`Policy::max_retry_after`]).
+        max: Duration,
+    },
     /// The client's retry budget is empty: the upstream looks sick.
     Budget,
 }
@@ -113,6 +122,12 @@ impl fmt::Display for StopReason {
             StopReason::RetryAfterBeyondDeadline(d) => {
                 write!(f, "Retry-After {} is past the deadline", fmt_duration(*d))
             }
+            StopReason::RetryAfterTooLong { asked, max } => write!(
+                f,
+                "the server asked to wait {} (Retry-After), longer than max-retry-after {}",
+                fmt_duration(*asked),
+                fmt_duration(*max)
+            ),
             StopReason::Budget => f.write_str("retry budget exhausted (upstream looks unhealthy)"),
         }
     }
@@ -148,6 +163,13 @@ pub struct Policy {
     pub max_attempts: u32,
     /// No attempt starts later than this after the first one.
     pub deadline: Option<Duration>,
+    /// With a deadline, no retry starts with less than this left before it: an attempt needs
+    /// time to get an answer, and one cut off by the deadline at once only adds load.
+    pub min_attempt_time: Duration,
+    /// The longest `Retry-After` honoured. A server asking for more makes the client give up at
+    /// once ([`StopReason::RetryAfterTooLong`]) instead of sleeping for minutes or forever.
+    /// `None`: no limit other than the deadline.
+    pub max_retry_after: Option<Duration>,
 }
 
 impl Default for Policy {
@@ -156,9 +178,17 @@ impl Default for Policy {
             backoff: Backoff::default(),
             max_attempts: 5,
             deadline: Some(Duration::from_secs(30)),
+            min_attempt_time: DEFAULT_MIN_ATTEMPT_TIME,
+            max_retry_after: Some(DEFAULT_MAX_RETRY_AFTER),
         }
     }
 }
+
+/// The default [`Policy::min_attempt_time`].
+pub const DEFAULT_MIN_ATTEMPT_TIME: Duration = Duration::from_millis(50);
+
+/// The default [`Policy::max_retry_after`].
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Whether an outcome is worth retrying at all.
 pub fn retry_reason(outcome: &Outcome) -> Option<RetryReason> {
@@ -199,22 +229,49 @@ pub fn decide<R: Rng + ?Sized>(
             stop: StopReason::MaxAttempts(attempt),
         };
     }
-    let jitter = policy.backoff.full_jitter(attempt.saturating_sub(1), rng);
+    let retry = attempt.saturating_sub(1);
     let retry_after = match outcome {
         Outcome::Status { retry_after, .. } => *retry_after,
         Outcome::Transport(_) => None,
     };
-    // The server's Retry-After is a floor: waiting less would only earn another 429/503.
-    let delay = retry_after.map_or(jitter, |ra| ra.max(jitter));
-    if let Some(deadline) = policy.deadline {
-        if elapsed.saturating_add(delay) >= deadline {
-            let stop = match retry_after {
-                Some(ra) if ra >= jitter => StopReason::RetryAfterBeyondDeadline(ra),
-                _ => StopReason::Deadline,
+    // With a deadline, the next attempt must start early enough to leave it `min_attempt_time`:
+    // the wait is drawn from what is left, so a short wait that fits is never refused because a
+    // long one was drawn.
+    let window = match policy.deadline {
+        Some(deadline) => {
+            let window = deadline
+                .saturating_sub(elapsed)
+                .saturating_sub(policy.min_attempt_time);
+            if window.is_zero() {
+                return Decision::GiveUp {
+                    reason,
+                    stop: StopReason::Deadline,
+                };
+            }
+            if let Some(ra) = retry_after.filter(|ra| *ra >= window) {
+                return Decision::GiveUp {
+                    reason,
+                    stop: StopReason::RetryAfterBeyondDeadline(ra),
+                };
+            }
+            Some(window)
+        }
+        None => None,
+    };
+    if let (Some(ra), Some(max)) = (retry_after, policy.max_retry_after) {
+        if ra > max {
+            return Decision::GiveUp {
+                reason,
+                stop: StopReason::RetryAfterTooLong { asked: ra, max },
             };
-            return Decision::GiveUp { reason, stop };
         }
     }
+    let jitter = match window {
+        Some(window) => policy.backoff.full_jitter_below(retry, window, rng),
+        None => policy.backoff.full_jitter(retry, rng),
+    };
+    // The server's Retry-After is a floor: waiting less would only earn another 429/503.
+    let delay = retry_after.map_or(jitter, |ra| ra.max(jitter));
     if !withdraw() {
         return Decision::GiveUp {
             reason,
@@ -236,27 +293,28 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 }
 
 /// Whether a 409 body is the gateway's `request-in-progress` problem. The content type must be
-/// JSON (problem+json or plain JSON) and `type` must end in `request-in-progress`, so an
-/// application's own 409 "conflict" is never retried.
+/// JSON (problem+json or plain JSON) and `type` must be exactly the gateway's
+/// (`urn:oncely:problem:request-in-progress`), so an application's own 409, whatever its type, is
+/// never retried.
 pub fn is_request_in_progress(content_type: Option<&str>, body: &[u8]) -> bool {
     let json = content_type.is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
     if !json {
         return false;
     }
+    let expected = ProblemKind::RequestInProgress.type_uri();
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| {
-            v.get("type")
-                .and_then(|t| t.as_str())
-                .map(|t| t.ends_with("request-in-progress"))
-        })
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(|t| t == expected))
         .unwrap_or(false)
 }
 
-/// Durations for humans: `850ms`, `1.25s`.
+/// Durations for humans: `850ms`, `1.25s`, and whole seconds from a minute on (`1000s`), exact
+/// up to [`Duration::MAX`].
 pub fn fmt_duration(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
+    } else if d >= Duration::from_secs(60) {
+        format!("{}s", d.as_secs())
     } else {
         let s = format!("{:.3}", d.as_secs_f64());
         let s = s.trim_end_matches('0').trim_end_matches('.');
