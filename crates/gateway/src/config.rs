@@ -46,6 +46,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub purge_interval: Duration,
     pub purge_batch: usize,
+    /// Bytes of completed responses kept in memory to replay retries without the store.
+    pub replay_cache: usize,
     pub routes: Routes,
 }
 
@@ -61,6 +63,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             purge_interval: Duration::from_secs(60),
             purge_batch: 1000,
+            replay_cache: oncely_http::DEFAULT_REPLAY_CACHE_BYTES,
             routes: Routes::keyed_post_and_patch(RoutePolicy::default()),
         }
     }
@@ -113,6 +116,10 @@ impl Config {
             }
             if let Some(v) = s.purge_batch {
                 self.purge_batch = v.max(1);
+            }
+            if let Some(v) = s.replay_cache {
+                self.replay_cache =
+                    parse_size(&v).map_err(|e| format!("server.replay_cache: {e}"))?;
             }
         }
         if file.defaults.as_ref().is_some_and(|d| d.path.is_some()) {
@@ -300,6 +307,7 @@ struct ServerSection {
     shutdown_grace: Option<String>,
     purge_interval: Option<String>,
     purge_batch: Option<usize>,
+    replay_cache: Option<String>,
 }
 
 /// `[defaults]` and each `[[routes]]` entry: the same policy fields, plus the route's path.

@@ -79,11 +79,13 @@ impl Gateway {
             self.config.connect_timeout,
             self.config.response_timeout,
         )?;
-        let engine = Arc::new(Engine::new(
+        let engine = Engine::new(
             self.store.clone(),
             self.clock.clone(),
             self.config.routes.clone(),
-        ));
+        )
+        .with_replay_cache(self.config.replay_cache);
+        let engine = Arc::new(engine);
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(serve(listener, forwarder, engine.clone(), self.config, rx));
         Ok(RunningGateway {

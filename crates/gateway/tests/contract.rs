@@ -717,7 +717,8 @@ async fn store_outage_fails_closed_or_open_per_route() {
         Some(upstream.url().parse().unwrap()),
         StoreUrl::Memory,
     )
-    .apply_toml("[[routes]]\npath = \"/open\"\nstore_unavailable = \"fail-open\"")
+    // No replay cache: the replay after the outage must come from the store itself.
+    .apply_toml("[server]\nreplay_cache = \"0\"\n[[routes]]\npath = \"/open\"\nstore_unavailable = \"fail-open\"")
     .unwrap();
     let gateway = Gateway::with_store(config, store.clone(), Arc::new(SystemClock))
         .start()
@@ -882,4 +883,64 @@ async fn waiting_duplicates_of_a_failing_request_never_overlap() {
         s.upstream.executions("fail-wait") >= 2,
         "a released key lets a waiter execute"
     );
+}
+
+#[tokio::test]
+async fn completed_keys_replay_from_memory_even_while_the_store_is_down() {
+    let upstream = CountingUpstream::start().await;
+    let store = Arc::new(SwitchableStore {
+        inner: oncely_store::MemoryStore::new(Arc::new(SystemClock)),
+        down: std::sync::atomic::AtomicBool::new(false),
+    });
+    let config = Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(upstream.url().parse().unwrap()),
+        StoreUrl::Memory,
+    );
+    let gateway = Gateway::with_store(config, store.clone(), Arc::new(SystemClock))
+        .start()
+        .await
+        .unwrap();
+    let client = TestClient::new();
+    let url = format!("http://{}/orders", gateway.addr());
+    let first = client
+        .send(
+            "POST",
+            &url,
+            &[JSON, ("idempotency-key", "cached")],
+            r#"{"a":1}"#,
+        )
+        .await
+        .unwrap();
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let replay = client
+        .send(
+            "POST",
+            &url,
+            &[JSON, ("idempotency-key", "cached")],
+            r#"{"a":1}"#,
+        )
+        .await
+        .unwrap();
+    assert!(replay.replayed(), "served from the replay cache");
+    assert_eq!(replay.body, first.body);
+    let reused = client
+        .send(
+            "POST",
+            &url,
+            &[JSON, ("idempotency-key", "cached")],
+            r#"{"a":2}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reused.status, 422,
+        "a mismatch is known without the store too"
+    );
+    let fresh = client
+        .send("POST", &url, &[JSON, ("idempotency-key", "new")], "{}")
+        .await
+        .unwrap();
+    assert_eq!(fresh.status, 503, "anything else still needs the store");
+    assert_eq!(upstream.executions("cached"), 1);
 }

@@ -37,6 +37,7 @@ pub type ForwardFuture =
     Pin<Box<dyn Future<Output = Result<Response<BoxBody>, BoxError>> + Send + 'static>>;
 
 use crate::body::{buffer, full, BoxBody, BoxError, Buffered, Prefixed};
+use crate::cache::{Entry as CacheEntry, ReplayCache};
 use crate::policy::{
     InFlightMode, KeyRequirement, RoutePolicy, Routes, StoreFailureMode, UnknownOutcomePolicy,
 };
@@ -129,7 +130,11 @@ pub struct Engine {
     waiters: Waiters,
     tasks: TaskTracker,
     observer: Option<Arc<dyn OutcomeObserver>>,
+    cache: ReplayCache,
 }
+
+/// Default size of the replay cache of completed records.
+pub const DEFAULT_REPLAY_CACHE_BYTES: usize = 64 << 20;
 
 impl Engine {
     pub fn new(store: Arc<dyn IdempotencyStore>, clock: Arc<dyn Clock>, routes: Routes) -> Self {
@@ -140,6 +145,25 @@ impl Engine {
             waiters: Waiters::new(),
             tasks: TaskTracker::new(),
             observer: None,
+            cache: ReplayCache::new(DEFAULT_REPLAY_CACHE_BYTES),
+        }
+    }
+
+    /// Sizes the in-process cache of completed records (0 turns it off): retries of finished
+    /// requests are then replayed without a store round trip.
+    pub fn with_replay_cache(mut self, max_bytes: usize) -> Self {
+        self.cache = ReplayCache::new(max_bytes);
+        self
+    }
+
+    fn remember(&self, key: &RecordKey, record: &oncely_core::Record) {
+        if let oncely_core::RecordState::Completed { response } = &record.state {
+            let entry = CacheEntry {
+                fingerprint: record.fingerprint,
+                expires_at: record.expires_at,
+                response: response.clone(),
+            };
+            self.cache.insert(key.clone(), entry);
         }
     }
 
@@ -244,6 +268,13 @@ impl Engine {
             InFlightMode::Wait { max_wait } => Some(tokio::time::Instant::now() + max_wait),
             InFlightMode::Reject => None,
         };
+        if let Some(hit) = self.cache.get(&job.record_key, self.clock.now()) {
+            if hit.fingerprint != job.fingerprint {
+                return self.mismatch(&p);
+            }
+            self.observe(Outcome::Replayed);
+            return replay(hit.response);
+        }
         let mut waited = false;
         loop {
             let claim = self
@@ -263,6 +294,7 @@ impl Engine {
                 }
                 Ok(ClaimOutcome::Exists(record)) => record,
             };
+            self.remember(&job.record_key, &existing);
             match decide_existing(&existing, job.fingerprint) {
                 ExistingDecision::Replay(stored) => {
                     self.observe(if waited {
@@ -373,7 +405,7 @@ impl Engine {
             body,
             record_key,
             policy,
-            ..
+            fingerprint,
         } = job;
         let mut guard = ClaimGuard {
             engine: self.clone(),
@@ -425,7 +457,8 @@ impl Engine {
                     headers: headers::stored_headers(&rparts.headers),
                     body: bytes.clone(),
                 };
-                self.complete(&record_key, token, stored, &policy).await;
+                self.complete(&record_key, fingerprint, token, stored, &policy)
+                    .await;
                 Response::from_parts(rparts, full(bytes))
             }
             Ok(Upstream::TooLarge(rparts, body)) => {
@@ -461,6 +494,7 @@ impl Engine {
     async fn complete(
         &self,
         key: &RecordKey,
+        fingerprint: Fingerprint,
         token: LeaseToken,
         stored: StoredResponse,
         policy: &RoutePolicy,
@@ -481,7 +515,17 @@ impl Engine {
             }
         };
         match result {
-            Ok(()) => self.observe(Outcome::Executed),
+            Ok(()) => {
+                self.observe(Outcome::Executed);
+                // The store keeps the record at least this long (it may keep it longer).
+                let expires_at = self.clock.now().plus(policy.ttl);
+                let entry = CacheEntry {
+                    fingerprint,
+                    expires_at,
+                    response: stored,
+                };
+                self.cache.insert(key.clone(), entry);
+            }
             Err(StoreError::Refused(Refusal::StaleToken)) => {
                 // Our lease was taken over: the successor's outcome stands. The client still
                 // gets the answer its own request produced.

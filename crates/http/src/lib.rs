@@ -6,6 +6,7 @@
 //! `oncely_core`, records from an `oncely_store::IdempotencyStore`.
 
 pub mod body;
+mod cache;
 mod engine;
 pub mod headers;
 mod layer;
@@ -16,6 +17,7 @@ mod wait;
 pub use body::{BoxBody, BoxError};
 pub use engine::{
     Engine, Forward, ForwardFuture, Outcome, OutcomeObserver, UpstreamError, UpstreamErrorKind,
+    DEFAULT_REPLAY_CACHE_BYTES,
 };
 pub use layer::{IdempotencyLayer, IdempotencyService};
 pub use policy::{
