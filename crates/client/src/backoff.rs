@@ -60,6 +60,25 @@ impl Backoff {
         let max = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
         Duration::from_micros(rng.random_range(0..=max))
     }
+
+    /// Full jitter that must end before `limit` (the time left before a deadline): uniform in
+    /// `[0, ceiling(retry)]` when the whole window fits, otherwise uniform in `[0, limit)`. A wait
+    /// that fits is always drawn, rather than a longer one that would have to be refused.
+    pub fn full_jitter_below<R: Rng + ?Sized>(
+        &self,
+        retry: u32,
+        limit: Duration,
+        rng: &mut R,
+    ) -> Duration {
+        if self.ceiling(retry) < limit {
+            return self.full_jitter(retry, rng);
+        }
+        let max = u64::try_from(limit.as_micros()).unwrap_or(u64::MAX);
+        if max == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(rng.random_range(0..max))
+    }
 }
 
 #[cfg(test)]
@@ -128,6 +147,38 @@ mod tests {
         }
     }
 
+    /// When the time left is shorter than the ceiling, the wait is uniform over what is left.
+    #[test]
+    fn jitter_below_a_limit_is_uniform_below_it() {
+        let b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let limit = Duration::from_millis(300);
+        let mut rng = StdRng::seed_from_u64(5);
+        let n = 20_000usize;
+        let mut xs: Vec<f64> = (0..n)
+            .map(|_| b.full_jitter_below(5, limit, &mut rng).as_secs_f64() / 0.3)
+            .collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        xs.sort_by(f64::total_cmp);
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        assert!((mean - 0.5).abs() < 0.015, "mean {mean}");
+        for q in [0.1, 0.5, 0.9] {
+            let got = xs[(q * n as f64) as usize];
+            assert!((got - q).abs() < 0.025, "quantile {q}: {got}");
+        }
+        // A limit above the ceiling changes nothing: the same draws as plain full jitter.
+        let (mut r1, mut r2) = (StdRng::seed_from_u64(3), StdRng::seed_from_u64(3));
+        for retry in 0..5 {
+            assert_eq!(
+                b.full_jitter_below(retry, Duration::from_secs(60), &mut r1),
+                b.full_jitter(retry, &mut r2)
+            );
+        }
+        assert_eq!(
+            b.full_jitter_below(0, Duration::from_nanos(1), &mut rng),
+            Duration::ZERO
+        );
+    }
+
     proptest! {
         #[test]
         fn jitter_never_exceeds_ceiling(base_ms in 0u64..10_000, cap_ms in 0u64..100_000, retry in 0u32..200, seed: u64) {
@@ -137,6 +188,16 @@ mod tests {
             prop_assert!(d <= b.ceiling(retry));
             prop_assert!(b.ceiling(retry) <= b.cap);
             prop_assert!(b.ceiling(retry) <= b.ceiling(retry.saturating_add(1)));
+        }
+
+        #[test]
+        fn jitter_below_stays_below(base_ms in 0u64..10_000, retry in 0u32..20, limit_us in 1u64..20_000_000, seed: u64) {
+            let b = Backoff::new(Duration::from_millis(base_ms), Duration::from_secs(30));
+            let limit = Duration::from_micros(limit_us);
+            let mut rng = StdRng::seed_from_u64(seed);
+            let d = b.full_jitter_below(retry, limit, &mut rng);
+            prop_assert!(d < limit);
+            prop_assert!(d <= b.ceiling(retry));
         }
     }
 }

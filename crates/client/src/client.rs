@@ -205,7 +205,9 @@ pub struct AttemptEvent<'a> {
     pub error: Option<&'a str>,
     /// What the client does next.
     pub decision: &'a Decision,
-    /// Since the first attempt started.
+    /// When this attempt started, since the first attempt started (zero for the first).
+    pub started: Duration,
+    /// When this attempt ended, since the first attempt started.
     pub elapsed: Duration,
 }
 
@@ -307,6 +309,21 @@ impl ClientBuilder {
     /// No attempt starts later than this after the first (default 30 s; `None`: no deadline).
     pub fn deadline(mut self, d: Option<Duration>) -> Self {
         self.policy.deadline = d;
+        self
+    }
+
+    /// With a deadline, no retry starts with less than this left before it (default 50 ms): the
+    /// client gives up with [`StopReason::Deadline`] instead.
+    pub fn min_attempt_time(mut self, d: Duration) -> Self {
+        self.policy.min_attempt_time = d;
+        self
+    }
+
+    /// The longest `Retry-After` honoured (default 60 s; `None`: only the deadline limits it).
+    /// A server asking for more makes the client give up at once with
+    /// [`StopReason::RetryAfterTooLong`].
+    pub fn max_retry_after(mut self, d: Option<Duration>) -> Self {
+        self.policy.max_retry_after = d;
         self
     }
 
@@ -477,12 +494,8 @@ impl Client {
             },
         };
         if let Some(k) = given {
-            // The key goes in a header: reject what HTTP cannot carry before the first attempt.
-            HeaderValue::from_str(&k)
-                .map_err(|_| Error::InvalidRequest(format!("invalid Idempotency-Key {k:?}")))?;
-            if k.is_empty() {
-                return Err(Error::InvalidRequest("empty Idempotency-Key".into()));
-            }
+            // Reject what the gateway would reject before the first attempt, not on every one.
+            key::validate_key(&k).map_err(Error::InvalidRequest)?;
             return Ok((k, KeySource::Given, None));
         }
         let fresh = key::new_key();
@@ -514,12 +527,14 @@ impl Client {
     async fn store_op(
         &self,
         operation: &Option<String>,
-        f: impl FnOnce(&KeyStore, &str) -> Result<(), crate::store::StoreError> + Send + 'static,
+        key: &str,
+        f: impl FnOnce(&KeyStore, &str, &str) -> Result<(), crate::store::StoreError> + Send + 'static,
     ) -> Result<(), Error> {
         let (Some(store), Some(op)) = (self.inner.store.clone(), operation.clone()) else {
             return Ok(());
         };
-        tokio::task::spawn_blocking(move || f(&store, &op))
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || f(&store, &op, &key))
             .await
             .map_err(|e| Error::Build(format!("state file task failed: {e}")))??;
         Ok(())
@@ -549,6 +564,7 @@ impl Client {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
+            let started = start.elapsed();
             bump(&inner.counters.attempts);
             if attempt > 1 {
                 bump(&inner.counters.retries);
@@ -556,7 +572,7 @@ impl Client {
             // The attempt count in the state file is informational: losing one increment must
             // not fail a request whose key is already safely stored.
             let _ = self
-                .store_op(&operation, |s, op| s.record_attempt(op))
+                .store_op(&operation, &key, |s, op, k| s.record_attempt(op, k))
                 .await;
 
             let mut timeout = inner.attempt_timeout;
@@ -604,11 +620,23 @@ impl Client {
                     outcome: &outcome,
                     error,
                     decision: &decision,
+                    started,
                     elapsed,
                 });
             }
             match decision {
-                Decision::Retry { delay, .. } => tokio::time::sleep(delay).await,
+                Decision::Retry { delay, .. } => {
+                    tokio::time::sleep(delay).await;
+                    // The wait was chosen to leave the next attempt `min_attempt_time`, but a
+                    // loaded machine may oversleep: never start an attempt the deadline would
+                    // cut off at once.
+                    if let Some(deadline) = inner.policy.deadline {
+                        let left = deadline.saturating_sub(start.elapsed());
+                        if left < inner.policy.min_attempt_time {
+                            return Err(self.give_up(StopReason::Deadline, attempt, key, result));
+                        }
+                    }
+                }
                 Decision::Finish => {
                     return match result {
                         Attempt::Answer(resp, _) => {
@@ -616,7 +644,9 @@ impl Client {
                             // A final answer ends the logical request: the next one is new. A
                             // failure to forget it only means the next identical request
                             // resumes this key and gets the stored replay.
-                            let _ = self.store_op(&operation, |s, op| s.complete(op)).await;
+                            let _ = self
+                                .store_op(&operation, &key, |s, op, k| s.complete(op, k))
+                                .await;
                             Ok(*resp)
                         }
                         Attempt::Failed(_, message) => Err(Error::Transport {
@@ -627,22 +657,28 @@ impl Client {
                     };
                 }
                 Decision::GiveUp { stop, .. } => {
-                    bump(&inner.counters.gave_up);
-                    if stop == StopReason::Budget {
-                        bump(&inner.counters.budget_exhausted);
-                    }
-                    let last = match result {
-                        Attempt::Answer(resp, _) => LastOutcome::Response(resp),
-                        Attempt::Failed(kind, message) => LastOutcome::Transport { kind, message },
-                    };
-                    return Err(Error::GaveUp {
-                        stop,
-                        attempts: attempt,
-                        key,
-                        last,
-                    });
+                    return Err(self.give_up(stop, attempt, key, result));
                 }
             }
+        }
+    }
+
+    /// Counts a request that gave up and builds its error.
+    fn give_up(&self, stop: StopReason, attempts: u32, key: String, result: Attempt) -> Error {
+        let counters = &self.inner.counters;
+        bump(&counters.gave_up);
+        if stop == StopReason::Budget {
+            bump(&counters.budget_exhausted);
+        }
+        let last = match result {
+            Attempt::Answer(resp, _) => LastOutcome::Response(resp),
+            Attempt::Failed(kind, message) => LastOutcome::Transport { kind, message },
+        };
+        Error::GaveUp {
+            stop,
+            attempts,
+            key,
+            last,
         }
     }
 }

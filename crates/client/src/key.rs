@@ -41,6 +41,19 @@ pub fn new_key() -> String {
     uuid_v7(ms, random)
 }
 
+/// Checks a caller's key before anything is sent: the gateway's own rule
+/// ([`oncely_core::parse_idempotency_key`]: 1 to 255 visible ASCII characters, or an sf-string),
+/// and no surrounding whitespace, which a header would silently drop. A key the gateway would
+/// reject fails locally, with a one-line message, instead of costing a round trip per attempt.
+pub fn validate_key(key: &str) -> Result<(), String> {
+    if key.trim_matches([' ', '\t']) != key {
+        return Err("invalid Idempotency-Key: it has leading or trailing whitespace".to_owned());
+    }
+    oncely_core::parse_idempotency_key(key.as_bytes())
+        .map(|_| ())
+        .map_err(|e| format!("invalid Idempotency-Key: {e}"))
+}
+
 /// Names a logical request that the caller did not name: `sha256:` of method, URL and body.
 ///
 /// Used only to find a persisted key again after a restart. The same command re-run after a
@@ -107,6 +120,35 @@ mod tests {
             derive_operation("POST", "http://x/a", b"1"),
             derive_operation("PUT", "http://x/a", b"1")
         );
+    }
+
+    #[test]
+    fn keys_the_gateway_rejects_fail_locally() {
+        for good in [
+            "a",
+            "order-42",
+            "\"quoted-key\"",
+            &"k".repeat(255),
+            &new_key(),
+        ] {
+            assert_eq!(validate_key(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "a b",
+            " a",
+            "a ",
+            "clé",
+            "tab\tkey",
+            "line\nbreak",
+            "\"unterminated",
+            "\"quoted key\"",
+            &"k".repeat(256),
+        ] {
+            let e = validate_key(bad).unwrap_err();
+            assert!(e.starts_with("invalid Idempotency-Key"), "{bad:?}: {e}");
+            assert!(!e.contains('\n'));
+        }
     }
 
     proptest! {

@@ -304,7 +304,11 @@ pub fn is_request_in_progress(content_type: Option<&str>, body: &[u8]) -> bool {
     let expected = ProblemKind::RequestInProgress.type_uri();
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(|t| t == expected))
+        .and_then(|v| {
+            v.get("type")
+                .and_then(|t| t.as_str())
+                .map(|t| t == expected)
+        })
         .unwrap_or(false)
 }
 
@@ -333,6 +337,8 @@ mod tests {
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
             max_attempts: 4,
             deadline: Some(Duration::from_secs(10)),
+            min_attempt_time: Duration::from_millis(50),
+            max_retry_after: Some(Duration::from_secs(60)),
         }
     }
 
@@ -494,11 +500,31 @@ mod tests {
 
     #[test]
     fn in_progress_detection() {
-        let body = br#"{"type":"https://oncely.dev/problems/request-in-progress","status":409}"#;
+        let body = format!(
+            r#"{{"type":"{}","status":409}}"#,
+            ProblemKind::RequestInProgress.type_uri()
+        );
+        let body = body.as_bytes();
         assert!(is_request_in_progress(
             Some("application/problem+json"),
             body
         ));
+        assert!(is_request_in_progress(Some("application/json"), body));
+        // Only the gateway's exact type: another service's type that merely ends alike is an
+        // application conflict, never retried.
+        for other in [
+            "https://oncely.dev/problems/request-in-progress",
+            "urn:other:request-in-progress",
+            "request-in-progress",
+            "urn:oncely:problem:request-in-progress/x",
+            "URN:ONCELY:PROBLEM:REQUEST-IN-PROGRESS",
+        ] {
+            let body = format!(r#"{{"type":"{other}","status":409}}"#);
+            assert!(
+                !is_request_in_progress(Some("application/problem+json"), body.as_bytes()),
+                "{other}"
+            );
+        }
         assert!(!is_request_in_progress(Some("text/plain"), body));
         assert!(!is_request_in_progress(None, body));
         assert!(!is_request_in_progress(
@@ -516,6 +542,120 @@ mod tests {
         assert_eq!(fmt_duration(Duration::from_millis(850)), "850ms");
         assert_eq!(fmt_duration(Duration::from_millis(1250)), "1.25s");
         assert_eq!(fmt_duration(Duration::from_secs(3)), "3s");
+        assert_eq!(fmt_duration(Duration::from_millis(59_500)), "59.5s");
+        assert_eq!(fmt_duration(Duration::from_secs(1000)), "1000s");
+        assert_eq!(
+            fmt_duration(Duration::from_secs(u64::MAX)),
+            "18446744073709551615s"
+        );
+        assert_eq!(fmt_duration(Duration::MAX), "18446744073709551615s");
+    }
+
+    #[test]
+    fn a_retry_after_longer_than_the_maximum_gives_up_without_a_deadline() {
+        let p = Policy {
+            deadline: None,
+            ..policy()
+        };
+        let mut rng = StdRng::seed_from_u64(1);
+        for secs in [61, 1000, u64::MAX] {
+            let o = Outcome::Status {
+                status: 503,
+                retry_after: Some(Duration::from_secs(secs)),
+                in_progress: false,
+            };
+            let d = decide(&p, 1, &o, Duration::ZERO, &mut rng, || true);
+            let stop = StopReason::RetryAfterTooLong {
+                asked: Duration::from_secs(secs),
+                max: Duration::from_secs(60),
+            };
+            assert_eq!(
+                d,
+                Decision::GiveUp {
+                    reason: RetryReason::Status(503),
+                    stop
+                }
+            );
+            assert!(!stop.to_string().contains('\n'));
+        }
+        assert_eq!(
+            StopReason::RetryAfterTooLong {
+                asked: Duration::from_secs(1000),
+                max: Duration::from_secs(60)
+            }
+            .to_string(),
+            "the server asked to wait 1000s (Retry-After), longer than max-retry-after 60s"
+        );
+        // At the maximum it is honoured; with no maximum, any wait is.
+        let o = Outcome::Status {
+            status: 429,
+            retry_after: Some(Duration::from_secs(60)),
+            in_progress: false,
+        };
+        assert!(matches!(
+            decide(&p, 1, &o, Duration::ZERO, &mut rng, || true),
+            Decision::Retry { delay, .. } if delay == Duration::from_secs(60)
+        ));
+        let unlimited = Policy {
+            max_retry_after: None,
+            ..p
+        };
+        let o = Outcome::Status {
+            status: 429,
+            retry_after: Some(Duration::from_secs(1000)),
+            in_progress: false,
+        };
+        assert!(matches!(
+            decide(&unlimited, 1, &o, Duration::ZERO, &mut rng, || true),
+            Decision::Retry { .. }
+        ));
+    }
+
+    /// A wait that fits before the deadline is always found: the draw is limited to the time
+    /// left, so being close to the deadline never gives up while a shorter wait would do.
+    #[test]
+    fn close_to_the_deadline_a_shorter_wait_is_drawn() {
+        // Attempt 4 failed: ceiling 800 ms; 500 ms left, 450 ms once the attempt's minimum is
+        // kept. A draw over the whole ceiling would pass the deadline about 44% of the time.
+        for seed in 0..500 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let p = Policy {
+                max_attempts: 10,
+                ..policy()
+            };
+            match decide(
+                &p,
+                4,
+                &Outcome::status(503),
+                Duration::from_millis(9_500),
+                &mut rng,
+                || true,
+            ) {
+                Decision::Retry { delay, .. } => {
+                    assert!(delay < Duration::from_millis(450), "{delay:?}")
+                }
+                other => panic!("seed {seed}: {other:?}"),
+            }
+        }
+    }
+
+    /// No retry starts with less than `min_attempt_time` left before the deadline.
+    #[test]
+    fn no_retry_is_started_with_almost_no_time_left() {
+        for elapsed_ms in [9_950, 9_960, 9_999, 10_000, 12_000] {
+            assert_eq!(
+                run(&Outcome::status(503), 1, elapsed_ms, true),
+                Decision::GiveUp {
+                    reason: RetryReason::Status(503),
+                    stop: StopReason::Deadline
+                },
+                "{elapsed_ms}"
+            );
+        }
+        assert!(matches!(
+            run(&Outcome::status(503), 1, 9_940, true),
+            Decision::Retry { delay, .. } if delay < Duration::from_millis(10)
+        ));
     }
 
     /// The waits the decision produces (not only the backoff function) are full jitter over the
@@ -527,6 +667,7 @@ mod tests {
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(60)),
             max_attempts: 10,
             deadline: None,
+            ..Policy::default()
         };
         let mut rng = StdRng::seed_from_u64(2026);
         let n = 20_000;
@@ -567,7 +708,7 @@ mod tests {
                 Decision::Retry { delay, .. } => {
                     prop_assert!(matches!(status, 429 | 502 | 503 | 504));
                     prop_assert!(attempt < p.max_attempts);
-                    prop_assert!(elapsed + delay < Duration::from_secs(10));
+                    prop_assert!(elapsed + delay + p.min_attempt_time < Duration::from_secs(10));
                     let floor = ra.map_or(Duration::ZERO, Duration::from_secs);
                     prop_assert!(delay >= floor);
                     prop_assert!(delay <= p.backoff.cap.max(floor));

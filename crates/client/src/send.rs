@@ -14,7 +14,7 @@
 //! | 0 | a 2xx answer |
 //! | 1 | a final answer that is not 2xx and is not retried (400, 404, 422, 500...) |
 //! | 2 | usage or local error: bad URL, header, method, flag, unreadable body file or state file |
-//! | 3 | gave up while the server was answering with a retryable status (503, 429...): attempts, deadline or budget ran out |
+//! | 3 | gave up while the server was answering with a retryable status (503, 429...): attempts, deadline or budget ran out, or `Retry-After` was longer than `--max-retry-after` |
 //! | 4 | no HTTP answer: the last attempt failed to connect, timed out or lost its connection |
 //!
 //! After 3 or 4 the outcome is unknown or not achieved: re-run with the same `--key` (printed on
@@ -31,6 +31,7 @@ use http::{Method, StatusCode};
 
 use crate::budget::BudgetConfig;
 use crate::client::{AttemptEvent, Client, Error, LastOutcome, Request, IDEMPOTENCY_KEY};
+use crate::key;
 use crate::policy::{fmt_duration, Decision, Outcome};
 
 /// Arguments of `oncely send`.
@@ -67,6 +68,10 @@ pub struct SendArgs {
     /// The longest wait between attempts.
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub max_delay: Duration,
+    /// The longest Retry-After honoured; a server asking for more makes the command give up at
+    /// once (exit 3). 0: no limit but the deadline.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub max_retry_after: Duration,
     /// A SQLite file of pending keys: a re-run of an unfinished request resumes its key.
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
@@ -170,7 +175,7 @@ fn status_text(status: u16) -> String {
     }
 }
 
-/// One stderr line per attempt.
+/// One stderr line per attempt; `at` is when the attempt started, since the first one started.
 fn describe(e: &AttemptEvent<'_>) -> String {
     let what = match (e.outcome, e.error) {
         (Outcome::Status { status, .. }, _) => status_text(*status),
@@ -187,7 +192,7 @@ fn describe(e: &AttemptEvent<'_>) -> String {
     format!(
         "attempt {} at {}: {what} -> {next}",
         e.attempt,
-        fmt_duration(e.elapsed)
+        fmt_duration(e.started)
     )
 }
 
@@ -259,9 +264,7 @@ fn prepare(args: &SendArgs, stdin: &mut dyn Read) -> Result<Prepared, String> {
         request = request.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     if let Some(k) = key {
-        if k.is_empty() || HeaderValue::from_str(&k).is_err() {
-            return Err(format!("invalid Idempotency-Key {k:?}"));
-        }
+        key::validate_key(&k)?;
         request = request.key(k);
     }
     if let Some(op) = &args.operation {
@@ -298,6 +301,7 @@ pub async fn run_with(args: SendArgs, io: Io) -> Exit {
         .attempt_timeout(nonzero(args.timeout))
         .base_delay(args.base_delay)
         .max_delay(args.max_delay)
+        .max_retry_after(nonzero(args.max_retry_after))
         // One command sends one logical request, bounded by --max-attempts and --deadline; the
         // budget protects servers from long-lived clients sending many.
         .budget(BudgetConfig::unlimited());
@@ -458,6 +462,14 @@ mod tests {
             ),
             (
                 &["POST", "http://x/", "--key", ""],
+                "invalid Idempotency-Key",
+            ),
+            (
+                &["POST", "http://x/", "--key", "a b"],
+                "invalid Idempotency-Key",
+            ),
+            (
+                &["POST", "http://x/", "-H", "Idempotency-Key: a b"],
                 "invalid Idempotency-Key",
             ),
         ];

@@ -69,7 +69,8 @@ impl KeyStore {
         let path = path.as_ref();
         let conn = Connection::open(path)
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
-        Self::init(conn)
+        // SQLite opens lazily: a file that is not a database fails here, on the first statement.
+        Self::init(conn).map_err(|e| StoreError(format!("{}: {}", path.display(), e.0)))
     }
 
     /// An in-memory store (nothing survives the process; for tests).
@@ -92,23 +93,23 @@ impl KeyStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Returns the key of `operation`, claiming `fresh_key` for it if it has none yet. Atomic:
-    /// two processes racing on one operation get the same key.
+    /// Returns the key of `operation`, claiming `fresh_key` for it if it has none yet.
+    ///
+    /// One statement, so one transaction: two processes racing on one operation get the same
+    /// key, and another process completing the operation cannot slip between the claim and the
+    /// read of the key (the no-op update makes `RETURNING` yield the row in either case).
     pub fn claim(
         &self,
         operation: &str,
         fresh_key: &str,
         now_ms: i64,
     ) -> Result<PendingKey, StoreError> {
-        let conn = self.conn();
-        conn.execute(
+        let (key, attempts): (String, u32) = self.conn().query_row(
             "INSERT INTO oncely_pending_keys (operation, idempotency_key, attempts, created_at_ms)
-             VALUES (?1, ?2, 0, ?3) ON CONFLICT (operation) DO NOTHING",
+             VALUES (?1, ?2, 0, ?3)
+             ON CONFLICT (operation) DO UPDATE SET operation = excluded.operation
+             RETURNING idempotency_key, attempts",
             params![operation, fresh_key, now_ms],
-        )?;
-        let (key, attempts): (String, u32) = conn.query_row(
-            "SELECT idempotency_key, attempts FROM oncely_pending_keys WHERE operation = ?1",
-            params![operation],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok(PendingKey {
@@ -118,20 +119,23 @@ impl KeyStore {
         })
     }
 
-    /// Counts one more attempt for `operation`.
-    pub fn record_attempt(&self, operation: &str) -> Result<(), StoreError> {
+    /// Counts one more attempt for `operation`, if its pending key is still `key`.
+    pub fn record_attempt(&self, operation: &str, key: &str) -> Result<(), StoreError> {
         self.conn().execute(
-            "UPDATE oncely_pending_keys SET attempts = attempts + 1 WHERE operation = ?1",
-            params![operation],
+            "UPDATE oncely_pending_keys SET attempts = attempts + 1
+             WHERE operation = ?1 AND idempotency_key = ?2",
+            params![operation, key],
         )?;
         Ok(())
     }
 
-    /// Forgets `operation`: it reached a final answer.
-    pub fn complete(&self, operation: &str) -> Result<(), StoreError> {
+    /// Forgets `operation` with `key`: it reached a final answer. Only that key's row is
+    /// removed: if another process has since finished the same operation and started a new
+    /// logical request of that name, its newer key stays.
+    pub fn complete(&self, operation: &str, key: &str) -> Result<(), StoreError> {
         self.conn().execute(
-            "DELETE FROM oncely_pending_keys WHERE operation = ?1",
-            params![operation],
+            "DELETE FROM oncely_pending_keys WHERE operation = ?1 AND idempotency_key = ?2",
+            params![operation, key],
         )?;
         Ok(())
     }
@@ -189,8 +193,8 @@ mod tests {
                     attempts: 0
                 }
             );
-            s.record_attempt("op-1").unwrap();
-            s.record_attempt("op-1").unwrap();
+            s.record_attempt("op-1", "key-a").unwrap();
+            s.record_attempt("op-1", "key-a").unwrap();
         }
         // A new process: same key, attempts remembered.
         let s = KeyStore::open(&path).unwrap();
@@ -204,10 +208,77 @@ mod tests {
             }
         );
         assert_eq!(s.pending().unwrap().len(), 1);
-        s.complete("op-1").unwrap();
+        s.complete("op-1", "key-a").unwrap();
         assert!(s.get("op-1").unwrap().is_none());
         // After completion a new logical request of the same name gets a new key.
         assert_eq!(s.claim("op-1", "key-c", 3).unwrap().key, "key-c");
+    }
+
+    /// A process that finishes late must not forget the newer key of another run of the same
+    /// operation, nor count its attempts.
+    #[test]
+    fn a_late_completion_keeps_a_newer_key() {
+        let s = KeyStore::in_memory().unwrap();
+        s.claim("op", "old", 1).unwrap();
+        s.complete("op", "old").unwrap();
+        assert_eq!(s.claim("op", "new", 2).unwrap().key, "new");
+        // The first process, finishing late, replays its bookkeeping with its own key.
+        s.record_attempt("op", "old").unwrap();
+        s.complete("op", "old").unwrap();
+        let e = s.get("op").unwrap().unwrap();
+        assert_eq!((e.key.as_str(), e.attempts), ("new", 0));
+        s.record_attempt("op", "new").unwrap();
+        assert_eq!(s.get("op").unwrap().unwrap().attempts, 1);
+        s.complete("op", "new").unwrap();
+        assert!(s.get("op").unwrap().is_none());
+    }
+
+    /// Two processes sharing a state file claim one operation at the same instant, over and
+    /// over, each completing the key it got. Every claim must find a key: with a claim in two
+    /// statements (insert, then read), the other's completion between them made the read find
+    /// nothing, a few times in a few thousand rounds.
+    #[test]
+    fn a_claim_racing_a_completion_always_finds_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let a = KeyStore::open(&path).unwrap();
+        let b = KeyStore::open(&path).unwrap();
+        for s in [&a, &b] {
+            s.conn().pragma_update(None, "synchronous", "OFF").unwrap();
+            s.conn().pragma_update(None, "journal_mode", "WAL").unwrap();
+        }
+        let barrier = std::sync::Barrier::new(2);
+        let errors = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for (store, tag) in [(&a, "a"), (&b, "b")] {
+                let (barrier, errors) = (&barrier, &errors);
+                scope.spawn(move || {
+                    for i in 0..3000 {
+                        // No unwrap here: a panicking thread would leave the other one waiting.
+                        barrier.wait();
+                        let done = store
+                            .claim("op", &format!("{tag}-{i}"), i)
+                            .and_then(|k| store.complete("op", &k.key));
+                        if let Err(e) = done {
+                            errors.lock().unwrap().push(format!("{tag} round {i}: {e}"));
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(errors.into_inner().unwrap(), Vec::<String>::new());
+        assert!(a.get("op").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corrupt.db");
+        std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+        let e = KeyStore::open(&path).unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(e.starts_with("state file: "), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

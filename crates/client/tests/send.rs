@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use common::{body, refused_addr, status, Action, Flaky};
+use common::{body, conflict, refused_addr, status, Action, Flaky};
 use oncely_client::send::{run_with, Exit, Io, SendArgs};
 
 #[derive(Parser)]
@@ -99,14 +99,33 @@ async fn a_client_error_exits_1_without_retrying() {
 }
 
 #[tokio::test]
+async fn a_409_that_is_not_the_gateways_in_progress_exits_1() {
+    let server = Flaky::start(vec![
+        conflict("https://oncely.dev/problems/request-in-progress"),
+        body(201, "done"),
+    ])
+    .await;
+    let r = send(&["POST", &server.url("/"), "-d", "x"], b"").await;
+    assert_eq!(r.exit.code(), 1, "{}", r.stderr);
+    assert!(r.stdout.contains("request-in-progress"));
+    assert_eq!(server.count(), 1);
+}
+
+#[tokio::test]
 async fn usage_errors_exit_2_with_one_line() {
     let server = Flaky::start(vec![status(200)]).await;
     let url = server.url("/");
+    let long = "k".repeat(256);
     let cases: Vec<Vec<&str>> = vec![
         vec!["POST", "not-a-url"],
         vec!["POST", &url, "-H", "no colon"],
         vec!["POST", &url, "-d", "@/definitely/not/here.json"],
         vec!["B@D", &url],
+        // Keys the gateway would reject: with a space, non-ASCII, longer than 255.
+        vec!["POST", &url, "--key", "two words"],
+        vec!["POST", &url, "--key", "clé"],
+        vec!["POST", &url, "--key", &long],
+        vec!["POST", &url, "-H", "Idempotency-Key: two words"],
     ];
     for argv in cases {
         let r = send(&argv, b"").await;
@@ -131,6 +150,59 @@ async fn persistent_503_exits_3_and_prints_the_last_body() {
         "{last}"
     );
     assert!(last.contains("re-run with --key"), "{last}");
+}
+
+/// Without a deadline, a server asking to wait 1000 s (or forever) makes the command give up at
+/// once with exit 3, naming the limit, instead of sleeping.
+#[tokio::test]
+async fn a_retry_after_above_the_maximum_exits_3_at_once() {
+    for value in ["1000", "18446744073709551615"] {
+        let server = Flaky::start(vec![
+            Action::Respond(503, vec![("retry-after", value.into())], "later"),
+            status(201),
+        ])
+        .await;
+        let url = server.url("/");
+        let argv = ["POST", url.as_str(), "--deadline", "0"];
+        let r = tokio::time::timeout(std::time::Duration::from_secs(60), send(&argv, b""))
+            .await
+            .expect("send slept on the Retry-After");
+        assert_eq!(r.exit.code(), 3, "{}", r.stderr);
+        assert_eq!(r.stdout, "later");
+        assert_eq!(server.count(), 1);
+        let last = r.stderr.lines().last().unwrap();
+        assert!(
+            last.contains("(Retry-After), longer than max-retry-after 60s"),
+            "{last}"
+        );
+        assert!(last.contains(&format!("wait {value}s")), "{last}");
+    }
+    // The flag sets the limit: 1 s is above 500 ms, within 2 s.
+    for (max, code, attempts) in [("500ms", 3, 1), ("2s", 0, 2)] {
+        let server = Flaky::start(vec![
+            Action::Respond(429, vec![("retry-after", "1".into())], ""),
+            status(201),
+        ])
+        .await;
+        let r = send(&["POST", &server.url("/"), "--max-retry-after", max], b"").await;
+        assert_eq!(r.exit.code(), code, "{}", r.stderr);
+        assert_eq!(server.count(), attempts);
+    }
+}
+
+/// The time on each attempt line is when the attempt started: the first is at 0 ms even when
+/// its answer took long.
+#[tokio::test]
+async fn attempt_lines_show_when_the_attempt_started() {
+    let server = Flaky::start(vec![Action::Delay(std::time::Duration::from_millis(300))]).await;
+    let r = send(&["POST", &server.url("/")], b"").await;
+    assert_eq!(r.exit.code(), 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert!(
+        lines[1].starts_with("oncely: attempt 1 at 0ms: 200 OK -> done"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[tokio::test]

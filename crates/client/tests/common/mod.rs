@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -32,10 +32,28 @@ pub fn body(s: u16, body: &'static str) -> Action {
     Action::Respond(s, vec![], body)
 }
 
+/// A 409 problem+json answer whose `type` is `problem_type`.
+pub fn conflict(problem_type: &str) -> Action {
+    let body = format!(r#"{{"type":"{problem_type}","title":"conflict","status":409}}"#);
+    Action::Respond(
+        409,
+        vec![("content-type", "application/problem+json".into())],
+        Box::leak(body.into_boxed_str()),
+    )
+}
+
+/// The gateway's own `request-in-progress` 409.
+pub fn in_progress() -> Action {
+    conflict(&oncely_core::ProblemKind::RequestInProgress.type_uri())
+}
+
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// Since the server started (monotonic).
     pub at: Duration,
+    /// The wall-clock time it arrived.
+    pub wall: SystemTime,
     pub method: String,
     pub key: Option<String>,
     pub content_type: Option<String>,
@@ -94,6 +112,7 @@ impl Flaky {
                                 let mut seen = seen.lock().unwrap();
                                 seen.push(Seen {
                                     at: start.elapsed(),
+                                    wall: SystemTime::now(),
                                     method: parts.method.to_string(),
                                     key: header("idempotency-key"),
                                     content_type: header("content-type"),
