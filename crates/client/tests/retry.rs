@@ -602,6 +602,26 @@ async fn unnamed_requests_resume_by_method_url_and_body() {
     assert_eq!(same.key, k1);
 }
 
+/// With a state file, two identical unnamed requests in flight at once are one logical request:
+/// one key, so the gateway executes them once. Distinct operation names keep them apart.
+#[tokio::test]
+async fn concurrent_identical_requests_share_a_key_unless_named_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Flaky::start(vec![Action::Delay(Duration::from_millis(500))]).await;
+    let client = fast()
+        .state_file(dir.path().join("keys.db"))
+        .build()
+        .unwrap();
+    let req = || Request::post(server.url("/orders")).body("{\"sku\":1}");
+    let (a, b) = tokio::join!(client.send(req()), client.send(req()));
+    assert_eq!(a.unwrap().key, b.unwrap().key);
+    let (a, b) = tokio::join!(
+        client.send(req().operation("order-41")),
+        client.send(req().operation("order-42"))
+    );
+    assert_ne!(a.unwrap().key, b.unwrap().key);
+}
+
 #[tokio::test]
 async fn a_given_key_is_used_as_is() {
     let server = Flaky::start(vec![status(503), status(200)]).await;
