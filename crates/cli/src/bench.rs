@@ -47,6 +47,9 @@ struct Scenario {
     duplicate_share: f64,
     /// Send no key: measures the proxying alone, the ceiling of the keyed path.
     keyed: bool,
+    /// Keys that grow with time, like UUIDv7 (what `oncely send` generates), instead of keys
+    /// scattered over the key space, like UUIDv4.
+    ordered: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -85,6 +88,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             concurrency: c,
             duplicate_share: 0.0,
             keyed: true,
+            ordered: false,
         })
         .collect();
     if args.duplicates_at > 0 {
@@ -93,14 +97,23 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             concurrency: args.duplicates_at,
             duplicate_share: 0.5,
             keyed: true,
+            ordered: false,
         });
     }
     if let Some(&c) = args.concurrency.iter().max() {
+        scenarios.push(Scenario {
+            name: format!("time-ordered keys, c={c}"),
+            concurrency: c,
+            duplicate_share: 0.0,
+            keyed: true,
+            ordered: true,
+        });
         scenarios.push(Scenario {
             name: format!("no key (pass-through), c={c}"),
             concurrency: c,
             duplicate_share: 0.0,
             keyed: false,
+            ordered: false,
         });
     }
     let body = bench_body(args.body_bytes);
@@ -115,6 +128,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             concurrency: 8,
             duplicate_share: 0.0,
             keyed: true,
+            ordered: false,
             duration: Duration::from_millis(500),
         };
         load(t, &warm, &body, &format!("warm{i}")).await;
@@ -127,6 +141,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             concurrency: s.concurrency,
             duplicate_share: s.duplicate_share,
             keyed: s.keyed,
+            ordered: s.ordered,
             duration,
         };
         let direct = load(&upstream.url(), &plan, &body, &format!("s{i}d")).await;
@@ -296,22 +311,26 @@ async fn spawn_nginx(
 }
 
 /// How one target is loaded.
+#[derive(Clone, Copy)]
 struct Load {
     concurrency: usize,
     duplicate_share: f64,
     /// Send no key: measures the proxying alone, the ceiling of the keyed path.
     keyed: bool,
+    /// Keys in one increasing sequence instead of one sequence per worker.
+    ordered: bool,
     duration: Duration,
 }
 
 /// Closed-loop load: `concurrency` workers each send one request at a time for `duration`.
 async fn load(base: &str, plan: &Load, body: &str, tag: &str) -> Stats {
-    let (concurrency, duplicate_share, keyed, duration) = (
-        plan.concurrency,
-        plan.duplicate_share,
-        plan.keyed,
-        plan.duration,
-    );
+    let Load {
+        concurrency,
+        duplicate_share,
+        keyed,
+        ordered,
+        duration,
+    } = *plan;
     let client = TestClient::new();
     let url = format!("{base}/orders");
     let next_key = Arc::new(AtomicU64::new(0));
@@ -340,6 +359,9 @@ async fn load(base: &str, plan: &Load, body: &str, tag: &str) -> Stats {
                     && (((i * 2654435761) % 1000) as f64) < duplicate_share * 1000.0;
                 let key = match (&last_key, dup) {
                     (Some(k), true) => k.clone(),
+                    _ if ordered => {
+                        format!("{tag}-{:012}", next_key.fetch_add(1, Ordering::Relaxed))
+                    }
                     _ => format!("{tag}-{w}-{}", next_key.fetch_add(1, Ordering::Relaxed)),
                 };
                 let t = Instant::now();
