@@ -155,7 +155,9 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 struct IdleTimeout<B> {
     inner: B,
     idle: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Armed only while waiting for the upstream: a body that is ready when polled, the
+    /// usual case, never registers a timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<B> IdleTimeout<B> {
@@ -163,7 +165,7 @@ impl<B> IdleTimeout<B> {
         IdleTimeout {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
         }
     }
 }
@@ -182,11 +184,17 @@ where
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + self.idle;
-                self.timer.as_mut().reset(deadline);
+                self.timer = None;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match self.timer.as_mut().poll(cx) {
+            Poll::Pending => match {
+                let idle = self.idle;
+                self.timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)))
+            }
+            .as_mut()
+            .poll(cx)
+            {
                 Poll::Ready(()) => {
                     let msg = format!(
                         "the upstream sent nothing for {:?} in the middle of its response",
