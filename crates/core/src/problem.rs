@@ -13,12 +13,11 @@ pub enum ProblemKind {
     BodyTooLarge,
     UpstreamUnavailable,
     UpstreamTimeout,
-    ResponseNotStored,
     BodyUnreadable,
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 10] = [
+    pub const ALL: [ProblemKind; 9] = [
         ProblemKind::MissingKey,
         ProblemKind::InvalidKey,
         ProblemKind::KeyReused,
@@ -27,7 +26,6 @@ impl ProblemKind {
         ProblemKind::BodyTooLarge,
         ProblemKind::UpstreamUnavailable,
         ProblemKind::UpstreamTimeout,
-        ProblemKind::ResponseNotStored,
         ProblemKind::BodyUnreadable,
     ];
 
@@ -41,7 +39,6 @@ impl ProblemKind {
             ProblemKind::BodyTooLarge => "request-body-too-large",
             ProblemKind::UpstreamUnavailable => "upstream-unavailable",
             ProblemKind::UpstreamTimeout => "upstream-timeout",
-            ProblemKind::ResponseNotStored => "response-not-stored",
             ProblemKind::BodyUnreadable => "request-body-unreadable",
         }
     }
@@ -64,9 +61,6 @@ impl ProblemKind {
             ProblemKind::BodyTooLarge => "The request body is larger than this route buffers",
             ProblemKind::UpstreamUnavailable => "The upstream service could not be reached",
             ProblemKind::UpstreamTimeout => "The upstream service did not answer in time",
-            ProblemKind::ResponseNotStored => {
-                "The upstream answered but the response could not be stored"
-            }
             ProblemKind::BodyUnreadable => "The request body could not be read",
         }
     }
@@ -79,7 +73,7 @@ impl ProblemKind {
             ProblemKind::RequestInProgress => 409,
             ProblemKind::StoreUnavailable => 503,
             ProblemKind::BodyTooLarge => 413,
-            ProblemKind::UpstreamUnavailable | ProblemKind::ResponseNotStored => 502,
+            ProblemKind::UpstreamUnavailable => 502,
             ProblemKind::UpstreamTimeout => 504,
         }
     }

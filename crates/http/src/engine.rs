@@ -7,14 +7,15 @@
 //!   body within limit? --no--> 413
 //!   claim(scope, key, fingerprint)
 //!     store down          -> 503 (fail closed) / pass through (fail open)
-//!     claimed             -> execute in a task of its own, then complete or release
+//!     claimed             -> execute (renewing the lease), then complete or release
 //!     exists, other fp    -> 422 (or 409)
 //!     exists, completed   -> replay + Idempotent-Replayed: true
 //!     exists, in flight   -> 409 + Retry-After, or wait (bounded) and replay
 //! ```
 //!
-//! Execution runs in a spawned task so that a client hanging up mid-request does not cancel
-//! the upstream call half way: the outcome is still stored and the client's retry replays it.
+//! An execution runs inline, but if its client hangs up mid-request the rest of it is spawned
+//! (`RunToCompletion`), so the upstream call is never cancelled half way: the outcome is
+//! still stored and the client's retry replays it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,11 +32,6 @@ use oncely_core::{
 use oncely_store::{IdempotencyStore, StoreError};
 use tokio_util::task::TaskTracker;
 
-/// The one call to the wrapped service, boxed so the engine is not generic over it.
-pub type Forward = Box<dyn FnOnce(Request<BoxBody>) -> ForwardFuture + Send>;
-pub type ForwardFuture =
-    Pin<Box<dyn Future<Output = Result<Response<BoxBody>, BoxError>> + Send + 'static>>;
-
 use crate::body::{buffer, full, BoxBody, BoxError, Buffered, Prefixed};
 use crate::cache::{Entry as CacheEntry, ReplayCache};
 use crate::policy::{
@@ -44,6 +40,11 @@ use crate::policy::{
 use crate::problem::{problem, problem_default, with_retry_after};
 use crate::wait::Waiters;
 use crate::{headers, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+
+/// The one call to the wrapped service, boxed so the engine is not generic over it.
+pub type Forward = Box<dyn FnOnce(Request<BoxBody>) -> ForwardFuture + Send>;
+pub type ForwardFuture =
+    Pin<Box<dyn Future<Output = Result<Response<BoxBody>, BoxError>> + Send + 'static>>;
 
 /// What happened to one request; reported to the [`OutcomeObserver`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
