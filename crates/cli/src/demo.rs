@@ -101,29 +101,17 @@ async fn tour(url: &str, orders: &OrdersService) -> Result<(), String> {
     let body = r#"{"item":"book","quantity":1}"#;
     let json = ("content-type", "application/json");
     println!("Tour (each step is a real HTTP request to the gateway):");
+    let keyed = [json, ("idempotency-key", key.as_str())];
+    let post_with_key = |body: &'static str| client.send("POST", &orders_url, &keyed, body);
 
-    let first = client
-        .send(
-            "POST",
-            &orders_url,
-            &[json, ("idempotency-key", &key)],
-            body,
-        )
-        .await?;
+    let first = post_with_key(body).await?;
     println!(
         "  1. POST /orders with Idempotency-Key {key}: {} {}",
         first.status,
         String::from_utf8_lossy(&first.body)
     );
     for i in 2..=3 {
-        let again = client
-            .send(
-                "POST",
-                &orders_url,
-                &[json, ("idempotency-key", &key)],
-                body,
-            )
-            .await?;
+        let again = post_with_key(body).await?;
         println!(
             "  {i}. the same request again (a retry):     {} replayed={} identical body={}",
             again.status,
@@ -132,27 +120,13 @@ async fn tour(url: &str, orders: &OrdersService) -> Result<(), String> {
         );
     }
     let reordered = r#"{ "quantity": 1.0, "item": "book" }"#;
-    let same = client
-        .send(
-            "POST",
-            &orders_url,
-            &[json, ("idempotency-key", &key)],
-            reordered,
-        )
-        .await?;
+    let same = post_with_key(reordered).await?;
     println!(
         "  4. same JSON, other key order and spacing: {} replayed={} (bodies are compared canonically)",
         same.status,
         same.replayed()
     );
-    let other = client
-        .send(
-            "POST",
-            &orders_url,
-            &[json, ("idempotency-key", &key)],
-            r#"{"item":"lamp","quantity":9}"#,
-        )
-        .await?;
+    let other = post_with_key(r#"{"item":"lamp","quantity":9}"#).await?;
     println!(
         "  5. the same key with another body:       {} {}",
         other.status,
