@@ -45,10 +45,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         None => {
             std::fs::create_dir_all(&tmp)
                 .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-            StoreUrl::Sqlite {
-                path: tmp.join("oncely.db"),
-                synchronous_full: false,
-            }
+            StoreUrl::sqlite(tmp.join("oncely.db"))
         }
     };
     let listen: SocketAddr = format!("127.0.0.1:{}", args.port)

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use oncely_core::Clock;
 use oncely_store::{IdempotencyStore, MemoryStore, StoreError};
@@ -9,11 +10,13 @@ use oncely_store_sqlite::{SqliteOptions, SqliteStore};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
-    /// `sqlite://PATH` (relative) or `sqlite:///abs/PATH`; `?synchronous=full` for fsync on
-    /// every commit.
+    /// `sqlite://PATH` (relative) or `sqlite:///abs/PATH`; options `synchronous=full` (fsync on
+    /// every commit) and `busy_timeout=DURATION` (how long a write waits for another process
+    /// holding the file's write lock before the store counts as unavailable; default 5s).
     Sqlite {
         path: PathBuf,
         synchronous_full: bool,
+        busy_timeout: Option<Duration>,
     },
     /// `memory://`: nothing survives a restart; for trials only.
     Memory,
@@ -24,18 +27,37 @@ impl std::fmt::Display for StoreUrl {
         match self {
             StoreUrl::Sqlite {
                 path,
-                synchronous_full: false,
-            } => write!(f, "sqlite://{}", path.display()),
-            StoreUrl::Sqlite {
-                path,
-                synchronous_full: true,
-            } => write!(f, "sqlite://{}?synchronous=full", path.display()),
+                synchronous_full,
+                busy_timeout,
+            } => {
+                write!(f, "sqlite://{}", path.display())?;
+                let mut options = Vec::new();
+                if *synchronous_full {
+                    options.push("synchronous=full".to_owned());
+                }
+                if let Some(t) = busy_timeout {
+                    options.push(format!("busy_timeout={}ms", t.as_millis()));
+                }
+                if !options.is_empty() {
+                    write!(f, "?{}", options.join("&"))?;
+                }
+                Ok(())
+            }
             StoreUrl::Memory => f.write_str("memory://"),
         }
     }
 }
 
 impl StoreUrl {
+    /// A SQLite file with the default options.
+    pub fn sqlite(path: impl Into<PathBuf>) -> StoreUrl {
+        StoreUrl::Sqlite {
+            path: path.into(),
+            synchronous_full: false,
+            busy_timeout: None,
+        }
+    }
+
     pub fn parse(url: &str) -> Result<StoreUrl, String> {
         if let Some(rest) = url.strip_prefix("sqlite://") {
             let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -45,13 +67,20 @@ impl StoreUrl {
                 ));
             }
             let mut synchronous_full = false;
+            let mut busy_timeout = None;
             for pair in query.split('&').filter(|p| !p.is_empty()) {
-                match pair {
-                    "synchronous=full" => synchronous_full = true,
-                    "synchronous=normal" => synchronous_full = false,
-                    other => {
+                match pair.split_once('=') {
+                    Some(("synchronous", "full")) => synchronous_full = true,
+                    Some(("synchronous", "normal")) => synchronous_full = false,
+                    Some(("busy_timeout", v)) => {
+                        busy_timeout = Some(
+                            crate::config::parse_duration(v)
+                                .map_err(|e| format!("`{url}`: busy_timeout: {e}"))?,
+                        )
+                    }
+                    _ => {
                         return Err(format!(
-                            "`{url}`: unknown option `{other}` (known: synchronous=full|normal)"
+                            "`{url}`: unknown option `{pair}` (known: synchronous=full|normal, busy_timeout=DURATION)"
                         ))
                     }
                 }
@@ -59,6 +88,7 @@ impl StoreUrl {
             return Ok(StoreUrl::Sqlite {
                 path: PathBuf::from(path),
                 synchronous_full,
+                busy_timeout,
             });
         }
         if url == "memory://" || url == "memory" {
@@ -80,9 +110,13 @@ impl StoreUrl {
             StoreUrl::Sqlite {
                 path,
                 synchronous_full,
+                busy_timeout,
             } => {
                 let mut opts = SqliteOptions::new(path.clone());
                 opts.synchronous_full = *synchronous_full;
+                if let Some(t) = busy_timeout {
+                    opts.busy_timeout = *t;
+                }
                 Arc::new(SqliteStore::open(opts, clock)?)
             }
             StoreUrl::Memory => Arc::new(MemoryStore::new(clock)),
@@ -98,18 +132,26 @@ mod tests {
     fn parses_store_urls() {
         assert_eq!(
             StoreUrl::parse("sqlite://oncely.db").unwrap(),
+            StoreUrl::sqlite("oncely.db")
+        );
+        let full =
+            StoreUrl::parse("sqlite:///var/lib/o.db?synchronous=full&busy_timeout=250ms").unwrap();
+        assert_eq!(
+            full,
             StoreUrl::Sqlite {
-                path: "oncely.db".into(),
-                synchronous_full: false
+                path: "/var/lib/o.db".into(),
+                synchronous_full: true,
+                busy_timeout: Some(Duration::from_millis(250)),
             }
         );
         assert_eq!(
-            StoreUrl::parse("sqlite:///var/lib/o.db?synchronous=full").unwrap(),
-            StoreUrl::Sqlite {
-                path: "/var/lib/o.db".into(),
-                synchronous_full: true
-            }
+            StoreUrl::parse(&full.to_string()).unwrap(),
+            full,
+            "Display round-trips"
         );
+        assert!(StoreUrl::parse("sqlite://x?busy_timeout=soon")
+            .unwrap_err()
+            .contains("busy_timeout"));
         assert_eq!(StoreUrl::parse("memory://").unwrap(), StoreUrl::Memory);
         assert!(StoreUrl::parse("sqlite://").is_err());
         assert!(StoreUrl::parse("sqlite://x?y=z").is_err());

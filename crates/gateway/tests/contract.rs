@@ -53,10 +53,7 @@ async fn setup(toml: &str) -> Setup {
 
 async fn setup_with(toml: &str, upstream: CountingUpstream) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = StoreUrl::Sqlite {
-        path: dir.path().join("oncely.db"),
-        synchronous_full: false,
-    };
+    let store = StoreUrl::sqlite(dir.path().join("oncely.db"));
     let config = Config::new(
         "127.0.0.1:0".parse().unwrap(),
         Some(upstream.url().parse().unwrap()),
@@ -567,10 +564,7 @@ async fn unreachable_upstream_releases_the_key() {
         l.local_addr().unwrap().port()
     };
     let dir = tempfile::tempdir().unwrap();
-    let store = StoreUrl::Sqlite {
-        path: dir.path().join("o.db"),
-        synchronous_full: false,
-    };
+    let store = StoreUrl::sqlite(dir.path().join("o.db"));
     let config = Config::new(
         "127.0.0.1:0".parse().unwrap(),
         Some(format!("http://127.0.0.1:{port}").parse().unwrap()),
@@ -943,4 +937,87 @@ async fn completed_keys_replay_from_memory_even_while_the_store_is_down() {
         .unwrap();
     assert_eq!(fresh.status, 503, "anything else still needs the store");
     assert_eq!(upstream.executions("cached"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_sqlite_file_fails_closed_in_bounded_time_then_recovers() {
+    let upstream = CountingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("locked.db");
+    let store =
+        StoreUrl::parse(&format!("sqlite://{}?busy_timeout=300ms", path.display())).unwrap();
+    let mut config = Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(upstream.url().parse().unwrap()),
+        store,
+    );
+    // The replay after the outage must come from the file, not from memory.
+    config.replay_cache = 0;
+    let gateway = Gateway::open(config).unwrap().start().await.unwrap();
+    let client = TestClient::new();
+    let url = format!("http://{}/orders", gateway.addr());
+    let done = client
+        .send("POST", &url, &[JSON, ("idempotency-key", "before")], "{}")
+        .await
+        .unwrap();
+    assert_eq!(done.status, 201);
+
+    // Another process (here: another connection) takes the file's write lock and keeps it.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            locked_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            conn.execute_batch("ROLLBACK").unwrap();
+        }
+    });
+    locked_rx.recv().unwrap();
+
+    let started = std::time::Instant::now();
+    let blocked = client
+        .send("POST", &url, &[JSON, ("idempotency-key", "during")], "{}")
+        .await
+        .unwrap();
+    assert_eq!(blocked.status, 503);
+    assert_eq!(
+        blocked.problem_type().as_deref(),
+        Some("urn:oncely:problem:idempotency-store-unavailable")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by the busy timeout, not a hang"
+    );
+    assert_eq!(upstream.executions("during"), 0);
+    let unkeyed = client
+        .send("GET", &format!("http://{}/x", gateway.addr()), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(
+        unkeyed.status, 201,
+        "unkeyed traffic does not need the store"
+    );
+
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    let after = client
+        .send("POST", &url, &[JSON, ("idempotency-key", "during")], "{}")
+        .await
+        .unwrap();
+    assert_eq!(
+        after.status, 201,
+        "recovered by itself once the lock is gone"
+    );
+    assert_eq!(upstream.executions("during"), 1);
+    let replay = client
+        .send("POST", &url, &[JSON, ("idempotency-key", "before")], "{}")
+        .await
+        .unwrap();
+    assert_eq!(
+        replay.body, done.body,
+        "nothing completed before the outage was lost"
+    );
 }
