@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use oncely_testkit::{CountingUpstream, TestClient};
 
-const JSON: (&str, &str) = ("content-type", "application/json");
-
 fn oncely() -> Command {
     Command::new(env!("CARGO_BIN_EXE_oncely"))
 }
@@ -59,12 +57,7 @@ async fn sigkill_mid_request_then_restart_on_the_same_file() {
     let (mut gw, url) = serve(&upstream.url(), &db, &config);
     let orders = format!("{url}/orders");
     let done = client
-        .send(
-            "POST",
-            &orders,
-            &[JSON, ("idempotency-key", "done")],
-            r#"{"a":1}"#,
-        )
+        .post_keyed(&orders, "done", r#"{"a":1}"#, &[])
         .await
         .unwrap();
     assert_eq!(done.status, 201);
@@ -83,12 +76,7 @@ async fn sigkill_mid_request_then_restart_on_the_same_file() {
     let (mut gw, url) = serve(&upstream.url(), &db, &config);
     let orders = format!("{url}/orders");
     let replay = client
-        .send(
-            "POST",
-            &orders,
-            &[JSON, ("idempotency-key", "done")],
-            r#"{"a":1}"#,
-        )
+        .post_keyed(&orders, "done", r#"{"a":1}"#, &[])
         .await
         .unwrap();
     assert!(replay.replayed(), "completed keys survive the crash");
@@ -96,12 +84,7 @@ async fn sigkill_mid_request_then_restart_on_the_same_file() {
     assert_eq!(upstream.executions("done"), 1);
 
     let held = client
-        .send(
-            "POST",
-            &orders,
-            &[JSON, ("idempotency-key", "cut")],
-            r#"{"a":2}"#,
-        )
+        .post_keyed(&orders, "cut", r#"{"a":2}"#, &[])
         .await
         .unwrap();
     assert_eq!(
@@ -113,12 +96,7 @@ async fn sigkill_mid_request_then_restart_on_the_same_file() {
     let lease_end = killed_at + Duration::from_millis(3000 + 200);
     tokio::time::sleep_until(lease_end.into()).await;
     let retried = client
-        .send(
-            "POST",
-            &orders,
-            &[JSON, ("idempotency-key", "cut")],
-            r#"{"a":2}"#,
-        )
+        .post_keyed(&orders, "cut", r#"{"a":2}"#, &[])
         .await
         .unwrap();
     assert_eq!(
@@ -367,23 +345,13 @@ async fn a_frozen_holder_is_fenced_off_by_the_gateway_that_took_over() {
 
     let orders_b = format!("{url_b}/orders");
     let mut taken = client
-        .send(
-            "POST",
-            &orders_b,
-            &[JSON, ("idempotency-key", "frozen")],
-            body,
-        )
+        .post_keyed(&orders_b, "frozen", body, &[])
         .await
         .unwrap();
     while taken.status == 409 && frozen_at.elapsed() < Duration::from_secs(8) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         taken = client
-            .send(
-                "POST",
-                &orders_b,
-                &[JSON, ("idempotency-key", "frozen")],
-                body,
-            )
+            .post_keyed(&orders_b, "frozen", body, &[])
             .await
             .unwrap();
     }
@@ -404,12 +372,7 @@ async fn a_frozen_holder_is_fenced_off_by_the_gateway_that_took_over() {
 
     for url in [&url_a, &url_b] {
         let replay = client
-            .send(
-                "POST",
-                &format!("{url}/orders"),
-                &[JSON, ("idempotency-key", "frozen")],
-                body,
-            )
+            .post_keyed(&format!("{url}/orders"), "frozen", body, &[])
             .await
             .unwrap();
         assert!(replay.replayed());

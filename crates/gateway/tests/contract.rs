@@ -36,6 +36,15 @@ impl Setup {
         tokio::spawn(async move { pending.await.expect("task").expect("transport") })
     }
 
+    /// Asserts that duplicates keep getting 409 while the first request (already started) is
+    /// still working: its lease is renewed, so it is never taken over.
+    async fn assert_held_meanwhile(&self, key: &str, why: &str) {
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(350)).await;
+            assert_eq!(self.post(key, "{}", &[]).await.status, 409, "{why}");
+        }
+    }
+
     async fn post(&self, key: &str, body: &str, extra: &[(&str, &str)]) -> Answer {
         let mut headers = vec![JSON, ("idempotency-key", key)];
         headers.extend_from_slice(extra);
@@ -44,6 +53,15 @@ impl Setup {
             .await
             .expect("transport")
     }
+}
+
+/// Defaults in front of `upstream`, on a free port, before any store is chosen.
+fn config_for(upstream: &CountingUpstream) -> Config {
+    Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(upstream.url().parse().unwrap()),
+        StoreUrl::Memory,
+    )
 }
 
 async fn setup(toml: &str) -> Setup {
@@ -379,14 +397,8 @@ async fn renewed_lease_is_never_taken_over() {
     // Renewed every 200 ms, so a renewal may run 400 ms late before the lease lapses.
     let s = setup("[defaults]\nlease = \"600ms\"").await;
     let slow = s.spawn_post("renew", "{}", &[("x-test-delay-ms", "1800")]);
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        assert_eq!(
-            s.post("renew", "{}", &[]).await.status,
-            409,
-            "the live holder keeps its key"
-        );
-    }
+    s.assert_held_meanwhile("renew", "the live holder keeps its key")
+        .await;
     assert_eq!(slow.await.unwrap().status, 201);
     assert_eq!(s.upstream.executions("renew"), 1);
     assert_eq!(s.upstream.max_overlap("renew"), 1);
@@ -690,6 +702,13 @@ impl oncely_store::IdempotencyStore for SwitchableStore {
 }
 
 impl SwitchableStore {
+    fn new() -> Arc<Self> {
+        Arc::new(SwitchableStore {
+            inner: oncely_store::MemoryStore::new(Arc::new(SystemClock)),
+            down: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
     fn check(&self) -> oncely_store::StoreResult<()> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             Err(oncely_store::StoreError::Unavailable("switched off".into()))
@@ -702,15 +721,8 @@ impl SwitchableStore {
 #[tokio::test]
 async fn store_outage_fails_closed_or_open_per_route() {
     let upstream = CountingUpstream::start().await;
-    let store = Arc::new(SwitchableStore {
-        inner: oncely_store::MemoryStore::new(Arc::new(SystemClock)),
-        down: std::sync::atomic::AtomicBool::new(false),
-    });
-    let config = Config::new(
-        "127.0.0.1:0".parse().unwrap(),
-        Some(upstream.url().parse().unwrap()),
-        StoreUrl::Memory,
-    )
+    let store = SwitchableStore::new();
+    let config = config_for(&upstream)
     // No replay cache: the replay after the outage must come from the store itself.
     .apply_toml("[server]\nreplay_cache = \"0\"\n[[routes]]\npath = \"/open\"\nstore_unavailable = \"fail-open\"")
     .unwrap();
@@ -783,14 +795,11 @@ async fn store_outage_fails_closed_or_open_per_route() {
 async fn the_lease_is_renewed_while_a_slow_body_arrives() {
     let s = setup("[defaults]\nlease = \"600ms\"").await;
     let slow = s.spawn_post("slow-body", "{}", &[("x-test-body-delay-ms", "1800")]);
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        assert_eq!(
-            s.post("slow-body", "{}", &[]).await.status,
-            409,
-            "headers arrived, body still coming: still held"
-        );
-    }
+    s.assert_held_meanwhile(
+        "slow-body",
+        "headers arrived, body still coming: still held",
+    )
+    .await;
     let first = slow.await.unwrap();
     assert_eq!(first.status, 201);
     let replay = s.post("slow-body", "{}", &[]).await;
@@ -882,15 +891,8 @@ async fn waiting_duplicates_of_a_failing_request_never_overlap() {
 #[tokio::test]
 async fn completed_keys_replay_from_memory_even_while_the_store_is_down() {
     let upstream = CountingUpstream::start().await;
-    let store = Arc::new(SwitchableStore {
-        inner: oncely_store::MemoryStore::new(Arc::new(SystemClock)),
-        down: std::sync::atomic::AtomicBool::new(false),
-    });
-    let config = Config::new(
-        "127.0.0.1:0".parse().unwrap(),
-        Some(upstream.url().parse().unwrap()),
-        StoreUrl::Memory,
-    );
+    let store = SwitchableStore::new();
+    let config = config_for(&upstream);
     let gateway = Gateway::with_store(config, store.clone(), Arc::new(SystemClock))
         .start()
         .await

@@ -327,8 +327,24 @@ impl TestClient {
         })
     }
 
-    /// Starts a JSON POST with an `Idempotency-Key` in the background: the first request of
-    /// a race, or a slow holder that later requests collide with.
+    /// A JSON POST with an `Idempotency-Key`, plus `extra` headers.
+    pub async fn post_keyed(
+        &self,
+        url: &str,
+        key: &str,
+        body: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Answer, String> {
+        let mut headers = vec![
+            ("content-type", "application/json"),
+            ("idempotency-key", key),
+        ];
+        headers.extend_from_slice(extra);
+        self.send("POST", url, &headers, body.to_owned()).await
+    }
+
+    /// [`post_keyed`](Self::post_keyed) in the background: the first request of a race, or a
+    /// slow holder that later requests collide with.
     pub fn spawn_post(
         &self,
         url: &str,
@@ -336,22 +352,22 @@ impl TestClient {
         body: &str,
         extra: &[(&str, &str)],
     ) -> tokio::task::JoinHandle<Result<Answer, String>> {
-        let (client, url, body) = (self.clone(), url.to_owned(), body.to_owned());
-        let mut owned = vec![
-            ("content-type".to_owned(), "application/json".to_owned()),
-            ("idempotency-key".to_owned(), key.to_owned()),
-        ];
-        owned.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        let (client, url, key, body) = (
+            self.clone(),
+            url.to_owned(),
+            key.to_owned(),
+            body.to_owned(),
         );
+        let extra: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         tokio::spawn(async move {
-            let headers: Vec<(&str, &str)> = owned
+            let extra: Vec<(&str, &str)> = extra
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            client.send("POST", &url, &headers, body).await
+            client.post_keyed(&url, &key, &body, &extra).await
         })
     }
 
