@@ -64,7 +64,8 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         key = "required"
         "#,
     )?;
-    let gateway = Gateway::open(config)?
+    let gateway = Gateway::open(config)
+        .await?
         .start()
         .await
         .map_err(|e| format!("{e}; pass --port to use another port (0 picks a free one)"))?;

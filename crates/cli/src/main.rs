@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod logging;
+mod migrate;
 mod serve;
 
 #[derive(Parser)]
@@ -28,6 +29,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Start a small orders service behind the gateway and show what the gateway does.
     Demo(demo::DemoArgs),
+    /// Create or update a store's tables (gateways also do it when they start).
+    Migrate(migrate::MigrateArgs),
     /// Measure the gateway against its upstream, side by side.
     Bench(bench::BenchArgs),
     /// Send one request, curl-like, retrying safely: one Idempotency-Key, full jitter.
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Migrate(args) => migrate::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Send(_) => Ok(()), // handled above
         }

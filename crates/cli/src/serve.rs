@@ -35,7 +35,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         .map(|u| u.to_string())
         .unwrap_or_default();
     let store = config.store.clone();
-    let gateway = Gateway::open(config)?.start().await?;
+    let gateway = Gateway::open(config).await?.start().await?;
     tracing::info!(listen = %gateway.addr(), %upstream, %store, "oncely gateway ready");
     // One plain line on stdout so scripts (and tests) learn the port when listening on :0.
     println!("listening on http://{}", gateway.addr());

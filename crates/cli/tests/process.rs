@@ -152,9 +152,9 @@ fn command_line_errors_are_one_line_and_non_zero() {
                 "--upstream".into(),
                 "http://127.0.0.1:9".into(),
                 "--store".into(),
-                "postgres://h/db".into(),
+                "postgres://postgres@127.0.0.1:1/db?timeout=1s".into(),
             ],
-            "not available",
+            "cannot open the store",
         ),
         (
             vec![

@@ -39,12 +39,13 @@ pub struct RunningGateway {
 
 impl Gateway {
     /// Opens the store named by the config.
-    pub fn open(config: Config) -> Result<Gateway, String> {
+    pub async fn open(config: Config) -> Result<Gateway, String> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let store = config
             .store
             .open(clock.clone())
-            .map_err(|e| format!("cannot open the store: {e}"))?;
+            .await
+            .map_err(|e| format!("cannot open the store {}: {e}", config.store))?;
         Ok(Gateway {
             config,
             store,

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oncely_core::Clock;
-use oncely_store::{IdempotencyStore, MemoryStore, StoreError};
+use oncely_store::{IdempotencyStore, MemoryStore, StoreError, TimeSource};
+use oncely_store_postgres::{PgOptions, PgStore};
 use oncely_store_sqlite::{SqliteOptions, SqliteStore};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,9 @@ pub enum StoreUrl {
         synchronous_full: bool,
         busy_timeout: Option<Duration>,
     },
+    /// `postgres://user@host:port/db?schema=oncely&pool_size=16&timeout=5s`: many gateways on
+    /// one database; leases and TTLs on the database's clock.
+    Postgres(PgOptions),
     /// `memory://`: nothing survives a restart; for trials only.
     Memory,
 }
@@ -43,6 +47,7 @@ impl std::fmt::Display for StoreUrl {
                 }
                 Ok(())
             }
+            StoreUrl::Postgres(opts) => write!(f, "{opts}"),
             StoreUrl::Memory => f.write_str("memory://"),
         }
     }
@@ -94,18 +99,32 @@ impl StoreUrl {
         if url == "memory://" || url == "memory" {
             return Ok(StoreUrl::Memory);
         }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return PgOptions::from_url(url).map(StoreUrl::Postgres);
+        }
         let scheme = url.split("://").next().unwrap_or(url);
         match scheme {
-            "postgres" | "postgresql" | "redis" => Err(format!(
-                "`{url}`: the {scheme} store is not available in this version; use sqlite://PATH"
+            "redis" => Err(format!(
+                "`{url}`: the {scheme} store is not available in this version; use sqlite://PATH or postgres://"
             )),
             _ => Err(format!(
-                "`{url}` is not a store URL; use sqlite://PATH or memory://"
+                "`{url}` is not a store URL; use sqlite://PATH, postgres://HOST/DB or memory://"
             )),
         }
     }
 
-    pub fn open(&self, clock: Arc<dyn Clock>) -> Result<Arc<dyn IdempotencyStore>, StoreError> {
+    /// Whether several gateways may share this store (it decides time itself).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, StoreUrl::Postgres(_))
+    }
+
+    /// Opens the store; a shared store also applies its migrations. `clock` is the gateway's
+    /// clock, used by the stores that live on this host (SQLite, memory); shared stores run on
+    /// their server's clock so that replicas agree.
+    pub async fn open(
+        &self,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<dyn IdempotencyStore>, StoreError> {
         Ok(match self {
             StoreUrl::Sqlite {
                 path,
@@ -118,6 +137,9 @@ impl StoreUrl {
                     opts.busy_timeout = *t;
                 }
                 Arc::new(SqliteStore::open(opts, clock)?)
+            }
+            StoreUrl::Postgres(opts) => {
+                Arc::new(PgStore::connect(opts.clone(), TimeSource::Server).await?)
             }
             StoreUrl::Memory => Arc::new(MemoryStore::new(clock)),
         })
@@ -155,7 +177,23 @@ mod tests {
         assert_eq!(StoreUrl::parse("memory://").unwrap(), StoreUrl::Memory);
         assert!(StoreUrl::parse("sqlite://").is_err());
         assert!(StoreUrl::parse("sqlite://x?y=z").is_err());
-        assert!(StoreUrl::parse("postgres://h/db")
+        let pg = StoreUrl::parse("postgres://gw:pw@db:5433/app?schema=edge&timeout=2s").unwrap();
+        match &pg {
+            StoreUrl::Postgres(o) => {
+                assert_eq!(
+                    (o.schema.as_str(), o.timeout),
+                    ("edge", Duration::from_secs(2))
+                )
+            }
+            other => panic!("expected postgres, got {other:?}"),
+        }
+        assert!(
+            !pg.to_string().contains("pw"),
+            "the password is never shown"
+        );
+        assert!(pg.is_shared());
+        assert!(StoreUrl::parse("postgres://h/db?schema=Bad-Name").is_err());
+        assert!(StoreUrl::parse("redis://h/")
             .unwrap_err()
             .contains("not available"));
         assert!(StoreUrl::parse("/tmp/x.db").is_err());

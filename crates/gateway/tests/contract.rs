@@ -81,6 +81,7 @@ async fn setup_with(toml: &str, upstream: CountingUpstream) -> Setup {
     .expect("test config");
     config.validate().expect("valid config");
     let gateway = Gateway::open(config)
+        .await
         .expect("open")
         .start()
         .await
@@ -582,7 +583,7 @@ async fn unreachable_upstream_releases_the_key() {
         Some(format!("http://127.0.0.1:{port}").parse().unwrap()),
         store,
     );
-    let gateway = Gateway::open(config).unwrap().start().await.unwrap();
+    let gateway = Gateway::open(config).await.unwrap().start().await.unwrap();
     let client = TestClient::new();
     let url = format!("http://{}/orders", gateway.addr());
     let down = client
@@ -955,7 +956,7 @@ async fn a_locked_sqlite_file_fails_closed_in_bounded_time_then_recovers() {
     );
     // The replay after the outage must come from the file, not from memory.
     config.replay_cache = 0;
-    let gateway = Gateway::open(config).unwrap().start().await.unwrap();
+    let gateway = Gateway::open(config).await.unwrap().start().await.unwrap();
     let client = TestClient::new();
     let url = format!("http://{}/orders", gateway.addr());
     let done = client

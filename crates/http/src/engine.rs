@@ -157,11 +157,15 @@ impl Engine {
         self
     }
 
-    fn remember(&self, key: &RecordKey, record: &oncely_core::Record) {
+    fn remember(&self, key: &RecordKey, record: &oncely_core::Record, ttl: Duration) {
         if let oncely_core::RecordState::Completed { response } = &record.state {
             let entry = CacheEntry {
                 fingerprint: record.fingerprint,
-                expires_at: record.expires_at,
+                // `expires_at` is on the store's clock, which for a shared store is not ours:
+                // a gateway whose clock runs behind the database's would otherwise replay
+                // from memory long after the record expired. Capping at our now + TTL bounds
+                // that: the entry never outlives the record by more than the record's age.
+                expires_at: record.expires_at.min(self.clock.now().plus(ttl)),
                 response: response.clone(),
             };
             self.cache.insert(key.clone(), entry);
@@ -295,7 +299,7 @@ impl Engine {
                 }
                 Ok(ClaimOutcome::Exists(record)) => record,
             };
-            self.remember(&job.record_key, &existing);
+            self.remember(&job.record_key, &existing, p.ttl);
             match decide_existing(&existing, job.fingerprint) {
                 ExistingDecision::Replay(stored) => {
                     self.observe(if waited {

@@ -4,4 +4,4 @@ mod common;
 
 use oncely_core::ManualClock;
 
-oncely_store::conformance_tests!(|clock: ManualClock| async move { common::TempStore::new(clock) });
+oncely_store::conformance_tests!(|clock: ManualClock| async move { common::temp_store(clock) });

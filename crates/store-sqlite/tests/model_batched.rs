@@ -121,7 +121,7 @@ async fn concurrent_keys_match_the_model_through_shared_batches() {
     const KEYS: usize = 24;
     for seed in 0..4u64 {
         let clock = ManualClock::new(Timestamp(1_700_000_000_000));
-        let store = Arc::new(common::TempStore::new(clock.clone()));
+        let store = Arc::new(common::temp_store(clock.clone()));
         let mut models: Vec<KeyModel> = (0..KEYS)
             .map(|i| KeyModel {
                 key: key(&format!("t{}", i % 3), &format!("k{i}")),

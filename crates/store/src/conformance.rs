@@ -76,6 +76,55 @@ where
     }
 }
 
+/// A store together with something that must live exactly as long as it: a temporary file,
+/// a schema or key prefix dropped when the test ends. Every call goes to `store`.
+pub struct Guarded<S, G> {
+    pub store: S,
+    pub guard: G,
+}
+
+#[async_trait::async_trait]
+impl<S: IdempotencyStore, G: Send + Sync + 'static> IdempotencyStore for Guarded<S, G> {
+    async fn claim(
+        &self,
+        key: &RecordKey,
+        fingerprint: Fingerprint,
+        lease: Duration,
+        ttl: Duration,
+    ) -> crate::StoreResult<ClaimOutcome> {
+        self.store.claim(key, fingerprint, lease, ttl).await
+    }
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        token: LeaseToken,
+        response: StoredResponse,
+        ttl: Duration,
+    ) -> crate::StoreResult<()> {
+        self.store.complete(key, token, response, ttl).await
+    }
+    async fn release(&self, key: &RecordKey, token: LeaseToken) -> crate::StoreResult<()> {
+        self.store.release(key, token).await
+    }
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> crate::StoreResult<Timestamp> {
+        self.store.renew(key, token, lease).await
+    }
+    async fn get(&self, key: &RecordKey) -> crate::StoreResult<Option<Record>> {
+        self.store.get(key).await
+    }
+    async fn purge_expired(&self, batch: usize) -> crate::StoreResult<u64> {
+        self.store.purge_expired(batch).await
+    }
+    async fn stats(&self) -> crate::StoreResult<crate::StoreStats> {
+        self.store.stats().await
+    }
+}
+
 async fn setup<S: IdempotencyStore, F: Factory<S>>(f: &F) -> (Arc<S>, ManualClock) {
     let clock = ManualClock::new(START);
     (Arc::new(f.make(clock.clone()).await), clock)
@@ -444,10 +493,21 @@ pub async fn matches_the_model_under_random_operations<S: IdempotencyStore, F: F
 
 /// Expands to one test per conformance case for the store built by `$factory`, a
 /// `Fn(ManualClock) -> impl Future<Output = impl IdempotencyStore>`.
+///
+/// For a backend on an external service, `conformance_tests!(if $available => $factory)`
+/// runs each case only when `$available` (an expression taking the case's name as `&str`
+/// and returning `bool`) says the service is there; the guard decides how a skip is
+/// reported.
 #[macro_export]
 macro_rules! conformance_tests {
+    (if $available:expr => $factory:expr) => {
+        $crate::conformance_tests!(@all $available; $factory);
+    };
     ($factory:expr) => {
-        $crate::conformance_tests!(@cases $factory;
+        $crate::conformance_tests!(@all |_: &str| true; $factory);
+    };
+    (@all $available:expr; $factory:expr) => {
+        $crate::conformance_tests!(@cases $available; $factory;
             one_winner_among_concurrent_claims,
             duplicate_sees_progress_then_replay,
             other_fingerprint_never_claims,
@@ -463,11 +523,13 @@ macro_rules! conformance_tests {
             matches_the_model_under_random_operations,
         );
     };
-    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+    (@cases $available:expr; $factory:expr; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                $crate::conformance::$case(&$factory).await;
+                if ($available)(stringify!($case)) {
+                    $crate::conformance::$case(&$factory).await;
+                }
             }
         )*
     };

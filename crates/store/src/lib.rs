@@ -22,6 +22,40 @@ pub use memory::MemoryStore;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+/// Whose clock decides leases and TTLs in a store shared by several gateways.
+///
+/// Gateways on different hosts disagree about the time; if each judged leases by its own
+/// clock, one running ahead would take over keys whose holders are alive. A shared store
+/// therefore decides time itself by default ([`TimeSource::Server`]): every transition reads
+/// the server's clock inside the same atomic statement or script that applies it.
+#[derive(Clone)]
+pub enum TimeSource {
+    /// The database or Redis server's clock: all gateways agree, whatever their own clocks say.
+    Server,
+    /// A clock supplied by the caller: tests drive time with a `ManualClock`, and a single
+    /// gateway may choose its own clock.
+    Local(std::sync::Arc<dyn oncely_core::Clock>),
+}
+
+impl std::fmt::Debug for TimeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TimeSource::Server => f.write_str("Server"),
+            TimeSource::Local(_) => f.write_str("Local(..)"),
+        }
+    }
+}
+
+impl TimeSource {
+    /// The local clock's now, or `None` when the server decides.
+    pub fn local_now(&self) -> Option<Timestamp> {
+        match self {
+            TimeSource::Server => None,
+            TimeSource::Local(c) => Some(c.now()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The transition was refused by the record's state; the store is healthy.

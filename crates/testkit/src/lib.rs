@@ -27,6 +27,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+pub mod services;
+
 #[derive(Default)]
 struct KeyStats {
     executions: u64,

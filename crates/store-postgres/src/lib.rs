@@ -1,0 +1,347 @@
+//! The PostgreSQL backend: many gateway replicas on one database.
+//!
+//! - **One statement per transition.** A claim is one `INSERT ... ON CONFLICT DO UPDATE ...
+//!   WHERE ... RETURNING`: it inserts, or takes over a record whose lease (same request) or
+//!   retention has ended, atomically under the row's lock; never a read followed by a write.
+//!   Complete, release and renew are single statements conditioned on the fencing token.
+//! - **The database's clock.** By default every statement takes `now` from PostgreSQL, so
+//!   replicas whose own clocks disagree still agree on every lease and expiry (a gateway whose
+//!   clock runs an hour ahead cannot take over a live holder's key). Tests and single-node
+//!   users may inject a clock ([`TimeSource::Local`]).
+//! - **Bounded.** Every operation, connecting included, is bounded by the `timeout` option;
+//!   past it the store is unavailable and the gateway answers 503 instead of hanging. The
+//!   pool reconnects by itself when the database comes back.
+//! - **Purge never blocks the hot path**: small batches, oldest first, `SKIP LOCKED`.
+//!
+//! Migrations are embedded ([`schema`]) and applied by [`PgStore::connect`] and
+//! [`migrate`], under an advisory lock so replicas starting together apply them once.
+//!
+//! Connections are plain TCP (no TLS in this version): run the database on a private network
+//! or put a TLS tunnel beside the gateway.
+
+mod codec;
+mod options;
+pub mod schema;
+mod sql;
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use oncely_core::{
+    ClaimOutcome, Fingerprint, LeaseToken, Record, RecordKey, Refusal, StoredResponse, Timestamp,
+};
+use oncely_store::{IdempotencyStore, StoreError, StoreResult, StoreStats, TimeSource};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
+
+use codec::{millis, record_from_row, token_bytes, unavailable, STATE_COMPLETED};
+pub use options::{hide_password, validate_schema, PgOptions};
+pub use schema::MigrationReport;
+use sql::Statements;
+
+pub struct PgStore {
+    pool: Pool,
+    sql: Statements,
+    time: TimeSource,
+    timeout: Duration,
+    schema: String,
+}
+
+/// How many times a claim re-runs when the record that stopped it was committed after the
+/// statement's snapshot (it then sees neither a won claim nor a record). Each re-run sees a
+/// newer snapshot; needing more than a couple means something else is wrong.
+const CLAIM_ATTEMPTS: usize = 8;
+
+fn pool(opts: &PgOptions) -> StoreResult<Pool> {
+    let mut config: tokio_postgres::Config = opts
+        .url
+        .parse()
+        .map_err(|e| StoreError::Unavailable(format!("postgres URL: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(opts.timeout);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("oncely");
+    }
+    // Dead peers (a database host that vanished without closing the socket) are noticed by
+    // the operation timeout; keepalives make the kernel drop such sockets too.
+    config.keepalives(true);
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            // A broken connection is noticed by the first query on it, which fails that one
+            // operation (503 for one request); checking every checkout would cost a round trip.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(opts.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(opts.timeout))
+        .create_timeout(Some(opts.timeout))
+        .recycle_timeout(Some(opts.timeout))
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("postgres pool: {e}")))
+}
+
+/// Applies the embedded migrations to the database named by `opts` and reports what it did.
+pub async fn migrate(opts: &PgOptions) -> StoreResult<MigrationReport> {
+    let pool = pool(opts)?;
+    bounded(opts.timeout, async {
+        let mut client = pool.get().await.map_err(unavailable)?;
+        schema::migrate(&mut client, &opts.schema).await
+    })
+    .await
+}
+
+async fn bounded<T>(limit: Duration, op: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+    tokio::time::timeout(limit, op).await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(format!(
+            "postgres: no answer within {}ms",
+            limit.as_millis()
+        )))
+    })
+}
+
+impl PgStore {
+    /// Connects, applies the embedded migrations, and returns the store.
+    pub async fn connect(opts: PgOptions, time: TimeSource) -> StoreResult<PgStore> {
+        migrate(&opts).await?;
+        Ok(PgStore {
+            pool: pool(&opts)?,
+            sql: Statements::new(&opts.schema),
+            time,
+            timeout: opts.timeout,
+            schema: opts.schema,
+        })
+    }
+
+    /// The schema holding this store's tables.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Runs `sql` with `params` on a pooled connection, within the operation timeout.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> StoreResult<Vec<tokio_postgres::Row>> {
+        bounded(self.timeout, async {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
+            client.query(&stmt, params).await.map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn client(&self) -> StoreResult<Object> {
+        self.pool.get().await.map_err(unavailable)
+    }
+
+    fn now_param(&self) -> Option<i64> {
+        self.time.local_now().map(Timestamp::as_millis)
+    }
+
+    /// Decodes the `(done, state_now)` answer of complete and release.
+    fn verdict(row: Option<&tokio_postgres::Row>, key: &RecordKey) -> StoreResult<()> {
+        let row = row.ok_or_else(|| StoreError::Corrupt(format!("{key}: no answer row")))?;
+        let done: bool = row.try_get(0).map_err(unavailable)?;
+        if done {
+            return Ok(());
+        }
+        let state: Option<i16> = row.try_get(1).map_err(unavailable)?;
+        Err(StoreError::Refused(refusal(state)))
+    }
+}
+
+/// Why a write conditioned on the token did nothing, from the live record's state.
+fn refusal(state: Option<i16>) -> Refusal {
+    match state {
+        None => Refusal::Missing,
+        Some(STATE_COMPLETED) => Refusal::AlreadyCompleted,
+        Some(_) => Refusal::StaleToken,
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for PgStore {
+    async fn claim(
+        &self,
+        key: &RecordKey,
+        fingerprint: Fingerprint,
+        lease: Duration,
+        ttl: Duration,
+    ) -> StoreResult<ClaimOutcome> {
+        let token = LeaseToken::random();
+        let (fp, tok) = (fingerprint.0.to_vec(), token_bytes(token));
+        let (ttl, lease) = (millis(ttl), millis(lease));
+        for _ in 0..CLAIM_ATTEMPTS {
+            let now = self.now_param();
+            let rows = self
+                .query(
+                    &self.sql.claim,
+                    &[
+                        &key.scope.tenant.as_str(),
+                        &key.scope.method,
+                        &key.scope.route,
+                        &key.key.as_str(),
+                        &fp,
+                        &tok,
+                        &ttl,
+                        &lease,
+                        &now,
+                    ],
+                )
+                .await?;
+            let Some(row) = rows.first() else { continue };
+            let won: bool = row.try_get(0).map_err(unavailable)?;
+            if won {
+                let lease_expires_at: i64 = row.try_get(1).map_err(unavailable)?;
+                let takeover: bool = row.try_get(2).map_err(unavailable)?;
+                return Ok(ClaimOutcome::Claimed {
+                    token,
+                    lease_expires_at: Timestamp(lease_expires_at),
+                    takeover,
+                });
+            }
+            return Ok(ClaimOutcome::Exists(record_from_row(row, 3, key)?));
+        }
+        Err(StoreError::Unavailable(format!(
+            "postgres: the claim of {key} neither won nor found a record {CLAIM_ATTEMPTS} times"
+        )))
+    }
+
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        token: LeaseToken,
+        response: StoredResponse,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let status = i16::try_from(response.status).map_err(|_| {
+            StoreError::Corrupt(format!("{key}: status {} out of range", response.status))
+        })?;
+        let rows = self
+            .query(
+                &self.sql.complete,
+                &[
+                    &key.scope.tenant.as_str(),
+                    &key.scope.method,
+                    &key.scope.route,
+                    &key.key.as_str(),
+                    &token_bytes(token),
+                    &status,
+                    &response.encode_headers(),
+                    &response.body.as_ref(),
+                    &millis(ttl),
+                    &self.now_param(),
+                ],
+            )
+            .await?;
+        Self::verdict(rows.first(), key)
+    }
+
+    async fn release(&self, key: &RecordKey, token: LeaseToken) -> StoreResult<()> {
+        let rows = self
+            .query(
+                &self.sql.release,
+                &[
+                    &key.scope.tenant.as_str(),
+                    &key.scope.method,
+                    &key.scope.route,
+                    &key.key.as_str(),
+                    &token_bytes(token),
+                    &self.now_param(),
+                ],
+            )
+            .await?;
+        Self::verdict(rows.first(), key)
+    }
+
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> StoreResult<Timestamp> {
+        let rows = self
+            .query(
+                &self.sql.renew,
+                &[
+                    &key.scope.tenant.as_str(),
+                    &key.scope.method,
+                    &key.scope.route,
+                    &key.key.as_str(),
+                    &token_bytes(token),
+                    &millis(lease),
+                    &self.now_param(),
+                ],
+            )
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Corrupt(format!("{key}: no answer row")))?;
+        let until: Option<i64> = row.try_get(0).map_err(unavailable)?;
+        match until {
+            Some(t) => Ok(Timestamp(t)),
+            None => {
+                let state: Option<i16> = row.try_get(1).map_err(unavailable)?;
+                Err(StoreError::Refused(refusal(state)))
+            }
+        }
+    }
+
+    async fn get(&self, key: &RecordKey) -> StoreResult<Option<Record>> {
+        let rows = self
+            .query(
+                &self.sql.get,
+                &[
+                    &key.scope.tenant.as_str(),
+                    &key.scope.method,
+                    &key.scope.route,
+                    &key.key.as_str(),
+                    &self.now_param(),
+                ],
+            )
+            .await?;
+        rows.first()
+            .map(|row| record_from_row(row, 0, key))
+            .transpose()
+    }
+
+    async fn purge_expired(&self, batch: usize) -> StoreResult<u64> {
+        let batch = i64::try_from(batch).unwrap_or(i64::MAX);
+        let now = self.now_param();
+        bounded(self.timeout, async {
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(&self.sql.purge)
+                .await
+                .map_err(unavailable)?;
+            client
+                .execute(&stmt, &[&batch, &now])
+                .await
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        let rows = self.query(&self.sql.stats, &[&self.now_param()]).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Corrupt("stats: no answer row".into()))?;
+        let count = |i: usize| -> StoreResult<u64> {
+            let n: i64 = row.try_get(i).map_err(unavailable)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        };
+        Ok(StoreStats {
+            in_progress: count(0)?,
+            completed: count(1)?,
+        })
+    }
+}

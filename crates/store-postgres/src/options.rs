@@ -1,0 +1,204 @@
+//! `postgres://` URLs: where the database is, plus oncely's own options.
+//!
+//! The URL is a libpq-style connection URL as `tokio-postgres` understands it
+//! (`postgres://user[:password]@host[:port]/database?sslmode=disable&application_name=...`);
+//! oncely takes its own options out of the query before handing the rest over:
+//!
+//! - `schema=NAME`: the schema holding oncely's tables (default `oncely`), so one database
+//!   can host several independent gateways' records, or a test's;
+//! - `pool_size=N`: connections per gateway (default 16);
+//! - `timeout=DURATION`: the bound on every store operation, connecting included (default
+//!   `5s`); past it the store counts as unavailable and the gateway fails closed.
+
+use std::time::Duration;
+
+/// Connection and behaviour options of a [`PgStore`](crate::PgStore).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgOptions {
+    /// The connection URL without oncely's options.
+    pub url: String,
+    pub schema: String,
+    pub pool_size: usize,
+    pub timeout: Duration,
+}
+
+pub const DEFAULT_SCHEMA: &str = "oncely";
+pub const DEFAULT_POOL_SIZE: usize = 16;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+const KNOWN: &str = "schema=NAME, pool_size=N, timeout=DURATION";
+
+impl PgOptions {
+    /// Default options for a connection URL.
+    pub fn new(url: impl Into<String>) -> PgOptions {
+        PgOptions {
+            url: url.into(),
+            schema: DEFAULT_SCHEMA.to_owned(),
+            pool_size: DEFAULT_POOL_SIZE,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Parses a `postgres://` or `postgresql://` URL, taking oncely's options out of it.
+    /// Options the driver knows (`sslmode`, `application_name`, ...) stay in the URL.
+    pub fn from_url(url: &str) -> Result<PgOptions, String> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(format!("`{url}` is not a postgres:// URL"));
+        }
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut opts = PgOptions::new(base);
+        let mut passed_on = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "schema" => {
+                    validate_schema(value).map_err(|e| format!("`{url}`: schema: {e}"))?;
+                    opts.schema = value.to_owned();
+                }
+                "pool_size" => {
+                    opts.pool_size = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=1024).contains(n))
+                        .ok_or_else(|| {
+                            format!("`{url}`: pool_size must be a number from 1 to 1024")
+                        })?;
+                }
+                "timeout" => {
+                    opts.timeout =
+                        parse_duration(value)
+                            .filter(|d| !d.is_zero())
+                            .ok_or_else(|| {
+                                format!("`{url}`: timeout must be a duration like 500ms or 5s")
+                            })?;
+                }
+                // The driver's own parameters (sslmode, application_name, connect_timeout,
+                // options, ...) are checked by the driver when the store connects.
+                _ => passed_on.push(pair),
+            }
+        }
+        if !passed_on.is_empty() {
+            opts.url = format!("{base}?{}", passed_on.join("&"));
+        }
+        // Fail here, with the URL in the message, rather than at the first request.
+        opts.url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| format!("`{url}`: {e} (oncely's own options: {KNOWN})"))?;
+        Ok(opts)
+    }
+}
+
+impl std::fmt::Display for PgOptions {
+    /// The URL with oncely's options, the password hidden.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = hide_password(&self.url);
+        let sep = if shown.contains('?') { '&' } else { '?' };
+        write!(
+            f,
+            "{shown}{sep}schema={}&pool_size={}&timeout={}ms",
+            self.schema,
+            self.pool_size,
+            self.timeout.as_millis()
+        )
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host` with `***` for logs.
+pub fn hide_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// A schema name oncely will quote into statements: a plain lower-case identifier, so that
+/// no quoting rule can be abused and the name reads the same in `psql`.
+pub fn validate_schema(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if first_ok && rest_ok && name.len() <= 63 {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a plain identifier (a-z, 0-9 and _, not starting with a digit, at most 63 characters)"
+        ))
+    }
+}
+
+/// `250ms`, `5s`, `2m`.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_our_options_out_and_keeps_the_drivers() {
+        let o = PgOptions::from_url(
+            "postgres://u:secret@db:5433/app?schema=gw_1&sslmode=disable&pool_size=4&timeout=250ms",
+        )
+        .unwrap();
+        assert_eq!(o.url, "postgres://u:secret@db:5433/app?sslmode=disable");
+        assert_eq!(o.schema, "gw_1");
+        assert_eq!(o.pool_size, 4);
+        assert_eq!(o.timeout, Duration::from_millis(250));
+        let shown = o.to_string();
+        assert!(!shown.contains("secret"), "{shown}");
+        assert_eq!(
+            PgOptions::from_url(&shown.replace("***", "secret")).unwrap(),
+            o
+        );
+
+        let d = PgOptions::from_url("postgresql://localhost/test").unwrap();
+        assert_eq!(
+            (d.schema.as_str(), d.pool_size, d.timeout),
+            (DEFAULT_SCHEMA, DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT)
+        );
+    }
+
+    #[test]
+    fn refuses_bad_options_with_the_reason() {
+        let err = |u: &str| PgOptions::from_url(u).unwrap_err();
+        assert!(err("postgres://h/db?schema=Robert');--").contains("schema"));
+        assert!(err("postgres://h/db?schema=1abc").contains("identifier"));
+        assert!(err("postgres://h/db?pool_size=0").contains("pool_size"));
+        assert!(err("postgres://h/db?timeout=soon").contains("timeout"));
+        assert!(err("postgres://h/db?timeout=0s").contains("timeout"));
+        assert!(err("postgres://h/db?frobnicate=1").contains("schema=NAME"));
+        assert!(err("mysql://h/db").contains("not a postgres"));
+    }
+
+    #[test]
+    fn hides_passwords_only() {
+        assert_eq!(
+            hide_password("postgres://u:p@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(hide_password("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            hide_password("postgres://h/db?x=a:b@c"),
+            "postgres://h/db?x=a:b@c"
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! A store in a schema of its own, dropped when the test ends, on the PostgreSQL named by
+//! `ONCELY_TEST_POSTGRES` (tests run in parallel against one server).
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oncely_core::{Clock, ManualClock};
+use oncely_store::conformance::Guarded;
+use oncely_store::TimeSource;
+use oncely_store_postgres::{PgOptions, PgStore};
+use oncely_testkit::services::{unique_name, Service};
+
+/// Whether PostgreSQL is there for `test` (skips, or fails under ONCELY_REQUIRE_SERVICES=1).
+pub fn available(test: &str) -> bool {
+    Service::Postgres.available(test).is_some()
+}
+
+pub fn options(schema: &str) -> PgOptions {
+    let mut o = PgOptions::from_url(&Service::Postgres.url()).expect("test URL parses");
+    o.schema = schema.to_owned();
+    o.pool_size = 8;
+    o.timeout = Duration::from_secs(10);
+    o
+}
+
+/// Drops its schema on drop.
+pub struct Schema {
+    pub name: String,
+}
+
+impl Schema {
+    pub fn new() -> Schema {
+        Schema {
+            name: unique_name("oncely_test"),
+        }
+    }
+    pub async fn store(&self, time: TimeSource) -> PgStore {
+        PgStore::connect(options(&self.name), time)
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let url = Service::Postgres.url();
+        let name = self.name.clone();
+        // Drop runs inside a test's runtime; a thread of its own may block.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// A store on a manual clock, in a schema of its own that is dropped with it.
+pub async fn temp_store(clock: ManualClock) -> Guarded<PgStore, Schema> {
+    let schema = Schema::new();
+    let clock: Arc<dyn Clock> = Arc::new(clock);
+    Guarded {
+        store: schema.store(TimeSource::Local(clock)).await,
+        guard: schema,
+    }
+}
