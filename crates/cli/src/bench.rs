@@ -39,6 +39,14 @@ pub struct BenchArgs {
     /// Skip the nginx reference even if nginx is installed.
     #[arg(long)]
     no_nginx: bool,
+    /// Compare the stores instead: per store, the raw database limit (plain driver), oncely's
+    /// store API and the gateway, at the highest --concurrency (see docs/BENCHMARKS.md).
+    #[arg(long)]
+    stores: bool,
+    /// PostgreSQL for --stores [default: $ONCELY_TEST_POSTGRES or
+    /// postgres://postgres@127.0.0.1:5432/postgres]; "none" skips it.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
 }
 
 struct Scenario {
@@ -53,17 +61,22 @@ struct Scenario {
 }
 
 #[derive(Clone, Copy)]
-struct Stats {
-    rps: f64,
-    p50_us: u64,
-    p99_us: u64,
-    errors: u64,
+pub(crate) struct Stats {
+    pub rps: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub errors: u64,
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), String> {
-    let upstream = CountingUpstream::start().await;
     let tmp = std::env::temp_dir().join(format!("oncely-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    if args.stores {
+        let result = run_stores(&args, &tmp).await;
+        let _ = std::fs::remove_dir_all(&tmp);
+        return result;
+    }
+    let upstream = CountingUpstream::start().await;
     let store = args
         .store
         .clone()
@@ -187,6 +200,27 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+async fn run_stores(args: &BenchArgs, tmp: &Path) -> Result<(), String> {
+    let plan = crate::bench_stores::StoreBench {
+        concurrency: args.concurrency.iter().copied().max().unwrap_or(64),
+        duration: Duration::from_secs(args.seconds.max(1)),
+        body: bench_body(args.body_bytes),
+    };
+    let env_or = |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.into());
+    let postgres = args.postgres.clone().unwrap_or_else(|| {
+        env_or(
+            "ONCELY_TEST_POSTGRES",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        )
+    });
+    let postgres = (postgres != "none").then_some(postgres);
+    eprintln!(
+        "stores at concurrency {}, {} s per measurement",
+        plan.concurrency, args.seconds
+    );
+    crate::bench_stores::run(plan, tmp, postgres).await
+}
+
 fn ms(us: u64) -> String {
     format!("{:.2} ms", us as f64 / 1000.0)
 }
@@ -196,7 +230,7 @@ fn bench_body(n: usize) -> String {
     format!(r#"{{"item":"book","quantity":1,"note":"{filler}"}}"#)
 }
 
-async fn spawn_gateway(
+pub(crate) async fn spawn_gateway(
     upstream: &str,
     store: &str,
 ) -> Result<(tokio::process::Child, String), String> {
@@ -312,18 +346,18 @@ async fn spawn_nginx(
 
 /// How one target is loaded.
 #[derive(Clone, Copy)]
-struct Load {
-    concurrency: usize,
-    duplicate_share: f64,
+pub(crate) struct Load {
+    pub concurrency: usize,
+    pub duplicate_share: f64,
     /// Send no key: measures the proxying alone, the ceiling of the keyed path.
-    keyed: bool,
+    pub keyed: bool,
     /// Keys in one increasing sequence instead of one sequence per worker.
-    ordered: bool,
-    duration: Duration,
+    pub ordered: bool,
+    pub duration: Duration,
 }
 
 /// Closed-loop load: `concurrency` workers each send one request at a time for `duration`.
-async fn load(base: &str, plan: &Load, body: &str, tag: &str) -> Stats {
+pub(crate) async fn load(base: &str, plan: &Load, body: &str, tag: &str) -> Stats {
     let Load {
         concurrency,
         duplicate_share,

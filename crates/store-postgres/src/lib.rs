@@ -138,23 +138,43 @@ impl PgStore {
         .await
     }
 
+    /// Runs a write with `params`; returns how many rows it touched.
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<u64> {
+        bounded(self.timeout, async {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
+            client.execute(&stmt, params).await.map_err(unavailable)
+        })
+        .await
+    }
+
+    /// Why a write conditioned on `key`'s token did nothing.
+    async fn refusal(&self, key: &RecordKey) -> StoreResult<StoreError> {
+        let rows = self
+            .query(
+                &self.sql.live_state,
+                &[
+                    &key.scope.tenant.as_str(),
+                    &key.scope.method,
+                    &key.scope.route,
+                    &key.key.as_str(),
+                    &self.now_param(),
+                ],
+            )
+            .await?;
+        let state = match rows.first() {
+            Some(row) => Some(row.try_get::<_, i16>(0).map_err(unavailable)?),
+            None => None,
+        };
+        Ok(StoreError::Refused(refusal(state)))
+    }
+
     async fn client(&self) -> StoreResult<Object> {
         self.pool.get().await.map_err(unavailable)
     }
 
     fn now_param(&self) -> Option<i64> {
         self.time.local_now().map(Timestamp::as_millis)
-    }
-
-    /// Decodes the `(done, state_now)` answer of complete and release.
-    fn verdict(row: Option<&tokio_postgres::Row>, key: &RecordKey) -> StoreResult<()> {
-        let row = row.ok_or_else(|| StoreError::Corrupt(format!("{key}: no answer row")))?;
-        let done: bool = row.try_get(0).map_err(unavailable)?;
-        if done {
-            return Ok(());
-        }
-        let state: Option<i16> = row.try_get(1).map_err(unavailable)?;
-        Err(StoreError::Refused(refusal(state)))
     }
 }
 
@@ -179,25 +199,28 @@ impl IdempotencyStore for PgStore {
         let token = LeaseToken::random();
         let (fp, tok) = (fingerprint.0.to_vec(), token_bytes(token));
         let (ttl, lease) = (millis(ttl), millis(lease));
-        for _ in 0..CLAIM_ATTEMPTS {
+        let (tenant, idem) = (key.scope.tenant.as_str(), key.key.as_str());
+        // The common case, a key nobody holds, is one plain insert; only when the key exists
+        // does the contended statement run (again, in the rare snapshot race it documents).
+        let contended = std::iter::repeat_n(&self.sql.claim_contended, CLAIM_ATTEMPTS);
+        for (attempt, sql) in std::iter::once(&self.sql.claim_new)
+            .chain(contended)
+            .enumerate()
+        {
             let now = self.now_param();
-            let rows = self
-                .query(
-                    &self.sql.claim,
-                    &[
-                        &key.scope.tenant.as_str(),
-                        &key.scope.method,
-                        &key.scope.route,
-                        &key.key.as_str(),
-                        &fp,
-                        &tok,
-                        &ttl,
-                        &lease,
-                        &now,
-                    ],
-                )
-                .await?;
+            let (method, route) = (&key.scope.method, &key.scope.route);
+            let params: [&(dyn ToSql + Sync); 9] =
+                [&tenant, method, route, &idem, &fp, &tok, &ttl, &lease, &now];
+            let rows = self.query(sql, &params).await?;
             let Some(row) = rows.first() else { continue };
+            if attempt == 0 {
+                let lease_expires_at: i64 = row.try_get(0).map_err(unavailable)?;
+                return Ok(ClaimOutcome::Claimed {
+                    token,
+                    lease_expires_at: Timestamp(lease_expires_at),
+                    takeover: false,
+                });
+            }
             let won: bool = row.try_get(0).map_err(unavailable)?;
             if won {
                 let lease_expires_at: i64 = row.try_get(1).map_err(unavailable)?;
@@ -225,8 +248,8 @@ impl IdempotencyStore for PgStore {
         let status = i16::try_from(response.status).map_err(|_| {
             StoreError::Corrupt(format!("{key}: status {} out of range", response.status))
         })?;
-        let rows = self
-            .query(
+        let written = self
+            .execute(
                 &self.sql.complete,
                 &[
                     &key.scope.tenant.as_str(),
@@ -242,12 +265,15 @@ impl IdempotencyStore for PgStore {
                 ],
             )
             .await?;
-        Self::verdict(rows.first(), key)
+        match written {
+            0 => Err(self.refusal(key).await?),
+            _ => Ok(()),
+        }
     }
 
     async fn release(&self, key: &RecordKey, token: LeaseToken) -> StoreResult<()> {
-        let rows = self
-            .query(
+        let deleted = self
+            .execute(
                 &self.sql.release,
                 &[
                     &key.scope.tenant.as_str(),
@@ -259,7 +285,10 @@ impl IdempotencyStore for PgStore {
                 ],
             )
             .await?;
-        Self::verdict(rows.first(), key)
+        match deleted {
+            0 => Err(self.refusal(key).await?),
+            _ => Ok(()),
+        }
     }
 
     async fn renew(
@@ -282,16 +311,9 @@ impl IdempotencyStore for PgStore {
                 ],
             )
             .await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| StoreError::Corrupt(format!("{key}: no answer row")))?;
-        let until: Option<i64> = row.try_get(0).map_err(unavailable)?;
-        match until {
-            Some(t) => Ok(Timestamp(t)),
-            None => {
-                let state: Option<i16> = row.try_get(1).map_err(unavailable)?;
-                Err(StoreError::Refused(refusal(state)))
-            }
+        match rows.first() {
+            Some(row) => Ok(Timestamp(row.try_get(0).map_err(unavailable)?)),
+            None => Err(self.refusal(key).await?),
         }
     }
 

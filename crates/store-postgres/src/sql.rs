@@ -1,21 +1,26 @@
-//! The statements, one per transition, each a single atomic statement.
+//! The statements, each a single atomic statement.
 //!
 //! Every statement starts from `t.now`: the caller's time when the store runs on a local
 //! clock (a parameter), or the database's `now()` when it is NULL. So the same text serves
 //! tests driving a `ManualClock` and replicas that must agree on one clock.
 //!
-//! Reading the refusal reason in the same statement (`state_now`) sees the statement's
-//! snapshot: if a concurrent transaction changed the row in between, the reason may be one
-//! step stale, never the verdict (the write itself is conditioned on the live row).
+//! The common path is as cheap as the textbook one: a claim of a new key is a plain
+//! `INSERT ... ON CONFLICT DO NOTHING RETURNING`, a completion a plain `UPDATE` conditioned
+//! on the token. Only when those do nothing does a second statement run: the contended claim
+//! (takeover, or read the record that stopped us), or the lookup of why a write was refused.
+//! That lookup runs after the refused write, so if the row changed in between the *reason*
+//! may be one step stale; the verdict never is (the write itself was conditioned on the row).
 
 use crate::codec::RECORD_COLUMNS;
 use crate::schema::quoted;
 
 pub(crate) struct Statements {
-    pub claim: String,
+    pub claim_new: String,
+    pub claim_contended: String,
     pub complete: String,
     pub release: String,
     pub renew: String,
+    pub live_state: String,
     pub get: String,
     pub purge: String,
     pub stats: String,
@@ -31,20 +36,27 @@ const PK: &str = "r.tenant = $1 AND r.method = $2 AND r.route = $3 AND r.idem_ke
 impl Statements {
     pub(crate) fn new(schema: &str) -> Statements {
         let table = format!("{}.idempotency_records", quoted(schema));
-        // The state of the live record (NULL if none) as the statement's snapshot sees it.
-        let state_now =
-            format!("(SELECT r.state FROM {table} r, t WHERE {PK} AND r.expires_at > t.now)");
+        let insert = format!(
+            "INSERT INTO {table} AS r (tenant, method, route, idem_key, fingerprint,
+                    created_at, expires_at, state, lease_token, lease_expires_at)
+             SELECT $1, $2, $3, $4, $5, t.now, t.now + $7, 0, $6, t.now + $8 FROM t"
+        );
         Statements {
+            // A key nobody holds: the row is new. Parameters as for `claim_contended`.
+            claim_new: format!(
+                "WITH t AS ({now}) {insert}
+                 ON CONFLICT (tenant, method, route, idem_key) DO NOTHING
+                 RETURNING r.lease_expires_at",
+                now = now(9)
+            ),
             // Insert, or take over an expired record or an expired lease of the same request.
             // If neither, read the live record that stopped us. In the rare case that it was
             // committed after this statement's snapshot, no row comes back and the caller runs
             // the statement again.
-            claim: format!(
+            claim_contended: format!(
                 "WITH t AS ({now}),
                  up AS (
-                   INSERT INTO {table} AS r (tenant, method, route, idem_key, fingerprint,
-                        created_at, expires_at, state, lease_token, lease_expires_at)
-                   SELECT $1, $2, $3, $4, $5, t.now, t.now + $7, 0, $6, t.now + $8 FROM t
+                   {insert}
                    ON CONFLICT (tenant, method, route, idem_key) DO UPDATE SET
                      created_at = CASE WHEN r.expires_at <= EXCLUDED.created_at
                                        THEN EXCLUDED.created_at ELSE r.created_at END,
@@ -72,39 +84,34 @@ impl Statements {
                 now = now(9)
             ),
             complete: format!(
-                "WITH t AS ({now}),
-                 u AS (
-                   UPDATE {table} r SET state = 1, lease_token = NULL, lease_expires_at = NULL,
-                          status = $6, headers = $7, body = $8,
-                          expires_at = GREATEST(t.now + $9, r.expires_at)
-                     FROM t
-                    WHERE {PK} AND r.expires_at > t.now AND r.state = 0 AND r.lease_token = $5
-                   RETURNING 1
-                 )
-                 SELECT EXISTS (SELECT 1 FROM u), {state_now}",
+                "WITH t AS ({now})
+                 UPDATE {table} r SET state = 1, lease_token = NULL, lease_expires_at = NULL,
+                        status = $6, headers = $7, body = $8,
+                        expires_at = GREATEST(t.now + $9, r.expires_at)
+                   FROM t
+                  WHERE {PK} AND r.expires_at > t.now AND r.state = 0 AND r.lease_token = $5",
                 now = now(10)
             ),
             release: format!(
-                "WITH t AS ({now}),
-                 d AS (
-                   DELETE FROM {table} r USING t
-                    WHERE {PK} AND r.expires_at > t.now AND r.state = 0 AND r.lease_token = $5
-                   RETURNING 1
-                 )
-                 SELECT EXISTS (SELECT 1 FROM d), {state_now}",
+                "WITH t AS ({now})
+                 DELETE FROM {table} r USING t
+                  WHERE {PK} AND r.expires_at > t.now AND r.state = 0 AND r.lease_token = $5",
                 now = now(6)
             ),
             renew: format!(
-                "WITH t AS ({now}),
-                 u AS (
-                   UPDATE {table} r SET lease_expires_at = t.now + $6,
-                          expires_at = GREATEST(r.expires_at, t.now + $6)
-                     FROM t
-                    WHERE {PK} AND r.expires_at > t.now AND r.state = 0 AND r.lease_token = $5
-                   RETURNING r.lease_expires_at
-                 )
-                 SELECT (SELECT lease_expires_at FROM u), {state_now}",
+                "WITH t AS ({now})
+                 UPDATE {table} r SET lease_expires_at = t.now + $6,
+                        expires_at = GREATEST(r.expires_at, t.now + $6)
+                   FROM t
+                  WHERE {PK} AND r.expires_at > t.now AND r.state = 0 AND r.lease_token = $5
+                 RETURNING r.lease_expires_at",
                 now = now(7)
+            ),
+            // Why a write conditioned on the token did nothing: the live record's state.
+            live_state: format!(
+                "WITH t AS ({now})
+                 SELECT r.state FROM {table} r, t WHERE {PK} AND r.expires_at > t.now",
+                now = now(5)
             ),
             get: format!(
                 "WITH t AS ({now})

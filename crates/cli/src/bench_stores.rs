@@ -1,0 +1,322 @@
+//! `oncely bench --stores`: for each store, in one run, at one concurrency:
+//!
+//! 1. **raw**: the store's own limit: a tight client loop doing the same claim + complete work
+//!    straight on the database with its plain driver (no oncely code): for PostgreSQL an
+//!    `INSERT ... ON CONFLICT DO NOTHING RETURNING` then a token-conditioned `UPDATE`, on a
+//!    table with the same key columns, through a pool of the same size; for
+//!    Redis a `SET NX PX` then a `SET XX PX`. SQLite has no server to talk to: its raw row is
+//!    oncely's own group-committing writer, the fastest way we know to write it.
+//! 2. **store API**: oncely's `IdempotencyStore` (claim, then complete) called in process.
+//! 3. **gateway**: keyed requests with fresh keys through `oncely serve --store URL`.
+//!
+//! The figure to watch is gateway / raw: how much of what the database can do the gateway's
+//! store path turns into idempotent HTTP requests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use oncely_core::{
+    ClaimOutcome, Fingerprint, IdempotencyKey, RecordKey, StoredResponse, SystemClock, Tenant,
+};
+use oncely_gateway::store_url::StoreUrl;
+use oncely_store::IdempotencyStore;
+use oncely_testkit::CountingUpstream;
+
+/// What the row measures for one store.
+pub(crate) struct StoreRow {
+    pub name: &'static str,
+    pub raw: Option<f64>,
+    pub api: f64,
+    pub gateway: super::bench::Stats,
+}
+
+pub(crate) struct StoreBench {
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub body: String,
+}
+
+/// Runs `work` from `concurrency` tasks in a closed loop for `duration`; returns ops/s.
+/// `work(worker, i)` does one claim + complete pair; a failure counts and ends nothing.
+async fn tight_loop<F, Fut>(concurrency: usize, duration: Duration, work: F) -> (f64, u64)
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let work = Arc::new(work);
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (work, done, failed, first_error) = (
+            work.clone(),
+            done.clone(),
+            failed.clone(),
+            first_error.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                i += 1;
+                match work(w, i).await {
+                    Ok(()) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut slot) = first_error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    if let Ok(Some(e)) = first_error.lock().map(|e| e.clone()) {
+        eprintln!("  first error: {e}");
+    }
+    (
+        done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+        failed.load(Ordering::Relaxed),
+    )
+}
+
+fn bench_response() -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        body: Bytes::from_static(&[b'x'; 200]),
+    }
+}
+
+/// oncely's store API: claim then complete on fresh keys.
+async fn store_api(store: Arc<dyn IdempotencyStore>, plan: &StoreBench, tag: &str) -> f64 {
+    let tag = tag.to_owned();
+    let fp = Fingerprint::compute("POST", "/orders", None, b"{}");
+    let (rate, _) = tight_loop(plan.concurrency, plan.duration, move |w, i| {
+        let store = store.clone();
+        let name = format!("{tag}-{w}-{i}");
+        async move {
+            let key = RecordKey::new(
+                Tenant::anonymous(),
+                "POST",
+                "/orders",
+                IdempotencyKey::new(&name).map_err(|e| e.to_string())?,
+            );
+            let claimed = store
+                .claim(&key, fp, Duration::from_secs(60), Duration::from_secs(3600))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ClaimOutcome::Claimed { token, .. } = claimed else {
+                return Err("a fresh key was not claimed".into());
+            };
+            store
+                .complete(&key, token, bench_response(), Duration::from_secs(3600))
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    rate
+}
+
+/// The plain-driver PostgreSQL loop, on a scratch table shaped like oncely's.
+async fn raw_postgres(url: &str, schema: &str, plan: &StoreBench) -> Result<f64, String> {
+    let opts = oncely_store_postgres::PgOptions::from_url(url)?;
+    let config: tokio_postgres::Config = opts.url.parse().map_err(|e| format!("{e}"))?;
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(opts.pool_size)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let table = format!("\"{schema}\".raw_claims");
+    {
+        let client = pool.get().await.map_err(|e| e.to_string())?;
+        client
+            .batch_execute(&format!(
+                "SET client_min_messages = warning;
+                 CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+                 CREATE TABLE IF NOT EXISTS {table} (
+                     tenant text, method text, route text, idem_key text,
+                     fp bytea NOT NULL, token bytea, state smallint NOT NULL,
+                     lease_expires_at bigint, expires_at bigint NOT NULL,
+                     status smallint, headers bytea, body bytea,
+                     PRIMARY KEY (tenant, method, route, idem_key))"
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let claim = format!(
+        "INSERT INTO {table} (tenant, method, route, idem_key, fp, token, state,
+                              lease_expires_at, expires_at)
+         VALUES ('anon', 'POST', '/orders', $1, $2, $3, 0, 0, 0)
+         ON CONFLICT DO NOTHING RETURNING 1"
+    );
+    let complete = format!(
+        "UPDATE {table} SET state = 1, token = NULL, status = 201, headers = $2, body = $3
+          WHERE tenant = 'anon' AND method = 'POST' AND route = '/orders' AND idem_key = $1
+            AND token = $4"
+    );
+    let fp = vec![7u8; 32];
+    let (rate, failed) = tight_loop(plan.concurrency, plan.duration, move |w, i| {
+        let (pool, claim, complete, fp) =
+            (pool.clone(), claim.clone(), complete.clone(), fp.clone());
+        async move {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            let k = format!("raw-{w}-{i}");
+            let token = vec![1u8; 16];
+            let stmt = client
+                .prepare_cached(&claim)
+                .await
+                .map_err(|e| e.to_string())?;
+            let won = client
+                .query(&stmt, &[&k, &fp, &token])
+                .await
+                .map_err(|e| e.to_string())?;
+            if won.is_empty() {
+                return Err("a fresh key was not claimed".into());
+            }
+            let stmt = client
+                .prepare_cached(&complete)
+                .await
+                .map_err(|e| e.to_string())?;
+            let headers = b"content-type:application/json".to_vec();
+            let body = vec![b'x'; 200];
+            client
+                .execute(&stmt, &[&k, &headers, &body, &token])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    })
+    .await;
+    if failed > 0 {
+        eprintln!("  raw postgres: {failed} failed pairs");
+    }
+    Ok(rate)
+}
+
+async fn drop_postgres_schema(url: &str, schema: &str) {
+    let Ok(opts) = oncely_store_postgres::PgOptions::from_url(url) else {
+        return;
+    };
+    if let Ok((client, conn)) = tokio_postgres::connect(&opts.url, tokio_postgres::NoTls).await {
+        tokio::spawn(conn);
+        let _ = client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .await;
+    }
+}
+
+/// One store's row: raw, store API, gateway, in that order, each alone on the machine.
+async fn row(
+    name: &'static str,
+    store_url: &str,
+    raw: Option<f64>,
+    upstream: &CountingUpstream,
+    plan: &StoreBench,
+) -> Result<StoreRow, String> {
+    let parsed = StoreUrl::parse(store_url)?;
+    eprintln!("  {name}: store API ...");
+    let store = parsed
+        .open(Arc::new(SystemClock))
+        .await
+        .map_err(|e| format!("{name}: {e}"))?;
+    let api = store_api(store, plan, "api").await;
+    eprintln!("  {name}: gateway ...");
+    let (mut child, gateway_url) = super::bench::spawn_gateway(&upstream.url(), store_url).await?;
+    let warm = super::bench::Load {
+        concurrency: 8,
+        duplicate_share: 0.0,
+        keyed: true,
+        ordered: false,
+        duration: Duration::from_millis(500),
+    };
+    super::bench::load(&gateway_url, &warm, &plan.body, &format!("{name}-warm")).await;
+    let load = super::bench::Load {
+        concurrency: plan.concurrency,
+        duration: plan.duration,
+        ..warm
+    };
+    let gateway = super::bench::load(&gateway_url, &load, &plan.body, name).await;
+    let _ = child.kill().await;
+    Ok(StoreRow {
+        name,
+        raw,
+        api,
+        gateway,
+    })
+}
+
+/// Runs every store that is reachable and prints the table.
+pub(crate) async fn run(
+    plan: StoreBench,
+    sqlite_dir: &std::path::Path,
+    postgres: Option<String>,
+) -> Result<(), String> {
+    let upstream = CountingUpstream::start().await;
+    let mut rows = Vec::new();
+
+    let sqlite = format!("sqlite://{}", sqlite_dir.join("stores.db").display());
+    eprintln!("sqlite ({sqlite}) ...");
+    let mut r = row("SQLite", &sqlite, None, &upstream, &plan).await?;
+    // No server: the in-process store is the raw limit (see the module docs).
+    r.raw = Some(r.api);
+    rows.push(r);
+
+    if let Some(base) = postgres {
+        let schema = format!("oncely_bench_{}", std::process::id());
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}schema={schema}");
+        eprintln!(
+            "postgres ({}) ...",
+            oncely_store_postgres::hide_password(&url)
+        );
+        eprintln!("  PostgreSQL: raw driver ...");
+        let result = match raw_postgres(&url, &format!("{schema}_raw"), &plan).await {
+            Ok(raw) => row("PostgreSQL", &url, Some(raw), &upstream, &plan).await,
+            Err(e) => Err(format!("postgres: {e}")),
+        };
+        drop_postgres_schema(&url, &schema).await;
+        drop_postgres_schema(&url, &format!("{schema}_raw")).await;
+        match result {
+            Ok(r) => rows.push(r),
+            Err(e) => eprintln!("PostgreSQL skipped: {e}"),
+        }
+    }
+
+    println!(
+        "| store (c={}) | raw claim+complete/s | store API pairs/s | gateway keyed req/s | gateway/raw | gateway p50 | gateway p99 | errors |",
+        plan.concurrency
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let raw = r.raw.unwrap_or(0.0);
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.2} ms | {:.2} ms | {} |",
+            r.name,
+            raw,
+            r.api,
+            r.gateway.rps,
+            100.0 * r.gateway.rps / raw.max(1.0),
+            r.gateway.p50_us as f64 / 1000.0,
+            r.gateway.p99_us as f64 / 1000.0,
+            r.gateway.errors
+        );
+    }
+    Ok(())
+}
