@@ -19,6 +19,7 @@
 //! Connections are plain TCP (no TLS in this version): run the database on a private network
 //! or put a TLS tunnel beside the gateway.
 
+mod batch;
 mod codec;
 mod options;
 pub mod schema;
@@ -43,6 +44,7 @@ use sql::Statements;
 
 pub struct PgStore {
     pool: Pool,
+    batcher: batch::Batcher,
     sql: Statements,
     time: TimeSource,
     timeout: Duration,
@@ -110,8 +112,13 @@ impl PgStore {
     /// Connects, applies the embedded migrations, and returns the store.
     pub async fn connect(opts: PgOptions, time: TimeSource) -> StoreResult<PgStore> {
         migrate(&opts).await?;
+        let pool = pool(&opts)?;
+        // A quarter of the connections commit batches; the rest serve contended claims,
+        // refusals, reads and the purge.
+        let workers = (opts.pool_size / 4).clamp(1, 8);
         Ok(PgStore {
-            pool: pool(&opts)?,
+            batcher: batch::Batcher::start(pool.clone(), &opts.schema, workers, opts.timeout),
+            pool,
             sql: Statements::new(&opts.schema),
             time,
             timeout: opts.timeout,
@@ -199,28 +206,38 @@ impl IdempotencyStore for PgStore {
         let token = LeaseToken::random();
         let (fp, tok) = (fingerprint.0.to_vec(), token_bytes(token));
         let (ttl, lease) = (millis(ttl), millis(lease));
+        // The common case, a key nobody holds, is one insert, group-committed with others.
+        let inserted = self
+            .batcher
+            .claim_new(batch::NewClaim {
+                tenant: key.scope.tenant.as_str().to_owned(),
+                method: key.scope.method.clone(),
+                route: key.scope.route.clone(),
+                idem_key: key.key.as_str().to_owned(),
+                fingerprint: fp.clone(),
+                token: tok.clone(),
+                ttl_ms: ttl,
+                lease_ms: lease,
+                now: self.now_param(),
+            })
+            .await?;
+        if let Some(lease_expires_at) = inserted {
+            return Ok(ClaimOutcome::Claimed {
+                token,
+                lease_expires_at: Timestamp(lease_expires_at),
+                takeover: false,
+            });
+        }
+        // The key exists: take it over if its lease or retention ended, else report it (again,
+        // in the rare snapshot race the statement documents).
         let (tenant, idem) = (key.scope.tenant.as_str(), key.key.as_str());
-        // The common case, a key nobody holds, is one plain insert; only when the key exists
-        // does the contended statement run (again, in the rare snapshot race it documents).
-        let contended = std::iter::repeat_n(&self.sql.claim_contended, CLAIM_ATTEMPTS);
-        for (attempt, sql) in std::iter::once(&self.sql.claim_new)
-            .chain(contended)
-            .enumerate()
-        {
+        for _ in 0..CLAIM_ATTEMPTS {
             let now = self.now_param();
             let (method, route) = (&key.scope.method, &key.scope.route);
             let params: [&(dyn ToSql + Sync); 9] =
                 [&tenant, method, route, &idem, &fp, &tok, &ttl, &lease, &now];
-            let rows = self.query(sql, &params).await?;
+            let rows = self.query(&self.sql.claim_contended, &params).await?;
             let Some(row) = rows.first() else { continue };
-            if attempt == 0 {
-                let lease_expires_at: i64 = row.try_get(0).map_err(unavailable)?;
-                return Ok(ClaimOutcome::Claimed {
-                    token,
-                    lease_expires_at: Timestamp(lease_expires_at),
-                    takeover: false,
-                });
-            }
             let won: bool = row.try_get(0).map_err(unavailable)?;
             if won {
                 let lease_expires_at: i64 = row.try_get(1).map_err(unavailable)?;
@@ -248,29 +265,26 @@ impl IdempotencyStore for PgStore {
         let status = i16::try_from(response.status).map_err(|_| {
             StoreError::Corrupt(format!("{key}: status {} out of range", response.status))
         })?;
-        let written = self
-            .execute(
-                &self.sql.complete,
-                &[
-                    &key.scope.tenant.as_str(),
-                    &key.scope.method,
-                    &key.scope.route,
-                    &key.key.as_str(),
-                    &token_bytes(token),
-                    &status,
-                    &response.encode_headers(),
-                    &response.body.as_ref(),
-                    &millis(ttl),
-                    &self.now_param(),
-                ],
-            )
+        let applied = self
+            .batcher
+            .complete(batch::Completion {
+                tenant: key.scope.tenant.as_str().to_owned(),
+                method: key.scope.method.clone(),
+                route: key.scope.route.clone(),
+                idem_key: key.key.as_str().to_owned(),
+                token: token_bytes(token),
+                status,
+                headers: response.encode_headers(),
+                body: response.body.to_vec(),
+                ttl_ms: millis(ttl),
+                now: self.now_param(),
+            })
             .await?;
-        match written {
-            0 => Err(self.refusal(key).await?),
-            _ => Ok(()),
+        match applied {
+            true => Ok(()),
+            false => Err(self.refusal(key).await?),
         }
     }
-
     async fn release(&self, key: &RecordKey, token: LeaseToken) -> StoreResult<()> {
         let deleted = self
             .execute(

@@ -4,10 +4,11 @@
 //! clock (a parameter), or the database's `now()` when it is NULL. So the same text serves
 //! tests driving a `ManualClock` and replicas that must agree on one clock.
 //!
-//! The common path is as cheap as the textbook one: a claim of a new key is a plain
-//! `INSERT ... ON CONFLICT DO NOTHING RETURNING`, a completion a plain `UPDATE` conditioned
-//! on the token. Only when those do nothing does a second statement run: the contended claim
-//! (takeover, or read the record that stopped us), or the lookup of why a write was refused.
+//! The two writes of the common path (a new key's claim, the completion) are group-committed
+//! by [`batch`](crate::batch): an `INSERT ... ON CONFLICT DO NOTHING RETURNING` and a token-
+//! conditioned `UPDATE`, each over many rows at once. Only when those do nothing does a
+//! statement from here run: the contended claim (takeover, or read the record that stopped
+//! us), or the lookup of why a write was refused.
 //! That lookup runs after the refused write, so if the row changed in between the *reason*
 //! may be one step stale; the verdict never is (the write itself was conditioned on the row).
 
@@ -15,9 +16,7 @@ use crate::codec::RECORD_COLUMNS;
 use crate::schema::quoted;
 
 pub(crate) struct Statements {
-    pub claim_new: String,
     pub claim_contended: String,
-    pub complete: String,
     pub release: String,
     pub renew: String,
     pub live_state: String,
@@ -42,13 +41,6 @@ impl Statements {
              SELECT $1, $2, $3, $4, $5, t.now, t.now + $7, 0, $6, t.now + $8 FROM t"
         );
         Statements {
-            // A key nobody holds: the row is new. Parameters as for `claim_contended`.
-            claim_new: format!(
-                "WITH t AS ({now}) {insert}
-                 ON CONFLICT (tenant, method, route, idem_key) DO NOTHING
-                 RETURNING r.lease_expires_at",
-                now = now(9)
-            ),
             // Insert, or take over an expired record or an expired lease of the same request.
             // If neither, read the live record that stopped us. In the rare case that it was
             // committed after this statement's snapshot, no row comes back and the caller runs
@@ -82,15 +74,6 @@ impl Statements {
                    FROM {table} r, t
                   WHERE {PK} AND r.expires_at > t.now AND NOT EXISTS (SELECT 1 FROM up)",
                 now = now(9)
-            ),
-            complete: format!(
-                "WITH t AS ({now})
-                 UPDATE {table} r SET state = 1, lease_token = NULL, lease_expires_at = NULL,
-                        status = $6, headers = $7, body = $8,
-                        expires_at = GREATEST(t.now + $9, r.expires_at)
-                   FROM t
-                  WHERE {PK} AND r.expires_at > t.now AND r.state = 0 AND r.lease_token = $5",
-                now = now(10)
             ),
             release: format!(
                 "WITH t AS ({now})
