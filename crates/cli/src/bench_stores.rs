@@ -4,8 +4,9 @@
 //!    straight on the database with its plain driver (no oncely code): for PostgreSQL an
 //!    `INSERT ... ON CONFLICT DO NOTHING RETURNING` then a token-conditioned `UPDATE`, on a
 //!    table with the same key columns, through a pool of the same size; for
-//!    Redis a `SET NX PX` then a `SET XX PX`. SQLite has no server to talk to: its raw row is
-//!    oncely's own group-committing writer, the fastest way we know to write it.
+//!    Redis a `SET NX PX` then a `SET XX PX`; for SQLite the same two statements through one
+//!    `rusqlite` connection in WAL mode with `synchronous=NORMAL` (oncely's defaults), each
+//!    its own transaction, the workers taking turns on it (SQLite has one writer at a time).
 //! 2. **store API**: oncely's `IdempotencyStore` (claim, then complete) called in process.
 //! 3. **gateway**: keyed requests with fresh keys through `oncely serve --store URL`.
 //!
@@ -210,6 +211,70 @@ async fn raw_postgres(url: &str, schema: &str, plan: &StoreBench) -> Result<f64,
     Ok(rate)
 }
 
+/// The plain-driver SQLite loop: one connection, WAL, `synchronous=NORMAL`, autocommit.
+async fn raw_sqlite(path: &std::path::Path, plan: &StoreBench) -> Result<f64, String> {
+    let conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+         CREATE TABLE IF NOT EXISTS raw_claims (
+             tenant TEXT, method TEXT, route TEXT, idem_key TEXT,
+             fp BLOB NOT NULL, token BLOB, state INTEGER NOT NULL,
+             lease_expires_at INTEGER, expires_at INTEGER NOT NULL,
+             status INTEGER, headers BLOB, body BLOB,
+             PRIMARY KEY (tenant, method, route, idem_key))",
+    )
+    .map_err(|e| e.to_string())?;
+    let conn = Arc::new(std::sync::Mutex::new(conn));
+    let (rate, failed) = tight_loop(plan.concurrency, plan.duration, move |w, i| {
+        let conn = conn.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = conn.lock().map_err(|_| "poisoned".to_owned())?;
+                let k = format!("raw-{w}-{i}");
+                let token = [1u8; 16];
+                let mut claim = conn
+                    .prepare_cached(
+                        "INSERT INTO raw_claims (tenant, method, route, idem_key, fp, token,
+                                                 state, lease_expires_at, expires_at)
+                         VALUES ('anon', 'POST', '/orders', ?1, ?2, ?3, 0, 0, 0)
+                         ON CONFLICT DO NOTHING RETURNING 1",
+                    )
+                    .map_err(|e| e.to_string())?;
+                let won = claim
+                    .exists(rusqlite::params![k, [7u8; 32], token])
+                    .map_err(|e| e.to_string())?;
+                if !won {
+                    return Err("a fresh key was not claimed".to_owned());
+                }
+                let mut complete = conn
+                    .prepare_cached(
+                        "UPDATE raw_claims SET state = 1, token = NULL, status = 201,
+                                headers = ?2, body = ?3
+                          WHERE tenant = 'anon' AND method = 'POST' AND route = '/orders'
+                            AND idem_key = ?1 AND token = ?4",
+                    )
+                    .map_err(|e| e.to_string())?;
+                complete
+                    .execute(rusqlite::params![
+                        k,
+                        b"content-type:application/json".as_slice(),
+                        [b'x'; 200].as_slice(),
+                        token
+                    ])
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        }
+    })
+    .await;
+    if failed > 0 {
+        eprintln!("  raw sqlite: {failed} failed pairs");
+    }
+    Ok(rate)
+}
+
 async fn drop_postgres_schema(url: &str, schema: &str) {
     let Ok(opts) = oncely_store_postgres::PgOptions::from_url(url) else {
         return;
@@ -273,10 +338,9 @@ pub(crate) async fn run(
 
     let sqlite = format!("sqlite://{}", sqlite_dir.join("stores.db").display());
     eprintln!("sqlite ({sqlite}) ...");
-    let mut r = row("SQLite", &sqlite, None, &upstream, &plan).await?;
-    // No server: the in-process store is the raw limit (see the module docs).
-    r.raw = Some(r.api);
-    rows.push(r);
+    eprintln!("  SQLite: raw driver ...");
+    let raw = raw_sqlite(&sqlite_dir.join("raw.db"), &plan).await?;
+    rows.push(row("SQLite", &sqlite, Some(raw), &upstream, &plan).await?);
 
     if let Some(base) = postgres {
         let schema = format!("oncely_bench_{}", std::process::id());
