@@ -9,8 +9,7 @@ use oncely_gateway::store_url::StoreUrl;
 #[derive(Args)]
 pub struct MigrateArgs {
     /// The store to migrate: postgres://USER@HOST:PORT/DB[?schema=NAME] or sqlite://PATH.
-    /// Gateways also migrate when they start; this command lets a deploy do it first, with
-    /// rights the gateways need not have.
+    /// Gateways also migrate when they start; this command lets a deploy do it first.
     #[arg(long, value_name = "URL", env = "ONCELY_STORE")]
     store: String,
 }
