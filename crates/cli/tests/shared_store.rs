@@ -38,6 +38,28 @@ fn postgres(test: &str) -> Option<SharedStore> {
     })
 }
 
+fn redis(test: &str) -> Option<SharedStore> {
+    let base = Service::Redis.available(test)?;
+    let prefix = unique_name("oncely_gw");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}prefix={prefix}");
+    // Records expire by themselves (PEXPIREAT); the longest TTL here is the default 24h, so
+    // delete this test's keys rather than leave them for a day.
+    Some(SharedStore {
+        url,
+        cleanup: Box::new(move || {
+            let _ = Command::new("redis-cli")
+                .args(["-u", &base, "--no-raw", "EVAL"])
+                .arg(
+                    "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \
+                     redis.call('DEL', k) n = n + 1 end return n",
+                )
+                .args(["0", &format!("{prefix}:*")])
+                .output();
+        }),
+    })
+}
+
 struct Gateway {
     child: Child,
     url: String,
@@ -219,6 +241,20 @@ async fn postgres_one_execution_across_three_gateways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_killed_gateway_is_taken_over() {
     if let Some(store) = postgres("postgres_killed_gateway_is_taken_over") {
+        a_killed_gateways_key_is_taken_over_after_its_lease(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_one_execution_across_three_gateways() {
+    if let Some(store) = redis("redis_one_execution_across_three_gateways") {
+        one_execution_across_gateways(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_gateway_is_taken_over() {
+    if let Some(store) = redis("redis_killed_gateway_is_taken_over") {
         a_killed_gateways_key_is_taken_over_after_its_lease(store).await;
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use oncely_core::Clock;
 use oncely_store::{IdempotencyStore, MemoryStore, StoreError, TimeSource};
 use oncely_store_postgres::{PgOptions, PgStore};
+use oncely_store_redis::{RedisOptions, RedisStore};
 use oncely_store_sqlite::{SqliteOptions, SqliteStore};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,9 @@ pub enum StoreUrl {
     /// `postgres://user@host:port/db?schema=oncely&pool_size=16&timeout=5s`: many gateways on
     /// one database; leases and TTLs on the database's clock.
     Postgres(PgOptions),
+    /// `redis://host:port/db?prefix=oncely&timeout=5s`: many gateways on one Redis (or Redis
+    /// Cluster); leases and TTLs on the server's clock. Durable only as Redis is configured.
+    Redis(RedisOptions),
     /// `memory://`: nothing survives a restart; for trials only.
     Memory,
 }
@@ -48,6 +52,7 @@ impl std::fmt::Display for StoreUrl {
                 Ok(())
             }
             StoreUrl::Postgres(opts) => write!(f, "{opts}"),
+            StoreUrl::Redis(opts) => write!(f, "{opts}"),
             StoreUrl::Memory => f.write_str("memory://"),
         }
     }
@@ -102,20 +107,17 @@ impl StoreUrl {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return PgOptions::from_url(url).map(StoreUrl::Postgres);
         }
-        let scheme = url.split("://").next().unwrap_or(url);
-        match scheme {
-            "redis" => Err(format!(
-                "`{url}`: the {scheme} store is not available in this version; use sqlite://PATH or postgres://"
-            )),
-            _ => Err(format!(
-                "`{url}` is not a store URL; use sqlite://PATH, postgres://HOST/DB or memory://"
-            )),
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            return RedisOptions::from_url(url).map(StoreUrl::Redis);
         }
+        Err(format!(
+            "`{url}` is not a store URL; use sqlite://PATH, postgres://HOST/DB, redis://HOST or memory://"
+        ))
     }
 
     /// Whether several gateways may share this store (it decides time itself).
     pub fn is_shared(&self) -> bool {
-        matches!(self, StoreUrl::Postgres(_))
+        matches!(self, StoreUrl::Postgres(_) | StoreUrl::Redis(_))
     }
 
     /// Opens the store; a shared store also applies its migrations. `clock` is the gateway's
@@ -140,6 +142,9 @@ impl StoreUrl {
             }
             StoreUrl::Postgres(opts) => {
                 Arc::new(PgStore::connect(opts.clone(), TimeSource::Server).await?)
+            }
+            StoreUrl::Redis(opts) => {
+                Arc::new(RedisStore::connect(opts.clone(), TimeSource::Server).await?)
             }
             StoreUrl::Memory => Arc::new(MemoryStore::new(clock)),
         })
@@ -193,9 +198,19 @@ mod tests {
         );
         assert!(pg.is_shared());
         assert!(StoreUrl::parse("postgres://h/db?schema=Bad-Name").is_err());
-        assert!(StoreUrl::parse("redis://h/")
+        let redis = StoreUrl::parse("redis://:pw@cache:6380/1?prefix=edge&timeout=1s").unwrap();
+        match &redis {
+            StoreUrl::Redis(o) => assert_eq!(
+                (o.prefix.as_str(), o.timeout),
+                ("edge", Duration::from_secs(1))
+            ),
+            other => panic!("expected redis, got {other:?}"),
+        }
+        assert!(!redis.to_string().contains("pw"), "{redis}");
+        assert!(redis.is_shared());
+        assert!(StoreUrl::parse("redis://h/?frob=1")
             .unwrap_err()
-            .contains("not available"));
+            .contains("unknown option"));
         assert!(StoreUrl::parse("/tmp/x.db").is_err());
     }
 }

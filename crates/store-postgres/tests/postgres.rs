@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oncely_core::{ClaimOutcome, Clock, ManualClock, Refusal, Timestamp};
-use oncely_store::conformance::{fp, key, response};
+use oncely_core::ClaimOutcome;
+use oncely_store::conformance::{self, fp, key, response};
 use oncely_store::{IdempotencyStore, StoreError, TimeSource};
 use oncely_store_postgres::{PgOptions, PgStore};
 
@@ -33,129 +32,49 @@ async fn raw(sql: &str) {
     client.batch_execute(sql).await.unwrap();
 }
 
-/// Two gateways on one database, both on the database clock: one winner among claims spread
-/// over both, a live lease is never taken over early, an expired one is, and the first holder
-/// is fenced off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_gateways_share_leases_on_the_database_clock() {
-    if !common::available("two_gateways_share_leases_on_the_database_clock") {
+async fn shared_store_leases_run_on_the_server_clock() {
+    if !common::available("shared_store_leases_run_on_the_server_clock") {
         return;
     }
     let schema = common::Schema::new();
-    let a = Arc::new(schema.store(TimeSource::Server).await);
-    let b = Arc::new(schema.store(TimeSource::Server).await);
-
-    let k = key("t1", "race");
-    let mut tasks = Vec::new();
-    for i in 0..64 {
-        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
-        let k = k.clone();
-        tasks.push(tokio::spawn(async move {
-            store
-                .claim(
-                    &k,
-                    fp(b"{}"),
-                    Duration::from_secs(30),
-                    Duration::from_secs(60),
-                )
-                .await
-        }));
-    }
-    let mut winners = 0;
-    for t in tasks {
-        if let ClaimOutcome::Claimed { .. } = t.await.unwrap().unwrap() {
-            winners += 1;
-        }
-    }
-    assert_eq!(winners, 1);
-
-    let lease = Duration::from_millis(400);
-    let k = key("t1", "lease");
-    let before = db_now_ms().await;
-    let old = match a.claim(&k, fp(b"x"), lease, Duration::from_secs(60)).await {
-        Ok(ClaimOutcome::Claimed {
-            token,
-            lease_expires_at,
-            ..
-        }) => {
-            let after = db_now_ms().await;
-            // The lease is measured on the database's clock.
-            assert!(
-                (before + 400..=after + 400).contains(&lease_expires_at.as_millis()),
-                "{before} {lease_expires_at:?} {after}"
-            );
-            token
-        }
-        other => panic!("expected a claim, got {other:?}"),
-    };
-    match b.claim(&k, fp(b"x"), lease, Duration::from_secs(60)).await {
-        Ok(ClaimOutcome::Exists(_)) => {}
-        other => panic!("a live lease must not be taken over, got {other:?}"),
-    }
-    tokio::time::sleep(lease + Duration::from_millis(100)).await;
-    let new = match b.claim(&k, fp(b"x"), lease, Duration::from_secs(60)).await {
-        Ok(ClaimOutcome::Claimed {
-            token, takeover, ..
-        }) => {
-            assert!(takeover);
-            token
-        }
-        other => panic!("an expired lease must be taken over, got {other:?}"),
-    };
-    let stale = Err(StoreError::Refused(Refusal::StaleToken));
-    assert_eq!(
-        a.complete(&k, old, response("stale"), Duration::from_secs(60))
-            .await,
-        stale
-    );
-    assert_eq!(a.release(&k, old).await, stale);
-    assert_eq!(a.renew(&k, old, lease).await.map(|_| ()), stale);
-    a.complete(&k, new, response("new"), Duration::from_secs(60))
-        .await
-        .expect("the successor's token works from any gateway");
-    assert!(b.get(&k).await.unwrap().unwrap().is_completed());
+    conformance::shared_store_leases_run_on_the_server_clock(|t| schema.store(t)).await;
 }
 
-/// Whose clock rules: a gateway whose own clock runs an hour ahead (or behind) of the
-/// database's, run on a local clock, would judge leases wrongly; on the database clock the
-/// same two gateways agree. This is why shared stores default to `TimeSource::Server`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn skewed_gateway_clocks_agree_on_the_database_clock() {
-    if !common::available("skewed_gateway_clocks_agree_on_the_database_clock") {
+async fn skewed_gateway_clocks_agree_on_the_server_clock() {
+    if !common::available("skewed_gateway_clocks_agree_on_the_server_clock") {
         return;
     }
     let schema = common::Schema::new();
-    let hour = Duration::from_secs(3600);
-    let lease = Duration::from_secs(30);
-    let ttl = Duration::from_secs(24 * 3600);
-    let real = oncely_core::SystemClock.now();
-    let ahead = ManualClock::new(real.plus(hour));
-    let behind = ManualClock::new(Timestamp(real.as_millis() - 3_600_000));
+    conformance::skewed_gateway_clocks_agree_on_the_server_clock(|t| schema.store(t)).await;
+}
 
-    // Local clocks: the gateway an hour ahead takes over a lease that is seconds old.
-    let slow_gw = schema.store(TimeSource::Local(Arc::new(behind))).await;
-    let fast_gw = schema.store(TimeSource::Local(Arc::new(ahead))).await;
-    let k = key("t1", "skew-local");
-    slow_gw.claim(&k, fp(b"x"), lease, ttl).await.unwrap();
-    match fast_gw.claim(&k, fp(b"x"), lease, ttl).await.unwrap() {
-        ClaimOutcome::Claimed { .. } => {}
-        other => panic!("a local clock an hour ahead should misjudge the lease: {other:?}"),
+/// A lease is measured on the database's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_measured_on_the_database_clock() {
+    if !common::available("leases_are_measured_on_the_database_clock") {
+        return;
     }
-
-    // The database's clock: whatever the gateways' clocks say, the lease holds.
-    let g1 = schema.store(TimeSource::Server).await;
-    let g2 = schema.store(TimeSource::Server).await;
-    let k = key("t1", "skew-server");
-    let token = match g1.claim(&k, fp(b"x"), lease, ttl).await.unwrap() {
-        ClaimOutcome::Claimed { token, .. } => token,
-        other => panic!("{other:?}"),
+    let schema = common::Schema::new();
+    let store = schema.store(TimeSource::Server).await;
+    let before = db_now_ms().await;
+    let ClaimOutcome::Claimed {
+        lease_expires_at, ..
+    } = store
+        .claim(
+            &key("t1", "k"),
+            fp(b"x"),
+            Duration::from_millis(400),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("fresh key")
     };
-    assert!(matches!(
-        g2.claim(&k, fp(b"x"), lease, ttl).await.unwrap(),
-        ClaimOutcome::Exists(_)
-    ));
-    g1.complete(&k, token, response("done"), ttl).await.unwrap();
-    assert!(g2.get(&k).await.unwrap().unwrap().is_completed());
+    let after = db_now_ms().await;
+    assert!((before + 400..=after + 400).contains(&lease_expires_at.as_millis()));
 }
 
 /// TTL on the database clock: a completed record disappears when its retention ends.

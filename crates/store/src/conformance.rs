@@ -17,7 +17,7 @@ use oncely_core::{
 };
 use rand::{Rng, SeedableRng};
 
-use crate::{IdempotencyStore, StoreError};
+use crate::{IdempotencyStore, StoreError, TimeSource};
 
 pub const LEASE: Duration = Duration::from_millis(100);
 pub const TTL: Duration = Duration::from_millis(500);
@@ -489,6 +489,96 @@ pub async fn matches_the_model_under_random_operations<S: IdempotencyStore, F: F
             }
         }
     }
+}
+
+/// Two gateways on one shared store (`handle` opens another handle on the same database or
+/// prefix), both on the server's clock: one winner among claims spread over both; a live
+/// lease is never taken over early, an expired one is, in real time, and the first holder is
+/// fenced off.
+pub async fn shared_store_leases_run_on_the_server_clock<S, F, Fut>(handle: F)
+where
+    S: IdempotencyStore,
+    F: Fn(TimeSource) -> Fut,
+    Fut: Future<Output = S>,
+{
+    let a = Arc::new(handle(TimeSource::Server).await);
+    let b = Arc::new(handle(TimeSource::Server).await);
+    let (ttl, lease) = (Duration::from_secs(60), Duration::from_millis(400));
+    let k = key("t1", "race");
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .claim(&k, fp(b"{}"), Duration::from_secs(30), ttl)
+                .await
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        if let ClaimOutcome::Claimed { .. } = t.await.expect("task").expect("claim") {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1, "one winner across both gateways");
+
+    let k = key("t1", "lease");
+    let old = claimed(a.claim(&k, fp(b"x"), lease, ttl).await.unwrap());
+    existing(b.claim(&k, fp(b"x"), lease, ttl).await.unwrap());
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let new = match b.claim(&k, fp(b"x"), lease, ttl).await.unwrap() {
+        ClaimOutcome::Claimed {
+            token, takeover, ..
+        } => {
+            assert!(takeover, "an expired lease is taken over");
+            token
+        }
+        other => panic!("an expired lease must be taken over, got {other:?}"),
+    };
+    let stale = Err(StoreError::Refused(Refusal::StaleToken));
+    assert_eq!(a.complete(&k, old, response("stale"), ttl).await, stale);
+    assert_eq!(a.release(&k, old).await, stale);
+    assert_eq!(a.renew(&k, old, lease).await.map(|_| ()), stale);
+    a.complete(&k, new, response("new"), ttl)
+        .await
+        .expect("the successor's token works from any gateway");
+    assert!(b.get(&k).await.unwrap().unwrap().is_completed());
+}
+
+/// Whose clock rules a shared store: two gateways whose clocks are an hour apart. Judged by
+/// their own clocks, the one running ahead claims a key whose holder is alive (the failure
+/// the server's clock exists to prevent); on the server's clock they agree.
+pub async fn skewed_gateway_clocks_agree_on_the_server_clock<S, F, Fut>(handle: F)
+where
+    S: IdempotencyStore,
+    F: Fn(TimeSource) -> Fut,
+    Fut: Future<Output = S>,
+{
+    let (lease, ttl) = (Duration::from_secs(30), Duration::from_secs(24 * 3600));
+    let real = oncely_core::Clock::now(&oncely_core::SystemClock);
+    let hour = Duration::from_secs(3600);
+    let ahead = ManualClock::new(real.plus(hour));
+    let behind = ManualClock::new(Timestamp(real.as_millis() - 3_600_000));
+    let slow_gw = handle(TimeSource::Local(Arc::new(behind))).await;
+    let fast_gw = handle(TimeSource::Local(Arc::new(ahead))).await;
+    let k = key("t1", "skew-local");
+    claimed(slow_gw.claim(&k, fp(b"x"), lease, ttl).await.unwrap());
+    assert!(
+        matches!(
+            fast_gw.claim(&k, fp(b"x"), lease, ttl).await.unwrap(),
+            ClaimOutcome::Claimed { .. }
+        ),
+        "on local clocks the gateway an hour ahead misjudges a live lease"
+    );
+
+    let g1 = handle(TimeSource::Server).await;
+    let g2 = handle(TimeSource::Server).await;
+    let k = key("t1", "skew-server");
+    let token = claimed(g1.claim(&k, fp(b"x"), lease, ttl).await.unwrap());
+    existing(g2.claim(&k, fp(b"x"), lease, ttl).await.unwrap());
+    g1.complete(&k, token, response("done"), ttl).await.unwrap();
+    assert!(g2.get(&k).await.unwrap().unwrap().is_completed());
 }
 
 /// Expands to one test per conformance case for the store built by `$factory`, a

@@ -1,0 +1,142 @@
+//! `redis://` URLs: the server, plus oncely's own options.
+//!
+//! `redis://[user:password@]host[:port][/db]?prefix=NAME&timeout=DURATION`: `prefix` names the
+//! key space of oncely's records (default `oncely`, letters, digits, `_`, `-` and `.`), so one
+//! Redis can serve several gateways' records or a test's; `timeout` bounds every command,
+//! connecting included (default `5s`).
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// The connection URL without oncely's options.
+    pub url: String,
+    pub prefix: String,
+    pub timeout: Duration,
+}
+
+pub const DEFAULT_PREFIX: &str = "oncely";
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl RedisOptions {
+    pub fn new(url: impl Into<String>) -> RedisOptions {
+        RedisOptions {
+            url: url.into(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Parses a `redis://` URL, taking oncely's options out of its query.
+    pub fn from_url(url: &str) -> Result<RedisOptions, String> {
+        if !url.starts_with("redis://") {
+            return Err(format!(
+                "`{url}` is not a redis:// URL (TLS, rediss://, is not supported in this version)"
+            ));
+        }
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut opts = RedisOptions::new(base);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("prefix", v)) => {
+                    validate_prefix(v).map_err(|e| format!("`{url}`: prefix: {e}"))?;
+                    opts.prefix = v.to_owned();
+                }
+                Some(("timeout", v)) => {
+                    opts.timeout = parse_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                        format!("`{url}`: timeout must be a duration like 500ms or 5s")
+                    })?;
+                }
+                _ => {
+                    return Err(format!(
+                        "`{url}`: unknown option `{pair}` (known: prefix=NAME, timeout=DURATION)"
+                    ))
+                }
+            }
+        }
+        redis::Client::open(opts.url.as_str()).map_err(|e| format!("`{url}`: {e}"))?;
+        Ok(opts)
+    }
+}
+
+impl std::fmt::Display for RedisOptions {
+    /// The URL with oncely's options, the password hidden.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = match self.url.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((userinfo, host)) if userinfo.contains(':') || !userinfo.is_empty() => {
+                    let user = userinfo.split(':').next().unwrap_or("");
+                    format!("{scheme}://{user}:***@{host}")
+                }
+                _ => self.url.clone(),
+            },
+            None => self.url.clone(),
+        };
+        write!(
+            f,
+            "{shown}?prefix={}&timeout={}ms",
+            self.prefix,
+            self.timeout.as_millis()
+        )
+    }
+}
+
+fn validate_prefix(p: &str) -> Result<(), String> {
+    let ok = !p.is_empty()
+        && p.len() <= 64
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{p}` must be 1-64 letters, digits, `_`, `-` or `.`"
+        ))
+    }
+}
+
+/// `250ms`, `5s`, `2m`.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_options_and_hides_passwords() {
+        let o = RedisOptions::from_url("redis://u:secret@cache:6380/2?prefix=gw-1&timeout=250ms")
+            .unwrap();
+        assert_eq!(o.url, "redis://u:secret@cache:6380/2");
+        assert_eq!(
+            (o.prefix.as_str(), o.timeout),
+            ("gw-1", Duration::from_millis(250))
+        );
+        let shown = o.to_string();
+        assert!(!shown.contains("secret"), "{shown}");
+        let d = RedisOptions::from_url("redis://127.0.0.1:6379/").unwrap();
+        assert_eq!(
+            (d.prefix.as_str(), d.timeout),
+            (DEFAULT_PREFIX, DEFAULT_TIMEOUT)
+        );
+    }
+
+    #[test]
+    fn refuses_bad_options_with_the_reason() {
+        let err = |u: &str| RedisOptions::from_url(u).unwrap_err();
+        assert!(err("redis://h/?prefix=a:b").contains("prefix"));
+        assert!(err("redis://h/?prefix=").contains("prefix"));
+        assert!(err("redis://h/?timeout=later").contains("timeout"));
+        assert!(err("redis://h/?db=3").contains("unknown option"));
+        assert!(err("rediss://h/").contains("TLS"));
+    }
+}
