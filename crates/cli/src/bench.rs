@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// postgres://postgres@127.0.0.1:5432/postgres]; "none" skips it.
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+    /// Redis for --stores [default: $ONCELY_TEST_REDIS or redis://127.0.0.1:6379/]; "none"
+    /// skips it.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 struct Scenario {
@@ -214,11 +218,16 @@ async fn run_stores(args: &BenchArgs, tmp: &Path) -> Result<(), String> {
         )
     });
     let postgres = (postgres != "none").then_some(postgres);
+    let redis = args
+        .redis
+        .clone()
+        .unwrap_or_else(|| env_or("ONCELY_TEST_REDIS", "redis://127.0.0.1:6379/"));
+    let redis = (redis != "none").then_some(redis);
     eprintln!(
         "stores at concurrency {}, {} s per measurement",
         plan.concurrency, args.seconds
     );
-    crate::bench_stores::run(plan, tmp, postgres).await
+    crate::bench_stores::run(plan, tmp, postgres, redis).await
 }
 
 fn ms(us: u64) -> String {

@@ -275,6 +275,83 @@ async fn raw_sqlite(path: &std::path::Path, plan: &StoreBench) -> Result<f64, St
     Ok(rate)
 }
 
+/// The plain-driver Redis loop: `SET NX PX` claims, `SET XX PX` completes, one multiplexed
+/// connection (what the store uses too).
+async fn raw_redis(url: &str, prefix: &str, plan: &StoreBench) -> Result<f64, String> {
+    let opts = oncely_store_redis::RedisOptions::from_url(url)?;
+    let client = redis::Client::open(opts.url.as_str()).map_err(|e| e.to_string())?;
+    let conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let prefix = prefix.to_owned();
+    let (rate, failed) = tight_loop(plan.concurrency, plan.duration, move |w, i| {
+        let mut conn = conn.clone();
+        let k = format!("{prefix}:raw-{w}-{i}");
+        async move {
+            let won: Option<String> = redis::cmd("SET")
+                .arg(&k)
+                .arg("token")
+                .arg("NX")
+                .arg("PX")
+                .arg(60_000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if won.is_none() {
+                return Err("a fresh key was not claimed".into());
+            }
+            let _: Option<String> = redis::cmd("SET")
+                .arg(&k)
+                .arg([b'x'; 200].as_slice())
+                .arg("XX")
+                .arg("PX")
+                .arg(60_000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    })
+    .await;
+    if failed > 0 {
+        eprintln!("  raw redis: {failed} failed pairs");
+    }
+    Ok(rate)
+}
+
+/// Deletes the keys a run left under `prefix`.
+async fn drop_redis_prefix(url: &str, prefix: &str) {
+    let Ok(opts) = oncely_store_redis::RedisOptions::from_url(url) else {
+        return;
+    };
+    let Ok(client) = redis::Client::open(opts.url.as_str()) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let mut cursor = 0u64;
+    loop {
+        let step: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await;
+        let Ok((next, keys)) = step else { return };
+        if !keys.is_empty() {
+            let _: Result<i64, _> = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await;
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}
+
 async fn drop_postgres_schema(url: &str, schema: &str) {
     let Ok(opts) = oncely_store_postgres::PgOptions::from_url(url) else {
         return;
@@ -296,6 +373,8 @@ async fn row(
     plan: &StoreBench,
 ) -> Result<StoreRow, String> {
     let parsed = StoreUrl::parse(store_url)?;
+    // Keys are built from the tag: keep it to characters a key may hold.
+    let tag: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
     eprintln!("  {name}: store API ...");
     let store = parsed
         .open(Arc::new(SystemClock))
@@ -311,13 +390,13 @@ async fn row(
         ordered: false,
         duration: Duration::from_millis(500),
     };
-    super::bench::load(&gateway_url, &warm, &plan.body, &format!("{name}-warm")).await;
+    super::bench::load(&gateway_url, &warm, &plan.body, &format!("{tag}-warm")).await;
     let load = super::bench::Load {
         concurrency: plan.concurrency,
         duration: plan.duration,
         ..warm
     };
-    let gateway = super::bench::load(&gateway_url, &load, &plan.body, name).await;
+    let gateway = super::bench::load(&gateway_url, &load, &plan.body, &tag).await;
     let _ = child.kill().await;
     Ok(StoreRow {
         name,
@@ -332,9 +411,14 @@ pub(crate) async fn run(
     plan: StoreBench,
     sqlite_dir: &std::path::Path,
     postgres: Option<String>,
+    redis: Option<String>,
 ) -> Result<(), String> {
     let upstream = CountingUpstream::start().await;
     let mut rows = Vec::new();
+
+    // The keyed path's ceiling on this machine: a store that costs (almost) nothing.
+    eprintln!("memory (the keyed path with no store cost) ...");
+    rows.push(row("memory (ceiling)", "memory://", None, &upstream, &plan).await?);
 
     let sqlite = format!("sqlite://{}", sqlite_dir.join("stores.db").display());
     eprintln!("sqlite ({sqlite}) ...");
@@ -363,20 +447,42 @@ pub(crate) async fn run(
         }
     }
 
+    if let Some(base) = redis {
+        let prefix = format!("oncely_bench_{}", std::process::id());
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}prefix={prefix}");
+        eprintln!("redis ({url}) ...");
+        eprintln!("  Redis: raw driver ...");
+        let result = match raw_redis(&url, &format!("{prefix}_raw"), &plan).await {
+            Ok(raw) => row("Redis", &url, Some(raw), &upstream, &plan).await,
+            Err(e) => Err(format!("redis: {e}")),
+        };
+        drop_redis_prefix(&url, &prefix).await;
+        drop_redis_prefix(&url, &format!("{prefix}_raw")).await;
+        match result {
+            Ok(r) => rows.push(r),
+            Err(e) => eprintln!("Redis skipped: {e}"),
+        }
+    }
+
     println!(
         "| store (c={}) | raw claim+complete/s | store API pairs/s | gateway keyed req/s | gateway/raw | gateway p50 | gateway p99 | errors |",
         plan.concurrency
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
-        let raw = r.raw.unwrap_or(0.0);
+        let (raw, ratio) = match r.raw {
+            Some(raw) => (
+                format!("{raw:.0}"),
+                format!("{:.0}%", 100.0 * r.gateway.rps / raw.max(1.0)),
+            ),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.2} ms | {:.2} ms | {} |",
+            "| {} | {raw} | {:.0} | {:.0} | {ratio} | {:.2} ms | {:.2} ms | {} |",
             r.name,
-            raw,
             r.api,
             r.gateway.rps,
-            100.0 * r.gateway.rps / raw.max(1.0),
             r.gateway.p50_us as f64 / 1000.0,
             r.gateway.p99_us as f64 / 1000.0,
             r.gateway.errors
