@@ -15,7 +15,8 @@ pub struct ServeArgs {
     /// The service to protect, e.g. http://127.0.0.1:3000 [or server.upstream in the config].
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
-    /// Where records live: sqlite://PATH or memory:// [default: sqlite://oncely.db].
+    /// Where records live: sqlite://PATH, postgres://USER@HOST/DB, redis://HOST:PORT or
+    /// memory:// (options in docs/configuration.md) [default: sqlite://oncely.db].
     #[arg(long, value_name = "URL")]
     store: Option<String>,
     /// Routes and policies (see docs/configuration.md). Without it, POST and PATCH are keyed
