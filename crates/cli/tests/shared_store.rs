@@ -258,3 +258,39 @@ async fn redis_killed_gateway_is_taken_over() {
         a_killed_gateways_key_is_taken_over_after_its_lease(store).await;
     }
 }
+
+/// `oncely migrate` creates the schema once, then finds it up to date; a gateway then starts on it.
+#[test]
+fn migrate_creates_the_schema_then_finds_it_up_to_date() {
+    let Some(store) = postgres("migrate_creates_the_schema_then_finds_it_up_to_date") else {
+        return;
+    };
+    let migrate = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_oncely"))
+            .args(["migrate", "--store", &store.url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = migrate();
+    assert!(first.contains("applied migration 1"), "{first}");
+    assert!(first.contains("from version 0 to 1"), "{first}");
+    let second = migrate();
+    assert!(second.contains("is up to date (version 1)"), "{second}");
+    assert!(!second.contains("applied"), "{second}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_oncely"))
+        .args(["migrate", "--store", "memory://"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1
+    );
+}
