@@ -64,7 +64,7 @@ impl std::fmt::Display for RedisOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let shown = match self.url.split_once("://") {
             Some((scheme, rest)) => match rest.split_once('@') {
-                Some((userinfo, host)) if userinfo.contains(':') || !userinfo.is_empty() => {
+                Some((userinfo, host)) if userinfo.contains(':') => {
                     let user = userinfo.split(':').next().unwrap_or("");
                     format!("{scheme}://{user}:***@{host}")
                 }
