@@ -419,7 +419,13 @@ impl Engine {
             policy: policy.clone(),
             armed: true,
         };
-        let request = Request::from_parts(parts, full(body));
+        let mut request = Request::from_parts(parts, full(body));
+        // The inner service learns which key it runs under: an in-process handler builds its
+        // own durable state (recovery points) on the very scope and fingerprint judged here.
+        request.extensions_mut().insert(Claimed {
+            record_key: record_key.clone(),
+            fingerprint,
+        });
         // The lease is renewed for as long as the upstream works: until its response headers
         // and, for a response to store, its whole body have arrived.
         let work = async {
@@ -677,6 +683,17 @@ enum Upstream {
     Whole(http::response::Parts, Bytes),
     /// A stored status whose body is larger than `max_response`: passed on unstored.
     TooLarge(http::response::Parts, BoxBody),
+}
+
+/// Put in the extensions of every request the engine forwards under a claimed key.
+///
+/// The gateway's forwarder ignores it; an application behind [`crate::IdempotencyLayer`]
+/// reads it to tie work of its own (multi-step operations with recovery points) to the same
+/// (tenant, method, route, key) and request fingerprint that the layer judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub record_key: RecordKey,
+    pub fingerprint: Fingerprint,
 }
 
 struct Job {

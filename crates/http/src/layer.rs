@@ -55,13 +55,15 @@ impl<S: Clone> Clone for IdempotencyService<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for IdempotencyService<S>
+impl<S, B, RB> Service<Request<B>> for IdempotencyService<S>
 where
-    S: Service<Request<BoxBody>, Response = Response<BoxBody>> + Clone + Send + 'static,
+    S: Service<Request<BoxBody>, Response = Response<RB>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
 {
     type Response = Response<BoxBody>;
     /// Every failure becomes a problem response, so the layer itself never errs.
@@ -93,24 +95,30 @@ where
                     let err = UpstreamError::new(UpstreamErrorKind::NotSent, e);
                     Box::pin(std::future::ready(Err(err.into())))
                 }
-                None => Box::pin(IntoBoxError(Box::pin(ready.call(req)))),
+                None => Box::pin(Boxed(Box::pin(ready.call(req)))),
             }
         });
         Box::pin(async move { Ok(engine.handle(forward, req.map(boxed)).await) })
     }
 }
 
-/// Maps a service future's error into [`BoxError`]. A named future rather than an async
-/// block, whose auto-trait inference cannot see through the service's projection types.
-struct IntoBoxError<F>(Pin<Box<F>>);
+/// Boxes a service future's response body and error, so that any body type (axum's, hyper's,
+/// ours) reaches the engine as a [`BoxBody`]. A named future rather than an async block, whose
+/// auto-trait inference cannot see through the service's projection types.
+struct Boxed<F>(Pin<Box<F>>);
 
-impl<F, T, E> Future for IntoBoxError<F>
+impl<F, RB, E> Future for Boxed<F>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<Response<RB>, E>>,
     E: Into<BoxError>,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<Response<BoxBody>, BoxError>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0.as_mut().poll(cx).map_err(Into::into)
+        self.0
+            .as_mut()
+            .poll(cx)
+            .map(|r| r.map(|resp| resp.map(boxed)).map_err(Into::into))
     }
 }

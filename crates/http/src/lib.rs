@@ -16,8 +16,8 @@ mod wait;
 
 pub use body::{BoxBody, BoxError};
 pub use engine::{
-    Engine, Forward, ForwardFuture, Outcome, OutcomeObserver, UpstreamError, UpstreamErrorKind,
-    DEFAULT_REPLAY_CACHE_BYTES,
+    Claimed, Engine, Forward, ForwardFuture, Outcome, OutcomeObserver, UpstreamError,
+    UpstreamErrorKind, DEFAULT_REPLAY_CACHE_BYTES,
 };
 pub use layer::{IdempotencyLayer, IdempotencyService};
 pub use policy::{
