@@ -1,0 +1,132 @@
+//! The storage concern of recovery points: one row per operation in the application's own
+//! database, moved forward only inside the transaction that does a phase's work.
+
+use async_trait::async_trait;
+use oncely_core::{StoredResponse, Timestamp};
+
+use crate::operation::{OpState, PhaseError};
+
+use crate::plan::Flow;
+
+/// One operation as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationRow {
+    pub id: String,
+    /// The operation's name (`checkout`): the completer finds its phases by it.
+    pub operation: String,
+    /// [`crate::plan::input_digest`] of the initial state.
+    pub input_digest: String,
+    /// The last committed phase, [`crate::plan::STARTED`] or [`crate::plan::FINISHED`].
+    pub point: String,
+    /// The state as JSON, as the last committed phase left it.
+    pub state: String,
+    /// Set exactly when `point` is finished.
+    pub response: Option<StoredResponse>,
+    pub created_at: Timestamp,
+    /// The last commit: the completer takes rows idle for long as abandoned.
+    pub updated_at: Timestamp,
+}
+
+/// A new operation, inserted unless its id exists.
+#[derive(Debug, Clone)]
+pub struct NewOperation {
+    pub id: String,
+    pub operation: String,
+    pub input_digest: String,
+    pub state: String,
+    pub now: Timestamp,
+}
+
+/// What to commit after a phase, decided by [`crate::plan::commit_point`].
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub point: String,
+    pub response: Option<StoredResponse>,
+}
+
+/// How one attempt to move an operation forward ended.
+#[derive(Debug)]
+pub enum Advance {
+    /// Committed: the phase's work and the new point, in one transaction. The row as it is
+    /// now stored.
+    Committed(OperationRow),
+    /// Another run moved the point first; nothing was written. Reload and go on from there.
+    Conflict,
+    /// The phase failed; its transaction was rolled back and the point is where it was.
+    Failed(PhaseError),
+    /// A hook stopped the run at `before-commit` (a simulated crash); rolled back.
+    Stopped,
+    /// The phase ran but the plan gave it nowhere to go (the last phase did not respond);
+    /// rolled back.
+    NoResponse,
+}
+
+/// Errors of the journal itself (the phase's own errors are [`PhaseError`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JournalError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("corrupt operation row: {0}")]
+    Corrupt(String),
+}
+
+/// What one transaction of [`Journal::advance`] does besides moving the point.
+pub enum Work<P> {
+    /// Run an atomic phase in the transaction; its `Flow` decides the point.
+    Atomic(P),
+    /// Record a foreign phase's result (its state is the one passed in).
+    Record(Flow),
+}
+
+/// What the backend asks of the caller inside the transaction after the phase's work, before
+/// it commits: which point to commit, or that the run stops here.
+pub type Decide = Box<dyn FnOnce(Flow) -> Decision + Send>;
+
+#[derive(Debug)]
+pub enum Decision {
+    Commit(Commit),
+    NoResponse,
+    Stop,
+}
+
+/// Recovery points on one database engine. Every backend runs the shared conformance suite.
+///
+/// The one rule: the point moves only by [`Journal::advance`], inside the transaction that
+/// holds the phase's work, and only from the point the caller read. A concurrent run that
+/// read the same point gets [`Advance::Conflict`], so each phase commits once per operation,
+/// however many processes race.
+#[async_trait]
+pub trait Journal: Send + Sync + 'static {
+    /// An atomic phase on this database: a function of the application's transaction.
+    type Phase<S: OpState>: Clone + Send + Sync + 'static;
+
+    /// Creates the table if it is not there.
+    async fn migrate(&self) -> Result<(), JournalError>;
+
+    /// Inserts `new` unless a row with its id exists; returns the row as stored.
+    async fn begin(&self, new: NewOperation) -> Result<OperationRow, JournalError>;
+
+    async fn load(&self, id: &str) -> Result<Option<OperationRow>, JournalError>;
+
+    /// In one transaction: checks the point is still `row.point` (else `Conflict`), does the
+    /// `work` (an atomic phase on the application's transaction, or a foreign phase's result
+    /// to record), asks `decide`, and commits the state and the point decided.
+    async fn advance<S: OpState>(
+        &self,
+        row: &OperationRow,
+        work: Work<Self::Phase<S>>,
+        state: S,
+        decide: Decide,
+        now: Timestamp,
+    ) -> Result<Advance, JournalError>;
+
+    /// Unfinished operations whose last commit is older than `idle_since`, oldest first.
+    async fn abandoned(
+        &self,
+        idle_since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OperationRow>, JournalError>;
+
+    /// Deletes up to `limit` finished operations whose last commit is older than `before`.
+    async fn reap(&self, before: Timestamp, limit: usize) -> Result<u64, JournalError>;
+}

@@ -1,0 +1,387 @@
+//! Recovery points in PostgreSQL: the operations table lives in a schema of the
+//! application's own database, and each atomic phase gets a `tokio_postgres::Transaction`
+//! from the application's own pool.
+//!
+//! A phase's transaction first locks the operation's row (`SELECT ... FOR UPDATE`) and checks
+//! its point: a concurrent run of the same operation waits there until the first commits,
+//! then sees the new point and backs off, so phases never interleave and commit once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use oncely_core::{StoredResponse, Timestamp};
+
+use crate::journal::{
+    Advance, Decide, Decision, Journal, JournalError, NewOperation, OperationRow, Work,
+};
+use crate::operation::{BoxFuture, OpState, Operation, PhaseError};
+use crate::plan::{Flow, FINISHED};
+
+/// An atomic phase on PostgreSQL: the application's work inside the phase's transaction.
+pub type PgPhase<S> = Arc<
+    dyn for<'t> Fn(
+            &'t tokio_postgres::Transaction<'t>,
+            &'t mut S,
+        ) -> BoxFuture<'t, Result<Flow, PhaseError>>
+        + Send
+        + Sync
+        + 'static,
+>;
+
+/// The journal in schema `schema` of the database behind `pool`.
+pub struct PgJournal {
+    pool: Pool,
+    table: String,
+    schema: String,
+    timeout: Duration,
+}
+
+impl PgJournal {
+    /// Uses the application's pool; the table is `"{schema}".operations`. `timeout` bounds
+    /// every journal statement and phase transaction (an absent database is an error, never
+    /// a hang).
+    pub fn new(pool: Pool, schema: &str, timeout: Duration) -> Result<Self, JournalError> {
+        let valid = (1..=63).contains(&schema.len())
+            && schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !schema.as_bytes()[0].is_ascii_digit();
+        if !valid {
+            return Err(JournalError::Unavailable(format!(
+                "schema `{schema}` must be 1-63 characters of [a-z0-9_], not starting with a digit"
+            )));
+        }
+        Ok(PgJournal {
+            pool,
+            table: format!("\"{schema}\".operations"),
+            schema: schema.to_owned(),
+            timeout,
+        })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, JournalError> {
+        self.bounded(async { self.pool.get().await.map_err(unavailable) })
+            .await
+    }
+
+    async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, JournalError>>,
+    ) -> Result<T, JournalError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r,
+            Err(_) => Err(JournalError::Unavailable(format!(
+                "no answer from PostgreSQL within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+}
+
+impl<S: OpState> Operation<PgJournal, S> {
+    /// Adds an atomic phase: `work` runs inside the transaction that also moves the recovery
+    /// point, so either both commit or neither does. Write it as
+    /// `|tx, state| Box::pin(async move { ... })`.
+    pub fn atomic<F>(self, name: impl Into<String>, work: F) -> Self
+    where
+        F: for<'t> Fn(
+                &'t tokio_postgres::Transaction<'t>,
+                &'t mut S,
+            ) -> BoxFuture<'t, Result<Flow, PhaseError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let phase: PgPhase<S> = Arc::new(work);
+        self.atomic_phase(name, phase)
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> JournalError {
+    JournalError::Unavailable(e.to_string())
+}
+
+fn columns() -> &'static str {
+    "id, operation, input_digest, point, state, response_status, response_headers, \
+     response_body, created_at, updated_at"
+}
+
+fn read_row(r: &tokio_postgres::Row) -> Result<OperationRow, JournalError> {
+    let get = |e: tokio_postgres::Error| JournalError::Corrupt(e.to_string());
+    let id: String = r.try_get(0).map_err(get)?;
+    let point: String = r.try_get(3).map_err(get)?;
+    let status: Option<i32> = r.try_get(5).map_err(get)?;
+    let response = match status {
+        None => None,
+        Some(status) => {
+            let headers: Option<Vec<u8>> = r.try_get(6).map_err(get)?;
+            let body: Option<Vec<u8>> = r.try_get(7).map_err(get)?;
+            let status = u16::try_from(status)
+                .map_err(|_| JournalError::Corrupt(format!("{id}: status {status}")))?;
+            let headers = StoredResponse::decode_headers(headers.as_deref().unwrap_or(&[]))
+                .ok_or_else(|| JournalError::Corrupt(format!("{id}: response headers")))?;
+            Some(StoredResponse {
+                status,
+                headers,
+                body: Bytes::from(body.unwrap_or_default()),
+            })
+        }
+    };
+    if (point == FINISHED) != response.is_some() {
+        return Err(JournalError::Corrupt(format!(
+            "{id}: point `{point}` and response disagree"
+        )));
+    }
+    Ok(OperationRow {
+        id,
+        operation: r.try_get(1).map_err(get)?,
+        input_digest: r.try_get(2).map_err(get)?,
+        point,
+        state: r.try_get(4).map_err(get)?,
+        response,
+        created_at: Timestamp(r.try_get(8).map_err(get)?),
+        updated_at: Timestamp(r.try_get(9).map_err(get)?),
+    })
+}
+
+#[async_trait]
+impl Journal for PgJournal {
+    type Phase<S: OpState> = PgPhase<S>;
+
+    async fn migrate(&self) -> Result<(), JournalError> {
+        let client = self.client().await?;
+        let t = &self.table;
+        let schema = &self.schema;
+        // Serialised by an advisory lock: applications starting together would otherwise race
+        // on `CREATE ... IF NOT EXISTS`, which is not safe under concurrency in PostgreSQL.
+        let sql = format!(
+            "SELECT pg_advisory_xact_lock(hashtext('oncely-recovery:{schema}'));
+             CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+             CREATE TABLE IF NOT EXISTS {t} (
+                id               text PRIMARY KEY,
+                operation        text NOT NULL,
+                input_digest     text NOT NULL,
+                point            text NOT NULL,
+                state            text NOT NULL,
+                response_status  int4,
+                response_headers bytea,
+                response_body    bytea,
+                created_at       int8 NOT NULL,
+                updated_at       int8 NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS operations_unfinished ON {t} (updated_at)
+                WHERE point <> 'finished';
+             CREATE INDEX IF NOT EXISTS operations_finished ON {t} (updated_at)
+                WHERE point = 'finished';"
+        );
+        self.bounded(async {
+            client
+                .batch_execute(&format!("BEGIN; {sql} COMMIT;"))
+                .await
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn begin(&self, new: NewOperation) -> Result<OperationRow, JournalError> {
+        let client = self.client().await?;
+        let t = &self.table;
+        self.bounded(async {
+            // Inserted, or the row that was there; one statement either way.
+            let sql = format!(
+                "WITH ins AS (
+                    INSERT INTO {t} (id, operation, input_digest, point, state, created_at, updated_at)
+                    VALUES ($1, $2, $3, 'started', $4, $5, $5)
+                    ON CONFLICT (id) DO NOTHING RETURNING {c})
+                 SELECT {c} FROM ins UNION ALL SELECT {c} FROM {t} WHERE id = $1
+                 LIMIT 1",
+                c = columns()
+            );
+            let rows = client
+                .query(
+                    &sql,
+                    &[&new.id, &new.operation, &new.input_digest, &new.state, &new.now.0],
+                )
+                .await
+                .map_err(unavailable)?;
+            match rows.first() {
+                Some(r) => read_row(r),
+                // The conflicting row was inserted by a transaction this statement's snapshot
+                // does not see yet; a plain read after it does.
+                None => {
+                    let sql = format!("SELECT {} FROM {t} WHERE id = $1", columns());
+                    let row = client.query_opt(&sql, &[&new.id]).await.map_err(unavailable)?;
+                    row.as_ref().map(read_row).transpose()?.ok_or_else(|| {
+                        JournalError::Unavailable(format!("{}: row not visible yet", new.id))
+                    })
+                }
+            }
+        })
+        .await
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<OperationRow>, JournalError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {} FROM {} WHERE id = $1", columns(), self.table);
+        self.bounded(async {
+            let row = client.query_opt(&sql, &[&id]).await.map_err(unavailable)?;
+            row.as_ref().map(read_row).transpose()
+        })
+        .await
+    }
+
+    async fn advance<S: OpState>(
+        &self,
+        row: &OperationRow,
+        work: Work<PgPhase<S>>,
+        state: S,
+        decide: Decide,
+        now: Timestamp,
+    ) -> Result<Advance, JournalError> {
+        let mut client = self.client().await?;
+        let t = &self.table;
+        self.bounded(async {
+            let mut state = state;
+            let tx = client.transaction().await.map_err(unavailable)?;
+            let point: Option<String> = tx
+                .query_opt(
+                    &format!("SELECT point FROM {t} WHERE id = $1 FOR UPDATE"),
+                    &[&row.id],
+                )
+                .await
+                .map_err(unavailable)?
+                .map(|r| r.try_get(0))
+                .transpose()
+                .map_err(|e| JournalError::Corrupt(e.to_string()))?;
+            if point.as_deref() != Some(row.point.as_str()) {
+                return Ok(Advance::Conflict);
+            }
+            let flow = match work {
+                Work::Atomic(phase) => match phase(&tx, &mut state).await {
+                    Ok(flow) => flow,
+                    // Dropping `tx` rolls the phase's work back.
+                    Err(e) => return Ok(Advance::Failed(e)),
+                },
+                Work::Record(flow) => flow,
+            };
+            let commit = match decide(flow) {
+                Decision::Commit(c) => c,
+                Decision::Stop => return Ok(Advance::Stopped),
+                Decision::NoResponse => return Ok(Advance::NoResponse),
+            };
+            let encoded = serde_json::to_string(&state).map_err(|e| {
+                JournalError::Corrupt(format!("{}: state does not encode: {e}", row.id))
+            })?;
+            let (status, headers, body) = match &commit.response {
+                Some(r) => (
+                    Some(i32::from(r.status)),
+                    Some(r.encode_headers()),
+                    Some(r.body.to_vec()),
+                ),
+                None => (None, None, None),
+            };
+            let updated = tx
+                .execute(
+                    &format!(
+                        "UPDATE {t} SET point = $1, state = $2, response_status = $3, \
+                         response_headers = $4, response_body = $5, updated_at = $6 \
+                         WHERE id = $7 AND point = $8"
+                    ),
+                    &[
+                        &commit.point,
+                        &encoded,
+                        &status,
+                        &headers,
+                        &body,
+                        &now.0,
+                        &row.id,
+                        &row.point,
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+            if updated != 1 {
+                return Ok(Advance::Conflict);
+            }
+            tx.commit().await.map_err(unavailable)?;
+            Ok(Advance::Committed(OperationRow {
+                point: commit.point,
+                state: encoded,
+                response: commit.response,
+                updated_at: now,
+                ..row.clone()
+            }))
+        })
+        .await
+    }
+
+    async fn abandoned(
+        &self,
+        idle_since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OperationRow>, JournalError> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {} FROM {} WHERE point <> 'finished' AND updated_at < $1 \
+             ORDER BY updated_at LIMIT $2",
+            columns(),
+            self.table
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.bounded(async {
+            let rows = client
+                .query(&sql, &[&idle_since.0, &limit])
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(read_row).collect()
+        })
+        .await
+    }
+
+    async fn reap(&self, before: Timestamp, limit: usize) -> Result<u64, JournalError> {
+        let client = self.client().await?;
+        let t = &self.table;
+        let sql = format!(
+            "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE point = 'finished' \
+             AND updated_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.bounded(async {
+            client
+                .execute(&sql, &[&before.0, &limit])
+                .await
+                .map_err(unavailable)
+        })
+        .await
+    }
+}
+
+/// A pool for `url` (a plain `postgres://` URL), sized `size`, every wait bounded by
+/// `timeout`: a convenience for applications that have none yet.
+pub fn pool(url: &str, size: usize, timeout: Duration) -> Result<Pool, JournalError> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| JournalError::Unavailable(format!("postgres URL: {e}")))?;
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .build()
+        .map_err(|e| JournalError::Unavailable(format!("postgres pool: {e}")))
+}
