@@ -66,6 +66,11 @@ impl PgJournal {
         &self.pool
     }
 
+    /// The schema holding the operations table (applications may keep their tables there).
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, JournalError> {
         self.bounded(async { self.pool.get().await.map_err(unavailable) })
             .await
