@@ -178,27 +178,8 @@ impl Db for PgDb {
 
 impl Drop for PgDb {
     fn drop(&mut self) {
-        let (url, schema) = (self.base.clone(), self.schema.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!(
-                            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE; \
-                             DROP SCHEMA IF EXISTS \"{schema}_keys\" CASCADE"
-                        ))
-                        .await;
-                }
-            })
-        })
-        .join();
+        let keys = format!("{}_keys", self.schema);
+        oncely_testkit::services::drop_postgres_schemas(&self.base, &[self.schema.clone(), keys]);
     }
 }
 

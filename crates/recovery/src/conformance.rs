@@ -92,6 +92,9 @@ pub trait Harness: Send + Sync + 'static {
     fn phase(&self, name: &str, behaviour: Behaviour) -> <Self::J as Journal>::Phase<TestState>;
     /// The phases whose effects are committed for operation `id`, in insertion order.
     async fn effects(&self, id: &str) -> Vec<String>;
+    /// Runs one SQL statement as a person with a database console would, `{ops}` standing for
+    /// the operations table.
+    async fn sql(&self, statement: &str);
 }
 
 /// A fake provider that dedupes by idempotency key, as a real one does, and counts calls.
@@ -498,6 +501,64 @@ pub async fn a_clock_stepped_back_changes_nothing<H: Harness>(h: H) {
     assert_eq!(row.updated_at, clock.now());
 }
 
+/// Rows edited by hand into nonsense are reported as corrupt, never panicked on nor run.
+pub async fn corrupt_rows_are_errors_not_panics<H: Harness>(h: H) {
+    let provider = Arc::new(Provider::default());
+    let op = checkout(&h, &provider);
+    let rec = recovery(&h, &clock());
+    let open = unique("bad-state");
+    recovery(&h, &clock())
+        .with_hooks(Arc::new(StopAt("before:receipt".into())))
+        .run(&op, &open, TestState::new(&open, 1))
+        .await
+        .unwrap_err();
+    h.sql(&format!(
+        "UPDATE {{ops}} SET state = 'not json' WHERE id = '{open}'"
+    ))
+    .await;
+    let err = rec
+        .run(&op, &open, TestState::new(&open, 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RecoveryError::Journal(crate::JournalError::Corrupt(_))),
+        "{err:?}"
+    );
+    assert_eq!(
+        h.effects(&open).await,
+        ["order"],
+        "nothing ran on a corrupt state"
+    );
+
+    let done = unique("bad-response");
+    rec.run(&op, &done, TestState::new(&done, 1)).await.unwrap();
+    h.sql(&format!(
+        "UPDATE {{ops}} SET response_status = NULL WHERE id = '{done}'"
+    ))
+    .await;
+    let err = rec
+        .run(&op, &done, TestState::new(&done, 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RecoveryError::Journal(crate::JournalError::Corrupt(_))),
+        "{err:?}"
+    );
+    h.sql(&format!(
+        "UPDATE {{ops}} SET response_status = 70000, point = 'finished' WHERE id = '{done}'"
+    ))
+    .await;
+    let err = rec
+        .run(&op, &done, TestState::new(&done, 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RecoveryError::Journal(crate::JournalError::Corrupt(_))),
+        "{err:?}"
+    );
+    assert_eq!(provider.charges(), 2);
+}
+
 /// Runs the suite against a harness: `recovery_conformance_tests!(async_factory)` where the
 /// factory returns `Option<H>` (`None` when the backend's service is absent: skipped).
 #[macro_export]
@@ -516,6 +577,7 @@ macro_rules! recovery_conformance_tests {
             the_completer_finishes_abandoned_operations,
             the_reaper_removes_only_old_finished_operations,
             a_clock_stepped_back_changes_nothing,
+            corrupt_rows_are_errors_not_panics,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -130,3 +130,48 @@ pub trait Journal: Send + Sync + 'static {
     /// Deletes up to `limit` finished operations whose last commit is older than `before`.
     async fn reap(&self, before: Timestamp, limit: usize) -> Result<u64, JournalError>;
 }
+
+/// A response as the journals store it: three nullable columns (status, headers, body).
+pub(crate) type ResponseColumns = (Option<u16>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+pub(crate) fn response_columns(response: &Option<StoredResponse>) -> ResponseColumns {
+    match response {
+        Some(r) => (
+            Some(r.status),
+            Some(r.encode_headers()),
+            Some(r.body.to_vec()),
+        ),
+        None => (None, None, None),
+    }
+}
+
+/// Rebuilds a row's response from its columns, and checks the one rule of a row: it has a
+/// response exactly when its point is finished.
+pub(crate) fn response_from_columns(
+    id: &str,
+    point: &str,
+    status: Option<i64>,
+    headers: Option<Vec<u8>>,
+    body: Option<Vec<u8>>,
+) -> Result<Option<StoredResponse>, JournalError> {
+    let response = match status {
+        None => None,
+        Some(status) => {
+            let status = u16::try_from(status)
+                .map_err(|_| JournalError::Corrupt(format!("{id}: status {status}")))?;
+            let headers = StoredResponse::decode_headers(headers.as_deref().unwrap_or(&[]))
+                .ok_or_else(|| JournalError::Corrupt(format!("{id}: response headers")))?;
+            Some(StoredResponse {
+                status,
+                headers,
+                body: bytes::Bytes::from(body.unwrap_or_default()),
+            })
+        }
+    };
+    if (point == crate::plan::FINISHED) != response.is_some() {
+        return Err(JournalError::Corrupt(format!(
+            "{id}: point `{point}` and response disagree"
+        )));
+    }
+    Ok(response)
+}

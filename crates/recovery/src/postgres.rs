@@ -10,15 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use deadpool_postgres::Pool;
-use oncely_core::{StoredResponse, Timestamp};
+use oncely_core::Timestamp;
 
 use crate::journal::{
-    Advance, Decide, Decision, Journal, JournalError, NewOperation, OperationRow, Work,
+    response_columns, response_from_columns, Advance, Decide, Decision, Journal, JournalError,
+    NewOperation, OperationRow, Work,
 };
 use crate::operation::{BoxFuture, OpState, Operation, PhaseError};
-use crate::plan::{Flow, FINISHED};
+use crate::plan::Flow;
 
 /// An atomic phase on PostgreSQL: the application's work inside the phase's transaction.
 pub type PgPhase<S> = Arc<
@@ -123,27 +123,13 @@ fn read_row(r: &tokio_postgres::Row) -> Result<OperationRow, JournalError> {
     let id: String = r.try_get(0).map_err(get)?;
     let point: String = r.try_get(3).map_err(get)?;
     let status: Option<i32> = r.try_get(5).map_err(get)?;
-    let response = match status {
-        None => None,
-        Some(status) => {
-            let headers: Option<Vec<u8>> = r.try_get(6).map_err(get)?;
-            let body: Option<Vec<u8>> = r.try_get(7).map_err(get)?;
-            let status = u16::try_from(status)
-                .map_err(|_| JournalError::Corrupt(format!("{id}: status {status}")))?;
-            let headers = StoredResponse::decode_headers(headers.as_deref().unwrap_or(&[]))
-                .ok_or_else(|| JournalError::Corrupt(format!("{id}: response headers")))?;
-            Some(StoredResponse {
-                status,
-                headers,
-                body: Bytes::from(body.unwrap_or_default()),
-            })
-        }
-    };
-    if (point == FINISHED) != response.is_some() {
-        return Err(JournalError::Corrupt(format!(
-            "{id}: point `{point}` and response disagree"
-        )));
-    }
+    let response = response_from_columns(
+        &id,
+        &point,
+        status.map(i64::from),
+        r.try_get(6).map_err(get)?,
+        r.try_get(7).map_err(get)?,
+    )?;
     Ok(OperationRow {
         id,
         operation: r.try_get(1).map_err(get)?,
@@ -284,14 +270,8 @@ impl Journal for PgJournal {
             let encoded = serde_json::to_string(&state).map_err(|e| {
                 JournalError::Corrupt(format!("{}: state does not encode: {e}", row.id))
             })?;
-            let (status, headers, body) = match &commit.response {
-                Some(r) => (
-                    Some(i32::from(r.status)),
-                    Some(r.encode_headers()),
-                    Some(r.body.to_vec()),
-                ),
-                None => (None, None, None),
-            };
+            let (status, headers, body) = response_columns(&commit.response);
+            let status = status.map(i32::from);
             let updated = tx
                 .execute(
                     &format!(

@@ -10,15 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use oncely_core::{StoredResponse, Timestamp};
+use oncely_core::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::journal::{
-    Advance, Decide, Decision, Journal, JournalError, NewOperation, OperationRow, Work,
+    response_columns, response_from_columns, Advance, Decide, Decision, Journal, JournalError,
+    NewOperation, OperationRow, Work,
 };
 use crate::operation::{OpState, Operation, PhaseError};
-use crate::plan::{Flow, FINISHED};
+use crate::plan::Flow;
 
 /// An atomic phase on SQLite: the application's work inside the phase's transaction. It
 /// runs on a blocking thread, so plain synchronous `rusqlite` calls are right here.
@@ -129,32 +129,11 @@ async fn blocking<T: Send + 'static>(
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OperationRow, JournalError>> {
     let id: String = r.get(0)?;
-    let status: Option<i64> = r.get(5)?;
-    let headers: Option<Vec<u8>> = r.get(6)?;
-    let body: Option<Vec<u8>> = r.get(7)?;
     let point: String = r.get(3)?;
-    let response = match status {
-        None => None,
-        Some(status) => {
-            let decoded = u16::try_from(status).ok().and_then(|status| {
-                let headers = StoredResponse::decode_headers(headers.as_deref().unwrap_or(&[]))?;
-                Some(StoredResponse {
-                    status,
-                    headers,
-                    body: Bytes::from(body.unwrap_or_default()),
-                })
-            });
-            match decoded {
-                Some(r) => Some(r),
-                None => return Ok(Err(JournalError::Corrupt(format!("{id}: bad response")))),
-            }
-        }
+    let response = match response_from_columns(&id, &point, r.get(5)?, r.get(6)?, r.get(7)?) {
+        Ok(response) => response,
+        Err(e) => return Ok(Err(e)),
     };
-    if (point == FINISHED) != response.is_some() {
-        return Ok(Err(JournalError::Corrupt(format!(
-            "{id}: point `{point}` and response disagree"
-        ))));
-    }
     Ok(Ok(OperationRow {
         id,
         operation: r.get(1)?,
@@ -258,14 +237,7 @@ impl Journal for SqliteJournal {
             let state = serde_json::to_string(&state).map_err(|e| {
                 JournalError::Corrupt(format!("{}: state does not encode: {e}", row.id))
             })?;
-            let (status, headers, body) = match &commit.response {
-                Some(r) => (
-                    Some(i64::from(r.status)),
-                    Some(r.encode_headers()),
-                    Some(r.body.to_vec()),
-                ),
-                None => (None, None, None),
-            };
+            let (status, headers, body) = response_columns(&commit.response);
             let updated = tx
                 .execute(
                     "UPDATE oncely_operations SET point = ?1, state = ?2, response_status = ?3, \

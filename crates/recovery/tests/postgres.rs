@@ -40,25 +40,10 @@ async fn harness(test: &str) -> Option<Pg> {
 
 impl Drop for Pg {
     fn drop(&mut self) {
-        let (url, schema) = (self.url.clone(), self.schema.clone());
-        // Drop runs inside the test's runtime; a thread of its own may block.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                        .await;
-                }
-            })
-        })
-        .join();
+        oncely_testkit::services::drop_postgres_schemas(
+            &self.url,
+            std::slice::from_ref(&self.schema),
+        );
     }
 }
 
@@ -97,6 +82,11 @@ impl Harness for Pg {
             .iter()
             .map(|r| r.get(0))
             .collect()
+    }
+    async fn sql(&self, statement: &str) {
+        let statement = statement.replace("{ops}", &format!("\"{}\".operations", self.schema));
+        let client = self.journal.pool().get().await.unwrap();
+        client.batch_execute(&statement).await.unwrap();
     }
 }
 

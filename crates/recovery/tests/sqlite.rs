@@ -57,6 +57,13 @@ impl Harness for Sqlite {
             .await
             .unwrap()
     }
+    async fn sql(&self, statement: &str) {
+        let statement = statement.replace("{ops}", "oncely_operations");
+        self.journal
+            .with_connection(move |c| c.execute_batch(&statement))
+            .await
+            .unwrap();
+    }
 }
 
 recovery_conformance_tests!(harness);

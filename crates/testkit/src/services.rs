@@ -137,6 +137,32 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// Drops PostgreSQL schemas (and everything in them) that a test created, from any context:
+/// it runs on a thread of its own, so `Drop` inside a test's runtime may call it. Failures
+/// are ignored: a leftover schema in a test database is harmless, a panic in drop is not.
+pub fn drop_postgres_schemas(url: &str, schemas: &[String]) {
+    let url = url.to_owned();
+    let sql: String = schemas
+        .iter()
+        .map(|s| format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE;"))
+        .collect();
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                tokio::spawn(conn);
+                let _ = client.batch_execute(&sql).await;
+            }
+        })
+    })
+    .join();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

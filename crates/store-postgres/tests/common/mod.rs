@@ -45,26 +45,10 @@ impl Schema {
 
 impl Drop for Schema {
     fn drop(&mut self) {
-        let url = Service::Postgres.url();
-        let name = self.name.clone();
-        // Drop runs inside a test's runtime; a thread of its own may block.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                        .await;
-                }
-            })
-        })
-        .join();
+        oncely_testkit::services::drop_postgres_schemas(
+            &Service::Postgres.url(),
+            std::slice::from_ref(&self.name),
+        );
     }
 }
 
