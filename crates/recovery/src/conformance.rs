@@ -559,6 +559,88 @@ pub async fn corrupt_rows_are_errors_not_panics<H: Harness>(h: H) {
     assert_eq!(provider.charges(), 2);
 }
 
+/// The first atomic phase creates the operation's row: a crash before its commit leaves
+/// nothing behind. A foreign first phase commits the row before its call, so that the
+/// completer knows of a call whose client never came back.
+pub async fn the_row_appears_with_the_first_commit<H: Harness>(h: H) {
+    let provider = Arc::new(Provider::default());
+    let op = checkout(&h, &provider);
+    for boundary in ["before:order", "before-commit:order"] {
+        let id = unique("first");
+        recovery(&h, &clock())
+            .with_hooks(Arc::new(StopAt(boundary.into())))
+            .run(&op, &id, TestState::new(&id, 1))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            h.journal().load(&id).await.unwrap(),
+            None,
+            "nothing at {boundary}"
+        );
+        assert!(h.effects(&id).await.is_empty());
+    }
+    let p = provider.clone();
+    let foreign_first = Operation::<H::J, TestState>::new("foreign-first")
+        .foreign("charge", move |call: crate::ForeignCall<TestState>| {
+            let p = p.clone();
+            async move {
+                let mut state = call.state;
+                state.charge = Some(p.charge(&call.idempotency_key)?);
+                Ok((state, Flow::Continue))
+            }
+        })
+        .atomic_phase("receipt", h.phase("receipt", Behaviour::Respond));
+    let id = unique("foreign-first");
+    recovery(&h, &clock())
+        .with_hooks(Arc::new(StopAt("after-call:charge".into())))
+        .run(&foreign_first, &id, TestState::new(&id, 1))
+        .await
+        .unwrap_err();
+    let row = h
+        .journal()
+        .load(&id)
+        .await
+        .unwrap()
+        .expect("committed before the call");
+    assert_eq!(row.point, crate::STARTED);
+    let r = recovery(&h, &clock())
+        .resume(&foreign_first, &id)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201);
+    assert_eq!(provider.charges(), 1);
+}
+
+/// Two runs of one id with different inputs racing to create it: one runs, the other is
+/// refused and leaves no trace.
+pub async fn racing_creators_with_other_inputs_one_wins<H: Harness>(h: H) {
+    let provider = Arc::new(Provider::default());
+    let op = Arc::new(checkout(&h, &provider));
+    let rec = Arc::new(recovery(&h, &clock()));
+    for _ in 0..5 {
+        let id = unique("contested");
+        let mut runs = Vec::new();
+        for amount in [1u64, 2, 3, 4] {
+            let (op, rec, id) = (op.clone(), rec.clone(), id.clone());
+            runs.push(tokio::spawn(async move {
+                (amount, rec.run(&op, &id, TestState::new(&id, amount)).await)
+            }));
+        }
+        let mut winners = Vec::new();
+        for r in runs {
+            match r.await.unwrap() {
+                (amount, Ok(resp)) => winners.push((amount, resp)),
+                (_, Err(RecoveryError::InputMismatch { .. })) => {}
+                (_, Err(e)) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one input runs");
+        let state: TestState = serde_json::from_slice(&winners[0].1.body).unwrap();
+        assert_eq!(state.amount, winners[0].0);
+        assert_eq!(h.effects(&id).await, ["order", "receipt"]);
+    }
+}
+
 /// Runs the suite against a harness: `recovery_conformance_tests!(async_factory)` where the
 /// factory returns `Option<H>` (`None` when the backend's service is absent: skipped).
 #[macro_export]
@@ -578,6 +660,8 @@ macro_rules! recovery_conformance_tests {
             the_reaper_removes_only_old_finished_operations,
             a_clock_stepped_back_changes_nothing,
             corrupt_rows_are_errors_not_panics,
+            the_row_appears_with_the_first_commit,
+            racing_creators_with_other_inputs_one_wins,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -52,6 +52,9 @@ pub enum Advance {
     Committed(OperationRow),
     /// Another run moved the point first; nothing was written. Reload and go on from there.
     Conflict,
+    /// The row belongs to another operation or input (found when the row was created by this
+    /// very transaction's insert racing another's); nothing was written.
+    Mismatch,
     /// The phase failed; its transaction was rolled back and the point is where it was.
     Failed(PhaseError),
     /// A hook stopped the run at `before-commit` (a simulated crash); rolled back.
@@ -108,12 +111,16 @@ pub trait Journal: Send + Sync + 'static {
 
     async fn load(&self, id: &str) -> Result<Option<OperationRow>, JournalError>;
 
-    /// In one transaction: checks the point is still `row.point` (else `Conflict`), does the
-    /// `work` (an atomic phase on the application's transaction, or a foreign phase's result
-    /// to record), asks `decide`, and commits the state and the point decided.
+    /// In one transaction: with `create`, inserts `row` (at `started`) unless its id exists;
+    /// locks the row and checks that its point is still `row.point` (else `Conflict`) and its
+    /// operation and input are `row`'s (else `Mismatch`); does the `work` (an atomic phase on
+    /// the application's transaction, or a foreign phase's result to record); asks `decide`;
+    /// and commits the state and the point decided. Creating the row in the first phase's
+    /// transaction saves a commit per operation, and a crash before it leaves nothing behind.
     async fn advance<S: OpState>(
         &self,
         row: &OperationRow,
+        create: bool,
         work: Work<Self::Phase<S>>,
         state: S,
         decide: Decide,

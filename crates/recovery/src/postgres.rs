@@ -20,12 +20,13 @@ use crate::journal::{
 use crate::operation::{BoxFuture, OpState, Operation, PhaseError};
 use crate::plan::Flow;
 
+/// The transaction an atomic phase gets: a `tokio_postgres::Transaction` (by `Deref`) that
+/// also offers `prepare_cached`, the pool connection's statement cache.
+pub type PgTransaction<'t> = deadpool_postgres::Transaction<'t>;
+
 /// An atomic phase on PostgreSQL: the application's work inside the phase's transaction.
 pub type PgPhase<S> = Arc<
-    dyn for<'t> Fn(
-            &'t tokio_postgres::Transaction<'t>,
-            &'t mut S,
-        ) -> BoxFuture<'t, Result<Flow, PhaseError>>
+    dyn for<'t> Fn(&'t PgTransaction<'t>, &'t mut S) -> BoxFuture<'t, Result<Flow, PhaseError>>
         + Send
         + Sync
         + 'static,
@@ -37,6 +38,38 @@ pub struct PgJournal {
     table: String,
     schema: String,
     timeout: Duration,
+    sql: Statements,
+}
+
+/// The statements of every phase, built once (the table name is in them) and prepared once
+/// per pooled connection (`prepare_cached`): a phase then costs no parse round trips.
+struct Statements {
+    create_and_lock: String,
+    lock: String,
+    update: String,
+}
+
+impl Statements {
+    fn new(t: &str) -> Self {
+        Statements {
+            // Inserts the row or, if a run got there first, locks the existing one (`DO
+            // UPDATE` takes the row lock, `DO NOTHING` would not).
+            create_and_lock: format!(
+                "INSERT INTO {t} (id, operation, input_digest, point, state, created_at, \
+                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) \
+                 ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id \
+                 RETURNING point, operation, input_digest"
+            ),
+            lock: format!(
+                "SELECT point, operation, input_digest FROM {t} WHERE id = $1 FOR UPDATE"
+            ),
+            update: format!(
+                "UPDATE {t} SET point = $1, state = $2, response_status = $3, \
+                 response_headers = $4, response_body = $5, updated_at = $6 \
+                 WHERE id = $7 AND point = $8"
+            ),
+        }
+    }
 }
 
 impl PgJournal {
@@ -54,9 +87,11 @@ impl PgJournal {
                 "schema `{schema}` must be 1-63 characters of [a-z0-9_], not starting with a digit"
             )));
         }
+        let table = format!("\"{schema}\".operations");
         Ok(PgJournal {
             pool,
-            table: format!("\"{schema}\".operations"),
+            sql: Statements::new(&table),
+            table,
             schema: schema.to_owned(),
             timeout,
         })
@@ -96,10 +131,7 @@ impl<S: OpState> Operation<PgJournal, S> {
     /// `|tx, state| Box::pin(async move { ... })`.
     pub fn atomic<F>(self, name: impl Into<String>, work: F) -> Self
     where
-        F: for<'t> Fn(
-                &'t tokio_postgres::Transaction<'t>,
-                &'t mut S,
-            ) -> BoxFuture<'t, Result<Flow, PhaseError>>
+        F: for<'t> Fn(&'t PgTransaction<'t>, &'t mut S) -> BoxFuture<'t, Result<Flow, PhaseError>>
             + Send
             + Sync
             + 'static,
@@ -231,28 +263,55 @@ impl Journal for PgJournal {
     async fn advance<S: OpState>(
         &self,
         row: &OperationRow,
+        create: bool,
         work: Work<PgPhase<S>>,
         state: S,
         decide: Decide,
         now: Timestamp,
     ) -> Result<Advance, JournalError> {
         let mut client = self.client().await?;
-        let t = &self.table;
         self.bounded(async {
             let mut state = state;
             let tx = client.transaction().await.map_err(unavailable)?;
-            let point: Option<String> = tx
-                .query_opt(
-                    &format!("SELECT point FROM {t} WHERE id = $1 FOR UPDATE"),
-                    &[&row.id],
+            let found = if create {
+                let stmt = tx
+                    .prepare_cached(&self.sql.create_and_lock)
+                    .await
+                    .map_err(unavailable)?;
+                tx.query_opt(
+                    &stmt,
+                    &[
+                        &row.id,
+                        &row.operation,
+                        &row.input_digest,
+                        &row.point,
+                        &row.state,
+                        &row.created_at.0,
+                    ],
                 )
                 .await
-                .map_err(unavailable)?
-                .map(|r| r.try_get(0))
+            } else {
+                let stmt = tx
+                    .prepare_cached(&self.sql.lock)
+                    .await
+                    .map_err(unavailable)?;
+                tx.query_opt(&stmt, &[&row.id]).await
+            }
+            .map_err(unavailable)?;
+            let found: Option<(String, String, String)> = found
+                .map(|r| {
+                    Ok::<_, tokio_postgres::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
+                })
                 .transpose()
                 .map_err(|e| JournalError::Corrupt(e.to_string()))?;
-            if point.as_deref() != Some(row.point.as_str()) {
-                return Ok(Advance::Conflict);
+            match found {
+                Some((_, operation, digest))
+                    if operation != row.operation || digest != row.input_digest =>
+                {
+                    return Ok(Advance::Mismatch)
+                }
+                Some((point, _, _)) if point == row.point => {}
+                _ => return Ok(Advance::Conflict),
             }
             let flow = match work {
                 Work::Atomic(phase) => match phase(&tx, &mut state).await {
@@ -272,13 +331,13 @@ impl Journal for PgJournal {
             })?;
             let (status, headers, body) = response_columns(&commit.response);
             let status = status.map(i32::from);
+            let update = tx
+                .prepare_cached(&self.sql.update)
+                .await
+                .map_err(unavailable)?;
             let updated = tx
                 .execute(
-                    &format!(
-                        "UPDATE {t} SET point = $1, state = $2, response_status = $3, \
-                         response_headers = $4, response_body = $5, updated_at = $6 \
-                         WHERE id = $7 AND point = $8"
-                    ),
+                    &update,
                     &[
                         &commit.point,
                         &encoded,

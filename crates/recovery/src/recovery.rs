@@ -101,20 +101,41 @@ impl<J: Journal> Recovery<J> {
         validate(op)?;
         let state = encode(&input)?;
         let input_digest = plan::input_digest(&op.name, state.as_bytes());
-        let row = self
-            .journal
-            .begin(NewOperation {
-                id: id.to_owned(),
-                operation: op.name.clone(),
-                input_digest: input_digest.clone(),
-                state,
-                now: self.clock.now(),
-            })
-            .await?;
-        if row.operation != op.name || row.input_digest != input_digest {
+        let same_input =
+            |row: &OperationRow| row.operation == op.name && row.input_digest == input_digest;
+        let now = self.clock.now();
+        let new = NewOperation {
+            id: id.to_owned(),
+            operation: op.name.clone(),
+            input_digest: input_digest.clone(),
+            state,
+            now,
+        };
+        if matches!(op.phases.first(), Some((_, Phase::Atomic(_)))) {
+            // Straight to the first phase, whose transaction creates the row: no read before
+            // it, one commit fewer, and a crash before it leaves nothing (nothing happened
+            // yet either). If the row exists, that transaction finds it (`Conflict` if it has
+            // moved on, `Mismatch` if it holds another input) and writes nothing.
+            let row = OperationRow {
+                id: new.id,
+                operation: new.operation,
+                input_digest: new.input_digest,
+                point: plan::STARTED.to_owned(),
+                state: new.state,
+                response: None,
+                created_at: now,
+                updated_at: now,
+            };
+            return self.drive(op, row, true).await;
+        }
+        // A foreign first phase acts outside before anything could be committed with it: the
+        // row is committed first, so that the completer knows of the call if the client
+        // never comes back.
+        let row = self.journal.begin(new).await?;
+        if !same_input(&row) {
             return Err(RecoveryError::InputMismatch { id: id.to_owned() });
         }
-        self.drive(op, row).await
+        self.drive(op, row, false).await
     }
 
     /// Resumes `id` from its recovery point, with the state stored there.
@@ -132,7 +153,7 @@ impl<J: Journal> Recovery<J> {
         if row.operation != op.name {
             return Err(RecoveryError::InputMismatch { id: id.to_owned() });
         }
-        self.drive(op, row).await
+        self.drive(op, row, false).await
     }
 
     fn checkpoint(&self, op: &str, boundary: Boundary<'_>) -> Result<(), RecoveryError> {
@@ -144,10 +165,13 @@ impl<J: Journal> Recovery<J> {
         }
     }
 
+    /// Runs `op` from `row`'s point to its response. With `create`, the row is not stored
+    /// yet and the first commit inserts it.
     async fn drive<S: OpState>(
         &self,
         op: &Operation<J, S>,
         mut row: OperationRow,
+        mut create: bool,
     ) -> Result<StoredResponse, RecoveryError> {
         let plan = op.plan();
         // Every pass either commits a phase or finds that another run did: the point only
@@ -180,6 +204,7 @@ impl<J: Journal> Recovery<J> {
                     self.journal
                         .advance(
                             &row,
+                            create,
                             Work::Atomic(phase.clone()),
                             state,
                             decide,
@@ -201,11 +226,22 @@ impl<J: Journal> Recovery<J> {
                     self.checkpoint(&op.name, Boundary::AfterCall(&name))?;
                     let decide = self.decider(op, index, false);
                     self.journal
-                        .advance(&row, Work::Record(flow), state, decide, self.clock.now())
+                        .advance(
+                            &row,
+                            create,
+                            Work::Record(flow),
+                            state,
+                            decide,
+                            self.clock.now(),
+                        )
                         .await?
                 }
             };
+            create = false;
             match advance {
+                Advance::Mismatch => {
+                    return Err(RecoveryError::InputMismatch { id: row.id });
+                }
                 Advance::Committed(new_row) => {
                     row = new_row;
                     self.checkpoint(&op.name, Boundary::After(&name))?;
@@ -301,7 +337,7 @@ impl<J: Journal, S: OpState> Resumable<J> for Operation<J, S> {
     ) -> BoxFuture<'a, Result<StoredResponse, RecoveryError>> {
         Box::pin(async move {
             validate(self)?;
-            recovery.drive(self, row).await
+            recovery.drive(self, row, false).await
         })
     }
 }

@@ -197,6 +197,7 @@ impl Journal for SqliteJournal {
     async fn advance<S: OpState>(
         &self,
         row: &OperationRow,
+        create: bool,
         work: Work<SqlitePhase<S>>,
         state: S,
         decide: Decide,
@@ -210,16 +211,42 @@ impl Journal for SqliteJournal {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(unavailable)?;
-            let point: Option<String> = tx
-                .query_row(
-                    "SELECT point FROM oncely_operations WHERE id = ?1",
-                    params![row.id],
-                    |r| r.get(0),
+            // Cached statements: a phase costs no statement compilation after the first.
+            if create {
+                tx.prepare_cached(
+                    "INSERT INTO oncely_operations (id, operation, input_digest, point, state, \
+                     created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) \
+                     ON CONFLICT (id) DO NOTHING",
                 )
-                .optional()
+                .and_then(|mut st| {
+                    st.execute(params![
+                        row.id,
+                        row.operation,
+                        row.input_digest,
+                        row.point,
+                        row.state,
+                        row.created_at.0
+                    ])
+                })
                 .map_err(unavailable)?;
-            if point.as_deref() != Some(row.point.as_str()) {
-                return Ok(Advance::Conflict);
+            }
+            let found: Option<(String, String, String)> = tx
+                .prepare_cached(
+                    "SELECT point, operation, input_digest FROM oncely_operations WHERE id = ?1",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![row.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()
+                })
+                .map_err(unavailable)?;
+            match found {
+                Some((_, operation, digest))
+                    if operation != row.operation || digest != row.input_digest =>
+                {
+                    return Ok(Advance::Mismatch)
+                }
+                Some((point, _, _)) if point == row.point => {}
+                _ => return Ok(Advance::Conflict),
             }
             let flow = match work {
                 Work::Atomic(phase) => match phase(&tx, &mut state) {
@@ -239,11 +266,13 @@ impl Journal for SqliteJournal {
             })?;
             let (status, headers, body) = response_columns(&commit.response);
             let updated = tx
-                .execute(
+                .prepare_cached(
                     "UPDATE oncely_operations SET point = ?1, state = ?2, response_status = ?3, \
                      response_headers = ?4, response_body = ?5, updated_at = ?6 \
                      WHERE id = ?7 AND point = ?8",
-                    params![
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
                         commit.point,
                         state,
                         status,
@@ -252,8 +281,8 @@ impl Journal for SqliteJournal {
                         now.0,
                         row.id,
                         row.point
-                    ],
-                )
+                    ])
+                })
                 .map_err(unavailable)?;
             if updated != 1 {
                 return Ok(Advance::Conflict);
