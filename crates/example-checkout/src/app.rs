@@ -214,8 +214,11 @@ async fn checkout<J: ShopDb>(
     };
     match shop.recovery.run(&shop.checkout, &id, state).await {
         Ok(response) => to_http(response),
+        // Only reachable when the layer's record expired before the operation's: answered
+        // with 409, which the layer does not store, so this request's fingerprint never
+        // takes the key over from the original one.
         Err(e @ RecoveryError::InputMismatch { .. }) => {
-            problem(422, "checkout-input-mismatch", &e.to_string())
+            problem(409, "checkout-input-mismatch", &e.to_string())
         }
         Err(e) if e.is_transient() => {
             // 5xx: the layer releases the key, and the client's retry resumes the operation
@@ -242,7 +245,8 @@ async fn orders<J: ShopDb>(State(shop): State<Arc<Shop<J>>>) -> Response<Body> {
 
 fn to_http(stored: StoredResponse) -> Response<Body> {
     let mut r = Response::new(Body::from(stored.body));
-    *r.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    *r.status_mut() =
+        StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     for (name, value) in stored.headers {
         if let (Ok(n), Ok(v)) = (
             http::HeaderName::from_bytes(name.as_bytes()),

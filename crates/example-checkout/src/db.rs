@@ -98,12 +98,12 @@ impl ShopDb for SqliteJournal {
 pub fn sqlite_checkout(provider: Arc<Provider>) -> Operation<SqliteJournal, CheckoutState> {
     Operation::<SqliteJournal, CheckoutState>::new("checkout")
         .atomic("create_order", |tx, st: &mut CheckoutState| {
-            tx.execute(
+            let inserted = tx.execute(
                 "INSERT INTO orders (id, operation_id, email, amount, status) \
-                 VALUES (?1, ?2, ?3, ?4, 'pending')",
+                 VALUES (?1, ?2, ?3, ?4, 'pending') ON CONFLICT DO NOTHING",
                 (&st.order_id, &st.operation_id, &st.email, st.amount as i64),
             )?;
-            Ok(Flow::Continue)
+            Ok(shop::after_order_insert(inserted, st))
         })
         .foreign("charge", move |call| shop::charge(provider.clone(), call))
         .atomic("send_receipt", |tx, st: &mut CheckoutState| {
@@ -160,7 +160,7 @@ impl ShopDb for PgJournal {
         let s = self.schema().to_owned();
         let insert_order: Arc<str> = format!(
             "INSERT INTO \"{s}\".orders (id, operation_id, email, amount, status) \
-             VALUES ($1, $2, $3, $4, 'pending')"
+             VALUES ($1, $2, $3, $4, 'pending') ON CONFLICT DO NOTHING"
         )
         .into();
         let update_order: Arc<str> =
@@ -175,9 +175,10 @@ impl ShopDb for PgJournal {
                 let sql = insert_order.clone();
                 Box::pin(async move {
                     let amount = st.amount as i64;
-                    tx.execute(&*sql, &[&st.order_id, &st.operation_id, &st.email, &amount])
+                    let inserted = tx
+                        .execute(&*sql, &[&st.order_id, &st.operation_id, &st.email, &amount])
                         .await?;
-                    Ok(Flow::Continue)
+                    Ok(shop::after_order_insert(inserted as usize, st))
                 })
             })
             .foreign("charge", move |call| shop::charge(provider.clone(), call))
@@ -216,16 +217,18 @@ impl ShopDb for PgJournal {
             )
             .await
             .map_err(|e| e.to_string())?;
-        Ok(rows
-            .iter()
-            .map(|r| OrderView {
-                id: r.get(0),
-                email: r.get(1),
-                amount: r.get(2),
-                status: r.get(3),
-                charge_id: r.get(4),
+        rows.iter()
+            .map(|r| {
+                Ok(OrderView {
+                    id: r.try_get(0)?,
+                    email: r.try_get(1)?,
+                    amount: r.try_get(2)?,
+                    status: r.try_get(3)?,
+                    charge_id: r.try_get(4)?,
+                })
             })
-            .collect())
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(|e| e.to_string())
     }
 
     async fn outbox(&self) -> Result<Vec<(String, String)>, String> {
@@ -240,6 +243,9 @@ impl ShopDb for PgJournal {
             )
             .await
             .map_err(|e| e.to_string())?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(|e| e.to_string())
     }
 }

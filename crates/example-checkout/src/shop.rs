@@ -76,7 +76,8 @@ impl CheckoutState {
             }
             amount += price * u64::from(item.qty);
         }
-        let order_id = format!("ord_{}", &operation_id[..operation_id.len().min(24)]);
+        let prefix: String = operation_id.chars().take(24).collect();
+        let order_id = format!("ord_{prefix}");
         Ok(CheckoutState {
             operation_id,
             email: req.email,
@@ -102,6 +103,23 @@ impl CheckoutState {
             self.charge_id.as_deref().unwrap_or("-")
         )
     }
+}
+
+/// What `create_order` does once its insert ran: a new order goes on; an order that already
+/// exists for this id can only be an earlier checkout whose records have all expired while
+/// the client kept its key (a crash retry never gets here: its insert rolled back, or its
+/// point moved past this phase). That is a final answer, not something to retry.
+pub fn after_order_insert(inserted: usize, state: &CheckoutState) -> Flow {
+    if inserted == 1 {
+        return Flow::Continue;
+    }
+    let body = serde_json::json!({
+        "type": "urn:oncely:example:key-reused-after-retention",
+        "title": "This Idempotency-Key was already used for an older order",
+        "status": 409,
+        "order_id": state.order_id,
+    });
+    Flow::Respond(json_response(409, "application/problem+json", &body))
 }
 
 /// The final answer, built from the state alone, so every run that reaches the end (first

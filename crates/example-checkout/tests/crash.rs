@@ -115,6 +115,8 @@ async fn checkout_until_final(client: &TestClient, url: &str, key: &str, body: &
 /// One database per scenario: a fresh file, or a fresh schema.
 trait Db {
     fn url(&self) -> String;
+    /// Deletes every finished operation, as the reaper does after the retention.
+    async fn reap_all(&self);
     async fn orders(&self) -> Vec<oncely_example_checkout::db::OrderView>;
     async fn outbox(&self) -> Vec<(String, String)>;
 }
@@ -126,6 +128,13 @@ struct SqliteDb {
 impl Db for SqliteDb {
     fn url(&self) -> String {
         format!("sqlite://{}", self.dir.path().join("shop.db").display())
+    }
+    async fn reap_all(&self) {
+        use oncely_recovery::Journal;
+        self.journal()
+            .reap(oncely_core::Timestamp(i64::MAX), 1000)
+            .await
+            .unwrap();
     }
     async fn orders(&self) -> Vec<oncely_example_checkout::db::OrderView> {
         self.journal().orders().await.unwrap()
@@ -167,6 +176,13 @@ impl PgDb {
 impl Db for PgDb {
     fn url(&self) -> String {
         format!("{}?schema={}", self.base, self.schema)
+    }
+    async fn reap_all(&self) {
+        use oncely_recovery::Journal;
+        self.journal()
+            .reap(oncely_core::Timestamp(i64::MAX), 1000)
+            .await
+            .unwrap();
     }
     async fn orders(&self) -> Vec<oncely_example_checkout::db::OrderView> {
         self.journal().orders().await.unwrap()
@@ -380,6 +396,74 @@ async fn outage_and_decline<D: Db>(db: D) {
     assert!(String::from_utf8_lossy(&bad.body).contains("unknown sku"));
     assert_eq!(db.orders().await.len(), 2);
     svc.stop().await;
+}
+
+/// The layer's records gone (a memory store, restarted) while the operation's remain: another
+/// body under the key is refused with 409, which the layer does not store, so the original
+/// request still gets its answer. With the operation reaped too, the old key gets a final 409
+/// instead of a new order colliding with the old one.
+async fn the_layer_forgetting_first_is_safe<D: Db>(db: D) {
+    let client = TestClient::new();
+    let p = provider().await;
+    let memory = ["--keys", "memory://"];
+    let svc = start_checkout(&db.url(), &p.url, &memory, None).await;
+    let first = checkout_until_final(&client, &svc.url, "k-old", ORDER).await;
+    assert_eq!(first.status, 201);
+    svc.stop().await;
+
+    let svc = start_checkout(&db.url(), &p.url, &memory, None).await;
+    let other = client
+        .post_keyed(&format!("{}/checkout", svc.url), "k-old", DECLINED, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status,
+        409,
+        "{:?}",
+        String::from_utf8_lossy(&other.body)
+    );
+    assert_eq!(
+        other.problem_type().as_deref(),
+        Some("urn:oncely:example:checkout-input-mismatch")
+    );
+    let original = checkout_until_final(&client, &svc.url, "k-old", ORDER).await;
+    assert_eq!(
+        (original.status, &original.body),
+        (first.status, &first.body)
+    );
+    svc.stop().await;
+
+    db.reap_all().await;
+    let svc = start_checkout(&db.url(), &p.url, &memory, None).await;
+    let reused = client
+        .post_keyed(&format!("{}/checkout", svc.url), "k-old", ORDER, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        reused.status,
+        409,
+        "{:?}",
+        String::from_utf8_lossy(&reused.body)
+    );
+    assert_eq!(
+        reused.problem_type().as_deref(),
+        Some("urn:oncely:example:key-reused-after-retention")
+    );
+    assert_eq!(db.orders().await.len(), 1);
+    assert_eq!(p.ledger.charges().len(), 1);
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_layer_forgetting_first_is_safe() {
+    the_layer_forgetting_first_is_safe(SqliteDb::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_layer_forgetting_first_is_safe() {
+    if let Some(new_db) = postgres("postgres_the_layer_forgetting_first_is_safe") {
+        the_layer_forgetting_first_is_safe(new_db()).await;
+    }
 }
 
 fn postgres(test: &str) -> Option<impl Fn() -> PgDb> {

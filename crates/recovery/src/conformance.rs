@@ -213,6 +213,7 @@ pub async fn resumes_after_a_crash_at_every_boundary<H: Harness>(h: H) {
         let op = checkout(&h, &provider);
         let id = unique("crash");
         let input = TestState::new(&tag, 100);
+        let before = h.effects(&tag).await.len();
         let crashing = recovery(&h, &clock()).with_hooks(Arc::new(StopAt(boundary.clone())));
         let err = crashing.run(&op, &id, input.clone()).await.unwrap_err();
         assert_eq!(
@@ -223,6 +224,16 @@ pub async fn resumes_after_a_crash_at_every_boundary<H: Harness>(h: H) {
         );
         let resumed = recovery(&h, &clock()).run(&op, &id, input).await.unwrap();
         assert_eq!(resumed, baseline, "after a crash at {boundary}");
+        assert_eq!(
+            h.journal().load(&id).await.unwrap().map(|r| r.point),
+            Some(crate::FINISHED.to_owned())
+        );
+        // The crashed run and its retry together committed each phase's effect once.
+        assert_eq!(
+            h.effects(&tag).await[before..],
+            ["order", "receipt"],
+            "effects of the run crashed at {boundary}"
+        );
         assert_eq!(
             provider.charges(),
             1,
@@ -453,8 +464,6 @@ pub async fn the_reaper_removes_only_old_finished_operations<H: Harness>(h: H) {
     let provider = Arc::new(Provider::default());
     let op = checkout(&h, &provider);
     let clock = clock();
-    // Far ahead of other tests' clocks sharing the journal, so only our rows qualify first.
-    clock.advance(Duration::from_secs(3600 * 24 * 365));
     let rec = Arc::new(recovery(&h, &clock));
     let done = unique("done");
     rec.run(&op, &done, TestState::new(&done, 1)).await.unwrap();
@@ -641,6 +650,103 @@ pub async fn racing_creators_with_other_inputs_one_wins<H: Harness>(h: H) {
     }
 }
 
+/// Operations that can never finish (unregistered here) go to the back of the queue after
+/// each failed try, so a batch full of them never holds up one that can finish.
+pub async fn stuck_operations_do_not_hold_up_the_completer<H: Harness>(h: H) {
+    let clock = clock();
+    let gone = Operation::<H::J, TestState>::new("gone")
+        .atomic_phase("a", h.phase("a", Behaviour::Continue))
+        .atomic_phase("b", h.phase("b", Behaviour::Respond));
+    let stopping = recovery(&h, &clock).with_hooks(Arc::new(StopAt("before:b".into())));
+    for _ in 0..3 {
+        let id = unique("stuck");
+        stopping
+            .run(&gone, &id, TestState::new(&id, 1))
+            .await
+            .unwrap_err();
+        clock.advance(Duration::from_millis(10));
+    }
+    let provider = Arc::new(Provider::default());
+    let op = Arc::new(checkout(&h, &provider));
+    let late = unique("late");
+    recovery(&h, &clock)
+        .with_hooks(Arc::new(StopAt("before:receipt".into())))
+        .run(&op, &late, TestState::new(&late, 1))
+        .await
+        .unwrap_err();
+    clock.advance(Duration::from_secs(120));
+    let completer = Completer::new(Arc::new(recovery(&h, &clock)))
+        .register(op)
+        .idle_after(Duration::from_secs(60))
+        .batch(2);
+    let mut passes = 0;
+    while h.journal().load(&late).await.unwrap().unwrap().point != crate::FINISHED {
+        passes += 1;
+        assert!(
+            passes <= 3,
+            "the finishable operation waited behind stuck ones"
+        );
+        completer.run_once().await.unwrap();
+        clock.advance(Duration::from_secs(61));
+    }
+    assert_eq!(h.effects(&late).await, ["order", "receipt"]);
+}
+
+/// Another input for an unfinished operation (and for one whose first phase is foreign) is
+/// refused too, before anything runs; a bad id is refused before anything is stored.
+pub async fn mismatches_and_bad_ids_are_refused_before_anything_runs<H: Harness>(h: H) {
+    let provider = Arc::new(Provider::default());
+    let op = checkout(&h, &provider);
+    let id = unique("half");
+    recovery(&h, &clock())
+        .with_hooks(Arc::new(StopAt("after:order".into())))
+        .run(&op, &id, TestState::new(&id, 1))
+        .await
+        .unwrap_err();
+    let err = recovery(&h, &clock())
+        .run(&op, &id, TestState::new(&id, 2))
+        .await
+        .unwrap_err();
+    assert_eq!(err, RecoveryError::InputMismatch { id: id.clone() });
+    assert!(
+        provider.calls().is_empty(),
+        "no call for a mismatched input"
+    );
+    assert_eq!(h.effects(&id).await, ["order"]);
+
+    let p = provider.clone();
+    let foreign_first = Operation::<H::J, TestState>::new("foreign-first")
+        .foreign("charge", move |call: crate::ForeignCall<TestState>| {
+            let p = p.clone();
+            async move {
+                let mut state = call.state;
+                state.charge = Some(p.charge(&call.idempotency_key)?);
+                Ok((state, Flow::Continue))
+            }
+        })
+        .atomic_phase("receipt", h.phase("receipt", Behaviour::Respond));
+    let ff = unique("ff");
+    recovery(&h, &clock())
+        .run(&foreign_first, &ff, TestState::new(&ff, 1))
+        .await
+        .unwrap();
+    let err = recovery(&h, &clock())
+        .run(&foreign_first, &ff, TestState::new(&ff, 9))
+        .await
+        .unwrap_err();
+    assert_eq!(err, RecoveryError::InputMismatch { id: ff.clone() });
+    assert_eq!(provider.calls().len(), 1);
+
+    for bad in ["", "a b", "\u{0}", &"x".repeat(129)] {
+        let err = recovery(&h, &clock())
+            .run(&op, bad, TestState::new(bad, 1))
+            .await
+            .unwrap_err();
+        assert_eq!(err, RecoveryError::InvalidId { id: bad.to_owned() });
+        assert_eq!(h.journal().load(bad).await.ok().flatten(), None);
+    }
+}
+
 /// Runs the suite against a harness: `recovery_conformance_tests!(async_factory)` where the
 /// factory returns `Option<H>` (`None` when the backend's service is absent: skipped).
 #[macro_export]
@@ -662,6 +768,8 @@ macro_rules! recovery_conformance_tests {
             corrupt_rows_are_errors_not_panics,
             the_row_appears_with_the_first_commit,
             racing_creators_with_other_inputs_one_wins,
+            stuck_operations_do_not_hold_up_the_completer,
+            mismatches_and_bad_ids_are_refused_before_anything_runs,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -71,6 +71,9 @@ pub enum JournalError {
     Unavailable(String),
     #[error("corrupt operation row: {0}")]
     Corrupt(String),
+    /// A setting is wrong (a bad schema name): fixing it needs a person, retrying does not.
+    #[error("invalid journal setting: {0}")]
+    Invalid(String),
 }
 
 /// What one transaction of [`Journal::advance`] does besides moving the point.
@@ -134,6 +137,10 @@ pub trait Journal: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<OperationRow>, JournalError>;
 
+    /// Sets `updated_at` of an unfinished operation still at `point`, so the completer, which
+    /// takes the longest idle first, tries it again only after the others.
+    async fn touch(&self, id: &str, point: &str, now: Timestamp) -> Result<(), JournalError>;
+
     /// Deletes up to `limit` finished operations whose last commit is older than `before`.
     async fn reap(&self, before: Timestamp, limit: usize) -> Result<u64, JournalError>;
 }
@@ -165,7 +172,9 @@ pub(crate) fn response_from_columns(
         None => None,
         Some(status) => {
             let status = u16::try_from(status)
-                .map_err(|_| JournalError::Corrupt(format!("{id}: status {status}")))?;
+                .ok()
+                .filter(|s| (100..=999).contains(s))
+                .ok_or_else(|| JournalError::Corrupt(format!("{id}: status {status}")))?;
             let headers = StoredResponse::decode_headers(headers.as_deref().unwrap_or(&[]))
                 .ok_or_else(|| JournalError::Corrupt(format!("{id}: response headers")))?;
             Some(StoredResponse {

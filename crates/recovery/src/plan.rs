@@ -125,6 +125,13 @@ impl Plan {
     }
 }
 
+/// Whether `id` can name an operation: 1-128 visible ASCII characters, so that it is a valid
+/// text value in every database and `{id}/{phase}` stays within the 255 characters that
+/// idempotency keys may have.
+pub fn valid_operation_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
@@ -186,6 +193,9 @@ pub fn derived_key(operation_id: &str, phase: &str) -> String {
 
 /// Identifies one run's input: the operation's name and its initial state, canonical JSON
 /// (RFC 8785) so that field order does not matter. A retry with another input is refused.
+/// JSON that RFC 8785 cannot represent faithfully (integers beyond 2^53) is hashed as given;
+/// the driver passes `serde_json::Value`'s serialisation, whose maps are sorted, so that is
+/// deterministic too.
 pub fn input_digest(operation: &str, initial_state: &[u8]) -> String {
     let canonical = oncely_core::jcs::canonicalize(initial_state);
     let bytes = canonical.as_deref().unwrap_or(initial_state);
@@ -264,6 +274,17 @@ mod tests {
     }
 
     #[test]
+    fn operation_ids_are_bounded_visible_ascii() {
+        assert!(valid_operation_id(&"a".repeat(128)));
+        assert!(!valid_operation_id(&"a".repeat(129)));
+        assert!(!valid_operation_id(""));
+        assert!(!valid_operation_id("a b"));
+        assert!(!valid_operation_id("a\0b"));
+        assert!(!valid_operation_id("é"));
+        assert!(derived_key(&"f".repeat(128), &"p".repeat(64)).len() <= 255);
+    }
+
+    #[test]
     fn unknown_and_exhausted_points_are_not_run() {
         let p = plan(&["a", "b"]);
         assert_eq!(p.next("zzz"), Next::UnknownPoint);
@@ -306,12 +327,17 @@ mod tests {
     }
 
     #[test]
-    fn input_digest_ignores_json_layout_only() {
+    fn input_digest_ignores_json_spelling_only() {
         let a = input_digest("checkout", br#"{"a":1,"b":[true]}"#);
         let b = input_digest("checkout", br#"{ "b": [true], "a": 1.0 }"#);
         assert_eq!(a, b);
         assert_ne!(a, input_digest("refund", br#"{"a":1,"b":[true]}"#));
         assert_ne!(a, input_digest("checkout", br#"{"a":2,"b":[true]}"#));
+        // Beyond 2^53 the bytes are hashed: two ids differing in the last digit stay apart.
+        assert_ne!(
+            input_digest("checkout", br#"{"id":9007199254740993}"#),
+            input_digest("checkout", br#"{"id":9007199254740992}"#)
+        );
     }
 
     proptest! {

@@ -83,7 +83,7 @@ impl PgJournal {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             && !schema.as_bytes()[0].is_ascii_digit();
         if !valid {
-            return Err(JournalError::Unavailable(format!(
+            return Err(JournalError::Invalid(format!(
                 "schema `{schema}` must be 1-63 characters of [a-z0-9_], not starting with a digit"
             )));
         }
@@ -385,6 +385,22 @@ impl Journal for PgJournal {
                 .await
                 .map_err(unavailable)?;
             rows.iter().map(read_row).collect()
+        })
+        .await
+    }
+
+    async fn touch(&self, id: &str, point: &str, now: Timestamp) -> Result<(), JournalError> {
+        let client = self.client().await?;
+        let sql = format!(
+            "UPDATE {} SET updated_at = $1 WHERE id = $2 AND point = $3 AND point <> 'finished'",
+            self.table
+        );
+        self.bounded(async {
+            client
+                .execute(&sql, &[&now.0, &id, &point])
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
         })
         .await
     }

@@ -42,6 +42,9 @@ pub enum RecoveryError {
     NoResponse { phase: String },
     #[error("no operation {id}")]
     NotFound { id: String },
+    /// Operation ids are 1-128 visible ASCII characters.
+    #[error("`{id}` is not an operation id (1-128 visible ASCII characters)")]
+    InvalidId { id: String },
     /// A hook stopped the run at this boundary.
     #[error("stopped at {boundary}")]
     Stopped { boundary: String },
@@ -99,8 +102,16 @@ impl<J: Journal> Recovery<J> {
         input: S,
     ) -> Result<StoredResponse, RecoveryError> {
         validate(op)?;
+        if !plan::valid_operation_id(id) {
+            return Err(RecoveryError::InvalidId { id: id.to_owned() });
+        }
         let state = encode(&input)?;
-        let input_digest = plan::input_digest(&op.name, state.as_bytes());
+        // Through `Value`, whose maps are sorted: a state holding a `HashMap` digests the same
+        // in every process even where RFC 8785 gives up and the bytes are hashed as they are.
+        let canonical = serde_json::to_value(&input)
+            .and_then(|v| serde_json::to_vec(&v))
+            .map_err(|e| JournalError::Corrupt(format!("state does not encode: {e}")))?;
+        let input_digest = plan::input_digest(&op.name, &canonical);
         let same_input =
             |row: &OperationRow| row.operation == op.name && row.input_digest == input_digest;
         let now = self.clock.now();
@@ -126,7 +137,7 @@ impl<J: Journal> Recovery<J> {
                 created_at: now,
                 updated_at: now,
             };
-            return self.drive(op, row, true).await;
+            return self.drive(op, row, true, &input_digest).await;
         }
         // A foreign first phase acts outside before anything could be committed with it: the
         // row is committed first, so that the completer knows of the call if the client
@@ -135,7 +146,7 @@ impl<J: Journal> Recovery<J> {
         if !same_input(&row) {
             return Err(RecoveryError::InputMismatch { id: id.to_owned() });
         }
-        self.drive(op, row, false).await
+        self.drive(op, row, false, &input_digest).await
     }
 
     /// Resumes `id` from its recovery point, with the state stored there.
@@ -153,7 +164,8 @@ impl<J: Journal> Recovery<J> {
         if row.operation != op.name {
             return Err(RecoveryError::InputMismatch { id: id.to_owned() });
         }
-        self.drive(op, row, false).await
+        let digest = row.input_digest.clone();
+        self.drive(op, row, false, &digest).await
     }
 
     fn checkpoint(&self, op: &str, boundary: Boundary<'_>) -> Result<(), RecoveryError> {
@@ -166,12 +178,15 @@ impl<J: Journal> Recovery<J> {
     }
 
     /// Runs `op` from `row`'s point to its response. With `create`, the row is not stored
-    /// yet and the first commit inserts it.
+    /// yet and the first commit inserts it. Every row read back must still be `op` with
+    /// `input_digest`: between a conflict and the reload, the row may have been reaped and
+    /// created anew by another input, whose response must not reach this run.
     async fn drive<S: OpState>(
         &self,
         op: &Operation<J, S>,
         mut row: OperationRow,
         mut create: bool,
+        input_digest: &str,
     ) -> Result<StoredResponse, RecoveryError> {
         let plan = op.plan();
         // Every pass either commits a phase or finds that another run did: the point only
@@ -253,6 +268,9 @@ impl<J: Journal> Recovery<J> {
                         .load(&row.id)
                         .await?
                         .ok_or_else(|| RecoveryError::NotFound { id: row.id.clone() })?;
+                    if row.operation != op.name || row.input_digest != input_digest {
+                        return Err(RecoveryError::InputMismatch { id: row.id });
+                    }
                 }
                 Advance::Failed(e) => {
                     return Err(RecoveryError::Interrupted {
@@ -322,23 +340,22 @@ fn encode<S: OpState>(state: &S) -> Result<String, RecoveryError> {
 
 /// An operation of any state type, as the completer holds it.
 trait Resumable<J: Journal>: Send + Sync {
-    fn resume_row<'a>(
+    fn resume_id<'a>(
         &'a self,
         recovery: &'a Recovery<J>,
-        row: OperationRow,
+        id: &'a str,
     ) -> BoxFuture<'a, Result<StoredResponse, RecoveryError>>;
 }
 
 impl<J: Journal, S: OpState> Resumable<J> for Operation<J, S> {
-    fn resume_row<'a>(
+    fn resume_id<'a>(
         &'a self,
         recovery: &'a Recovery<J>,
-        row: OperationRow,
+        id: &'a str,
     ) -> BoxFuture<'a, Result<StoredResponse, RecoveryError>> {
-        Box::pin(async move {
-            validate(self)?;
-            recovery.drive(self, row, false).await
-        })
+        // A fresh read: since the pass listed it, a live run may have moved the operation on
+        // (or finished it), and a foreign phase should not be called again for nothing.
+        Box::pin(recovery.resume(self, id))
     }
 }
 
@@ -412,16 +429,18 @@ impl<J: Journal> Completer<J> {
         for row in rows {
             let id = row.id.clone();
             let Some(op) = self.operations.get(&row.operation) else {
+                self.postpone(&row).await;
                 report.failed.push((
                     id,
                     format!("operation `{}` is not registered", row.operation),
                 ));
                 continue;
             };
-            match op.resume_row(&self.recovery, row).await {
+            match op.resume_id(&self.recovery, &id).await {
                 Ok(_) => report.finished += 1,
                 Err(e) => {
                     tracing::warn!(%id, error = %e, "completer could not finish an operation");
+                    self.postpone(&row).await;
                     report.failed.push((id, e.to_string()));
                 }
             }
@@ -435,6 +454,16 @@ impl<J: Journal> Completer<J> {
             );
         }
         Ok(report)
+    }
+
+    /// Sends an operation that could not be finished to the back of the queue (its idle time
+    /// starts again), so that operations that can never finish (an unknown point, a phase
+    /// that always fails) do not hold up the others batch after batch.
+    async fn postpone(&self, row: &OperationRow) {
+        let now = self.recovery.clock.now();
+        if let Err(e) = self.recovery.journal.touch(&row.id, &row.point, now).await {
+            tracing::warn!(id = %row.id, error = %e, "could not postpone an operation");
+        }
     }
 
     /// Runs a pass every `every` until the returned handle is aborted.

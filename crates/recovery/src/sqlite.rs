@@ -328,6 +328,22 @@ impl Journal for SqliteJournal {
         .await
     }
 
+    async fn touch(&self, id: &str, point: &str, now: Timestamp) -> Result<(), JournalError> {
+        let conn = self.conn.clone();
+        let (id, point) = (id.to_owned(), point.to_owned());
+        blocking(move || {
+            lock(&conn)?
+                .execute(
+                    "UPDATE oncely_operations SET updated_at = ?1 \
+                     WHERE id = ?2 AND point = ?3 AND point <> 'finished'",
+                    params![now.0, id, point],
+                )
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn reap(&self, before: Timestamp, limit: usize) -> Result<u64, JournalError> {
         let conn = self.conn.clone();
         blocking(move || {
