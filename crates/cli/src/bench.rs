@@ -252,6 +252,8 @@ pub(crate) async fn spawn_gateway(
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
             "--upstream",
             upstream,
             "--store",

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use oncely_gateway::config::parse_upstream;
+use oncely_gateway::config::{parse_admin_listen, parse_upstream, DEFAULT_ADMIN_LISTEN};
 use oncely_gateway::store_url::StoreUrl;
+use oncely_gateway::AdminConfig;
 use oncely_gateway::{Config, Gateway};
 
 #[derive(Args)]
@@ -23,6 +24,19 @@ pub struct ServeArgs {
     /// when they carry an Idempotency-Key.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The admin listener (/metrics, /healthz), or `off` [default: 127.0.0.1:9091, or
+    /// admin.listen in the config].
+    #[arg(long, value_name = "ADDR|off")]
+    admin_listen: Option<String>,
+    /// Bearer token the admin listener requires (at least 16 characters); needed to bind it
+    /// to a non-loopback address.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "ONCELY_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), String> {
@@ -38,8 +52,20 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let store = config.store.clone();
     let gateway = Gateway::open(config).await?.start().await?;
     tracing::info!(listen = %gateway.addr(), %upstream, %store, "oncely gateway ready");
-    // One plain line on stdout so scripts (and tests) learn the port when listening on :0.
-    println!("listening on http://{}", gateway.addr());
+    // One plain line on stdout so scripts (and tests) learn the port when listening on :0;
+    // the admin listener's, if any, on the next.
+    let mut ready = format!("listening on http://{}\n", gateway.addr());
+    if let Some(admin) = gateway.admin_addr() {
+        tracing::info!(admin = %admin, "admin listener ready (/metrics, /healthz)");
+        ready.push_str(&format!("admin on http://{admin}\n"));
+    }
+    // One write, errors ignored: a reader that took the first line and closed the pipe must
+    // not bring the gateway down.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(ready.as_bytes()).and_then(|()| out.flush());
+    }
     gateway.run_until(shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
@@ -53,10 +79,30 @@ fn build_config(args: &ServeArgs) -> Result<Config, String> {
         None,
         StoreUrl::parse("sqlite://oncely.db")?,
     );
+    let mut defaults = defaults;
+    defaults.admin = Some(AdminConfig {
+        listen: DEFAULT_ADMIN_LISTEN
+            .parse()
+            .map_err(|_| "bad default admin address".to_owned())?,
+        token: None,
+    });
     let mut config = match &args.config {
         Some(path) => defaults.load_file(path).map_err(|e| e.to_string())?,
         None => defaults,
     };
+    if let Some(l) = &args.admin_listen {
+        config.admin = parse_admin_listen(l)
+            .map_err(|e| format!("--admin-listen: {e}"))?
+            .map(|listen| AdminConfig {
+                listen,
+                token: config.admin.as_ref().and_then(|a| a.token.clone()),
+            });
+    }
+    if let Some(t) = &args.admin_token {
+        if let Some(a) = config.admin.as_mut() {
+            a.token = Some(t.clone());
+        }
+    }
     if let Some(l) = &args.listen {
         config.listen = l
             .parse()

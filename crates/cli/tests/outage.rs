@@ -249,6 +249,7 @@ fn gateway(upstream: &str, store: &str, dir: &Path) -> Gateway {
     std::fs::write(&config, "[server]\nreplay_cache = \"0\"\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_oncely"))
         .args(["--log-level", "error", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .args(["--upstream", upstream, "--store", store])
         .arg("--config")
         .arg(&config)

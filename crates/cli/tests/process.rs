@@ -21,6 +21,8 @@ fn serve(upstream: &str, db: &Path, config: &Path) -> (Child, String) {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
             "--upstream",
             upstream,
         ])
@@ -177,9 +179,28 @@ fn command_line_errors_are_one_line_and_non_zero() {
             "--listen",
         ),
     ];
+    let mut cases = cases;
+    let upstream_args = |extra: &[&str]| -> Vec<String> {
+        ["serve", "--upstream", "http://127.0.0.1:9"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    cases.push((
+        upstream_args(&["--admin-listen", "0.0.0.0:0"]),
+        "needs a token",
+    ));
+    cases.push((
+        upstream_args(&["--admin-token", "short"]),
+        "at least 16 characters",
+    ));
+    cases.push((
+        upstream_args(&["--admin-listen", "nowhere"]),
+        "--admin-listen",
+    ));
     let bad_config = dir.path().join("bad.toml");
     std::fs::write(&bad_config, "[defaults]\nlease = \"forever\"\n").unwrap();
-    let mut cases = cases;
     cases.push((
         vec![
             "serve".into(),
@@ -386,4 +407,77 @@ async fn a_frozen_holder_is_fenced_off_by_the_gateway_that_took_over() {
         gw.kill().unwrap();
         gw.wait().unwrap();
     }
+}
+
+/// `oncely serve` prints where its admin listener is; `/metrics` there counts what the
+/// gateway did, for the token only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exposes_metrics_on_the_admin_listener() {
+    let upstream = CountingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = "process-test-token-0123456789";
+    let mut child = oncely()
+        .args(["--log-level", "warn", "serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream.url(),
+        ])
+        .arg("--store")
+        .arg(format!("sqlite://{}", dir.path().join("o.db").display()))
+        .env("ONCELY_ADMIN_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    out.read_line(&mut first).unwrap();
+    out.read_line(&mut second).unwrap();
+    let url = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let admin = second
+        .trim()
+        .strip_prefix("admin on ")
+        .unwrap_or_else(|| panic!("unexpected second line {second:?}"))
+        .to_owned();
+    let client = TestClient::new();
+    for _ in 0..3 {
+        let a = client
+            .post_keyed(&format!("{url}/orders"), "m-1", "{}", &[])
+            .await
+            .unwrap();
+        assert_eq!(a.status, 201);
+    }
+    let refused = client
+        .send("GET", &format!("{admin}/metrics"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 401);
+    let auth = format!("Bearer {token}");
+    let page = client
+        .send(
+            "GET",
+            &format!("{admin}/metrics"),
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.status, 200);
+    let page = String::from_utf8(page.body.to_vec()).unwrap();
+    assert!(
+        page.contains("oncely_requests_total{outcome=\"executed\"} 1\n"),
+        "{page}"
+    );
+    assert!(
+        page.contains("oncely_requests_total{outcome=\"replayed\"} 2\n"),
+        "{page}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -69,6 +69,7 @@ impl Gateway {
     fn start(upstream: &str, store: &str, config: &std::path::Path) -> Gateway {
         let mut child = Command::new(env!("CARGO_BIN_EXE_oncely"))
             .args(["--log-level", "warn", "serve", "--listen", "127.0.0.1:0"])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--upstream", upstream, "--store", store])
             .arg("--config")
             .arg(config)

@@ -49,6 +49,39 @@ pub struct Config {
     /// Bytes of completed responses kept in memory to replay retries without the store.
     pub replay_cache: usize,
     pub routes: Routes,
+    /// The admin listener (`/metrics`, ...); `None`: none. `oncely serve` enables it on
+    /// 127.0.0.1:9091 unless told otherwise.
+    pub admin: Option<AdminConfig>,
+}
+
+/// Where the admin listener binds, and the bearer token it requires (if any).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token never reaches a log line.
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// The admin listener's address when none is configured.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9091";
+
+/// Parses an admin address: `HOST:PORT`, or `off` for no admin listener.
+pub fn parse_admin_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:9091 (or `off`)"))
 }
 
 impl Config {
@@ -65,6 +98,7 @@ impl Config {
             purge_batch: 1000,
             replay_cache: oncely_http::DEFAULT_REPLAY_CACHE_BYTES,
             routes: Routes::keyed_post_and_patch(RoutePolicy::default()),
+            admin: None,
         }
     }
 
@@ -122,6 +156,23 @@ impl Config {
                     parse_size(&v).map_err(|e| format!("server.replay_cache: {e}"))?;
             }
         }
+        if let Some(a) = file.admin {
+            let listen = match a.listen {
+                Some(v) => parse_admin_listen(&v).map_err(|e| format!("admin.listen: {e}"))?,
+                None => self
+                    .admin
+                    .as_ref()
+                    .map(|a| a.listen)
+                    .or_else(|| DEFAULT_ADMIN_LISTEN.parse().ok()),
+            };
+            self.admin = match listen {
+                Some(listen) => Some(AdminConfig {
+                    listen,
+                    token: a.token.or(self.admin.and_then(|a| a.token)),
+                }),
+                None => None,
+            };
+        }
         if file.defaults.as_ref().is_some_and(|d| d.path.is_some()) {
             return Err("defaults.path: `path` belongs in a [[routes]] entry".into());
         }
@@ -164,6 +215,25 @@ impl Config {
     /// Checks settings that only make sense together; returns warnings worth logging.
     pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
         let mut warnings = Vec::new();
+        if let Some(a) = &self.admin {
+            match &a.token {
+                Some(t) if t.len() < 16 || t.chars().any(|c| c.is_whitespace()) => {
+                    return Err(ConfigError::Invalid(
+                        "admin.token: use at least 16 characters and no whitespace \
+                         (e.g. `openssl rand -hex 24`)"
+                            .into(),
+                    ));
+                }
+                None if !a.listen.ip().is_loopback() => {
+                    return Err(ConfigError::Invalid(format!(
+                        "admin.listen: {} is reachable from other hosts, so the admin listener \
+                         needs a token (admin.token, --admin-token or ONCELY_ADMIN_TOKEN)",
+                        a.listen
+                    )));
+                }
+                _ => {}
+            }
+        }
         if self.response_timeout <= self.connect_timeout {
             return Err(ConfigError::Invalid(format!(
                 "server.response_timeout ({:?}) must be longer than server.connect_timeout ({:?}): \
@@ -292,6 +362,7 @@ fn parse_methods(ms: &[String]) -> Result<Vec<Method>, String> {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     server: Option<ServerSection>,
+    admin: Option<AdminSection>,
     defaults: Option<PolicySection>,
     routes: Option<Vec<PolicySection>>,
 }
@@ -308,6 +379,13 @@ struct ServerSection {
     purge_interval: Option<String>,
     purge_batch: Option<usize>,
     replay_cache: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminSection {
+    listen: Option<String>,
+    token: Option<String>,
 }
 
 /// `[defaults]` and each `[[routes]]` entry: the same policy fields, plus the route's path.

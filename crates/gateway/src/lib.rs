@@ -5,10 +5,11 @@
 //! configuration file, the store URL, the listener with graceful shutdown, and the purge of
 //! expired records.
 
+pub mod admin;
 pub mod config;
 pub mod forward;
 pub mod server;
 pub mod store_url;
 
-pub use config::{Config, ConfigError};
+pub use config::{AdminConfig, Config, ConfigError};
 pub use server::{Gateway, RunningGateway};

@@ -12,14 +12,15 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use oncely_core::{Clock, SystemClock};
-use oncely_http::{Engine, IdempotencyLayer};
-use oncely_store::IdempotencyStore;
+use oncely_http::{Engine, EngineMetrics, IdempotencyLayer};
+use oncely_store::{IdempotencyStore, StoreMetrics, TimedStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::admin;
 use crate::config::Config;
 use crate::forward::{ClientAddr, Forwarder};
 
@@ -32,9 +33,12 @@ pub struct Gateway {
 /// A gateway serving in the background; dropped or shut down, it stops.
 pub struct RunningGateway {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
     engine: Arc<Engine>,
+    metrics: Arc<EngineMetrics>,
+    store_metrics: Arc<StoreMetrics>,
 }
 
 impl Gateway {
@@ -80,20 +84,42 @@ impl Gateway {
             self.config.connect_timeout,
             self.config.response_timeout,
         )?;
+        // The engine sees the store through a meter, so /metrics shows what each store
+        // operation cost the request path, whatever the backend.
+        let timed = TimedStore::new(self.store.clone());
+        let store_metrics = timed.metrics().clone();
+        let metrics = Arc::new(EngineMetrics::new());
         let engine = Engine::new(
-            self.store.clone(),
+            Arc::new(timed),
             self.clock.clone(),
             self.config.routes.clone(),
         )
-        .with_replay_cache(self.config.replay_cache);
+        .with_replay_cache(self.config.replay_cache)
+        .with_observer(metrics.clone());
         let engine = Arc::new(engine);
         let (tx, rx) = watch::channel(false);
+        let admin_addr = match &self.config.admin {
+            Some(a) => {
+                let page = admin::Metrics {
+                    engine: metrics.clone(),
+                    store: store_metrics.clone(),
+                    executions: engine.clone(),
+                };
+                let (addr, _task) =
+                    admin::bind(a.listen, a.token.clone(), page, rx.clone()).await?;
+                Some(addr)
+            }
+            None => None,
+        };
         let task = tokio::spawn(serve(listener, forwarder, engine.clone(), self.config, rx));
         Ok(RunningGateway {
             addr,
+            admin_addr,
             shutdown: tx,
             task,
             engine,
+            metrics,
+            store_metrics,
         })
     }
 }
@@ -105,6 +131,19 @@ impl RunningGateway {
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// Where the admin listener (`/metrics`) listens, if it was configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn metrics(&self) -> &Arc<EngineMetrics> {
+        &self.metrics
+    }
+
+    pub fn store_metrics(&self) -> &Arc<StoreMetrics> {
+        &self.store_metrics
     }
 
     /// Stops accepting, lets requests in flight finish (up to the grace period), and returns

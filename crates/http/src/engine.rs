@@ -79,6 +79,8 @@ pub enum Outcome {
 
 pub trait OutcomeObserver: Send + Sync + 'static {
     fn observe(&self, outcome: Outcome);
+    /// How long the wrapped service took to its response head, and whether it answered.
+    fn upstream(&self, _elapsed: Duration, _answered: bool) {}
 }
 
 /// How an upstream call failed, as far as idempotency cares.
@@ -192,6 +194,17 @@ impl Engine {
     /// Executions currently running.
     pub fn executions_in_flight(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// The forward call, timed for the observer.
+    async fn timed(&self, call: ForwardFuture) -> Result<Response<BoxBody>, BoxError> {
+        let Some(o) = &self.observer else {
+            return call.await;
+        };
+        let started = std::time::Instant::now();
+        let r = call.await;
+        o.upstream(started.elapsed(), r.is_ok());
+        r
     }
 
     fn observe(&self, outcome: Outcome) {
@@ -429,7 +442,7 @@ impl Engine {
         // The lease is renewed for as long as the upstream works: until its response headers
         // and, for a response to store, its whole body have arrived.
         let work = async {
-            let response = inner(request).await?;
+            let response = self.timed(inner(request)).await?;
             if !policy.stored_statuses.is_stored(response.status().as_u16()) {
                 return Ok(Upstream::NotStored(response));
             }
@@ -630,7 +643,7 @@ impl Engine {
 
     async fn pass_through(&self, inner: Forward, req: Request<BoxBody>) -> Response<BoxBody> {
         self.observe(Outcome::PassedThrough);
-        match inner(req).await {
+        match self.timed(inner(req)).await {
             Ok(resp) => resp,
             Err(e) => match UpstreamError::classify(e) {
                 e if e.kind == UpstreamErrorKind::Timeout => {

@@ -10,6 +10,7 @@ mod cache;
 mod engine;
 pub mod headers;
 mod layer;
+pub mod metrics;
 pub mod policy;
 pub mod problem;
 mod wait;
@@ -20,6 +21,7 @@ pub use engine::{
     UpstreamErrorKind, DEFAULT_REPLAY_CACHE_BYTES,
 };
 pub use layer::{IdempotencyLayer, IdempotencyService};
+pub use metrics::EngineMetrics;
 pub use policy::{
     InFlightMode, KeyRequirement, PathPattern, Route, RoutePolicy, Routes, StoreFailureMode,
     TenantSource, UnknownOutcomePolicy,

@@ -17,7 +17,9 @@ use oncely_core::{
 };
 
 mod memory;
+mod timed;
 pub use memory::MemoryStore;
+pub use timed::{StoreMetrics, TimedStore};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -1,0 +1,311 @@
+//! The admin listener: `/metrics` after a scripted scenario shows exactly what happened, and
+//! nothing is served without the token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oncely_core::{parse_idempotency_key, Fingerprint, RecordKey, SystemClock, Tenant};
+use oncely_gateway::store_url::StoreUrl;
+use oncely_gateway::{AdminConfig, Config, Gateway, RunningGateway};
+use oncely_store::{IdempotencyStore, MemoryStore};
+use oncely_testkit::{CountingUpstream, TestClient};
+
+const TOKEN: &str = "test-admin-token-0123456789";
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+async fn start(store: Arc<dyn IdempotencyStore>) -> (RunningGateway, CountingUpstream) {
+    let upstream = CountingUpstream::start().await;
+    let config = Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(upstream.url().parse().unwrap()),
+        StoreUrl::Memory,
+    )
+    .apply_toml(
+        r#"
+        [defaults]
+        lease = "200ms"
+        tenant = "anonymous"
+        [[routes]]
+        path = "/strict"
+        key = "required"
+        "#,
+    )
+    .unwrap();
+    let mut config = config;
+    config.admin = Some(AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: Some(TOKEN.into()),
+    });
+    config.validate().unwrap();
+    let gateway = Gateway::with_store(config, store, Arc::new(SystemClock))
+        .start()
+        .await
+        .unwrap();
+    (gateway, upstream)
+}
+
+async fn metrics(client: &TestClient, gateway: &RunningGateway) -> String {
+    let url = format!("http://{}/metrics", gateway.admin_addr().unwrap());
+    let auth = format!("Bearer {TOKEN}");
+    let a = client
+        .send("GET", &url, &[("authorization", &auth)], "")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    String::from_utf8(a.body.to_vec()).unwrap()
+}
+
+async fn send_post(
+    client: &TestClient,
+    url: String,
+    key: Option<&str>,
+    body: &str,
+    extra: Vec<(&str, &str)>,
+) -> oncely_testkit::Answer {
+    let mut headers = vec![JSON];
+    if let Some(k) = key {
+        headers.push(("idempotency-key", k));
+    }
+    headers.extend(extra);
+    client
+        .send("POST", &url, &headers, body.to_owned())
+        .await
+        .unwrap()
+}
+
+/// The value of one series, by its exact name and labels as rendered.
+fn value(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in\n{page}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_scripted_scenario_exactly() {
+    let store: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+    let (gateway, _upstream) = start(store.clone()).await;
+    let client = TestClient::new();
+    let base = format!("http://{}", gateway.addr());
+    let post = |path: &'static str,
+                key: Option<&'static str>,
+                body: &'static str,
+                extra: Vec<(&'static str, &'static str)>| {
+        send_post(&client, format!("{base}{path}"), key, body, extra)
+    };
+    assert_eq!(
+        post("/orders", Some("k1"), r#"{"a":1}"#, vec![])
+            .await
+            .status,
+        201
+    );
+    for _ in 0..2 {
+        assert!(post("/orders", Some("k1"), r#"{"a":1}"#, vec![])
+            .await
+            .replayed());
+    }
+    assert_eq!(
+        post("/orders", Some("k1"), r#"{"a":2}"#, vec![])
+            .await
+            .status,
+        422
+    );
+    assert_eq!(post("/strict", None, "{}", vec![]).await.status, 400);
+    assert_eq!(
+        post("/orders", Some("bad key"), "{}", vec![]).await.status,
+        400
+    );
+    assert_eq!(
+        post(
+            "/orders",
+            Some("k5xx"),
+            "{}",
+            vec![("x-test-status", "500")]
+        )
+        .await
+        .status,
+        500
+    );
+    assert_eq!(
+        post("/orders", None, "{}", vec![]).await.status,
+        201,
+        "unkeyed: passed"
+    );
+    let get = client
+        .send("GET", &format!("{base}/orders"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(
+        get.status, 201,
+        "the counting upstream answers 201 to anything"
+    );
+
+    // A holder that died: its claim is in the store, its lease runs out, a retry takes over.
+    let dead = RecordKey::new(
+        Tenant::anonymous(),
+        "POST",
+        "/orders",
+        parse_idempotency_key(b"k-dead").unwrap(),
+    );
+    let fp = Fingerprint::compute("POST", "/orders", Some("application/json"), b"{}");
+    store
+        .claim(
+            &dead,
+            fp,
+            Duration::from_millis(50),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        post("/orders", Some("k-dead"), "{}", vec![]).await.status,
+        201
+    );
+
+    let page = metrics(&client, &gateway).await;
+    let requests = |o: &str| value(&page, &format!("oncely_requests_total{{outcome=\"{o}\"}}"));
+    assert_eq!(requests("executed"), 2.0, "k1 and the taken-over k-dead");
+    assert_eq!(requests("replayed"), 2.0);
+    assert_eq!(requests("mismatch"), 1.0);
+    assert_eq!(requests("missing_key"), 1.0);
+    assert_eq!(requests("invalid_key"), 1.0);
+    assert_eq!(requests("released"), 1.0, "the 500 released its key");
+    assert_eq!(
+        requests("passed_through"),
+        2.0,
+        "the unkeyed POST and the GET"
+    );
+    assert_eq!(requests("in_flight_rejected"), 0.0);
+    assert_eq!(requests("store_unavailable"), 0.0);
+    assert_eq!(value(&page, "oncely_lease_takeovers_total"), 1.0);
+    assert_eq!(value(&page, "oncely_stale_completions_refused_total"), 0.0);
+    // Forwarded: k1, the 500, the unkeyed POST, the GET, k-dead.
+    assert_eq!(value(&page, "oncely_upstream_duration_seconds_count"), 5.0);
+    // Claims: k1, k5xx, k-dead (replays and the mismatch came from the replay cache).
+    assert_eq!(
+        value(
+            &page,
+            "oncely_store_operation_duration_seconds_count{op=\"claim\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &page,
+            "oncely_store_operation_duration_seconds_count{op=\"complete\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &page,
+            "oncely_store_errors_total{op=\"claim\",kind=\"unavailable\"}"
+        ),
+        0.0
+    );
+    assert_eq!(value(&page, "oncely_executions_in_flight"), 0.0);
+
+    // The periodic purge goes through the same meter.
+    assert_eq!(value(&page, "oncely_records_purged_total"), 0.0);
+    gateway.engine().store().purge_expired(100).await.unwrap();
+    assert!(gateway.store_metrics().count("purge") >= 1);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_admin_listener_refuses_without_the_token() {
+    let (gateway, _upstream) = start(Arc::new(MemoryStore::new(Arc::new(SystemClock)))).await;
+    let client = TestClient::new();
+    let admin = gateway.admin_addr().unwrap();
+    for path in ["/metrics", "/healthz", "/nowhere"] {
+        let url = format!("http://{admin}{path}");
+        for auth in [
+            None,
+            Some("Bearer wrong-token-of-the-same-len".to_owned()),
+            Some(format!("Bearer {TOKEN}x")),
+            Some(TOKEN.to_owned()),
+            Some(format!("Basic {TOKEN}")),
+        ] {
+            let headers: Vec<(&str, &str)> =
+                auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            let a = client.send("GET", &url, &headers, "").await.unwrap();
+            assert_eq!(a.status, 401, "{path} with {auth:?}");
+            assert_eq!(a.header("www-authenticate"), Some("Bearer"));
+            assert_eq!(a.header("content-type"), Some("application/problem+json"));
+            assert!(!String::from_utf8_lossy(&a.body).contains("oncely_requests_total"));
+        }
+    }
+    let ok = client
+        .send(
+            "GET",
+            &format!("http://{admin}/healthz"),
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!((ok.status, &ok.body[..]), (200, &b"ok\n"[..]));
+    let missing = client
+        .send(
+            "GET",
+            &format!("http://{admin}/nowhere"),
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(missing.status, 404);
+    // The proxied listener does not serve the admin paths.
+    let proxied = client
+        .send(
+            "GET",
+            &format!("http://{}/metrics", gateway.addr()),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&proxied.body).contains("oncely_requests_total"));
+    gateway.shutdown().await;
+}
+
+#[test]
+fn an_admin_listener_open_to_other_hosts_needs_a_token() {
+    let mut config = Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Some("http://127.0.0.1:9".parse().unwrap()),
+        StoreUrl::Memory,
+    );
+    config.admin = Some(AdminConfig {
+        listen: "0.0.0.0:9091".parse().unwrap(),
+        token: None,
+    });
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("needs a token"), "{err}");
+    config.admin = Some(AdminConfig {
+        listen: "0.0.0.0:9091".parse().unwrap(),
+        token: Some("short".into()),
+    });
+    assert!(config.validate().unwrap_err().to_string().contains("16"));
+    config.admin = Some(AdminConfig {
+        listen: "[::1]:9091".parse().unwrap(),
+        token: None,
+    });
+    assert!(config.validate().is_ok(), "loopback needs no token");
+    let from_file = Config::new("127.0.0.1:0".parse().unwrap(), None, StoreUrl::Memory)
+        .apply_toml("[admin]\nlisten = \"off\"\n")
+        .unwrap();
+    assert!(from_file.admin.is_none());
+    let with_token = AdminConfig {
+        listen: "127.0.0.1:9091".parse().unwrap(),
+        token: Some(TOKEN.into()),
+    };
+    assert!(
+        !format!("{with_token:?}").contains(TOKEN),
+        "the token never reaches a log"
+    );
+}

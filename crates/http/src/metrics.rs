@@ -1,0 +1,122 @@
+//! The engine's own metrics: requests by outcome, lease takeovers, refused stale completions,
+//! and how long the wrapped service took to answer. An [`OutcomeObserver`], so the gateway and
+//! any service using the layer get the same counters.
+
+use std::time::Duration;
+
+use oncely_metrics::{Counter, Histogram, Text};
+
+use crate::{Outcome, OutcomeObserver};
+
+/// Outcomes that end a request, with the label each is counted under.
+const REQUEST_OUTCOMES: [(Outcome, &str); 13] = [
+    (Outcome::Executed, "executed"),
+    (Outcome::Replayed, "replayed"),
+    (Outcome::WaitedThenReplayed, "waited"),
+    (Outcome::InFlightRejected, "in_flight_rejected"),
+    (Outcome::Mismatch, "mismatch"),
+    (Outcome::MissingKey, "missing_key"),
+    (Outcome::InvalidKey, "invalid_key"),
+    (Outcome::BodyTooLarge, "body_too_large"),
+    (Outcome::Released, "released"),
+    (Outcome::UnknownOutcome, "unknown_outcome"),
+    (Outcome::UpstreamUnreachable, "upstream_unreachable"),
+    (Outcome::StoreUnavailable, "store_unavailable"),
+    (Outcome::PassedThrough, "passed_through"),
+];
+
+#[derive(Debug, Default)]
+pub struct EngineMetrics {
+    requests: [Counter; 13],
+    takeovers: Counter,
+    stale_completions: Counter,
+    upstream: Histogram,
+    upstream_failed: Counter,
+}
+
+impl EngineMetrics {
+    pub fn new() -> Self {
+        EngineMetrics::default()
+    }
+
+    /// Requests counted under `label` (`"executed"`, `"replayed"`, ...).
+    pub fn requests(&self, label: &str) -> u64 {
+        REQUEST_OUTCOMES
+            .iter()
+            .position(|(_, l)| *l == label)
+            .map(|i| self.requests[i].get())
+            .unwrap_or(0)
+    }
+
+    pub fn takeovers(&self) -> u64 {
+        self.takeovers.get()
+    }
+
+    pub fn render(&self, t: &mut Text) {
+        t.family(
+            "oncely_requests_total",
+            "counter",
+            "Requests by how the idempotency engine answered them.",
+        );
+        for (i, (_, label)) in REQUEST_OUTCOMES.iter().enumerate() {
+            t.counter(
+                "oncely_requests_total",
+                &[("outcome", label)],
+                &self.requests[i],
+            );
+        }
+        t.family(
+            "oncely_lease_takeovers_total",
+            "counter",
+            "Claims that took over a key whose holder's lease had expired (a crashed or frozen holder).",
+        );
+        t.counter("oncely_lease_takeovers_total", &[], &self.takeovers);
+        t.family(
+            "oncely_stale_completions_refused_total",
+            "counter",
+            "Completions refused because the holder's lease had been taken over meanwhile.",
+        );
+        t.counter(
+            "oncely_stale_completions_refused_total",
+            &[],
+            &self.stale_completions,
+        );
+        t.family(
+            "oncely_upstream_duration_seconds",
+            "histogram",
+            "Time from forwarding a request until the upstream's response head (or failure).",
+        );
+        t.histogram("oncely_upstream_duration_seconds", &[], &self.upstream);
+        t.family(
+            "oncely_upstream_failures_total",
+            "counter",
+            "Forwarded requests that got no response (unreachable, reset, timed out).",
+        );
+        t.counter("oncely_upstream_failures_total", &[], &self.upstream_failed);
+    }
+}
+
+impl OutcomeObserver for EngineMetrics {
+    fn observe(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Takeover => self.takeovers.inc(),
+            // The request did execute; only its record belongs to the successor.
+            Outcome::StaleCompletionRefused => {
+                self.stale_completions.inc();
+                self.requests[0].inc();
+            }
+            other => {
+                if let Some(i) = REQUEST_OUTCOMES.iter().position(|(o, _)| *o == other) {
+                    self.requests[i].inc();
+                }
+            }
+        }
+    }
+
+    fn upstream(&self, elapsed: Duration, answered: bool) {
+        self.upstream.observe(elapsed);
+        if !answered {
+            self.upstream_failed.inc();
+        }
+    }
+}
