@@ -481,3 +481,47 @@ async fn serve_exposes_metrics_on_the_admin_listener() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// JSON logs carry the request's correlation ids, so one request's lines can be found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_request() {
+    let upstream = CountingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = oncely()
+        .args(["--log-level", "oncely_http=debug,warn", "--log-format", "json"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .args(["--upstream", &upstream.url()])
+        .arg("--store")
+        .arg(format!("sqlite://{}", dir.path().join("o.db").display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let url = first.trim().strip_prefix("listening on ").unwrap().to_owned();
+    let client = TestClient::new();
+    let a = client
+        .post_keyed(
+            &format!("{url}/orders"),
+            "log-1",
+            "{}",
+            &[("x-request-id", "log-test-request-7")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 201);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    let line = logs
+        .lines()
+        .find(|l| l.contains("idempotency outcome"))
+        .unwrap_or_else(|| panic!("no outcome line in\n{logs}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+    assert_eq!(v["span"]["request_id"], "log-test-request-7", "{line}");
+    assert!(v["span"]["trace_id"].as_str().is_some_and(|t| t.len() == 32), "{line}");
+}

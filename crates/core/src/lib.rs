@@ -8,6 +8,7 @@
 //! property tests.
 
 pub mod clock;
+pub mod correlation;
 pub mod fingerprint;
 pub mod jcs;
 pub mod key;

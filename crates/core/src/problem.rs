@@ -80,12 +80,23 @@ impl ProblemKind {
 
     /// The `application/problem+json` body.
     pub fn body(self, status: u16, detail: &str) -> Vec<u8> {
-        let v = json!({
+        self.body_with(status, detail, &[])
+    }
+
+    /// The body with extension members (RFC 9457 §3.2), such as the request's correlation
+    /// ids, after the standard ones.
+    pub fn body_with(self, status: u16, detail: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+        let mut v = json!({
             "type": self.type_uri(),
             "title": self.title(),
             "status": status,
             "detail": detail,
         });
+        if let Some(obj) = v.as_object_mut() {
+            for (k, val) in extra {
+                obj.insert((*k).to_owned(), json!(val));
+            }
+        }
         // Serialising a map of strings and a number cannot fail.
         serde_json::to_vec(&v).unwrap_or_default()
     }

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use oncely_core::{Clock, SystemClock};
-use oncely_http::{Engine, EngineMetrics, IdempotencyLayer};
+use oncely_http::{CorrelationLayer, Engine, EngineMetrics, IdempotencyLayer};
 use oncely_store::{IdempotencyStore, StoreMetrics, TimedStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -168,7 +168,9 @@ async fn serve(
     config: Config,
     mut stop: watch::Receiver<bool>,
 ) {
-    let service = IdempotencyLayer::new(engine.clone()).layer(forwarder);
+    // Correlation outside the engine: its answers, replays included, carry the ids of the
+    // request that got them.
+    let service = CorrelationLayer.layer(IdempotencyLayer::new(engine.clone()).layer(forwarder));
     let graceful = GracefulShutdown::new();
     let purger = tokio::spawn(purge_loop(
         engine.clone(),

@@ -7,6 +7,7 @@
 
 pub mod body;
 mod cache;
+pub mod correlation;
 mod engine;
 pub mod headers;
 mod layer;
@@ -16,6 +17,7 @@ pub mod problem;
 mod wait;
 
 pub use body::{BoxBody, BoxError};
+pub use correlation::{Correlation, CorrelationLayer, CorrelationService};
 pub use engine::{
     Claimed, Engine, Forward, ForwardFuture, Outcome, OutcomeObserver, UpstreamError,
     UpstreamErrorKind, DEFAULT_REPLAY_CACHE_BYTES,

@@ -5,6 +5,14 @@ use oncely_core::problem::{ProblemKind, PROBLEM_CONTENT_TYPE};
 
 use crate::body::{full, BoxBody};
 
+/// Marks a response as a problem the engine answered, so that an outer layer may render it
+/// again with more members (the correlation ids).
+#[derive(Debug, Clone)]
+pub struct ProblemDetail {
+    pub kind: ProblemKind,
+    pub detail: String,
+}
+
 pub fn problem(kind: ProblemKind, status: StatusCode, detail: &str) -> Response<BoxBody> {
     let mut resp = Response::new(full(kind.body(status.as_u16(), detail)));
     *resp.status_mut() = status;
@@ -12,6 +20,10 @@ pub fn problem(kind: ProblemKind, status: StatusCode, detail: &str) -> Response<
         header::CONTENT_TYPE,
         HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
     );
+    resp.extensions_mut().insert(ProblemDetail {
+        kind,
+        detail: detail.to_owned(),
+    });
     resp
 }
 

@@ -143,6 +143,8 @@ async fn handle(
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     let forwarded_for = header("x-forwarded-for").unwrap_or_default();
+    let request_id = header("x-request-id");
+    let traceparent = header("traceparent");
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let body = req
@@ -184,6 +186,8 @@ async fn handle(
         "path": path,
         "body_bytes": body.len(),
         "forwarded_for": forwarded_for,
+        "request_id": request_id,
+        "traceparent": traceparent,
     });
     let mut resp = Response::new(DelayedBody::new(
         Bytes::from(json.to_string()),
