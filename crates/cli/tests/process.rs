@@ -488,7 +488,12 @@ async fn json_logs_name_the_request() {
     let upstream = CountingUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut child = oncely()
-        .args(["--log-level", "oncely_http=debug,warn", "--log-format", "json"])
+        .args([
+            "--log-level",
+            "oncely_http=debug,warn",
+            "--log-format",
+            "json",
+        ])
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off"])
         .args(["--upstream", &upstream.url()])
         .arg("--store")
@@ -501,7 +506,11 @@ async fn json_logs_name_the_request() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
         .unwrap();
-    let url = first.trim().strip_prefix("listening on ").unwrap().to_owned();
+    let url = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
     let client = TestClient::new();
     let a = client
         .post_keyed(
@@ -523,5 +532,10 @@ async fn json_logs_name_the_request() {
         .unwrap_or_else(|| panic!("no outcome line in\n{logs}"));
     let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
     assert_eq!(v["span"]["request_id"], "log-test-request-7", "{line}");
-    assert!(v["span"]["trace_id"].as_str().is_some_and(|t| t.len() == 32), "{line}");
+    assert!(
+        v["span"]["trace_id"]
+            .as_str()
+            .is_some_and(|t| t.len() == 32),
+        "{line}"
+    );
 }

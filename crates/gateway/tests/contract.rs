@@ -700,6 +700,17 @@ impl oncely_store::IdempotencyStore for SwitchableStore {
         self.check()?;
         self.inner.stats().await
     }
+    async fn evict(&self, key: &oncely_core::RecordKey) -> oncely_store::StoreResult<bool> {
+        self.check()?;
+        self.inner.evict(key).await
+    }
+    async fn list_in_progress(
+        &self,
+        limit: usize,
+    ) -> oncely_store::StoreResult<Vec<(oncely_core::RecordKey, oncely_core::Record)>> {
+        self.check()?;
+        self.inner.list_in_progress(limit).await
+    }
 }
 
 impl SwitchableStore {

@@ -31,7 +31,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use oncely_core::{
-    ClaimOutcome, Fingerprint, LeaseToken, Record, RecordKey, Refusal, StoredResponse, Timestamp,
+    ClaimOutcome, Fingerprint, IdempotencyKey, LeaseToken, Record, RecordKey, Refusal,
+    StoredResponse, Tenant, Timestamp,
 };
 use oncely_store::{IdempotencyStore, StoreError, StoreResult, StoreStats, TimeSource};
 use tokio_postgres::types::ToSql;
@@ -379,5 +380,44 @@ impl IdempotencyStore for PgStore {
             in_progress: count(0)?,
             completed: count(1)?,
         })
+    }
+
+    async fn evict(&self, key: &RecordKey) -> StoreResult<bool> {
+        let rows = self
+            .query(
+                &self.sql.evict,
+                &[
+                    &key.scope.tenant.as_str(),
+                    &key.scope.method,
+                    &key.scope.route,
+                    &key.key.as_str(),
+                    &self.now_param(),
+                ],
+            )
+            .await?;
+        match rows.first() {
+            Some(row) => row.try_get::<_, bool>(0).map_err(unavailable),
+            None => Ok(false),
+        }
+    }
+
+    async fn list_in_progress(&self, limit: usize) -> StoreResult<Vec<(RecordKey, Record)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .query(&self.sql.list_in_progress, &[&self.now_param(), &limit])
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let text = |i: usize| -> StoreResult<String> {
+                    row.try_get(i)
+                        .map_err(|_| StoreError::Corrupt(format!("key column {i} is not text")))
+                };
+                let k = IdempotencyKey::new(&text(12)?)
+                    .map_err(|e| StoreError::Corrupt(format!("stored key: {e}")))?;
+                let key = RecordKey::new(Tenant::from_stored(text(9)?), &text(10)?, &text(11)?, k);
+                let record = record_from_row(row, 0, &key)?;
+                Ok((key, record))
+            })
+            .collect()
     }
 }

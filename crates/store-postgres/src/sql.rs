@@ -23,6 +23,8 @@ pub(crate) struct Statements {
     pub get: String,
     pub purge: String,
     pub stats: String,
+    pub evict: String,
+    pub list_in_progress: String,
 }
 
 /// `now` in milliseconds: parameter `$n` if given, else the database clock.
@@ -117,6 +119,21 @@ impl Statements {
                 "WITH t AS ({now})
                  SELECT count(*) FILTER (WHERE r.state = 0), count(*) FILTER (WHERE r.state = 1)
                    FROM {table} r, t WHERE r.expires_at > t.now",
+                now = now(1)
+            ),
+            // Whatever the state; the answer says whether the deleted row was live.
+            evict: format!(
+                "WITH t AS ({now})
+                 DELETE FROM {table} r WHERE {PK}
+                 RETURNING r.expires_at > (SELECT now FROM t)",
+                now = now(5)
+            ),
+            // A scan (admin use only), oldest claim first.
+            list_in_progress: format!(
+                "WITH t AS ({now})
+                 SELECT {RECORD_COLUMNS}, r.tenant, r.method, r.route, r.idem_key
+                   FROM {table} r, t WHERE r.state = 0 AND r.expires_at > t.now
+                  ORDER BY r.created_at, r.tenant, r.method, r.route, r.idem_key LIMIT $2",
                 now = now(1)
             ),
         }

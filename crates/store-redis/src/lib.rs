@@ -39,8 +39,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use oncely_core::{
-    ClaimOutcome, Fingerprint, LeaseToken, Record, RecordKey, RecordState, Refusal, StoredResponse,
-    Timestamp,
+    ClaimOutcome, Fingerprint, IdempotencyKey, LeaseToken, Record, RecordKey, RecordState, Refusal,
+    StoredResponse, Tenant, Timestamp,
 };
 use oncely_store::{IdempotencyStore, StoreError, StoreResult, StoreStats, TimeSource};
 use redis::aio::ConnectionManager;
@@ -63,6 +63,8 @@ struct Scripts {
     get: redis::Script,
     purge_one: redis::Script,
     state: redis::Script,
+    evict: redis::Script,
+    in_progress: redis::Script,
 }
 
 pub struct RedisStore {
@@ -112,6 +114,8 @@ impl RedisStore {
                 get: scripts::script(scripts::GET),
                 purge_one: scripts::script(scripts::PURGE_ONE),
                 state: scripts::script(scripts::STATE),
+                evict: scripts::script(scripts::EVICT),
+                in_progress: scripts::script(scripts::IN_PROGRESS),
             },
         })
     }
@@ -282,6 +286,10 @@ impl IdempotencyStore for RedisStore {
                     token.to_hex().as_bytes(),
                     ttl.as_bytes(),
                     lease.as_bytes(),
+                    key.scope.tenant.as_str().as_bytes(),
+                    key.scope.method.as_bytes(),
+                    key.scope.route.as_bytes(),
+                    key.key.as_str().as_bytes(),
                 ],
             )
             .await?;
@@ -413,6 +421,55 @@ impl IdempotencyStore for RedisStore {
             }
             cursor = next;
         }
+    }
+
+    async fn evict(&self, key: &RecordKey) -> StoreResult<bool> {
+        match self
+            .run(&self.scripts.evict, &self.redis_key(key), &[])
+            .await?
+        {
+            Value::Int(n) => Ok(n == 1),
+            other => Err(StoreError::Corrupt(format!(
+                "{key}: unexpected evict answer {other:?}"
+            ))),
+        }
+    }
+
+    /// A walk of the whole prefix (admin use only). Records claimed by a version that did not
+    /// keep the key's parts are skipped: their key name is a digest that names nothing.
+    async fn list_in_progress(&self, limit: usize) -> StoreResult<Vec<(RecordKey, Record)>> {
+        let mut held = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = self.scan_step(cursor).await?;
+            for k in keys {
+                let Value::Array(items) = self.run(&self.scripts.in_progress, &k, &[]).await?
+                else {
+                    continue;
+                };
+                let text = |i: usize| items.get(i).and_then(bytes_of).map(String::from_utf8_lossy);
+                let (Some(t), Some(m), Some(r), Some(raw)) =
+                    (text(9), text(10), text(11), text(12))
+                else {
+                    continue;
+                };
+                let idem = IdempotencyKey::new(&raw)
+                    .map_err(|e| StoreError::Corrupt(format!("{k}: stored key: {e}")))?;
+                let key = RecordKey::new(Tenant::from_stored(t.into_owned()), &m, &r, idem);
+                let fields = items
+                    .get(..9)
+                    .ok_or_else(|| StoreError::Corrupt(format!("{k}: short answer")))?;
+                let record = record_from(fields, &key)?;
+                held.push((key, record));
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        held.sort_by(|(ka, ra), (kb, rb)| (ra.created_at, ka).cmp(&(rb.created_at, kb)));
+        held.truncate(limit);
+        Ok(held)
     }
 }
 

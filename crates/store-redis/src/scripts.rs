@@ -34,7 +34,8 @@ local function refusal(r, token)
 end
 "#;
 
-/// ARGV: now, slack, fingerprint, token, ttl ms, lease ms.
+/// ARGV: now, slack, fingerprint, token, ttl ms, lease ms, then tenant, method, route and key
+/// (kept in the record so the in-flight list can name it; the key name is only a digest).
 /// Returns `{1, lease_expires_at, takeover}` if claimed, else `{0, <the nine fields>}`.
 pub(crate) const CLAIM: &str = r#"
 local fp, token, ttl, lease = ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -49,7 +50,8 @@ if r then
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'fp', fp, 'created', int(created), 'expires', int(now + ttl),
-  'state', 'p', 'token', token, 'lease', int(now + lease))
+  'state', 'p', 'token', token, 'lease', int(now + lease),
+  'tenant', ARGV[7], 'method', ARGV[8], 'route', ARGV[9], 'key', ARGV[10])
 expire_at(now + ttl)
 return {1, int(now + lease), takeover}
 "#;
@@ -110,6 +112,23 @@ pub(crate) const STATE: &str = r#"
 local r = redis.call('HMGET', KEYS[1], 'expires', 'state')
 if not r[1] or tonumber(r[1]) <= now then return nil end
 return r[2]
+"#;
+
+/// ARGV: now, slack. Deletes the record whatever its state; returns 1 if it was live.
+pub(crate) const EVICT: &str = r#"
+local r = live_record()
+redis.call('DEL', KEYS[1])
+if r then return 1 end
+return 0
+"#;
+
+/// ARGV: now, slack. For a live in-progress record: its nine fields and its tenant, method,
+/// route and key; else nil.
+pub(crate) const IN_PROGRESS: &str = r#"
+local r = live_record()
+if not r or r[4] ~= 'p' then return nil end
+local k = redis.call('HMGET', KEYS[1], 'tenant', 'method', 'route', 'key')
+return {r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], k[1], k[2], k[3], k[4]}
 "#;
 
 /// The script text with the preamble.

@@ -43,7 +43,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use oncely_core::{
-    ClaimOutcome, Clock, Fingerprint, LeaseToken, Record, RecordKey, StoredResponse, Timestamp,
+    ClaimOutcome, Clock, Fingerprint, IdempotencyKey, LeaseToken, Record, RecordKey,
+    StoredResponse, Tenant, Timestamp,
 };
 use oncely_store::{IdempotencyStore, StoreError, StoreResult, StoreStats};
 use rusqlite::{params, Connection, OpenFlags};
@@ -413,7 +414,47 @@ impl IdempotencyStore for SqliteStore {
             })
             .await
     }
+
+    async fn evict(&self, key: &RecordKey) -> StoreResult<bool> {
+        match self.submit(Op::Evict { key: key.clone() }).await? {
+            Answer::Evicted(live) => Ok(live),
+            other => Err(mismatch("evict", &other)),
+        }
+    }
+
+    async fn list_in_progress(&self, limit: usize) -> StoreResult<Vec<(RecordKey, Record)>> {
+        let now = self.clock.now();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.readers
+            .run(move |conn| {
+                let mut stmt = conn.prepare_cached(LIST_SQL).map_err(unavailable)?;
+                let mut rows = stmt.query(params![now.0, limit]).map_err(unavailable)?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().map_err(unavailable)? {
+                    let text = |i: usize| -> StoreResult<String> {
+                        row.get(i)
+                            .map_err(|_| StoreError::Corrupt(format!("key column {i} is not text")))
+                    };
+                    let key = IdempotencyKey::new(&text(12)?)
+                        .map_err(|e| StoreError::Corrupt(format!("stored key: {e}")))?;
+                    let key =
+                        RecordKey::new(Tenant::from_stored(text(9)?), &text(10)?, &text(11)?, key);
+                    let record = codec::record_from_row(row, &key)?;
+                    out.push((key, record));
+                }
+                Ok(out)
+            })
+            .await
+    }
 }
+
+/// Live in-progress records with their keys, oldest claim first (a scan: admin use only).
+const LIST_SQL: &str = concat!(
+    "SELECT ",
+    codec::record_columns!(),
+    ", tenant, method, route, idem_key FROM idempotency_records
+     WHERE state = 0 AND expires_at > ?1 ORDER BY created_at, id LIMIT ?2"
+);
 
 /// The live record of a key; an expired one is absent even before purge removes it.
 const GET_SQL: &str = concat!(

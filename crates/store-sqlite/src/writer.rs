@@ -63,6 +63,9 @@ pub(crate) enum Op {
     Purge {
         batch: usize,
     },
+    Evict {
+        key: RecordKey,
+    },
 }
 
 /// What an op produced; the async side unwraps the variant it asked for.
@@ -72,6 +75,7 @@ pub(crate) enum Answer {
     Done,
     Renewed(Timestamp),
     Purged(u64),
+    Evicted(bool),
 }
 
 pub(crate) struct Command {
@@ -186,6 +190,7 @@ impl Writer {
                 renew(conn, key, *token, now, *lease).map(Answer::Renewed)
             }
             Op::Purge { batch } => purge(conn, now, *batch).map(Answer::Purged),
+            Op::Evict { key } => evict(conn, key, now).map(Answer::Evicted),
         }
     }
 }
@@ -441,6 +446,34 @@ DELETE FROM idempotency_records
 WHERE id IN (
     SELECT id FROM idempotency_records
     WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)";
+
+/// Deletes the record whatever its state; true if it was live.
+fn evict(conn: &Connection, key: &RecordKey, now: Timestamp) -> StoreResult<bool> {
+    let mut stmt = conn
+        .prepare_cached(
+            "DELETE FROM idempotency_records
+             WHERE tenant = ?1 AND method = ?2 AND route = ?3 AND idem_key = ?4
+             RETURNING expires_at",
+        )
+        .map_err(unavailable)?;
+    let expires: Option<i64> = stmt
+        .query_row(
+            params![
+                key.scope.tenant.as_str(),
+                key.scope.method,
+                key.scope.route,
+                key.key.as_str()
+            ],
+            |r| r.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(unavailable)?;
+    Ok(expires.is_some_and(|e| e > now.0))
+}
 
 fn purge(conn: &Connection, now: Timestamp, batch: usize) -> StoreResult<u64> {
     let limit = i64::try_from(batch).unwrap_or(i64::MAX);

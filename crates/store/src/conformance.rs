@@ -123,11 +123,75 @@ impl<S: IdempotencyStore, G: Send + Sync + 'static> IdempotencyStore for Guarded
     async fn stats(&self) -> crate::StoreResult<crate::StoreStats> {
         self.store.stats().await
     }
+    async fn evict(&self, key: &RecordKey) -> crate::StoreResult<bool> {
+        self.store.evict(key).await
+    }
+    async fn list_in_progress(&self, limit: usize) -> crate::StoreResult<Vec<(RecordKey, Record)>> {
+        self.store.list_in_progress(limit).await
+    }
 }
 
 async fn setup<S: IdempotencyStore, F: Factory<S>>(f: &F) -> (Arc<S>, ManualClock) {
     let clock = ManualClock::new(START);
     (Arc::new(f.make(clock.clone()).await), clock)
+}
+
+/// The in-flight list shows live in-progress records with their full keys, oldest first;
+/// eviction deletes a record whatever its state, and fences off its holder.
+pub async fn evict_and_list_in_progress<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+    let (store, clock) = setup(f).await;
+    let k1 = key("t1", "held");
+    let k2 = key("t1", "done");
+    let k3 = RecordKey::new(
+        Tenant::from_header_value(b"tenant two"),
+        "PATCH",
+        "/orders/7",
+        IdempotencyKey::new("quoted/key:1").expect("valid key"),
+    );
+    let t1 = claimed(store.claim(&k1, fp(b"a"), LEASE, TTL).await.unwrap());
+    clock.advance(Duration::from_millis(5));
+    let t2 = claimed(store.claim(&k2, fp(b"b"), LEASE, TTL).await.unwrap());
+    store
+        .complete(&k2, t2, response("done"), TTL)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_millis(5));
+    claimed(store.claim(&k3, fp(b"c"), LEASE, TTL).await.unwrap());
+    let listed = store.list_in_progress(10).await.unwrap();
+    let keys: Vec<&RecordKey> = listed.iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        keys,
+        [&k1, &k3],
+        "in progress only, oldest first, keys intact"
+    );
+    assert_eq!(listed[0].1.fingerprint, fp(b"a"));
+    assert!(matches!(listed[1].1.state, RecordState::InProgress { .. }));
+    assert_eq!(store.list_in_progress(1).await.unwrap().len(), 1);
+
+    assert!(
+        store.evict(&k1).await.unwrap(),
+        "an in-progress record is evicted"
+    );
+    assert_eq!(store.get(&k1).await.unwrap(), None);
+    assert!(
+        store
+            .complete(&k1, t1, response("late"), TTL)
+            .await
+            .is_err(),
+        "the evicted holder's completion is refused"
+    );
+    claimed(store.claim(&k1, fp(b"other"), LEASE, TTL).await.unwrap());
+    assert!(
+        store.evict(&k2).await.unwrap(),
+        "a completed record is evicted"
+    );
+    claimed(store.claim(&k2, fp(b"b"), LEASE, TTL).await.unwrap());
+    assert!(!store.evict(&key("t1", "never")).await.unwrap());
+
+    // Expired records are neither listed nor reported as evicted.
+    clock.advance(TTL * 2);
+    assert!(store.list_in_progress(10).await.unwrap().is_empty());
+    assert!(!store.evict(&k3).await.unwrap());
 }
 
 /// N tasks claim one key at once: exactly one wins.
@@ -611,6 +675,7 @@ macro_rules! conformance_tests {
             scopes_are_isolated,
             clock_stepping_backwards_is_safe,
             matches_the_model_under_random_operations,
+            evict_and_list_in_progress,
         );
     };
     (@cases $available:expr; $factory:expr; $($case:ident),* $(,)?) => {

@@ -121,6 +121,15 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 
     /// Live record counts.
     async fn stats(&self) -> StoreResult<StoreStats>;
+
+    /// Deletes the record of `key` whatever its state: an operator's eviction of a key that
+    /// must execute again. Returns whether a live record was there. A holder still running
+    /// loses its lease: its completion is then refused like any stale one.
+    async fn evict(&self, key: &RecordKey) -> StoreResult<bool>;
+
+    /// Up to `limit` live in-progress records, the oldest claim first: what is in flight
+    /// now, and what a crash left held until its lease ends.
+    async fn list_in_progress(&self, limit: usize) -> StoreResult<Vec<(RecordKey, Record)>>;
 }
 
 #[async_trait]
@@ -162,5 +171,11 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for std::sync::Arc<S> {
     }
     async fn stats(&self) -> StoreResult<StoreStats> {
         (**self).stats().await
+    }
+    async fn evict(&self, key: &RecordKey) -> StoreResult<bool> {
+        (**self).evict(key).await
+    }
+    async fn list_in_progress(&self, limit: usize) -> StoreResult<Vec<(RecordKey, Record)>> {
+        (**self).list_in_progress(limit).await
     }
 }

@@ -127,4 +127,22 @@ impl IdempotencyStore for MemoryStore {
         }
         Ok(stats)
     }
+
+    async fn evict(&self, key: &RecordKey) -> StoreResult<bool> {
+        let now = self.clock.now();
+        Ok(self.lock().remove(key).is_some_and(|r| !r.is_expired(now)))
+    }
+
+    async fn list_in_progress(&self, limit: usize) -> StoreResult<Vec<(RecordKey, Record)>> {
+        let now = self.clock.now();
+        let mut held: Vec<(RecordKey, Record)> = self
+            .lock()
+            .iter()
+            .filter(|(_, r)| !r.is_expired(now) && !r.is_completed())
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        held.sort_by_key(|(k, r)| (r.created_at, k.clone()));
+        held.truncate(limit);
+        Ok(held)
+    }
 }

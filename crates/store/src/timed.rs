@@ -27,14 +27,16 @@ enum Op {
     Get,
     Purge,
     Stats,
+    Evict,
+    List,
 }
 
 /// What a [`TimedStore`] has measured.
 #[derive(Debug, Default)]
 pub struct StoreMetrics {
-    latency: [Histogram; 7],
-    unavailable: [Counter; 7],
-    corrupt: [Counter; 7],
+    latency: [Histogram; 9],
+    unavailable: [Counter; 9],
+    corrupt: [Counter; 9],
     purged: Counter,
 }
 
@@ -183,6 +185,18 @@ impl IdempotencyStore for TimedStore {
         let t = Instant::now();
         let r = self.inner.stats().await;
         self.metrics.record(Op::Stats, t, &r);
+        r
+    }
+    async fn evict(&self, key: &RecordKey) -> StoreResult<bool> {
+        let t = Instant::now();
+        let r = self.inner.evict(key).await;
+        self.metrics.record(Op::Evict, t, &r);
+        r
+    }
+    async fn list_in_progress(&self, limit: usize) -> StoreResult<Vec<(RecordKey, Record)>> {
+        let t = Instant::now();
+        let r = self.inner.list_in_progress(limit).await;
+        self.metrics.record(Op::List, t, &r);
         r
     }
 }
