@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_stores;
 mod demo;
+mod keys;
 mod logging;
 mod migrate;
 mod serve;
@@ -36,6 +37,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Send one request, curl-like, retrying safely: one Idempotency-Key, full jitter.
     Send(oncely_client::send::SendArgs),
+    /// Inspect, list or evict keys of a running gateway (through its admin listener).
+    Keys(keys::KeysArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Migrate(args) => migrate::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Keys(args) => keys::run(args).await,
             Command::Send(_) => Ok(()), // handled above
         }
     });

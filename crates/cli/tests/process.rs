@@ -12,6 +12,17 @@ fn oncely() -> Command {
     Command::new(env!("CARGO_BIN_EXE_oncely"))
 }
 
+/// Kills the child when dropped, so a failing assertion never leaves a gateway running
+/// (holding the test harness's stderr open).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `oncely serve` and returns it with its base URL.
 fn serve(upstream: &str, db: &Path, config: &Path) -> (Child, String) {
     let mut child = oncely()
@@ -432,6 +443,7 @@ async fn serve_exposes_metrics_on_the_admin_listener() {
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
+    let _child = KillOnDrop(child);
     let (mut first, mut second) = (String::new(), String::new());
     out.read_line(&mut first).unwrap();
     out.read_line(&mut second).unwrap();
@@ -478,8 +490,6 @@ async fn serve_exposes_metrics_on_the_admin_listener() {
         page.contains("oncely_requests_total{outcome=\"replayed\"} 2\n"),
         "{page}"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 /// JSON logs carry the request's correlation ids, so one request's lines can be found.
@@ -538,4 +548,111 @@ async fn json_logs_name_the_request() {
             .is_some_and(|t| t.len() == 32),
         "{line}"
     );
+}
+
+/// `oncely keys` against a running gateway: get, list, evict, and clear one-line errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oncely_keys_inspects_and_evicts_through_the_admin_listener() {
+    let upstream = CountingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = "keys-test-token-0123456789";
+    let mut child = oncely()
+        .args(["--log-level", "error", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--admin-token", token])
+        .args(["--upstream", &upstream.url()])
+        .arg("--store")
+        .arg(format!("sqlite://{}", dir.path().join("o.db").display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let child = KillOnDrop(child);
+    let (mut first, mut second) = (String::new(), String::new());
+    out.read_line(&mut first).unwrap();
+    out.read_line(&mut second).unwrap();
+    let url = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let admin = second.trim().strip_prefix("admin on ").unwrap().to_owned();
+    let client = TestClient::new();
+    let a = client
+        .post_keyed(
+            &format!("{url}/orders"),
+            "k/1",
+            "{}",
+            &[("authorization", "Bearer sk_live_1")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 201);
+
+    let keys = |args: &[&str], token: &str| {
+        let out = oncely()
+            .args(["keys", "--admin", &admin, "--admin-token", token])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let who = ["--route", "/orders", "--authorization", "Bearer sk_live_1"];
+    let (code, stdout, stderr) = keys(&[&["get", "k/1"][..], &who].concat(), token);
+    assert_eq!(code, Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["state"], "completed");
+    assert_eq!(v["status"], 201);
+    assert!(v["tenant"].as_str().unwrap().starts_with("auth:"));
+    assert!(
+        !stdout.contains("sk_live_1"),
+        "the credential is never shown"
+    );
+
+    let (code, stdout, _) = keys(&["list"], token);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["in_progress"],
+        serde_json::json!([])
+    );
+    let (code, stdout, _) = keys(&["stats"], token);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("\"completed\": 1"), "{stdout}");
+
+    let (code, _, stderr) = keys(&[&["evict", "k/1"][..], &who].concat(), token);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = keys(&[&["get", "k/1"][..], &who].concat(), token);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no live record"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // The next request with the key executes again.
+    let again = client
+        .post_keyed(
+            &format!("{url}/orders"),
+            "k/1",
+            "{}",
+            &[("authorization", "Bearer sk_live_1")],
+        )
+        .await
+        .unwrap();
+    assert!(!again.replayed());
+    assert_eq!(upstream.executions("k/1"), 2);
+
+    let (code, _, stderr) = keys(&["list"], "a-wrong-token-0123456789");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("refused the token"), "{stderr}");
+    let (code, _, stderr) = keys(&["get", "k/1", "--route", "/orders"], token);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("name the key's tenant"), "{stderr}");
+    drop(child);
+    let out = oncely()
+        .args(["keys", "--admin", &admin, "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin listener"));
 }

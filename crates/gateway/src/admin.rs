@@ -1,5 +1,16 @@
-//! The admin listener: `/metrics` for Prometheus and `/healthz`, on an address of its own so
-//! that it is never exposed where the proxied API is. With a token, every request must carry
+//! The admin listener, on an address of its own so that it is never exposed where the
+//! proxied API is:
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /healthz` | `ok` |
+//! | `GET /stats` | live record counts of the store |
+//! | `GET /keys?limit=N` | in-progress keys, oldest first |
+//! | `GET /keys/one?tenant=&method=&route=&key=` | one key's record |
+//! | `DELETE /keys/one?tenant=&method=&route=&key=` | evicts it |
+//! | `GET /takeovers` | the last lease takeovers of this gateway |
+//! With a token, every request must carry
 //! `Authorization: Bearer <token>`; without one, it only binds loopback addresses (checked by
 //! `Config::validate`).
 
@@ -13,9 +24,10 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use oncely_core::{IdempotencyKey, Record, RecordKey, RecordState, Tenant};
 use oncely_http::{Engine, EngineMetrics};
 use oncely_metrics::Text;
-use oncely_store::StoreMetrics;
+use oncely_store::{StoreError, StoreMetrics};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -23,6 +35,7 @@ use tokio::sync::watch;
 pub struct Metrics {
     pub engine: Arc<EngineMetrics>,
     pub store: Arc<StoreMetrics>,
+    /// The engine: executions in flight, and its store for the key endpoints.
     pub executions: Arc<Engine>,
 }
 
@@ -84,7 +97,7 @@ async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiv
         let admin = admin.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let admin = admin.clone();
-            async move { Ok::<_, Infallible>(admin.answer(&req)) }
+            async move { Ok::<_, Infallible>(admin.answer(&req).await) }
         });
         let conn = http.serve_connection(TokioIo::new(stream), svc);
         tokio::spawn(async move {
@@ -96,7 +109,7 @@ async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiv
 }
 
 impl Admin {
-    fn answer<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+    async fn answer<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
         if !self.authorized(req) {
             let mut r = problem(
                 StatusCode::UNAUTHORIZED,
@@ -107,6 +120,7 @@ impl Admin {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
         }
+        let query = req.uri().query().unwrap_or("");
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => {
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
@@ -117,17 +131,86 @@ impl Admin {
                 r
             }
             (&Method::GET, "/healthz") => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
-            (_, "/metrics" | "/healthz") => problem(
+            (&Method::GET, "/stats") => match self.store().stats().await {
+                Ok(s) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"in_progress": s.in_progress, "completed": s.completed}),
+                ),
+                Err(e) => store_problem(&e),
+            },
+            (&Method::GET, "/keys") => {
+                let limit = match param(query, "limit") {
+                    None => 100,
+                    Some(v) => match v.parse::<usize>() {
+                        Ok(n) if (1..=10_000).contains(&n) => n,
+                        _ => return bad_request("`limit` must be a number from 1 to 10000"),
+                    },
+                };
+                match self.store().list_in_progress(limit).await {
+                    Ok(held) => json(
+                        StatusCode::OK,
+                        serde_json::json!({
+                            "in_progress": held.iter().map(|(k, r)| record_json(k, r)).collect::<Vec<_>>()
+                        }),
+                    ),
+                    Err(e) => store_problem(&e),
+                }
+            }
+            (&Method::GET, "/keys/one") => {
+                let key = match key_from_query(query) {
+                    Ok(k) => k,
+                    Err(e) => return bad_request(&e),
+                };
+                match self.store().get(&key).await {
+                    Ok(Some(r)) => json(StatusCode::OK, record_json(&key, &r)),
+                    Ok(None) => not_found(&key),
+                    Err(e) => store_problem(&e),
+                }
+            }
+            (&Method::DELETE, "/keys/one") => {
+                let key = match key_from_query(query) {
+                    Ok(k) => k,
+                    Err(e) => return bad_request(&e),
+                };
+                match self.metrics.executions.evict(&key).await {
+                    Ok(true) => {
+                        tracing::warn!(key = %key, "evicted by an operator through the admin API");
+                        json(StatusCode::OK, serde_json::json!({"evicted": true}))
+                    }
+                    Ok(false) => not_found(&key),
+                    Err(e) => store_problem(&e),
+                }
+            }
+            (&Method::GET, "/takeovers") => json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "takeovers": self.metrics.engine.recent_takeovers().iter().map(|t| {
+                        let mut v = key_json(&t.key);
+                        v["at_ms"] = serde_json::json!(t.at_ms);
+                        v
+                    }).collect::<Vec<_>>()
+                }),
+            ),
+            (_, "/metrics" | "/healthz" | "/stats" | "/keys" | "/takeovers") => problem(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "admin-method-not-allowed",
                 "use GET",
             ),
+            (_, "/keys/one") => problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "admin-method-not-allowed",
+                "use GET or DELETE",
+            ),
             _ => problem(
                 StatusCode::NOT_FOUND,
                 "admin-not-found",
-                "the admin listener serves /metrics and /healthz",
+                "the admin listener serves /metrics, /healthz, /stats, /keys, /keys/one and /takeovers",
             ),
         }
+    }
+
+    fn store(&self) -> &Arc<dyn oncely_store::IdempotencyStore> {
+        self.metrics.executions.store()
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
@@ -153,13 +236,13 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn problem(status: StatusCode, slug: &str, detail: &str) -> Response<Full<Bytes>> {
-    let body = format!(
-        "{{\"type\":\"urn:oncely:problem:{slug}\",\"title\":\"{}\",\"status\":{},\"detail\":\"{detail}\"}}",
-        status.canonical_reason().unwrap_or(""),
-        status.as_u16()
-    );
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
+    let body = serde_json::json!({
+        "type": format!("urn:oncely:problem:{slug}"),
+        "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut r = json(status, body);
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
@@ -167,9 +250,157 @@ fn problem(status: StatusCode, slug: &str, detail: &str) -> Response<Full<Bytes>
     r
 }
 
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(&v).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn bad_request(detail: &str) -> Response<Full<Bytes>> {
+    problem(StatusCode::BAD_REQUEST, "admin-bad-request", detail)
+}
+
+fn not_found(key: &RecordKey) -> Response<Full<Bytes>> {
+    problem(
+        StatusCode::NOT_FOUND,
+        "key-not-found",
+        &format!("no live record for {key}"),
+    )
+}
+
+fn store_problem(e: &StoreError) -> Response<Full<Bytes>> {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "idempotency-store-unavailable",
+        &e.to_string(),
+    )
+}
+
+fn key_json(k: &RecordKey) -> serde_json::Value {
+    serde_json::json!({
+        "tenant": k.scope.tenant.as_str(),
+        "method": k.scope.method,
+        "route": k.scope.route,
+        "key": k.key.as_str(),
+    })
+}
+
+fn record_json(k: &RecordKey, r: &Record) -> serde_json::Value {
+    let mut v = key_json(k);
+    v["fingerprint"] = serde_json::json!(r.fingerprint.to_hex());
+    v["created_at_ms"] = serde_json::json!(r.created_at.as_millis());
+    v["expires_at_ms"] = serde_json::json!(r.expires_at.as_millis());
+    match &r.state {
+        RecordState::InProgress {
+            lease_expires_at, ..
+        } => {
+            v["state"] = serde_json::json!("in_progress");
+            v["lease_expires_at_ms"] = serde_json::json!(lease_expires_at.as_millis());
+        }
+        RecordState::Completed { response } => {
+            v["state"] = serde_json::json!("completed");
+            v["status"] = serde_json::json!(response.status);
+            v["body_bytes"] = serde_json::json!(response.body.len());
+        }
+    }
+    v
+}
+
+/// The record key named by a query: `tenant` (as stored: `anon`, `hdr:VALUE`, `auth:HASH`),
+/// `method` (default POST), `route` (the request path) and `key`, percent-encoded.
+pub fn key_from_query(query: &str) -> Result<RecordKey, String> {
+    let need = |name: &str| {
+        param(query, name)
+            .ok_or_else(|| format!("`{name}` is missing (tenant, route and key are needed)"))
+    };
+    let tenant = need("tenant")?;
+    let route = need("route")?;
+    if !route.starts_with('/') {
+        return Err(format!(
+            "`route` must be a path starting with `/`, not `{route}`"
+        ));
+    }
+    let method = param(query, "method").unwrap_or_else(|| "POST".to_owned());
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "`method` must be an upper-case method such as POST, not `{method}`"
+        ));
+    }
+    let key = IdempotencyKey::new(&need("key")?).map_err(|e| format!("`key`: {e}"))?;
+    Ok(RecordKey::new(
+        Tenant::from_stored(tenant),
+        &method,
+        &route,
+        key,
+    ))
+}
+
+/// The first value of `name` in a query string, percent-decoded (`+` stays `+`). `None`
+/// when absent or not valid UTF-8 once decoded.
+fn param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v)).flatten()
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{constant_time_eq, key_from_query, percent_decode};
+
+    #[test]
+    fn keys_come_from_percent_encoded_queries() {
+        let k = key_from_query("tenant=hdr%3Aacme&route=%2Forders%2F7&key=a%26b%3Dc&method=PATCH")
+            .unwrap();
+        assert_eq!(k.scope.tenant.as_str(), "hdr:acme");
+        assert_eq!(k.scope.route, "/orders/7");
+        assert_eq!(k.scope.method, "PATCH");
+        assert_eq!(k.key.as_str(), "a&b=c");
+        assert_eq!(
+            key_from_query("tenant=anon&route=/x&key=k")
+                .unwrap()
+                .scope
+                .method,
+            "POST"
+        );
+        for bad in [
+            "route=/x&key=k",
+            "tenant=anon&key=k",
+            "tenant=anon&route=x&key=k",
+            "tenant=anon&route=/x&key=",
+            "tenant=anon&route=/x&key=a%20b",
+            "tenant=anon&route=/x&key=k&method=post",
+            "tenant=anon&route=/x&key=%zz",
+        ] {
+            assert!(key_from_query(bad).is_err(), "{bad}");
+        }
+        assert_eq!(percent_decode("%e2%82%ac").as_deref(), Some("€"));
+        assert_eq!(percent_decode("%ff"), None, "not UTF-8");
+        assert_eq!(percent_decode("%4"), None);
+    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -309,3 +309,186 @@ fn an_admin_listener_open_to_other_hosts_needs_a_token() {
         "the token never reaches a log"
     );
 }
+
+async fn admin_get(
+    client: &TestClient,
+    gateway: &RunningGateway,
+    method: &str,
+    path: &str,
+) -> oncely_testkit::Answer {
+    let url = format!("http://{}{path}", gateway.admin_addr().unwrap());
+    let auth = format!("Bearer {TOKEN}");
+    client
+        .send(method, &url, &[("authorization", &auth)], "")
+        .await
+        .unwrap()
+}
+
+/// Inspect, list and evict keys, and see takeovers, through the admin API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_can_be_inspected_listed_and_evicted() {
+    let store: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+    let (gateway, upstream) = start(store.clone()).await;
+    let client = TestClient::new();
+    let base = format!("http://{}", gateway.addr());
+    let done = send_post(
+        &client,
+        format!("{base}/orders"),
+        Some("done-1"),
+        r#"{"a":1}"#,
+        vec![],
+    )
+    .await;
+    assert_eq!(done.status, 201);
+
+    // A holder that died mid-request: held until its lease ends.
+    let held = RecordKey::new(
+        Tenant::anonymous(),
+        "POST",
+        "/orders",
+        parse_idempotency_key(b"held/1&x").unwrap(),
+    );
+    let fp = Fingerprint::compute("POST", "/orders", Some("application/json"), b"{}");
+    store
+        .claim(&held, fp, Duration::from_secs(60), Duration::from_secs(600))
+        .await
+        .unwrap();
+
+    let list = admin_get(&client, &gateway, "GET", "/keys").await;
+    assert_eq!(list.status, 200);
+    let list = list.json();
+    let entries = list["in_progress"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{list}");
+    assert_eq!(entries[0]["key"], "held/1&x");
+    assert_eq!(entries[0]["tenant"], "anon");
+    assert_eq!(entries[0]["state"], "in_progress");
+    assert!(entries[0]["lease_expires_at_ms"].as_i64().unwrap() > 0);
+
+    let one = admin_get(
+        &client,
+        &gateway,
+        "GET",
+        "/keys/one?tenant=anon&route=/orders&key=done-1",
+    )
+    .await;
+    assert_eq!(one.status, 200, "{:?}", String::from_utf8_lossy(&one.body));
+    let one = one.json();
+    assert_eq!(one["state"], "completed");
+    assert_eq!(one["status"], 201);
+    assert_eq!(
+        one["body_bytes"].as_u64().unwrap() as usize,
+        done.body.len()
+    );
+    assert_eq!(one["fingerprint"].as_str().unwrap().len(), 64);
+
+    let stats = admin_get(&client, &gateway, "GET", "/stats").await.json();
+    assert_eq!(
+        (stats["in_progress"].as_u64(), stats["completed"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    // The held key answers 409 until evicted; then a retry executes.
+    let blocked = send_post(
+        &client,
+        format!("{base}/orders"),
+        Some("held/1&x"),
+        "{}",
+        vec![],
+    )
+    .await;
+    assert_eq!(blocked.status, 409);
+    let evicted = admin_get(
+        &client,
+        &gateway,
+        "DELETE",
+        "/keys/one?tenant=anon&route=%2Forders&key=held%2F1%26x",
+    )
+    .await;
+    assert_eq!(
+        evicted.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&evicted.body)
+    );
+    assert_eq!(evicted.json()["evicted"], true);
+    let again = admin_get(
+        &client,
+        &gateway,
+        "DELETE",
+        "/keys/one?tenant=anon&route=/orders&key=held%2F1%26x",
+    )
+    .await;
+    assert_eq!(again.status, 404);
+    assert_eq!(again.json()["type"], "urn:oncely:problem:key-not-found");
+    let retried = send_post(
+        &client,
+        format!("{base}/orders"),
+        Some("held/1&x"),
+        "{}",
+        vec![],
+    )
+    .await;
+    assert_eq!(retried.status, 201);
+    assert_eq!(upstream.executions("held/1&x"), 1);
+
+    // Bad queries get a problem, not a panic.
+    for bad in [
+        "/keys/one?route=/orders&key=k",
+        "/keys/one?tenant=anon&route=/orders&key=a%20b",
+        "/keys?limit=0",
+    ] {
+        let a = admin_get(&client, &gateway, "GET", bad).await;
+        assert_eq!(a.status, 400, "{bad}");
+        assert_eq!(a.header("content-type"), Some("application/problem+json"));
+    }
+    let wrong_method = admin_get(
+        &client,
+        &gateway,
+        "POST",
+        "/keys/one?tenant=anon&route=/orders&key=k",
+    )
+    .await;
+    assert_eq!(wrong_method.status, 405);
+
+    // A takeover is listed with its key.
+    assert!(admin_get(&client, &gateway, "GET", "/takeovers")
+        .await
+        .json()["takeovers"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let dead = RecordKey::new(
+        Tenant::anonymous(),
+        "POST",
+        "/orders",
+        parse_idempotency_key(b"k-dead").unwrap(),
+    );
+    store
+        .claim(
+            &dead,
+            fp,
+            Duration::from_millis(50),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        send_post(
+            &client,
+            format!("{base}/orders"),
+            Some("k-dead"),
+            "{}",
+            vec![]
+        )
+        .await
+        .status,
+        201
+    );
+    let t = admin_get(&client, &gateway, "GET", "/takeovers")
+        .await
+        .json();
+    assert_eq!(t["takeovers"][0]["key"], "k-dead", "{t}");
+    assert!(t["takeovers"][0]["at_ms"].as_i64().unwrap() > 0);
+    gateway.shutdown().await;
+}

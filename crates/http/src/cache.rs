@@ -89,6 +89,15 @@ impl ReplayCache {
         }
     }
 
+    /// Forgets `key` (an operator evicted it). Its place in the eviction order stays behind
+    /// and is skipped when reached.
+    pub(crate) fn remove(&self, key: &RecordKey) {
+        let mut inner = self.lock();
+        if let Some(old) = inner.entries.remove(key) {
+            inner.bytes -= weight(key, &old);
+        }
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().entries.len()
@@ -143,6 +152,20 @@ mod tests {
             c.get(&key("huge"), Timestamp(0)).is_none(),
             "too large to cache"
         );
+    }
+
+    #[test]
+    fn a_removed_entry_is_gone_and_its_bytes_freed() {
+        let c = ReplayCache::new(1 << 20);
+        c.insert(key("a"), entry(100, 10));
+        c.insert(key("b"), entry(100, 10));
+        c.remove(&key("a"));
+        assert!(c.get(&key("a"), Timestamp(0)).is_none());
+        assert!(c.get(&key("b"), Timestamp(0)).is_some());
+        c.insert(key("a"), entry(100, 10));
+        assert_eq!(c.len(), 2);
+        let one = weight(&key("a"), &entry(100, 10));
+        assert_eq!(c.lock().bytes, 2 * one);
     }
 
     #[test]

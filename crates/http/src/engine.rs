@@ -81,6 +81,8 @@ pub trait OutcomeObserver: Send + Sync + 'static {
     fn observe(&self, outcome: Outcome);
     /// How long the wrapped service took to its response head, and whether it answered.
     fn upstream(&self, _elapsed: Duration, _answered: bool) {}
+    /// Which key a takeover was of (besides `observe(Outcome::Takeover)`).
+    fn takeover(&self, _key: &RecordKey) {}
 }
 
 /// How an upstream call failed, as far as idempotency cares.
@@ -181,6 +183,15 @@ impl Engine {
 
     pub fn store(&self) -> &Arc<dyn IdempotencyStore> {
         &self.store
+    }
+
+    /// An operator's eviction: deletes the key's record from the store and from this engine's
+    /// replay cache, so that its next request executes again. Other gateways sharing the store
+    /// may still replay a completed key from their own caches until those entries expire.
+    pub async fn evict(&self, key: &RecordKey) -> Result<bool, StoreError> {
+        let evicted = self.store.evict(key).await;
+        self.cache.remove(key);
+        evicted
     }
 
     /// Waits up to `grace` for executions in flight to complete or release their keys.
@@ -306,6 +317,9 @@ impl Engine {
                 }) => {
                     if takeover {
                         self.observe(Outcome::Takeover);
+                        if let Some(o) = &self.observer {
+                            o.takeover(&job.record_key);
+                        }
                         tracing::info!(key = %job.record_key, "took over a key whose lease had expired");
                     }
                     return self.execute(inner, job, token).await;

@@ -2,8 +2,11 @@
 //! and how long the wrapped service took to answer. An [`OutcomeObserver`], so the gateway and
 //! any service using the layer get the same counters.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use oncely_core::RecordKey;
 use oncely_metrics::{Counter, Histogram, Text};
 
 use crate::{Outcome, OutcomeObserver};
@@ -25,10 +28,22 @@ const REQUEST_OUTCOMES: [(Outcome, &str); 13] = [
     (Outcome::PassedThrough, "passed_through"),
 ];
 
+/// How many recent takeovers are kept for the admin API.
+pub const RECENT_TAKEOVERS: usize = 100;
+
+/// A takeover as the admin API lists it: which key, and when (ms since the epoch, this
+/// host's clock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Takeover {
+    pub key: RecordKey,
+    pub at_ms: i64,
+}
+
 #[derive(Debug, Default)]
 pub struct EngineMetrics {
     requests: [Counter; 13],
     takeovers: Counter,
+    recent_takeovers: Mutex<VecDeque<Takeover>>,
     stale_completions: Counter,
     upstream: Histogram,
     upstream_failed: Counter,
@@ -50,6 +65,15 @@ impl EngineMetrics {
 
     pub fn takeovers(&self) -> u64 {
         self.takeovers.get()
+    }
+
+    /// The last takeovers, newest first.
+    pub fn recent_takeovers(&self) -> Vec<Takeover> {
+        let q = self
+            .recent_takeovers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        q.iter().rev().cloned().collect()
     }
 
     pub fn render(&self, t: &mut Text) {
@@ -111,6 +135,24 @@ impl OutcomeObserver for EngineMetrics {
                 }
             }
         }
+    }
+
+    fn takeover(&self, key: &RecordKey) {
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let mut q = self
+            .recent_takeovers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if q.len() == RECENT_TAKEOVERS {
+            q.pop_front();
+        }
+        q.push_back(Takeover {
+            key: key.clone(),
+            at_ms,
+        });
     }
 
     fn upstream(&self, elapsed: Duration, answered: bool) {
