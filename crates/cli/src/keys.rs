@@ -27,7 +27,8 @@ pub struct KeysArgs {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Keys in progress now (or held by a crashed request until its lease ends), oldest first.
+    /// Keys in progress, oldest first: running now, or left by a crashed request (a lease end
+    /// in the past: the next retry takes the key over).
     List {
         #[arg(long, default_value_t = 100)]
         limit: usize,

@@ -28,6 +28,7 @@ use oncely_core::{IdempotencyKey, Record, RecordKey, RecordState, Tenant};
 use oncely_http::{Engine, EngineMetrics};
 use oncely_metrics::Text;
 use oncely_store::{StoreError, StoreMetrics};
+use sha2::Digest as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -70,6 +71,12 @@ pub async fn bind(
     metrics: Metrics,
     stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), String> {
+    // Also checked by `Config::validate`; here too, for embedders who bind without it.
+    if token.is_none() && !listen.ip().is_loopback() {
+        return Err(format!(
+            "admin listener on {listen}: reachable from other hosts, so it needs a token"
+        ));
+    }
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen} (admin): {e}"))?;
@@ -131,6 +138,7 @@ impl Admin {
                 r
             }
             (&Method::GET, "/healthz") => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
+            (&Method::HEAD, "/healthz") => Response::new(Full::new(Bytes::new())),
             (&Method::GET, "/stats") => match self.store().stats().await {
                 Ok(s) => json(
                     StatusCode::OK,
@@ -217,12 +225,17 @@ impl Admin {
         let Some(token) = &self.token else {
             return true;
         };
+        // The scheme is case-insensitive (RFC 9110 §11.1).
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(|v| v.as_bytes())
+            .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+            .map(|v| &v[7..])
             .unwrap_or(b"");
-        constant_time_eq(presented, token.as_bytes())
+        // Digests of equal length: the comparison's time says nothing of the token's length.
+        let digest = |b: &[u8]| sha2::Sha256::digest(b);
+        constant_time_eq(&digest(presented), &digest(token.as_bytes()))
     }
 }
 

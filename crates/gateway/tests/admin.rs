@@ -179,8 +179,23 @@ async fn metrics_count_a_scripted_scenario_exactly() {
         2.0,
         "the unkeyed POST and the GET"
     );
-    assert_eq!(requests("in_flight_rejected"), 0.0);
-    assert_eq!(requests("store_unavailable"), 0.0);
+    for never in [
+        "in_flight_rejected",
+        "store_unavailable",
+        "waited",
+        "body_too_large",
+        "body_unreadable",
+        "unknown_outcome",
+        "upstream_unreachable",
+    ] {
+        assert_eq!(requests(never), 0.0, "{never}");
+    }
+    let total: f64 = page
+        .lines()
+        .filter(|l| l.starts_with("oncely_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(total, 10.0, "the ten requests sent, each counted once");
     assert_eq!(value(&page, "oncely_lease_takeovers_total"), 1.0);
     assert_eq!(value(&page, "oncely_stale_completions_refused_total"), 0.0);
     // Forwarded: k1, the 500, the unkeyed POST, the GET, k-dead.
@@ -209,10 +224,57 @@ async fn metrics_count_a_scripted_scenario_exactly() {
     );
     assert_eq!(value(&page, "oncely_executions_in_flight"), 0.0);
 
-    // The periodic purge goes through the same meter.
     assert_eq!(value(&page, "oncely_records_purged_total"), 0.0);
-    gateway.engine().store().purge_expired(100).await.unwrap();
-    assert!(gateway.store_metrics().count("purge") >= 1);
+    gateway.shutdown().await;
+}
+
+/// The periodic purge reports what it deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purged_records_are_counted() {
+    let upstream = CountingUpstream::start().await;
+    let mut config = Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(upstream.url().parse().unwrap()),
+        StoreUrl::Memory,
+    )
+    .apply_toml(
+        "[server]\npurge_interval = \"100ms\"\n[defaults]\nttl = \"200ms\"\nlease = \"100ms\"\n",
+    )
+    .unwrap();
+    config.admin = Some(AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: Some(TOKEN.into()),
+    });
+    let gateway = Gateway::with_store(
+        config,
+        Arc::new(MemoryStore::new(Arc::new(SystemClock))),
+        Arc::new(SystemClock),
+    )
+    .start()
+    .await
+    .unwrap();
+    let client = TestClient::new();
+    let a = send_post(
+        &client,
+        format!("http://{}/orders", gateway.addr()),
+        Some("short-lived"),
+        "{}",
+        vec![],
+    )
+    .await;
+    assert_eq!(a.status, 201);
+    let mut purged = 0.0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        purged = value(
+            &metrics(&client, &gateway).await,
+            "oncely_records_purged_total",
+        );
+        if purged > 0.0 {
+            break;
+        }
+    }
+    assert_eq!(purged, 1.0);
     gateway.shutdown().await;
 }
 
@@ -221,7 +283,17 @@ async fn the_admin_listener_refuses_without_the_token() {
     let (gateway, _upstream) = start(Arc::new(MemoryStore::new(Arc::new(SystemClock)))).await;
     let client = TestClient::new();
     let admin = gateway.admin_addr().unwrap();
-    for path in ["/metrics", "/healthz", "/nowhere"] {
+    for (method, path) in [
+        ("GET", "/metrics"),
+        ("GET", "/healthz"),
+        ("HEAD", "/healthz"),
+        ("GET", "/nowhere"),
+        ("GET", "/stats"),
+        ("GET", "/keys"),
+        ("GET", "/takeovers"),
+        ("DELETE", "/keys/one?tenant=anon&route=/orders&key=k"),
+        ("POST", "/keys/one?tenant=anon&route=/orders&key=k"),
+    ] {
         let url = format!("http://{admin}{path}");
         for auth in [
             None,
@@ -232,8 +304,8 @@ async fn the_admin_listener_refuses_without_the_token() {
         ] {
             let headers: Vec<(&str, &str)> =
                 auth.iter().map(|a| ("authorization", a.as_str())).collect();
-            let a = client.send("GET", &url, &headers, "").await.unwrap();
-            assert_eq!(a.status, 401, "{path} with {auth:?}");
+            let a = client.send(method, &url, &headers, "").await.unwrap();
+            assert_eq!(a.status, 401, "{method} {path} with {auth:?}");
             assert_eq!(a.header("www-authenticate"), Some("Bearer"));
             assert_eq!(a.header("content-type"), Some("application/problem+json"));
             assert!(!String::from_utf8_lossy(&a.body).contains("oncely_requests_total"));
@@ -249,6 +321,16 @@ async fn the_admin_listener_refuses_without_the_token() {
         .await
         .unwrap();
     assert_eq!((ok.status, &ok.body[..]), (200, &b"ok\n"[..]));
+    let any_case = client
+        .send(
+            "GET",
+            &format!("http://{admin}/healthz"),
+            &[("authorization", &format!("bearer {TOKEN}"))],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(any_case.status, 200, "the scheme is case-insensitive");
     let missing = client
         .send(
             "GET",
@@ -300,6 +382,18 @@ fn an_admin_listener_open_to_other_hosts_needs_a_token() {
         .apply_toml("[admin]\nlisten = \"off\"\n")
         .unwrap();
     assert!(from_file.admin.is_none());
+    let open_file = Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Some("http://127.0.0.1:9".parse().unwrap()),
+        StoreUrl::Memory,
+    )
+    .apply_toml("[admin]\nlisten = \"0.0.0.0:9091\"\n")
+    .unwrap();
+    assert!(open_file
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("needs a token"));
     let with_token = AdminConfig {
         listen: "127.0.0.1:9091".parse().unwrap(),
         token: Some(TOKEN.into()),

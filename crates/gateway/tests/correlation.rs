@@ -86,12 +86,46 @@ async fn missing_or_invalid_ids_are_made_up() {
         assert_eq!(a.json()["request_id"], rid.as_str());
         let tp = a.json()["traceparent"].as_str().unwrap().to_owned();
         assert!(TraceParent::parse(&tp).is_some(), "a valid new trace: {tp}");
-        assert_ne!(tp, TP);
     }
-    // Two requests never share a made-up id.
+    // Two requests never share a made-up id or trace.
     let x = client.send("GET", &url, &[], "").await.unwrap();
     let y = client.send("GET", &url, &[], "").await.unwrap();
     assert_ne!(x.header("x-request-id"), y.header("x-request-id"));
+    assert_ne!(x.json()["traceparent"], y.json()["traceparent"]);
+
+    // `tracestate` goes with the trace it belongs to: kept with a valid `traceparent`,
+    // dropped when the trace is replaced, and two `traceparent` headers are invalid.
+    let kept = client
+        .send(
+            "GET",
+            &url,
+            &[("traceparent", TP), ("tracestate", "v=1")],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            kept.json()["traceparent"].as_str(),
+            kept.json()["tracestate"].as_str()
+        ),
+        (Some(TP), Some("v=1"))
+    );
+    let dropped = client
+        .send(
+            "GET",
+            &url,
+            &[("traceparent", "nonsense"), ("tracestate", "v=1")],
+            "",
+        )
+        .await
+        .unwrap();
+    assert!(dropped.json()["tracestate"].is_null());
+    let two = client
+        .send("GET", &url, &[("traceparent", TP), ("traceparent", TP)], "")
+        .await
+        .unwrap();
+    assert_ne!(two.json()["traceparent"], TP);
     gw.shutdown().await;
 }
 

@@ -89,12 +89,13 @@ impl ReplayCache {
         }
     }
 
-    /// Forgets `key` (an operator evicted it). Its place in the eviction order stays behind
-    /// and is skipped when reached.
+    /// Forgets `key` (an operator evicted it): a linear pass over the order, fine at the
+    /// rate of manual evictions.
     pub(crate) fn remove(&self, key: &RecordKey) {
         let mut inner = self.lock();
         if let Some(old) = inner.entries.remove(key) {
             inner.bytes -= weight(key, &old);
+            inner.order.retain(|k| k != key);
         }
     }
 
@@ -164,6 +165,7 @@ mod tests {
         assert!(c.get(&key("b"), Timestamp(0)).is_some());
         c.insert(key("a"), entry(100, 10));
         assert_eq!(c.len(), 2);
+        assert_eq!(c.lock().order.len(), 2, "no stale place left behind");
         let one = weight(&key("a"), &entry(100, 10));
         assert_eq!(c.lock().bytes, 2 * one);
     }

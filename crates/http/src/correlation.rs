@@ -21,12 +21,16 @@ use crate::problem::ProblemDetail;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The ids of one request, in its extensions for the services inside.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Correlation {
     pub request_id: String,
     pub trace: TraceParent,
+    /// Whether `trace` is the client's; when it is a new one, the client's `tracestate`
+    /// belongs to no trace we forward and is dropped, as Trace Context requires.
+    pub continues_trace: bool,
 }
 
 impl Correlation {
@@ -39,12 +43,19 @@ impl Correlation {
             }
             _ => request_id_from(rand::random()),
         };
-        let trace = headers
-            .get(&TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(TraceParent::parse)
-            .unwrap_or_else(|| TraceParent::fresh(rand::random(), rand::random()));
-        Correlation { request_id, trace }
+        // Several `traceparent` headers are as invalid as a malformed one.
+        let mut sent = headers.get_all(&TRACEPARENT).iter();
+        let kept = match (sent.next(), sent.next()) {
+            (Some(v), None) => v.to_str().ok().and_then(TraceParent::parse),
+            _ => None,
+        };
+        let continues_trace = kept.is_some();
+        let trace = kept.unwrap_or_else(|| TraceParent::fresh(rand::random(), rand::random()));
+        Correlation {
+            request_id,
+            trace,
+            continues_trace,
+        }
     }
 }
 
@@ -87,7 +98,12 @@ where
         if let Some(v) = tp {
             req.headers_mut().insert(TRACEPARENT, v);
         }
-        let span = tracing::info_span!(
+        if !c.continues_trace {
+            req.headers_mut().remove(TRACESTATE);
+        }
+        // At ERROR level so that no level filter drops it: warnings and errors are the lines
+        // that most need the ids.
+        let span = tracing::error_span!(
             "request",
             request_id = %c.request_id,
             trace_id = %c.trace.trace_id,

@@ -62,6 +62,8 @@ pub enum Outcome {
     MissingKey,
     InvalidKey,
     BodyTooLarge,
+    /// The request body broke off before it was read whole.
+    BodyUnreadable,
     /// The upstream answered a status that is not stored (5xx, 408, 429...): key released.
     Released,
     /// The upstream may or may not have acted (timeout or reset after sending).
@@ -207,14 +209,19 @@ impl Engine {
         self.tasks.len()
     }
 
-    /// The forward call, timed for the observer.
+    /// The forward call, timed for the observer. A problem marker an in-process inner
+    /// service's response may carry is dropped: only the engine's own answers are rewritten
+    /// by the correlation layer, never a response that may be stored and replayed.
     async fn timed(&self, call: ForwardFuture) -> Result<Response<BoxBody>, BoxError> {
-        let Some(o) = &self.observer else {
-            return call.await;
-        };
         let started = std::time::Instant::now();
-        let r = call.await;
-        o.upstream(started.elapsed(), r.is_ok());
+        let r = call.await.map(|mut resp| {
+            resp.extensions_mut()
+                .remove::<crate::problem::ProblemDetail>();
+            resp
+        });
+        if let Some(o) = &self.observer {
+            o.upstream(started.elapsed(), r.is_ok());
+        }
         r
     }
 
@@ -270,7 +277,10 @@ impl Engine {
                     ),
                 );
             }
-            Err(e) => return problem_default(ProblemKind::BodyUnreadable, &e.to_string()),
+            Err(e) => {
+                self.observe(Outcome::BodyUnreadable);
+                return problem_default(ProblemKind::BodyUnreadable, &e.to_string());
+            }
         };
         let tenant = policy.tenant.tenant_of(&parts.headers);
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -570,6 +580,12 @@ impl Engine {
                 tracing::warn!(key = %key, "completion refused: the lease had been taken over");
                 self.observe(Outcome::StaleCompletionRefused);
             }
+            Err(StoreError::Refused(Refusal::Missing)) => {
+                // An operator evicted the key while it ran: nothing is held any more, and the
+                // next request with the key executes again.
+                tracing::warn!(key = %key, "completion refused: the key was evicted meanwhile");
+                self.observe(Outcome::Executed);
+            }
             Err(e) => {
                 tracing::error!(key = %key, error = %e, "the response could not be stored; the key stays held until its lease ends");
                 self.observe(Outcome::Executed);
@@ -777,7 +793,8 @@ where
     fn drop(&mut self) {
         if let Some(fut) = self.fut.take() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(fut);
+                // In the request's span, so the rest of its log lines still carry its ids.
+                rt.spawn(tracing::Instrument::in_current_span(fut));
             }
         }
     }

@@ -12,7 +12,7 @@ use oncely_metrics::{Counter, Histogram, Text};
 use crate::{Outcome, OutcomeObserver};
 
 /// Outcomes that end a request, with the label each is counted under.
-const REQUEST_OUTCOMES: [(Outcome, &str); 13] = [
+const REQUEST_OUTCOMES: [(Outcome, &str); 14] = [
     (Outcome::Executed, "executed"),
     (Outcome::Replayed, "replayed"),
     (Outcome::WaitedThenReplayed, "waited"),
@@ -21,6 +21,7 @@ const REQUEST_OUTCOMES: [(Outcome, &str); 13] = [
     (Outcome::MissingKey, "missing_key"),
     (Outcome::InvalidKey, "invalid_key"),
     (Outcome::BodyTooLarge, "body_too_large"),
+    (Outcome::BodyUnreadable, "body_unreadable"),
     (Outcome::Released, "released"),
     (Outcome::UnknownOutcome, "unknown_outcome"),
     (Outcome::UpstreamUnreachable, "upstream_unreachable"),
@@ -41,7 +42,7 @@ pub struct Takeover {
 
 #[derive(Debug, Default)]
 pub struct EngineMetrics {
-    requests: [Counter; 13],
+    requests: [Counter; 14],
     takeovers: Counter,
     recent_takeovers: Mutex<VecDeque<Takeover>>,
     stale_completions: Counter,

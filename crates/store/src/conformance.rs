@@ -173,12 +173,15 @@ pub async fn evict_and_list_in_progress<S: IdempotencyStore, F: Factory<S>>(f: &
         "an in-progress record is evicted"
     );
     assert_eq!(store.get(&k1).await.unwrap(), None);
-    assert!(
-        store
-            .complete(&k1, t1, response("late"), TTL)
-            .await
-            .is_err(),
+    assert_eq!(
+        store.complete(&k1, t1, response("late"), TTL).await,
+        Err(StoreError::Refused(Refusal::Missing)),
         "the evicted holder's completion is refused"
+    );
+    assert_eq!(
+        store.renew(&k1, t1, LEASE).await,
+        Err(StoreError::Refused(Refusal::Missing)),
+        "and so is its lease renewal"
     );
     claimed(store.claim(&k1, fp(b"other"), LEASE, TTL).await.unwrap());
     assert!(

@@ -128,7 +128,8 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     async fn evict(&self, key: &RecordKey) -> StoreResult<bool>;
 
     /// Up to `limit` live in-progress records, the oldest claim first: what is in flight
-    /// now, and what a crash left held until its lease ends.
+    /// now, and what a crash left behind (listed until a retry takes it over or the record
+    /// expires; past its lease end a retry may take it over).
     async fn list_in_progress(&self, limit: usize) -> StoreResult<Vec<(RecordKey, Record)>>;
 }
 

@@ -14,8 +14,8 @@ use oncely_metrics::{Counter, Histogram, Text};
 use crate::{IdempotencyStore, StoreError, StoreResult, StoreStats};
 
 /// The store operations, in the order they are rendered.
-const OPS: [&str; 7] = [
-    "claim", "complete", "release", "renew", "get", "purge", "stats",
+const OPS: [&str; 9] = [
+    "claim", "complete", "release", "renew", "get", "purge", "stats", "evict", "list",
 ];
 
 #[derive(Debug, Clone, Copy)]

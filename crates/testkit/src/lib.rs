@@ -145,6 +145,7 @@ async fn handle(
     let forwarded_for = header("x-forwarded-for").unwrap_or_default();
     let request_id = header("x-request-id");
     let traceparent = header("traceparent");
+    let tracestate = header("tracestate");
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let body = req
@@ -188,6 +189,7 @@ async fn handle(
         "forwarded_for": forwarded_for,
         "request_id": request_id,
         "traceparent": traceparent,
+        "tracestate": tracestate,
     });
     let mut resp = Response::new(DelayedBody::new(
         Bytes::from(json.to_string()),
