@@ -425,6 +425,44 @@ async fn a_frozen_holder_is_fenced_off_by_the_gateway_that_took_over() {
     }
 }
 
+/// Starts `oncely serve` with an admin listener on a free port; returns it with its base URL
+/// and its admin URL (the two lines it prints).
+fn serve_with_admin(
+    upstream: &str,
+    db: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (KillOnDrop, String, String) {
+    let mut cmd = oncely();
+    cmd.args(["--log-level", "error", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--upstream", upstream])
+        .arg("--store")
+        .arg(format!("sqlite://{}", db.display()))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn oncely serve");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let child = KillOnDrop(child);
+    let (mut first, mut second) = (String::new(), String::new());
+    out.read_line(&mut first).expect("the listening line");
+    out.read_line(&mut second).expect("the admin line");
+    let url = first
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening on")
+        .to_owned();
+    let admin = second
+        .trim()
+        .strip_prefix("admin on ")
+        .unwrap_or_else(|| panic!("unexpected second line {second:?}"))
+        .to_owned();
+    (child, url, admin)
+}
+
 /// `oncely serve` prints where its admin listener is; `/metrics` there counts what the
 /// gateway did, for the token only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,36 +470,9 @@ async fn serve_exposes_metrics_on_the_admin_listener() {
     let upstream = CountingUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let token = "process-test-token-0123456789";
-    let mut child = oncely()
-        .args(["--log-level", "warn", "serve", "--listen", "127.0.0.1:0"])
-        .args([
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream.url(),
-        ])
-        .arg("--store")
-        .arg(format!("sqlite://{}", dir.path().join("o.db").display()))
-        .env("ONCELY_ADMIN_TOKEN", token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let _child = KillOnDrop(child);
-    let (mut first, mut second) = (String::new(), String::new());
-    out.read_line(&mut first).unwrap();
-    out.read_line(&mut second).unwrap();
-    let url = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    let admin = second
-        .trim()
-        .strip_prefix("admin on ")
-        .unwrap_or_else(|| panic!("unexpected second line {second:?}"))
-        .to_owned();
+    let db = dir.path().join("o.db");
+    let (_child, url, admin) =
+        serve_with_admin(&upstream.url(), &db, &[], &[("ONCELY_ADMIN_TOKEN", token)]);
     let client = TestClient::new();
     for _ in 0..3 {
         let a = client
@@ -561,27 +572,9 @@ async fn oncely_keys_inspects_and_evicts_through_the_admin_listener() {
     let upstream = CountingUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let token = "keys-test-token-0123456789";
-    let mut child = oncely()
-        .args(["--log-level", "error", "serve", "--listen", "127.0.0.1:0"])
-        .args(["--admin-listen", "127.0.0.1:0", "--admin-token", token])
-        .args(["--upstream", &upstream.url()])
-        .arg("--store")
-        .arg(format!("sqlite://{}", dir.path().join("o.db").display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let child = KillOnDrop(child);
-    let (mut first, mut second) = (String::new(), String::new());
-    out.read_line(&mut first).unwrap();
-    out.read_line(&mut second).unwrap();
-    let url = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    let admin = second.trim().strip_prefix("admin on ").unwrap().to_owned();
+    let db = dir.path().join("o.db");
+    let (child, url, admin) =
+        serve_with_admin(&upstream.url(), &db, &["--admin-token", token], &[]);
     let client = TestClient::new();
     let a = client
         .post_keyed(

@@ -77,6 +77,28 @@ async fn send_post(
         .unwrap()
 }
 
+/// Leaves in `store` the claim of a holder that died: its lease (50 ms) has run out when this
+/// returns, so the next request with the key takes it over.
+async fn leave_a_dead_holder(store: &Arc<dyn IdempotencyStore>, key: &str) {
+    let dead = RecordKey::new(
+        Tenant::anonymous(),
+        "POST",
+        "/orders",
+        parse_idempotency_key(key.as_bytes()).unwrap(),
+    );
+    let fp = Fingerprint::compute("POST", "/orders", Some("application/json"), b"{}");
+    store
+        .claim(
+            &dead,
+            fp,
+            Duration::from_millis(50),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
 /// The value of one series, by its exact name and labels as rendered.
 fn value(page: &str, series: &str) -> f64 {
     page.lines()
@@ -144,23 +166,7 @@ async fn metrics_count_a_scripted_scenario_exactly() {
     );
 
     // A holder that died: its claim is in the store, its lease runs out, a retry takes over.
-    let dead = RecordKey::new(
-        Tenant::anonymous(),
-        "POST",
-        "/orders",
-        parse_idempotency_key(b"k-dead").unwrap(),
-    );
-    let fp = Fingerprint::compute("POST", "/orders", Some("application/json"), b"{}");
-    store
-        .claim(
-            &dead,
-            fp,
-            Duration::from_millis(50),
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    leave_a_dead_holder(&store, "k-dead").await;
     assert_eq!(
         post("/orders", Some("k-dead"), "{}", vec![]).await.status,
         201
@@ -551,22 +557,7 @@ async fn keys_can_be_inspected_listed_and_evicted() {
         .as_array()
         .unwrap()
         .is_empty());
-    let dead = RecordKey::new(
-        Tenant::anonymous(),
-        "POST",
-        "/orders",
-        parse_idempotency_key(b"k-dead").unwrap(),
-    );
-    store
-        .claim(
-            &dead,
-            fp,
-            Duration::from_millis(50),
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    leave_a_dead_holder(&store, "k-dead").await;
     assert_eq!(
         send_post(
             &client,
