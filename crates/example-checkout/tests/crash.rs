@@ -95,14 +95,29 @@ impl Checkout {
     }
 }
 
+/// One checkout request; `Err` when the connection died (the service crashed).
+async fn checkout_once(
+    client: &TestClient,
+    url: &str,
+    key: &str,
+    body: &str,
+) -> Result<Answer, String> {
+    client
+        .post_keyed(&format!("{url}/checkout"), key, body, &[])
+        .await
+}
+
+/// A problem answer of this status and type.
+fn assert_problem(a: &Answer, status: u16, problem_type: &str) {
+    assert_eq!(a.status, status, "{:?}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.problem_type().as_deref(), Some(problem_type));
+}
+
 /// Retries like a client should: 409 (the crashed request's lease has not run out yet) and
 /// 503 (interrupted) are retried; anything else is the answer.
 async fn checkout_until_final(client: &TestClient, url: &str, key: &str, body: &str) -> Answer {
     for _ in 0..120 {
-        match client
-            .post_keyed(&format!("{url}/checkout"), key, body, &[])
-            .await
-        {
+        match checkout_once(client, url, key, body).await {
             Ok(a) if a.status == 409 || a.status == 503 => {}
             Ok(a) => return a,
             Err(_) => {}
@@ -224,14 +239,7 @@ async fn crash_at_every_boundary<D: Db>(new_db: impl Fn() -> D) {
         let db = new_db();
         let p = provider().await;
         let mut crashing = start_checkout(&db.url(), &p.url, &[], Some(boundary)).await;
-        let first = client
-            .post_keyed(
-                &format!("{}/checkout", crashing.url),
-                "checkout-1",
-                ORDER,
-                &[],
-            )
-            .await;
+        let first = checkout_once(&client, &crashing.url, "checkout-1", ORDER).await;
         assert!(
             first.is_err(),
             "the process dies at {boundary} before answering: {first:?}"
@@ -252,8 +260,7 @@ async fn crash_at_every_boundary<D: Db>(new_db: impl Fn() -> D) {
             answer.body, expected.body,
             "after a crash at {boundary}: the same bytes"
         );
-        let again = client
-            .post_keyed(&format!("{}/checkout", svc.url), "checkout-1", ORDER, &[])
+        let again = checkout_once(&client, &svc.url, "checkout-1", ORDER)
             .await
             .unwrap();
         assert!(again.replayed());
@@ -303,14 +310,7 @@ async fn the_completer_finishes_an_abandoned_checkout<D: Db>(new_db: impl Fn() -
     let db = new_db();
     let p = provider().await;
     let mut crashing = start_checkout(&db.url(), &p.url, &[], Some("after-call:charge")).await;
-    let _ = client
-        .post_keyed(
-            &format!("{}/checkout", crashing.url),
-            "checkout-1",
-            ORDER,
-            &[],
-        )
-        .await;
+    let _ = checkout_once(&client, &crashing.url, "checkout-1", ORDER).await;
     crashing.child.wait().await.unwrap();
     let svc = start_checkout(
         &db.url(),
@@ -346,20 +346,10 @@ async fn outage_and_decline<D: Db>(db: D) {
     let p = provider().await;
     let svc = start_checkout(&db.url(), &p.url, &[], None).await;
     p.ledger.fail_next(1);
-    let first = client
-        .post_keyed(&format!("{}/checkout", svc.url), "k-outage", ORDER, &[])
+    let first = checkout_once(&client, &svc.url, "k-outage", ORDER)
         .await
         .unwrap();
-    assert_eq!(
-        first.status,
-        503,
-        "{:?}",
-        String::from_utf8_lossy(&first.body)
-    );
-    assert_eq!(
-        first.problem_type().as_deref(),
-        Some("urn:oncely:example:checkout-interrupted")
-    );
+    assert_problem(&first, 503, "urn:oncely:example:checkout-interrupted");
     assert_eq!(db.orders().await.len(), 1, "the order stays, pending");
     assert_eq!(db.orders().await[0].status, "pending");
     let retry = checkout_until_final(&client, &svc.url, "k-outage", ORDER).await;
@@ -383,13 +373,8 @@ async fn outage_and_decline<D: Db>(db: D) {
     assert_eq!(db.outbox().await.len(), 1, "no receipt for a declined card");
 
     // Bad input: a clear problem, nothing stored in the shop.
-    let bad = client
-        .post_keyed(
-            &format!("{}/checkout", svc.url),
-            "k-bad",
-            r#"{"email":"x@y","card":"c","items":[{"sku":"caviar","qty":1}]}"#,
-            &[],
-        )
+    let caviar = r#"{"email":"x@y","card":"c","items":[{"sku":"caviar","qty":1}]}"#;
+    let bad = checkout_once(&client, &svc.url, "k-bad", caviar)
         .await
         .unwrap();
     assert_eq!(bad.status, 400);
@@ -412,20 +397,10 @@ async fn the_layer_forgetting_first_is_safe<D: Db>(db: D) {
     svc.stop().await;
 
     let svc = start_checkout(&db.url(), &p.url, &memory, None).await;
-    let other = client
-        .post_keyed(&format!("{}/checkout", svc.url), "k-old", DECLINED, &[])
+    let other = checkout_once(&client, &svc.url, "k-old", DECLINED)
         .await
         .unwrap();
-    assert_eq!(
-        other.status,
-        409,
-        "{:?}",
-        String::from_utf8_lossy(&other.body)
-    );
-    assert_eq!(
-        other.problem_type().as_deref(),
-        Some("urn:oncely:example:checkout-input-mismatch")
-    );
+    assert_problem(&other, 409, "urn:oncely:example:checkout-input-mismatch");
     let original = checkout_until_final(&client, &svc.url, "k-old", ORDER).await;
     assert_eq!(
         (original.status, &original.body),
@@ -435,19 +410,13 @@ async fn the_layer_forgetting_first_is_safe<D: Db>(db: D) {
 
     db.reap_all().await;
     let svc = start_checkout(&db.url(), &p.url, &memory, None).await;
-    let reused = client
-        .post_keyed(&format!("{}/checkout", svc.url), "k-old", ORDER, &[])
+    let reused = checkout_once(&client, &svc.url, "k-old", ORDER)
         .await
         .unwrap();
-    assert_eq!(
-        reused.status,
+    assert_problem(
+        &reused,
         409,
-        "{:?}",
-        String::from_utf8_lossy(&reused.body)
-    );
-    assert_eq!(
-        reused.problem_type().as_deref(),
-        Some("urn:oncely:example:key-reused-after-retention")
+        "urn:oncely:example:key-reused-after-retention",
     );
     assert_eq!(db.orders().await.len(), 1);
     assert_eq!(p.ledger.charges().len(), 1);

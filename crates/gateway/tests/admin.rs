@@ -317,15 +317,7 @@ async fn the_admin_listener_refuses_without_the_token() {
             assert!(!String::from_utf8_lossy(&a.body).contains("oncely_requests_total"));
         }
     }
-    let ok = client
-        .send(
-            "GET",
-            &format!("http://{admin}/healthz"),
-            &[("authorization", &format!("Bearer {TOKEN}"))],
-            "",
-        )
-        .await
-        .unwrap();
+    let ok = admin_get(&client, &gateway, "GET", "/healthz").await;
     assert_eq!((ok.status, &ok.body[..]), (200, &b"ok\n"[..]));
     let any_case = client
         .send(
@@ -337,15 +329,7 @@ async fn the_admin_listener_refuses_without_the_token() {
         .await
         .unwrap();
     assert_eq!(any_case.status, 200, "the scheme is case-insensitive");
-    let missing = client
-        .send(
-            "GET",
-            &format!("http://{admin}/nowhere"),
-            &[("authorization", &format!("Bearer {TOKEN}"))],
-            "",
-        )
-        .await
-        .unwrap();
+    let missing = admin_get(&client, &gateway, "GET", "/nowhere").await;
     assert_eq!(missing.status, 404);
     // The proxied listener does not serve the admin paths.
     let proxied = client

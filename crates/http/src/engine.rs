@@ -209,10 +209,11 @@ impl Engine {
         self.tasks.len()
     }
 
-    /// The forward call, timed for the observer. A problem marker an in-process inner
-    /// service's response may carry is dropped: only the engine's own answers are rewritten
-    /// by the correlation layer, never a response that may be stored and replayed.
-    async fn timed(&self, call: ForwardFuture) -> Result<Response<BoxBody>, BoxError> {
+    /// The one call to the inner service, timed for the observer. The problem marker an
+    /// in-process inner service's response may carry is dropped: only the engine's own
+    /// answers are rewritten by the correlation layer, never a response that may be stored
+    /// and replayed.
+    async fn call_inner(&self, call: ForwardFuture) -> Result<Response<BoxBody>, BoxError> {
         let started = std::time::Instant::now();
         let r = call.await.map(|mut resp| {
             resp.extensions_mut()
@@ -466,7 +467,7 @@ impl Engine {
         // The lease is renewed for as long as the upstream works: until its response headers
         // and, for a response to store, its whole body have arrived.
         let work = async {
-            let response = self.timed(inner(request)).await?;
+            let response = self.call_inner(inner(request)).await?;
             if !policy.stored_statuses.is_stored(response.status().as_u16()) {
                 return Ok(Upstream::NotStored(response));
             }
@@ -673,7 +674,7 @@ impl Engine {
 
     async fn pass_through(&self, inner: Forward, req: Request<BoxBody>) -> Response<BoxBody> {
         self.observe(Outcome::PassedThrough);
-        match self.timed(inner(req)).await {
+        match self.call_inner(inner(req)).await {
             Ok(resp) => resp,
             Err(e) => match UpstreamError::classify(e) {
                 e if e.kind == UpstreamErrorKind::Timeout => {

@@ -132,19 +132,34 @@ impl Provider {
 
 /// `order` (atomic) -> `charge` (foreign, deduped by key) -> `receipt` (atomic, responds).
 pub fn checkout<H: Harness>(h: &H, provider: &Arc<Provider>) -> Operation<H::J, TestState> {
-    let p = provider.clone();
-    Operation::new("checkout")
-        .atomic_phase("order", h.phase("order", Behaviour::Continue))
-        .foreign("charge", move |call: crate::ForeignCall<TestState>| {
-            let p = p.clone();
-            async move {
-                let mut state = call.state;
-                state.charge = Some(p.charge(&call.idempotency_key)?);
-                state.steps.push("charge".into());
-                Ok((state, Flow::Continue))
-            }
-        })
+    with_charge(
+        Operation::new("checkout").atomic_phase("order", h.phase("order", Behaviour::Continue)),
+        provider,
+    )
+    .atomic_phase("receipt", h.phase("receipt", Behaviour::Respond))
+}
+
+/// `charge` (foreign) -> `receipt` (atomic, responds): a plan whose first phase acts outside.
+pub fn foreign_first<H: Harness>(h: &H, provider: &Arc<Provider>) -> Operation<H::J, TestState> {
+    with_charge(Operation::new("foreign-first"), provider)
         .atomic_phase("receipt", h.phase("receipt", Behaviour::Respond))
+}
+
+/// Appends the foreign phase `charge`: one charge at `provider` under the derived key.
+fn with_charge<J: Journal>(
+    op: Operation<J, TestState>,
+    provider: &Arc<Provider>,
+) -> Operation<J, TestState> {
+    let p = provider.clone();
+    op.foreign("charge", move |call: crate::ForeignCall<TestState>| {
+        let p = p.clone();
+        async move {
+            let mut state = call.state;
+            state.charge = Some(p.charge(&call.idempotency_key)?);
+            state.steps.push("charge".into());
+            Ok((state, Flow::Continue))
+        }
+    })
 }
 
 fn recovery<H: Harness>(h: &H, clock: &ManualClock) -> Recovery<H::J> {
@@ -588,17 +603,7 @@ pub async fn the_row_appears_with_the_first_commit<H: Harness>(h: H) {
         );
         assert!(h.effects(&id).await.is_empty());
     }
-    let p = provider.clone();
-    let foreign_first = Operation::<H::J, TestState>::new("foreign-first")
-        .foreign("charge", move |call: crate::ForeignCall<TestState>| {
-            let p = p.clone();
-            async move {
-                let mut state = call.state;
-                state.charge = Some(p.charge(&call.idempotency_key)?);
-                Ok((state, Flow::Continue))
-            }
-        })
-        .atomic_phase("receipt", h.phase("receipt", Behaviour::Respond));
+    let foreign_first = foreign_first(&h, &provider);
     let id = unique("foreign-first");
     recovery(&h, &clock())
         .with_hooks(Arc::new(StopAt("after-call:charge".into())))
@@ -714,17 +719,7 @@ pub async fn mismatches_and_bad_ids_are_refused_before_anything_runs<H: Harness>
     );
     assert_eq!(h.effects(&id).await, ["order"]);
 
-    let p = provider.clone();
-    let foreign_first = Operation::<H::J, TestState>::new("foreign-first")
-        .foreign("charge", move |call: crate::ForeignCall<TestState>| {
-            let p = p.clone();
-            async move {
-                let mut state = call.state;
-                state.charge = Some(p.charge(&call.idempotency_key)?);
-                Ok((state, Flow::Continue))
-            }
-        })
-        .atomic_phase("receipt", h.phase("receipt", Behaviour::Respond));
+    let foreign_first = foreign_first(&h, &provider);
     let ff = unique("ff");
     recovery(&h, &clock())
         .run(&foreign_first, &ff, TestState::new(&ff, 1))

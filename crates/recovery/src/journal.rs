@@ -145,6 +145,60 @@ pub trait Journal: Send + Sync + 'static {
     async fn reap(&self, before: Timestamp, limit: usize) -> Result<u64, JournalError>;
 }
 
+/// The columns a phase's transaction reads when it locks the operation's row.
+pub(crate) struct Locked {
+    pub point: String,
+    pub operation: String,
+    pub input_digest: String,
+}
+
+/// Whether a run that read `row` may go on once the row is locked: `None` if so, else the
+/// answer to give without writing anything. Another input wins over a moved point, so a
+/// creator with another input hears `Mismatch`, never `Conflict`.
+pub(crate) fn judge_locked(row: &OperationRow, locked: Option<Locked>) -> Option<Advance> {
+    match locked {
+        Some(l) if l.operation != row.operation || l.input_digest != row.input_digest => {
+            Some(Advance::Mismatch)
+        }
+        Some(l) if l.point == row.point => None,
+        _ => Some(Advance::Conflict),
+    }
+}
+
+/// After the phase's work: the point `decide` commits and the state encoded for it, or the
+/// answer to give without committing.
+pub(crate) fn settle<S: OpState>(
+    row: &OperationRow,
+    decide: Decide,
+    flow: Flow,
+    state: &S,
+) -> Result<Result<(Commit, String), Advance>, JournalError> {
+    let commit = match decide(flow) {
+        Decision::Commit(c) => c,
+        Decision::Stop => return Ok(Err(Advance::Stopped)),
+        Decision::NoResponse => return Ok(Err(Advance::NoResponse)),
+    };
+    let encoded = serde_json::to_string(state)
+        .map_err(|e| JournalError::Corrupt(format!("{}: state does not encode: {e}", row.id)))?;
+    Ok(Ok((commit, encoded)))
+}
+
+/// The row as a committed phase left it.
+pub(crate) fn committed(
+    row: &OperationRow,
+    commit: Commit,
+    state: String,
+    now: Timestamp,
+) -> Advance {
+    Advance::Committed(OperationRow {
+        point: commit.point,
+        state,
+        response: commit.response,
+        updated_at: now,
+        ..row.clone()
+    })
+}
+
 /// A response as the journals store it: three nullable columns (status, headers, body).
 pub(crate) type ResponseColumns = (Option<u16>, Option<Vec<u8>>, Option<Vec<u8>>);
 

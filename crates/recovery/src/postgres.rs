@@ -14,8 +14,8 @@ use deadpool_postgres::Pool;
 use oncely_core::Timestamp;
 
 use crate::journal::{
-    response_columns, response_from_columns, Advance, Decide, Decision, Journal, JournalError,
-    NewOperation, OperationRow, Work,
+    committed, judge_locked, response_columns, response_from_columns, settle, Advance, Decide,
+    Journal, JournalError, Locked, NewOperation, OperationRow, Work,
 };
 use crate::operation::{BoxFuture, OpState, Operation, PhaseError};
 use crate::plan::Flow;
@@ -298,20 +298,18 @@ impl Journal for PgJournal {
                 tx.query_opt(&stmt, &[&row.id]).await
             }
             .map_err(unavailable)?;
-            let found: Option<(String, String, String)> = found
+            let locked = found
                 .map(|r| {
-                    Ok::<_, tokio_postgres::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
+                    Ok::<_, tokio_postgres::Error>(Locked {
+                        point: r.try_get(0)?,
+                        operation: r.try_get(1)?,
+                        input_digest: r.try_get(2)?,
+                    })
                 })
                 .transpose()
                 .map_err(|e| JournalError::Corrupt(e.to_string()))?;
-            match found {
-                Some((_, operation, digest))
-                    if operation != row.operation || digest != row.input_digest =>
-                {
-                    return Ok(Advance::Mismatch)
-                }
-                Some((point, _, _)) if point == row.point => {}
-                _ => return Ok(Advance::Conflict),
+            if let Some(answer) = judge_locked(row, locked) {
+                return Ok(answer);
             }
             let flow = match work {
                 Work::Atomic(phase) => match phase(&tx, &mut state).await {
@@ -321,14 +319,10 @@ impl Journal for PgJournal {
                 },
                 Work::Record(flow) => flow,
             };
-            let commit = match decide(flow) {
-                Decision::Commit(c) => c,
-                Decision::Stop => return Ok(Advance::Stopped),
-                Decision::NoResponse => return Ok(Advance::NoResponse),
+            let (commit, encoded) = match settle(row, decide, flow, &state)? {
+                Ok(ready) => ready,
+                Err(answer) => return Ok(answer),
             };
-            let encoded = serde_json::to_string(&state).map_err(|e| {
-                JournalError::Corrupt(format!("{}: state does not encode: {e}", row.id))
-            })?;
             let (status, headers, body) = response_columns(&commit.response);
             let status = status.map(i32::from);
             let update = tx
@@ -355,13 +349,7 @@ impl Journal for PgJournal {
                 return Ok(Advance::Conflict);
             }
             tx.commit().await.map_err(unavailable)?;
-            Ok(Advance::Committed(OperationRow {
-                point: commit.point,
-                state: encoded,
-                response: commit.response,
-                updated_at: now,
-                ..row.clone()
-            }))
+            Ok(committed(row, commit, encoded, now))
         })
         .await
     }

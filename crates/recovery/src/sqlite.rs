@@ -14,8 +14,8 @@ use oncely_core::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::journal::{
-    response_columns, response_from_columns, Advance, Decide, Decision, Journal, JournalError,
-    NewOperation, OperationRow, Work,
+    committed, judge_locked, response_columns, response_from_columns, settle, Advance, Decide,
+    Journal, JournalError, Locked, NewOperation, OperationRow, Work,
 };
 use crate::operation::{OpState, Operation, PhaseError};
 use crate::plan::Flow;
@@ -230,23 +230,23 @@ impl Journal for SqliteJournal {
                 })
                 .map_err(unavailable)?;
             }
-            let found: Option<(String, String, String)> = tx
+            let locked = tx
                 .prepare_cached(
                     "SELECT point, operation, input_digest FROM oncely_operations WHERE id = ?1",
                 )
                 .and_then(|mut st| {
-                    st.query_row(params![row.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                        .optional()
+                    st.query_row(params![row.id], |r| {
+                        Ok(Locked {
+                            point: r.get(0)?,
+                            operation: r.get(1)?,
+                            input_digest: r.get(2)?,
+                        })
+                    })
+                    .optional()
                 })
                 .map_err(unavailable)?;
-            match found {
-                Some((_, operation, digest))
-                    if operation != row.operation || digest != row.input_digest =>
-                {
-                    return Ok(Advance::Mismatch)
-                }
-                Some((point, _, _)) if point == row.point => {}
-                _ => return Ok(Advance::Conflict),
+            if let Some(answer) = judge_locked(&row, locked) {
+                return Ok(answer);
             }
             let flow = match work {
                 Work::Atomic(phase) => match phase(&tx, &mut state) {
@@ -256,14 +256,10 @@ impl Journal for SqliteJournal {
                 },
                 Work::Record(flow) => flow,
             };
-            let commit = match decide(flow) {
-                Decision::Commit(c) => c,
-                Decision::Stop => return Ok(Advance::Stopped),
-                Decision::NoResponse => return Ok(Advance::NoResponse),
+            let (commit, state) = match settle(&row, decide, flow, &state)? {
+                Ok(ready) => ready,
+                Err(answer) => return Ok(answer),
             };
-            let state = serde_json::to_string(&state).map_err(|e| {
-                JournalError::Corrupt(format!("{}: state does not encode: {e}", row.id))
-            })?;
             let (status, headers, body) = response_columns(&commit.response);
             let updated = tx
                 .prepare_cached(
@@ -288,13 +284,7 @@ impl Journal for SqliteJournal {
                 return Ok(Advance::Conflict);
             }
             tx.commit().map_err(unavailable)?;
-            Ok(Advance::Committed(OperationRow {
-                point: commit.point,
-                state,
-                response: commit.response,
-                updated_at: now,
-                ..row
-            }))
+            Ok(committed(&row, commit, state, now))
         })
         .await
     }
