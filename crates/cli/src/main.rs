@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod bench;
 mod bench_stores;
 mod demo;
@@ -39,6 +40,8 @@ enum Command {
     Send(oncely_client::send::SendArgs),
     /// Inspect, list or evict keys of a running gateway (through its admin listener).
     Keys(keys::KeysArgs),
+    /// Verify, list or redact the audit trail (in its database).
+    Audit(audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             Command::Migrate(args) => migrate::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Keys(args) => keys::run(args).await,
+            Command::Audit(args) => audit::run(args).await,
             Command::Send(_) => Ok(()), // handled above
         }
     });

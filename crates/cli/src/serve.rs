@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use oncely_gateway::config::{parse_admin_listen, parse_upstream, DEFAULT_ADMIN_LISTEN};
+use oncely_gateway::audit::{default_chain, AuditConfig, AuditUrl, RedactionKey};
+use oncely_gateway::config::{
+    parse_admin_listen, parse_upstream, read_key_file, DEFAULT_ADMIN_LISTEN,
+};
 use oncely_gateway::store_url::StoreUrl;
 use oncely_gateway::AdminConfig;
 use oncely_gateway::{Config, Gateway};
@@ -37,6 +40,20 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     admin_token: Option<String>,
+    /// Keep an audit trail of every keyed request's outcome: sqlite://PATH or
+    /// postgres://USER@HOST/DB?schema=NAME [or audit.url in the config].
+    #[arg(long, value_name = "URL")]
+    audit: Option<String>,
+    /// This gateway's chain in the audit trail [default: the host name, or audit.chain].
+    #[arg(long, value_name = "NAME")]
+    audit_chain: Option<String>,
+    /// File holding the secret that keys personal fields' hashes (at least 16 characters)
+    /// [or audit.key_file in the config].
+    #[arg(long, value_name = "FILE")]
+    audit_key_file: Option<PathBuf>,
+    /// The redaction secret itself, instead of a file.
+    #[arg(long, env = "ONCELY_AUDIT_KEY", hide_env_values = true, hide = true)]
+    audit_key: Option<String>,
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), String> {
@@ -50,8 +67,12 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         .map(|u| u.to_string())
         .unwrap_or_default();
     let store = config.store.clone();
+    let audit = config
+        .audit
+        .as_ref()
+        .map(|a| format!("{} (chain {})", a.url, a.chain));
     let gateway = Gateway::open(config).await?.start().await?;
-    tracing::info!(listen = %gateway.addr(), %upstream, %store, "oncely gateway ready");
+    tracing::info!(listen = %gateway.addr(), %upstream, %store, audit = audit.as_deref().unwrap_or("off"), "oncely gateway ready");
     // One plain line on stdout so scripts (and tests) learn the port when listening on :0;
     // the admin listener's, if any, on the next.
     let mut ready = format!("listening on http://{}\n", gateway.addr());
@@ -114,6 +135,7 @@ fn build_config(args: &ServeArgs) -> Result<Config, String> {
     if let Some(s) = &args.store {
         config.store = StoreUrl::parse(s).map_err(|e| format!("--store: {e}"))?;
     }
+    apply_audit_args(args, &mut config)?;
     if config.upstream.is_none() {
         return Err(
             "no upstream: pass --upstream http://HOST:PORT (or set server.upstream in the config)"
@@ -121,6 +143,42 @@ fn build_config(args: &ServeArgs) -> Result<Config, String> {
         );
     }
     Ok(config)
+}
+
+/// The `--audit*` flags over the config file's `[audit]` section.
+fn apply_audit_args(args: &ServeArgs, config: &mut Config) -> Result<(), String> {
+    if let Some(u) = &args.audit {
+        let url = AuditUrl::parse(u).map_err(|e| format!("--audit: {e}"))?;
+        config.audit = Some(match config.audit.take() {
+            Some(a) => AuditConfig { url, ..a },
+            None => AuditConfig {
+                url,
+                chain: default_chain(),
+                key: None,
+                queue: oncely_audit::writer::DEFAULT_QUEUE,
+            },
+        });
+    }
+    let flags_without_trail = args.audit_chain.is_some() || args.audit_key_file.is_some();
+    let Some(audit) = config.audit.as_mut() else {
+        if flags_without_trail {
+            return Err(
+                "--audit-chain and --audit-key-file need --audit URL (or audit.url in the config)"
+                    .into(),
+            );
+        }
+        return Ok(());
+    };
+    if let Some(c) = &args.audit_chain {
+        oncely_audit::validate_chain(c).map_err(|e| format!("--audit-chain: {e}"))?;
+        audit.chain = c.clone();
+    }
+    if let Some(f) = &args.audit_key_file {
+        audit.key = Some(read_key_file(f).map_err(|e| format!("--audit-key-file: {e}"))?);
+    } else if let Some(k) = &args.audit_key {
+        audit.key = Some(RedactionKey::parse(k).map_err(|e| format!("ONCELY_AUDIT_KEY: {e}"))?);
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

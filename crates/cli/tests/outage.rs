@@ -279,6 +279,15 @@ struct Seen {
     ended: Instant,
 }
 
+/// How many keyed and unkeyed requests sent since `since` have been answered.
+fn answered_since(seen: &[Seen], since: Instant) -> (usize, usize) {
+    let (keyed, unkeyed): (Vec<&Seen>, Vec<&Seen>) = seen
+        .iter()
+        .filter(|s| s.started >= since)
+        .partition(|s| s.keyed);
+    (keyed.len(), unkeyed.len())
+}
+
 /// The whole scenario, with `stop` and `start` acting on the store's server.
 async fn outage(store_url: &str, stop: impl FnOnce(), start: impl FnOnce()) {
     let upstream = CountingUpstream::start().await;
@@ -343,7 +352,19 @@ async fn outage(store_url: &str, stop: impl FnOnce(), start: impl FnOnce()) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop();
     let stopped = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The store stays down for at least 3 s and until the load has seen the outage from
+    // both sides (a keyed request can take a whole store timeout to be refused, and a
+    // loaded machine stretches that), but never longer than 20 s.
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (keyed, unkeyed) = answered_since(&seen.lock().unwrap(), stopped);
+        let enough = keyed >= 3 && unkeyed >= 3;
+        if (enough && stopped.elapsed() >= Duration::from_secs(3))
+            || stopped.elapsed() >= Duration::from_secs(20)
+        {
+            break;
+        }
+    }
     let restarting = Instant::now();
     start();
     let restarted = Instant::now();

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub store: Arc<StoreMetrics>,
     /// The engine: executions in flight, and its store for the key endpoints.
     pub executions: Arc<Engine>,
+    /// The audit trail's writer, if the gateway keeps one.
+    pub audit: Option<Arc<oncely_audit::AuditWriter>>,
 }
 
 impl Metrics {
@@ -55,7 +57,39 @@ impl Metrics {
             &[],
             self.executions.executions_in_flight() as f64,
         );
+        if let Some(w) = &self.audit {
+            render_audit(&mut t, w.stats());
+        }
         t.finish()
+    }
+}
+
+fn render_audit(t: &mut Text, stats: &oncely_audit::WriterStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, help, value) in [
+        (
+            "oncely_audit_events_total",
+            "Audit events appended to this gateway's chain.",
+            &stats.appended,
+        ),
+        (
+            "oncely_audit_events_dropped_total",
+            "Audit events dropped because the queue was full (the trail records each loss).",
+            &stats.dropped,
+        ),
+        (
+            "oncely_audit_append_failures_total",
+            "Failed attempts to append a batch of audit events (retried).",
+            &stats.append_failures,
+        ),
+        (
+            "oncely_audit_chain_conflicts_total",
+            "Batches sealed again because another process appended to the same chain.",
+            &stats.conflicts,
+        ),
+    ] {
+        t.family(name, "counter", help);
+        t.sample(name, &[], value.load(Relaxed) as f64);
     }
 }
 

@@ -16,6 +16,7 @@ use oncely_http::{
 };
 use serde::Deserialize;
 
+use crate::audit::{AuditConfig, AuditUrl, RedactionKey};
 use crate::store_url::StoreUrl;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,8 @@ pub struct Config {
     /// The admin listener (`/metrics`, ...); `None`: none. `oncely serve` enables it on
     /// 127.0.0.1:9091 unless told otherwise.
     pub admin: Option<AdminConfig>,
+    /// The audit trail (one event per keyed answer); `None`: none.
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 /// Where the admin listener binds, and the bearer token it requires (if any).
@@ -99,6 +102,7 @@ impl Config {
             replay_cache: oncely_http::DEFAULT_REPLAY_CACHE_BYTES,
             routes: Routes::keyed_post_and_patch(RoutePolicy::default()),
             admin: None,
+            audit: None,
         }
     }
 
@@ -172,6 +176,9 @@ impl Config {
                 }),
                 None => None,
             };
+        }
+        if let Some(a) = file.audit {
+            self.audit = Some(a.apply(self.audit.take())?);
         }
         if file.defaults.as_ref().is_some_and(|d| d.path.is_some()) {
             return Err("defaults.path: `path` belongs in a [[routes]] entry".into());
@@ -363,6 +370,7 @@ fn parse_methods(ms: &[String]) -> Result<Vec<Method>, String> {
 struct FileConfig {
     server: Option<ServerSection>,
     admin: Option<AdminSection>,
+    audit: Option<AuditSection>,
     defaults: Option<PolicySection>,
     routes: Option<Vec<PolicySection>>,
 }
@@ -386,6 +394,61 @@ struct ServerSection {
 struct AdminSection {
     listen: Option<String>,
     token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditSection {
+    url: Option<String>,
+    chain: Option<String>,
+    key_file: Option<String>,
+    queue: Option<usize>,
+}
+
+impl AuditSection {
+    /// The `[audit]` section over what is already configured.
+    fn apply(self, before: Option<AuditConfig>) -> Result<AuditConfig, String> {
+        let url = match (self.url, &before) {
+            (Some(u), _) => AuditUrl::parse(&u).map_err(|e| format!("audit.url: {e}"))?,
+            (None, Some(b)) => b.url.clone(),
+            (None, None) => return Err(
+                "audit.url: the [audit] section needs a url (sqlite://PATH or postgres://HOST/DB)"
+                    .into(),
+            ),
+        };
+        let chain = match self.chain {
+            Some(c) => {
+                oncely_audit::validate_chain(&c).map_err(|e| format!("audit.chain: {e}"))?;
+                c
+            }
+            None => before
+                .as_ref()
+                .map_or_else(crate::audit::default_chain, |b| b.chain.clone()),
+        };
+        let key = match self.key_file {
+            Some(f) => {
+                Some(read_key_file(Path::new(&f)).map_err(|e| format!("audit.key_file: {e}"))?)
+            }
+            None => before.as_ref().and_then(|b| b.key.clone()),
+        };
+        Ok(AuditConfig {
+            url,
+            chain,
+            key,
+            queue: self
+                .queue
+                .or(before.map(|b| b.queue))
+                .unwrap_or(oncely_audit::writer::DEFAULT_QUEUE)
+                .max(1),
+        })
+    }
+}
+
+/// The redaction key kept in `path`.
+pub fn read_key_file(path: &Path) -> Result<RedactionKey, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    RedactionKey::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// `[defaults]` and each `[[routes]]` entry: the same policy fields, plus the route's path.

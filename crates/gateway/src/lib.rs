@@ -2,10 +2,11 @@
 //!
 //! The gateway is the `oncely_http` layer wrapped around [`forward::Forwarder`], a hyper
 //! client pointed at one upstream. This crate adds what a process needs around it: the
-//! configuration file, the store URL, the listener with graceful shutdown, and the purge of
-//! expired records.
+//! configuration file, the store URL, the listener with graceful shutdown, the purge of
+//! expired records, the admin listener and the audit trail.
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod forward;
 pub mod server;

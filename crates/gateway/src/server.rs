@@ -11,8 +11,11 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use oncely_audit::AuditWriter;
 use oncely_core::{Clock, SystemClock};
-use oncely_http::{CorrelationLayer, Engine, EngineMetrics, IdempotencyLayer};
+use oncely_http::{
+    CorrelationLayer, Engine, EngineMetrics, IdempotencyLayer, Observers, OutcomeObserver,
+};
 use oncely_store::{IdempotencyStore, StoreMetrics, TimedStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -39,6 +42,7 @@ pub struct RunningGateway {
     engine: Arc<Engine>,
     metrics: Arc<EngineMetrics>,
     store_metrics: Arc<StoreMetrics>,
+    audit: Option<Arc<AuditWriter>>,
 }
 
 impl Gateway {
@@ -89,13 +93,23 @@ impl Gateway {
         let timed = TimedStore::new(self.store.clone());
         let store_metrics = timed.metrics().clone();
         let metrics = Arc::new(EngineMetrics::new());
+        let audit = match &self.config.audit {
+            Some(a) => Some(crate::audit::open_writer(a, self.clock.clone()).await?),
+            None => None,
+        };
+        let mut observers: Vec<Arc<dyn OutcomeObserver>> = vec![metrics.clone()];
+        if let Some(writer) = &audit {
+            observers.push(Arc::new(crate::audit::AuditObserver {
+                writer: writer.clone(),
+            }));
+        }
         let engine = Engine::new(
             Arc::new(timed),
             self.clock.clone(),
             self.config.routes.clone(),
         )
         .with_replay_cache(self.config.replay_cache)
-        .with_observer(metrics.clone());
+        .with_observer(Arc::new(Observers(observers)));
         let engine = Arc::new(engine);
         let (tx, rx) = watch::channel(false);
         let admin_addr = match &self.config.admin {
@@ -104,6 +118,7 @@ impl Gateway {
                     engine: metrics.clone(),
                     store: store_metrics.clone(),
                     executions: engine.clone(),
+                    audit: audit.clone(),
                 };
                 let (addr, _task) =
                     admin::bind(a.listen, a.token.clone(), page, rx.clone()).await?;
@@ -111,7 +126,14 @@ impl Gateway {
             }
             None => None,
         };
-        let task = tokio::spawn(serve(listener, forwarder, engine.clone(), self.config, rx));
+        let task = tokio::spawn(serve(
+            listener,
+            forwarder,
+            engine.clone(),
+            audit.clone(),
+            self.config,
+            rx,
+        ));
         Ok(RunningGateway {
             addr,
             admin_addr,
@@ -120,6 +142,7 @@ impl Gateway {
             engine,
             metrics,
             store_metrics,
+            audit,
         })
     }
 }
@@ -146,6 +169,11 @@ impl RunningGateway {
         &self.store_metrics
     }
 
+    /// The audit trail's writer, if the gateway keeps one.
+    pub fn audit(&self) -> Option<&Arc<AuditWriter>> {
+        self.audit.as_ref()
+    }
+
     /// Stops accepting, lets requests in flight finish (up to the grace period), and returns
     /// when everything is closed.
     pub async fn shutdown(self) {
@@ -165,6 +193,7 @@ async fn serve(
     listener: TcpListener,
     forwarder: Forwarder,
     engine: Arc<Engine>,
+    audit: Option<Arc<AuditWriter>>,
     config: Config,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -225,6 +254,12 @@ async fn serve(
         tracing::warn!(
             "executions still running at shutdown; their keys stay held until their leases end"
         );
+    }
+    // The executions' events are queued now; what is left of the grace (a few seconds at
+    // least, the database may be slow) appends them.
+    if let Some(writer) = audit {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        writer.close(left.max(Duration::from_secs(5))).await;
     }
 }
 

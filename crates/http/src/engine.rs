@@ -79,12 +79,88 @@ pub enum Outcome {
     StaleCompletionRefused,
 }
 
+impl Outcome {
+    /// The outcome's name, as metrics label it and audit events record it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Executed => "executed",
+            Outcome::Replayed => "replayed",
+            Outcome::WaitedThenReplayed => "waited",
+            Outcome::InFlightRejected => "in_flight_rejected",
+            Outcome::Mismatch => "mismatch",
+            Outcome::MissingKey => "missing_key",
+            Outcome::InvalidKey => "invalid_key",
+            Outcome::BodyTooLarge => "body_too_large",
+            Outcome::BodyUnreadable => "body_unreadable",
+            Outcome::Released => "released",
+            Outcome::UnknownOutcome => "unknown_outcome",
+            Outcome::UpstreamUnreachable => "upstream_unreachable",
+            Outcome::StoreUnavailable => "store_unavailable",
+            Outcome::PassedThrough => "passed_through",
+            Outcome::Takeover => "takeover",
+            Outcome::StaleCompletionRefused => "stale_completion_refused",
+        }
+    }
+}
+
 pub trait OutcomeObserver: Send + Sync + 'static {
     fn observe(&self, outcome: Outcome);
     /// How long the wrapped service took to its response head, and whether it answered.
     fn upstream(&self, _elapsed: Duration, _answered: bool) {}
     /// Which key a takeover was of (besides `observe(Outcome::Takeover)`).
     fn takeover(&self, _key: &RecordKey) {}
+    /// Whether this observer wants [`OutcomeObserver::answered`] calls: the engine keeps a
+    /// copy of each keyed request's headers for them, so it asks first.
+    fn wants_answers(&self) -> bool {
+        false
+    }
+    /// How a request with a valid key was answered, with the request it came with. Called
+    /// once per such request, also when the client hung up and the execution finished
+    /// without it.
+    fn answered(&self, _answer: &Answer<'_>) {}
+}
+
+/// A keyed request as the engine received it, kept for observers that record every answer
+/// (the audit trail): its headers and its extensions (the gateway's client address, the
+/// correlation ids).
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    pub headers: http::HeaderMap,
+    pub extensions: http::Extensions,
+}
+
+/// One keyed request's answer, as [`OutcomeObserver::answered`] learns it.
+#[derive(Debug)]
+pub struct Answer<'a> {
+    pub outcome: Outcome,
+    pub key: &'a RecordKey,
+    /// The status the client was answered (or would have been, had it waited).
+    pub status: u16,
+    pub request: &'a RequestFacts,
+}
+
+/// Several observers as one: the gateway's metrics and its audit trail.
+pub struct Observers(pub Vec<Arc<dyn OutcomeObserver>>);
+
+impl OutcomeObserver for Observers {
+    fn observe(&self, outcome: Outcome) {
+        self.0.iter().for_each(|o| o.observe(outcome));
+    }
+    fn upstream(&self, elapsed: Duration, answered: bool) {
+        self.0.iter().for_each(|o| o.upstream(elapsed, answered));
+    }
+    fn takeover(&self, key: &RecordKey) {
+        self.0.iter().for_each(|o| o.takeover(key));
+    }
+    fn wants_answers(&self) -> bool {
+        self.0.iter().any(|o| o.wants_answers())
+    }
+    fn answered(&self, answer: &Answer<'_>) {
+        self.0
+            .iter()
+            .filter(|o| o.wants_answers())
+            .for_each(|o| o.answered(answer));
+    }
 }
 
 /// How an upstream call failed, as far as idempotency cares.
@@ -233,6 +309,31 @@ impl Engine {
         }
     }
 
+    /// Observes how a keyed request was answered and hands `resp` on.
+    fn answer(
+        &self,
+        key: &RecordKey,
+        facts: Option<&RequestFacts>,
+        outcome: Outcome,
+        resp: Response<BoxBody>,
+    ) -> Response<BoxBody> {
+        self.observe(outcome);
+        self.report(key, facts, outcome, resp.status().as_u16());
+        resp
+    }
+
+    /// Tells an observer that wants them of a keyed request's answer.
+    fn report(&self, key: &RecordKey, facts: Option<&RequestFacts>, outcome: Outcome, status: u16) {
+        if let (Some(o), Some(request)) = (&self.observer, facts) {
+            o.answered(&Answer {
+                outcome,
+                key,
+                status,
+                request,
+            });
+        }
+    }
+
     /// Answers one request, calling `inner` at most once.
     pub async fn handle(
         self: Arc<Self>,
@@ -292,12 +393,21 @@ impl Engine {
         let fingerprint =
             Fingerprint::compute(parts.method.as_str(), path_and_query, content_type, &body);
         let record_key = RecordKey::new(tenant, parts.method.as_str(), parts.uri.path(), key);
+        let facts = self
+            .observer
+            .as_ref()
+            .is_some_and(|o| o.wants_answers())
+            .then(|| RequestFacts {
+                headers: parts.headers.clone(),
+                extensions: parts.extensions.clone(),
+            });
         let job = Job {
             parts,
             body,
             record_key,
             fingerprint,
             policy,
+            facts,
         };
         self.claim_and_run(inner, job).await
     }
@@ -310,10 +420,9 @@ impl Engine {
         };
         if let Some(hit) = self.cache.get(&job.record_key, self.clock.now()) {
             if hit.fingerprint != job.fingerprint {
-                return self.mismatch(&p);
+                return self.mismatch(&job);
             }
-            self.observe(Outcome::Replayed);
-            return replay(hit.response);
+            return self.answer_job(&job, Outcome::Replayed, replay(hit.response));
         }
         let mut waited = false;
         loop {
@@ -340,27 +449,30 @@ impl Engine {
             self.remember(&job.record_key, &existing, p.ttl);
             match decide_existing(&existing, job.fingerprint) {
                 ExistingDecision::Replay(stored) => {
-                    self.observe(if waited {
+                    let outcome = if waited {
                         Outcome::WaitedThenReplayed
                     } else {
                         Outcome::Replayed
-                    });
-                    return replay(stored);
+                    };
+                    return self.answer_job(&job, outcome, replay(stored));
                 }
-                ExistingDecision::KeyReused => return self.mismatch(&p),
+                ExistingDecision::KeyReused => return self.mismatch(&job),
                 ExistingDecision::InProgress { .. } => {
                     let Some(deadline) = wait_deadline else {
-                        return self.in_flight(&p);
+                        return self.in_flight(&job);
                     };
                     waited = true;
                     match self.wait_for_holder(&job, deadline).await {
                         WaitEnd::Replay(stored) => {
-                            self.observe(Outcome::WaitedThenReplayed);
-                            return replay(stored);
+                            return self.answer_job(
+                                &job,
+                                Outcome::WaitedThenReplayed,
+                                replay(stored),
+                            );
                         }
-                        WaitEnd::Mismatch => return self.mismatch(&p),
+                        WaitEnd::Mismatch => return self.mismatch(&job),
                         WaitEnd::ClaimAgain => continue,
-                        WaitEnd::TimedOut => return self.in_flight(&p),
+                        WaitEnd::TimedOut => return self.in_flight(&job),
                         WaitEnd::StoreFailed(e) => {
                             return self.store_failed(inner, job, e, false).await
                         }
@@ -449,6 +561,7 @@ impl Engine {
             record_key,
             policy,
             fingerprint,
+            facts,
         } = job;
         let mut guard = ClaimGuard {
             engine: self.clone(),
@@ -490,15 +603,14 @@ impl Engine {
             _ = self.renew_lease(&record_key, token, &policy) => Err("lease heartbeat ended unexpectedly".into()),
         };
         guard.armed = false;
-        match result {
+        let (outcome, response) = match result {
             Err(err) => {
                 let err = UpstreamError::classify(err);
                 self.upstream_failed(&record_key, token, &policy, err).await
             }
             Ok(Upstream::NotStored(response)) => {
                 self.release(&record_key, token).await;
-                self.observe(Outcome::Released);
-                response
+                (Outcome::Released, response)
             }
             Ok(Upstream::Whole(rparts, bytes)) => {
                 let stored = StoredResponse {
@@ -506,16 +618,18 @@ impl Engine {
                     headers: headers::stored_headers(&rparts.headers),
                     body: bytes.clone(),
                 };
-                self.complete(&record_key, fingerprint, token, stored, &policy)
+                let outcome = self
+                    .complete(&record_key, fingerprint, token, stored, &policy)
                     .await;
-                Response::from_parts(rparts, full(bytes))
+                (outcome, Response::from_parts(rparts, full(bytes)))
             }
             Ok(Upstream::TooLarge(rparts, body)) => {
                 tracing::warn!(key = %record_key, limit = policy.max_response, "response too large to store; passed on unstored");
-                self.unknown_outcome(&record_key, token, &policy).await;
-                Response::from_parts(rparts, body)
+                let outcome = self.unknown_outcome(&record_key, token, &policy).await;
+                (outcome, Response::from_parts(rparts, body))
             }
-        }
+        };
+        self.answer(&record_key, facts.as_ref(), outcome, response)
     }
 
     /// Keeps the lease alive while the upstream works, so a live holder is never taken over.
@@ -547,7 +661,7 @@ impl Engine {
         token: LeaseToken,
         stored: StoredResponse,
         policy: &RoutePolicy,
-    ) {
+    ) -> Outcome {
         let mut attempt = 0;
         let result = loop {
             match self
@@ -563,9 +677,8 @@ impl Engine {
                 other => break other,
             }
         };
-        match result {
+        let outcome = match result {
             Ok(()) => {
-                self.observe(Outcome::Executed);
                 // The store keeps the record at least this long (it may keep it longer).
                 let expires_at = self.clock.now().plus(policy.ttl);
                 let entry = CacheEntry {
@@ -574,25 +687,27 @@ impl Engine {
                     response: stored,
                 };
                 self.cache.insert(key.clone(), entry);
+                Outcome::Executed
             }
             Err(StoreError::Refused(Refusal::StaleToken)) => {
                 // Our lease was taken over: the successor's outcome stands. The client still
                 // gets the answer its own request produced.
                 tracing::warn!(key = %key, "completion refused: the lease had been taken over");
-                self.observe(Outcome::StaleCompletionRefused);
+                Outcome::StaleCompletionRefused
             }
             Err(StoreError::Refused(Refusal::Missing)) => {
                 // An operator evicted the key while it ran: nothing is held any more, and the
                 // next request with the key executes again.
                 tracing::warn!(key = %key, "completion refused: the key was evicted meanwhile");
-                self.observe(Outcome::Executed);
+                Outcome::Executed
             }
             Err(e) => {
                 tracing::error!(key = %key, error = %e, "the response could not be stored; the key stays held until its lease ends");
-                self.observe(Outcome::Executed);
+                Outcome::Executed
             }
-        }
+        };
         self.waiters.wake(key);
+        outcome
     }
 
     async fn release(&self, key: &RecordKey, token: LeaseToken) {
@@ -604,12 +719,17 @@ impl Engine {
         self.waiters.wake(key);
     }
 
-    async fn unknown_outcome(&self, key: &RecordKey, token: LeaseToken, policy: &RoutePolicy) {
-        self.observe(Outcome::UnknownOutcome);
+    async fn unknown_outcome(
+        &self,
+        key: &RecordKey,
+        token: LeaseToken,
+        policy: &RoutePolicy,
+    ) -> Outcome {
         match policy.unknown_outcome {
             UnknownOutcomePolicy::Hold => self.waiters.wake(key),
             UnknownOutcomePolicy::Release => self.release(key, token).await,
         }
+        Outcome::UnknownOutcome
     }
 
     async fn upstream_failed(
@@ -618,24 +738,26 @@ impl Engine {
         token: LeaseToken,
         policy: &RoutePolicy,
         err: UpstreamError,
-    ) -> Response<BoxBody> {
+    ) -> (Outcome, Response<BoxBody>) {
         match err.kind {
             UpstreamErrorKind::NotSent => {
                 self.release(key, token).await;
-                self.observe(Outcome::UpstreamUnreachable);
-                problem_default(ProblemKind::UpstreamUnavailable, &err.message)
+                (
+                    Outcome::UpstreamUnreachable,
+                    problem_default(ProblemKind::UpstreamUnavailable, &err.message),
+                )
             }
-            UpstreamErrorKind::Unknown => {
-                self.unknown_outcome(key, token, policy).await;
+            UpstreamErrorKind::Unknown => (
+                self.unknown_outcome(key, token, policy).await,
                 problem_default(
                     ProblemKind::UpstreamUnavailable,
                     &unknown_detail(&err, policy),
-                )
-            }
-            UpstreamErrorKind::Timeout => {
-                self.unknown_outcome(key, token, policy).await;
-                problem_default(ProblemKind::UpstreamTimeout, &unknown_detail(&err, policy))
-            }
+                ),
+            ),
+            UpstreamErrorKind::Timeout => (
+                self.unknown_outcome(key, token, policy).await,
+                problem_default(ProblemKind::UpstreamTimeout, &unknown_detail(&err, policy)),
+            ),
         }
     }
 
@@ -655,19 +777,30 @@ impl Engine {
             StoreFailureMode::FailClosed
         };
         match mode {
-            StoreFailureMode::FailClosed => {
-                self.observe(Outcome::StoreUnavailable);
+            StoreFailureMode::FailClosed => self.answer_job(
+                &job,
+                Outcome::StoreUnavailable,
                 with_retry_after(
                     problem_default(
                         ProblemKind::StoreUnavailable,
                         "the request was not forwarded; retry with the same key",
                     ),
                     1,
-                )
-            }
+                ),
+            ),
             StoreFailureMode::FailOpen => {
+                // Forwarded unprotected: counted as passed through, and reported as such
+                // with its key, so the audit trail shows which keyed requests were.
                 let req = Request::from_parts(job.parts, full(job.body));
-                self.pass_through(inner, req).await
+                let resp = self.pass_through(inner, req).await;
+                let status = resp.status().as_u16();
+                self.report(
+                    &job.record_key,
+                    job.facts.as_ref(),
+                    Outcome::PassedThrough,
+                    status,
+                );
+                resp
             }
         }
     }
@@ -685,24 +818,33 @@ impl Engine {
         }
     }
 
-    fn mismatch(&self, policy: &RoutePolicy) -> Response<BoxBody> {
-        self.observe(Outcome::Mismatch);
-        problem(
-            ProblemKind::KeyReused,
-            policy.mismatch_status,
-            "this key was first used with a different request (method, path, content type or body); use a new key for a new request",
-        )
+    fn answer_job(
+        &self,
+        job: &Job,
+        outcome: Outcome,
+        resp: Response<BoxBody>,
+    ) -> Response<BoxBody> {
+        self.answer(&job.record_key, job.facts.as_ref(), outcome, resp)
     }
 
-    fn in_flight(&self, policy: &RoutePolicy) -> Response<BoxBody> {
-        self.observe(Outcome::InFlightRejected);
-        with_retry_after(
+    fn mismatch(&self, job: &Job) -> Response<BoxBody> {
+        let resp = problem(
+            ProblemKind::KeyReused,
+            job.policy.mismatch_status,
+            "this key was first used with a different request (method, path, content type or body); use a new key for a new request",
+        );
+        self.answer_job(job, Outcome::Mismatch, resp)
+    }
+
+    fn in_flight(&self, job: &Job) -> Response<BoxBody> {
+        let resp = with_retry_after(
             problem_default(
                 ProblemKind::RequestInProgress,
                 "the first request with this key has not finished; retry after the delay",
             ),
-            policy.retry_after.as_secs(),
-        )
+            job.policy.retry_after.as_secs(),
+        );
+        self.answer_job(job, Outcome::InFlightRejected, resp)
     }
 }
 
@@ -746,6 +888,8 @@ struct Job {
     record_key: RecordKey,
     fingerprint: Fingerprint,
     policy: Arc<RoutePolicy>,
+    /// The request's headers and extensions, when an observer wants each answer.
+    facts: Option<RequestFacts>,
 }
 
 enum WaitEnd {

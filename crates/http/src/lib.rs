@@ -19,8 +19,8 @@ mod wait;
 pub use body::{BoxBody, BoxError};
 pub use correlation::{Correlation, CorrelationLayer, CorrelationService};
 pub use engine::{
-    Claimed, Engine, Forward, ForwardFuture, Outcome, OutcomeObserver, UpstreamError,
-    UpstreamErrorKind, DEFAULT_REPLAY_CACHE_BYTES,
+    Answer, Claimed, Engine, Forward, ForwardFuture, Observers, Outcome, OutcomeObserver,
+    RequestFacts, UpstreamError, UpstreamErrorKind, DEFAULT_REPLAY_CACHE_BYTES,
 };
 pub use layer::{IdempotencyLayer, IdempotencyService};
 pub use metrics::EngineMetrics;

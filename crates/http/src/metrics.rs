@@ -11,22 +11,22 @@ use oncely_metrics::{Counter, Histogram, Text};
 
 use crate::{Outcome, OutcomeObserver};
 
-/// Outcomes that end a request, with the label each is counted under.
-const REQUEST_OUTCOMES: [(Outcome, &str); 14] = [
-    (Outcome::Executed, "executed"),
-    (Outcome::Replayed, "replayed"),
-    (Outcome::WaitedThenReplayed, "waited"),
-    (Outcome::InFlightRejected, "in_flight_rejected"),
-    (Outcome::Mismatch, "mismatch"),
-    (Outcome::MissingKey, "missing_key"),
-    (Outcome::InvalidKey, "invalid_key"),
-    (Outcome::BodyTooLarge, "body_too_large"),
-    (Outcome::BodyUnreadable, "body_unreadable"),
-    (Outcome::Released, "released"),
-    (Outcome::UnknownOutcome, "unknown_outcome"),
-    (Outcome::UpstreamUnreachable, "upstream_unreachable"),
-    (Outcome::StoreUnavailable, "store_unavailable"),
-    (Outcome::PassedThrough, "passed_through"),
+/// Outcomes that end a request, each counted under its name.
+const REQUEST_OUTCOMES: [Outcome; 14] = [
+    Outcome::Executed,
+    Outcome::Replayed,
+    Outcome::WaitedThenReplayed,
+    Outcome::InFlightRejected,
+    Outcome::Mismatch,
+    Outcome::MissingKey,
+    Outcome::InvalidKey,
+    Outcome::BodyTooLarge,
+    Outcome::BodyUnreadable,
+    Outcome::Released,
+    Outcome::UnknownOutcome,
+    Outcome::UpstreamUnreachable,
+    Outcome::StoreUnavailable,
+    Outcome::PassedThrough,
 ];
 
 /// How many recent takeovers are kept for the admin API.
@@ -59,7 +59,7 @@ impl EngineMetrics {
     pub fn requests(&self, label: &str) -> u64 {
         REQUEST_OUTCOMES
             .iter()
-            .position(|(_, l)| *l == label)
+            .position(|o| o.name() == label)
             .map(|i| self.requests[i].get())
             .unwrap_or(0)
     }
@@ -83,7 +83,7 @@ impl EngineMetrics {
             "counter",
             "Requests by how the idempotency engine answered them.",
         );
-        for (i, (_, label)) in REQUEST_OUTCOMES.iter().enumerate() {
+        for (i, label) in REQUEST_OUTCOMES.iter().map(|o| o.name()).enumerate() {
             t.counter(
                 "oncely_requests_total",
                 &[("outcome", label)],
@@ -131,7 +131,7 @@ impl OutcomeObserver for EngineMetrics {
                 self.requests[0].inc();
             }
             other => {
-                if let Some(i) = REQUEST_OUTCOMES.iter().position(|(o, _)| *o == other) {
+                if let Some(i) = REQUEST_OUTCOMES.iter().position(|o| *o == other) {
                     self.requests[i].inc();
                 }
             }

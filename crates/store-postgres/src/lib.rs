@@ -57,7 +57,9 @@ pub struct PgStore {
 /// newer snapshot; needing more than a couple means something else is wrong.
 const CLAIM_ATTEMPTS: usize = 8;
 
-fn pool(opts: &PgOptions) -> StoreResult<Pool> {
+/// A connection pool for `opts`, every wait bounded by its timeout: also what other oncely
+/// tables on the same database (the audit log) connect with.
+pub fn pool(opts: &PgOptions) -> StoreResult<Pool> {
     let mut config: tokio_postgres::Config = opts
         .url
         .parse()

@@ -1,0 +1,669 @@
+//! The audit trail's chain, as pure functions over values.
+//!
+//! Every event of a chain carries the SHA-256 of its predecessor, so editing, deleting,
+//! inserting or reordering any event breaks the chain from that event on, and [`verify`] names
+//! the first event that does not fit. Each writer (a gateway process) appends to a chain of
+//! its own, so concurrent writers never contend for one "last hash".
+//!
+//! Personal fields (actor, IP address, user agent) enter the hash only through a *commitment*:
+//! HMAC-SHA256 under a secret redaction key. Redacting a field replaces its value by that
+//! commitment, which the hash already covered, so the chain stays valid; without the key
+//! nobody can recover or guess-and-check the value. `verify` checks the chain without the key;
+//! given the key it also checks that every value not redacted matches its commitment.
+//!
+//! A hash chain alone cannot show that its newest events were deleted. Each time a writer
+//! opens its chain it first appends an anchor ([`CHAIN_OPENED`]) naming every other chain's
+//! head, and the verifier checks that each anchored event is still there, unchanged.
+//!
+//! Nothing here reads or writes anything: storage is [`crate::log`], writing
+//! [`crate::writer`].
+
+use sha2::{Digest, Sha256};
+
+pub type Hash = [u8; 32];
+
+/// The hash a chain's first event points back to.
+pub const GENESIS: Hash = [0; 32];
+
+/// A personal field: its value, or, once redacted, only its commitment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Personal {
+    Value(String),
+    Redacted(Hash),
+}
+
+/// One event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The writer's chain, and the event's place in it (0, 1, 2, ...).
+    pub chain: String,
+    pub seq: u64,
+    pub event_id: String,
+    pub timestamp_ms: i64,
+    pub actor: Option<Personal>,
+    pub actor_type: String,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub old_value: Option<String>,
+    pub new_value: Option<String>,
+    pub correlation_id: Option<String>,
+    pub ip_address: Option<Personal>,
+    pub user_agent: Option<Personal>,
+    /// Commitments of the personal fields, in the order actor, IP address, user agent, as
+    /// computed when the event was sealed; the hash covers these, never the values.
+    pub commitments: [Option<Hash>; 3],
+    pub prev_hash: Hash,
+    pub hash: Hash,
+}
+
+/// The names of the personal fields, as commitments are keyed.
+pub const PERSONAL_FIELDS: [&str; 3] = ["actor", "ip_address", "user_agent"];
+
+/// HMAC-SHA256 (RFC 2104).
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> Hash {
+    const BLOCK: usize = 64;
+    let mut k = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(message);
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// The commitment to a personal field's value: keyed by the field's name too, so one value
+/// in two fields does not show as equal.
+pub fn commitment(key: &[u8], field: &str, value: &str) -> Hash {
+    let mut msg = Vec::with_capacity(field.len() + 1 + value.len());
+    msg.extend_from_slice(field.as_bytes());
+    msg.push(0);
+    msg.extend_from_slice(value.as_bytes());
+    hmac_sha256(key, &msg)
+}
+
+fn feed(h: &mut Sha256, part: &[u8]) {
+    h.update((part.len() as u64).to_be_bytes());
+    h.update(part);
+}
+
+fn feed_opt(h: &mut Sha256, part: Option<&[u8]>) {
+    match part {
+        None => h.update([0u8]),
+        Some(p) => {
+            h.update([1u8]);
+            feed(h, p);
+        }
+    }
+}
+
+/// The hash of an event: over its predecessor's hash and every field but the personal
+/// values (their commitments instead), each length-prefixed.
+pub fn event_hash(e: &Event) -> Hash {
+    let mut h = Sha256::new();
+    h.update(b"oncely-audit-v1");
+    h.update(e.prev_hash);
+    feed(&mut h, e.chain.as_bytes());
+    h.update(e.seq.to_be_bytes());
+    feed(&mut h, e.event_id.as_bytes());
+    h.update(e.timestamp_ms.to_be_bytes());
+    feed(&mut h, e.actor_type.as_bytes());
+    feed(&mut h, e.action.as_bytes());
+    feed(&mut h, e.resource_type.as_bytes());
+    feed(&mut h, e.resource_id.as_bytes());
+    feed_opt(&mut h, e.old_value.as_deref().map(str::as_bytes));
+    feed_opt(&mut h, e.new_value.as_deref().map(str::as_bytes));
+    feed_opt(&mut h, e.correlation_id.as_deref().map(str::as_bytes));
+    for c in &e.commitments {
+        feed_opt(&mut h, c.as_ref().map(|c| &c[..]));
+    }
+    h.finalize().into()
+}
+
+/// The end of a chain, where the next event goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub chain: String,
+    pub next_seq: u64,
+    pub last_hash: Hash,
+}
+
+impl Head {
+    pub fn new(chain: impl Into<String>) -> Head {
+        Head {
+            chain: chain.into(),
+            next_seq: 0,
+            last_hash: GENESIS,
+        }
+    }
+
+    /// Seals `e` as the next event of this chain (its `chain`, `seq`, commitments and hashes
+    /// are set here) and moves the head past it.
+    pub fn seal(&mut self, mut e: Event, key: &[u8]) -> Event {
+        e.chain = self.chain.clone();
+        e.seq = self.next_seq;
+        e.prev_hash = self.last_hash;
+        for (i, field) in [&e.actor, &e.ip_address, &e.user_agent]
+            .into_iter()
+            .enumerate()
+        {
+            e.commitments[i] = field.as_ref().map(|p| match p {
+                Personal::Value(v) => commitment(key, PERSONAL_FIELDS[i], v),
+                Personal::Redacted(c) => *c,
+            });
+        }
+        e.hash = event_hash(&e);
+        self.next_seq += 1;
+        self.last_hash = e.hash;
+        e
+    }
+}
+
+/// An event before it is sealed into a chain: what a writer is handed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Draft {
+    pub event_id: String,
+    pub timestamp_ms: i64,
+    pub actor: Option<String>,
+    pub actor_type: String,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub old_value: Option<String>,
+    pub new_value: Option<String>,
+    pub correlation_id: Option<String>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl Head {
+    /// Seals a copy of `d` as the next event of this chain (see [`Head::seal`]).
+    pub fn seal_draft(&mut self, d: &Draft, key: &[u8]) -> Event {
+        let personal = |v: &Option<String>| v.clone().map(Personal::Value);
+        let e = Event {
+            chain: String::new(),
+            seq: 0,
+            event_id: d.event_id.clone(),
+            timestamp_ms: d.timestamp_ms,
+            actor: personal(&d.actor),
+            actor_type: d.actor_type.clone(),
+            action: d.action.clone(),
+            resource_type: d.resource_type.clone(),
+            resource_id: d.resource_id.clone(),
+            old_value: d.old_value.clone(),
+            new_value: d.new_value.clone(),
+            correlation_id: d.correlation_id.clone(),
+            ip_address: personal(&d.ip_address),
+            user_agent: personal(&d.user_agent),
+            commitments: [None; 3],
+            prev_hash: GENESIS,
+            hash: GENESIS,
+        };
+        self.seal(e, key)
+    }
+}
+
+/// Replaces a personal field's value by its commitment. The chain stays valid: the hash
+/// covered only the commitment.
+pub fn redact(e: &mut Event, field: &str) -> bool {
+    let Some(i) = PERSONAL_FIELDS.iter().position(|f| *f == field) else {
+        return false;
+    };
+    let Some(c) = e.commitments[i] else {
+        return false;
+    };
+    let slot = match i {
+        0 => &mut e.actor,
+        1 => &mut e.ip_address,
+        _ => &mut e.user_agent,
+    };
+    *slot = Some(Personal::Redacted(c));
+    true
+}
+
+/// The action of the event a writer appends first each time it opens its chain. Its
+/// `new_value` lists the heads of every other chain as the writer found them (see
+/// [`anchor_value`]), so deleting the newest events of a chain, which no link reveals, is
+/// found once any later writer start has seen them.
+pub const CHAIN_OPENED: &str = "audit.chain_opened";
+
+/// The action of the event a writer appends after it had to drop events (its queue was full
+/// while the database was away): `new_value` is how many. The trail records its own gaps.
+pub const EVENTS_DROPPED: &str = "audit.events_dropped";
+
+/// A chain name: 1 to 64 of `A-Z a-z 0-9 . _ : -`, so it is safe in anchors and logs.
+pub fn validate_chain(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a chain name (1 to 64 of A-Z a-z 0-9 . _ : -)"
+        ))
+    }
+}
+
+/// The `new_value` of a [`CHAIN_OPENED`] event: one line `chain seq hash` per head of a
+/// chain that has events (`seq` its newest event, `hash` that event's hash in hex).
+pub fn anchor_value(heads: &[Head]) -> String {
+    let mut lines: Vec<String> = heads
+        .iter()
+        .filter(|h| h.next_seq > 0)
+        .map(|h| format!("{} {} {}", h.chain, h.next_seq - 1, to_hex(&h.last_hash)))
+        .collect();
+    lines.sort();
+    lines.join("\n")
+}
+
+/// The heads an anchor names, or None if `value` is not an anchor.
+pub fn parse_anchor(value: &str) -> Option<Vec<(String, u64, Hash)>> {
+    value
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut parts = l.split(' ');
+            let chain = parts.next()?.to_owned();
+            let seq = parts.next()?.parse().ok()?;
+            let hash = from_hex(parts.next()?)?;
+            parts.next().is_none().then_some((chain, seq, hash))
+        })
+        .collect()
+}
+
+pub fn to_hex(h: &Hash) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn from_hex(s: &str) -> Option<Hash> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut h = [0u8; 32];
+    for (i, b) in h.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(h)
+}
+
+/// Why a chain does not verify, naming the first event (by chain and seq) that breaks it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Broken {
+    #[error("chain {chain}: event {seq} is missing (found {found} where {seq} was expected)")]
+    Gap { chain: String, seq: u64, found: u64 },
+    #[error("chain {chain}: event {seq} does not point to its predecessor (deleted, inserted or reordered events before it)")]
+    Link { chain: String, seq: u64 },
+    #[error("chain {chain}: event {seq} was edited (its hash does not match its content)")]
+    Edited { chain: String, seq: u64 },
+    #[error("chain {chain}: event {seq}: {field} does not match its commitment (edited)")]
+    Personal {
+        chain: String,
+        seq: u64,
+        field: &'static str,
+    },
+    #[error("chain {chain}: event {seq} is not the event chain {by_chain} event {by_seq} saw there (the chain was rewritten from there on)")]
+    Rewritten {
+        chain: String,
+        seq: u64,
+        by_chain: String,
+        by_seq: u64,
+    },
+    #[error("chain {chain} ends before event {seq}, which chain {by_chain} event {by_seq} saw (its newest events were deleted)")]
+    Truncated {
+        chain: String,
+        seq: u64,
+        by_chain: String,
+        by_seq: u64,
+    },
+}
+
+/// What a whole trail that verifies holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub events: u64,
+    /// Each chain's head, by chain name. Kept somewhere else, they let a later `verify` find
+    /// deleted newest events that no anchor covers yet.
+    pub heads: Vec<Head>,
+}
+
+/// Checks a trail event by event, as a store reads it out: any order of chains, each
+/// chain's events in `seq` order. With a key, it also checks each unredacted personal
+/// value against its commitment.
+pub struct Verifier<'k> {
+    key: Option<&'k [u8]>,
+    heads: std::collections::HashMap<String, Head>,
+    /// (chain, seq) -> (the hash an anchor saw there, the anchoring chain and seq).
+    anchored: std::collections::HashMap<(String, u64), (Hash, String, u64)>,
+    events: u64,
+}
+
+impl<'k> Verifier<'k> {
+    pub fn new(key: Option<&'k [u8]>) -> Self {
+        Verifier {
+            key,
+            heads: Default::default(),
+            anchored: Default::default(),
+            events: 0,
+        }
+    }
+
+    /// Takes the anchors out of `events` (the trail's [`CHAIN_OPENED`] events, read before
+    /// the trail itself): each head they name must be found as it was seen. The anchors' own
+    /// integrity is checked when [`Verifier::push`] reaches them.
+    pub fn expect_anchors<'e>(&mut self, events: impl IntoIterator<Item = &'e Event>) {
+        for e in events {
+            let heads = (e.action == CHAIN_OPENED)
+                .then(|| e.new_value.as_deref().and_then(parse_anchor))
+                .flatten();
+            for (chain, seq, hash) in heads.into_iter().flatten() {
+                self.anchored
+                    .entry((chain, seq))
+                    .or_insert((hash, e.chain.clone(), e.seq));
+            }
+        }
+    }
+
+    /// Checks the next event.
+    pub fn push(&mut self, e: &Event) -> Result<(), Broken> {
+        let (expected, prev) = self
+            .heads
+            .get(e.chain.as_str())
+            .map_or((0, GENESIS), |h| (h.next_seq, h.last_hash));
+        let at = |chain: &str, seq| (chain.to_owned(), seq);
+        if e.seq != expected {
+            return Err(Broken::Gap {
+                chain: e.chain.clone(),
+                seq: expected,
+                found: e.seq,
+            });
+        }
+        if e.prev_hash != prev {
+            return Err(Broken::Link {
+                chain: e.chain.clone(),
+                seq: e.seq,
+            });
+        }
+        if event_hash(e) != e.hash {
+            return Err(Broken::Edited {
+                chain: e.chain.clone(),
+                seq: e.seq,
+            });
+        }
+        for (i, field) in [&e.actor, &e.ip_address, &e.user_agent]
+            .into_iter()
+            .enumerate()
+        {
+            let ok = match (field, &e.commitments[i]) {
+                (None, None) => true,
+                (Some(Personal::Redacted(c)), Some(k)) => c == k,
+                (Some(Personal::Value(v)), Some(k)) => match self.key {
+                    Some(key) => commitment(key, PERSONAL_FIELDS[i], v) == *k,
+                    None => true,
+                },
+                _ => false,
+            };
+            if !ok {
+                return Err(Broken::Personal {
+                    chain: e.chain.clone(),
+                    seq: e.seq,
+                    field: PERSONAL_FIELDS[i],
+                });
+            }
+        }
+        if let Some((hash, by_chain, by_seq)) = self.anchored.remove(&at(&e.chain, e.seq)) {
+            if hash != e.hash {
+                return Err(Broken::Rewritten {
+                    chain: e.chain.clone(),
+                    seq: e.seq,
+                    by_chain,
+                    by_seq,
+                });
+            }
+        }
+        let head = self
+            .heads
+            .entry(e.chain.clone())
+            .or_insert_with(|| Head::new(e.chain.clone()));
+        head.next_seq = e.seq + 1;
+        head.last_hash = e.hash;
+        self.events += 1;
+        Ok(())
+    }
+
+    /// Ends the check: every anchored head must have been found.
+    pub fn finish(self) -> Result<Summary, Broken> {
+        // The first missing head, in a stable order.
+        let mut missing: Vec<_> = self.anchored.into_iter().collect();
+        missing.sort();
+        if let Some(((chain, seq), (_, by_chain, by_seq))) = missing.into_iter().next() {
+            return Err(Broken::Truncated {
+                chain,
+                seq,
+                by_chain,
+                by_seq,
+            });
+        }
+        let mut heads: Vec<Head> = self.heads.into_values().collect();
+        heads.sort_by(|a, b| a.chain.cmp(&b.chain));
+        Ok(Summary {
+            events: self.events,
+            heads,
+        })
+    }
+}
+
+/// Checks a whole trail held in memory (see [`Verifier`]); returns how many events it has.
+pub fn verify(events: &[Event], key: Option<&[u8]>) -> Result<u64, Broken> {
+    let mut v = Verifier::new(key);
+    v.expect_anchors(events);
+    for e in events {
+        v.push(e)?;
+    }
+    v.finish().map(|s| s.events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oncely_core::fingerprint::hex;
+    use proptest::prelude::*;
+
+    const KEY: &[u8] = b"redaction key of the tests";
+
+    fn event(i: u64) -> Event {
+        Event {
+            chain: String::new(),
+            seq: 0,
+            event_id: format!("ev-{i}"),
+            timestamp_ms: 1_700_000_000_000 + i as i64,
+            actor: Some(Personal::Value(format!("auth:{i:04x}"))),
+            actor_type: "tenant".into(),
+            action: "executed".into(),
+            resource_type: "idempotency_key".into(),
+            resource_id: format!("POST /orders k-{i}"),
+            old_value: None,
+            new_value: Some("201".into()),
+            correlation_id: Some(format!("req-{i}")),
+            ip_address: Some(Personal::Value(format!("10.0.0.{i}"))),
+            user_agent: (i & 1 == 0).then(|| Personal::Value("curl/8".into())),
+            commitments: [None; 3],
+            prev_hash: GENESIS,
+            hash: GENESIS,
+        }
+    }
+
+    fn chain(name: &str, n: u64) -> Vec<Event> {
+        let mut head = Head::new(name);
+        (0..n).map(|i| head.seal(event(i), KEY)).collect()
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test cases 1 and 2.
+        assert_eq!(
+            hex(&hmac_sha256(&[0x0b; 20], b"Hi There")),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
+        assert_eq!(
+            hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: a key longer than the block.
+        assert_eq!(
+            hex(&hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn an_untouched_trail_verifies_with_and_without_the_key() {
+        let mut all = chain("gw-a", 5);
+        all.extend(chain("gw-b", 3));
+        assert_eq!(verify(&all, None), Ok(8));
+        assert_eq!(verify(&all, Some(KEY)), Ok(8));
+        assert_eq!(verify(&[], None), Ok(0));
+    }
+
+    #[test]
+    fn edits_deletions_insertions_and_swaps_name_the_event() {
+        let good = chain("gw", 6);
+        let broken = |f: &dyn Fn(&mut Vec<Event>)| {
+            let mut v = good.clone();
+            f(&mut v);
+            verify(&v, None).unwrap_err()
+        };
+        assert_eq!(
+            broken(&|v| v[3].action = "replayed".into()),
+            Broken::Edited {
+                chain: "gw".into(),
+                seq: 3
+            }
+        );
+        assert_eq!(
+            broken(&|v| {
+                v.remove(2);
+            }),
+            Broken::Gap {
+                chain: "gw".into(),
+                seq: 2,
+                found: 3
+            }
+        );
+        // Deleting and renumbering the rest still breaks the link at the next event.
+        assert_eq!(
+            broken(&|v| {
+                v.remove(2);
+                for e in v.iter_mut().skip(2) {
+                    e.seq -= 1;
+                }
+            }),
+            Broken::Link {
+                chain: "gw".into(),
+                seq: 2
+            }
+        );
+        assert_eq!(
+            broken(&|v| v.swap(1, 4)),
+            Broken::Gap {
+                chain: "gw".into(),
+                seq: 1,
+                found: 4
+            }
+        );
+        assert_eq!(
+            broken(&|v| {
+                v.swap(1, 4);
+                v[1].seq = 1;
+                v[4].seq = 4;
+            }),
+            Broken::Link {
+                chain: "gw".into(),
+                seq: 1
+            }
+        );
+        // An edited event re-hashed by the forger breaks its successor's link instead.
+        assert_eq!(
+            broken(&|v| {
+                v[2].new_value = Some("500".into());
+                v[2].hash = event_hash(&v[2]);
+            }),
+            Broken::Link {
+                chain: "gw".into(),
+                seq: 3
+            }
+        );
+    }
+
+    #[test]
+    fn redaction_keeps_the_chain_and_hides_the_value() {
+        let mut v = chain("gw", 4);
+        assert!(redact(&mut v[1], "ip_address"));
+        assert!(redact(&mut v[1], "actor"));
+        assert!(!redact(&mut v[1], "action"), "only personal fields");
+        assert!(!redact(&mut v[1], "user_agent"), "absent on odd events");
+        assert_eq!(verify(&v, Some(KEY)), Ok(4));
+        assert_eq!(verify(&v, None), Ok(4));
+        assert!(!format!("{:?}", v[1]).contains("10.0.0.1"));
+        // A personal value edited in place is found with the key.
+        v[2].ip_address = Some(Personal::Value("192.168.1.1".into()));
+        assert_eq!(
+            verify(&v, None),
+            Ok(4),
+            "without the key only the chain is checked"
+        );
+        assert_eq!(
+            verify(&v, Some(KEY)),
+            Err(Broken::Personal {
+                chain: "gw".into(),
+                seq: 2,
+                field: "ip_address"
+            })
+        );
+        // A forged commitment is an edit of the hashed content.
+        let mut w = chain("gw", 2);
+        w[1].commitments[1] = Some([7; 32]);
+        assert_eq!(
+            verify(&w, None),
+            Err(Broken::Edited {
+                chain: "gw".into(),
+                seq: 1
+            })
+        );
+    }
+
+    proptest! {
+        /// Any change to any stored byte that the hash covers is found, at that event or at
+        /// the link after it.
+        #[test]
+        fn every_edit_is_found(n in 2u64..8, at in 0usize..8, field in 0usize..6, bit in 0u8..8) {
+            let mut v = chain("gw", n);
+            let at = at % v.len();
+            let flip = |s: &mut String| {
+                let mut b = std::mem::take(s).into_bytes();
+                if b.is_empty() { b.push(b'x'); } else { b[0] ^= 1 << (bit % 7); }
+                *s = String::from_utf8_lossy(&b).into_owned();
+            };
+            match field {
+                0 => flip(&mut v[at].event_id),
+                1 => v[at].timestamp_ms ^= 1 << bit,
+                2 => flip(&mut v[at].action),
+                3 => flip(&mut v[at].resource_id),
+                4 => v[at].new_value = None,
+                _ => v[at].correlation_id = Some("other".into()),
+            }
+            prop_assert!(verify(&v, None).is_err());
+        }
+    }
+}

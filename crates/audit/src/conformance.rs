@@ -1,0 +1,458 @@
+//! The suite every audit log backend runs (feature `conformance`): events come back as
+//! appended, appends are all-or-nothing and never overwrite, redaction keeps the trail
+//! verifiable, writers continue their chains across restarts and share a chain safely, and
+//! every edit, deletion, swap or truncation made with plain SQL is named by `verify`.
+//!
+//! A backend provides a [`Harness`]: a fresh log, and SQL run against its table as an
+//! operator would (triggers in place) or as a forger would (triggers off).
+//! `audit_conformance_tests!` turns the suite into tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use oncely_core::{ManualClock, Timestamp};
+
+use crate::chain::{Broken, Draft, Event, Head, Personal, Summary, CHAIN_OPENED};
+use crate::log::{verify_log, AuditError, AuditLog, Filter};
+use crate::writer::AuditWriter;
+
+pub const KEY: &[u8] = b"the suite's redaction key";
+
+#[async_trait]
+pub trait Harness: Send + Sync + 'static {
+    type L: AuditLog;
+    /// The log, migrated.
+    fn log(&self) -> Arc<Self::L>;
+    /// Runs `sql` with the triggers in place; `audit_events` names the table.
+    async fn sql(&self, sql: &str) -> Result<u64, String>;
+    /// Runs `sql` with the table's triggers off, as someone covering their tracks would.
+    async fn forge(&self, sql: &str);
+}
+
+fn draft(i: u64) -> Draft {
+    Draft {
+        event_id: format!("ev-{i:04}"),
+        timestamp_ms: 1_800_000_000_000 + i as i64,
+        actor: Some(format!("tenant-{}", i % 3)),
+        actor_type: "tenant".into(),
+        action: "executed".into(),
+        resource_type: "idempotency_key".into(),
+        resource_id: format!("POST /orders k-{i}"),
+        old_value: None,
+        new_value: Some("201".into()),
+        correlation_id: Some(format!("req-{i}")),
+        ip_address: Some(format!("10.0.0.{}", i % 250)),
+        user_agent: i.is_multiple_of(2).then(|| "curl/8.5".to_owned()),
+    }
+}
+
+/// `n` events of `chain` sealed from `from`, as a writer would seal them.
+fn sealed(head: &mut Head, from: u64, n: u64) -> Vec<Event> {
+    (from..from + n)
+        .map(|i| {
+            let mut d = draft(i);
+            d.event_id = format!("{}-{i:04}", head.chain);
+            head.seal_draft(&d, KEY)
+        })
+        .collect()
+}
+
+async fn verify(log: &dyn AuditLog) -> Result<Summary, Broken> {
+    verify_log(log, Some(KEY), |_| {})
+        .await
+        .expect("the log answers")
+}
+
+async fn all(log: &dyn AuditLog) -> Vec<Event> {
+    log.scan(None, usize::MAX).await.unwrap()
+}
+
+pub async fn an_empty_log_verifies<H: Harness>(h: H) {
+    let log = h.log();
+    assert_eq!(log.head("gw").await.unwrap(), None);
+    assert!(log.heads().await.unwrap().is_empty());
+    assert!(all(&*log).await.is_empty());
+    let summary = verify(&*log).await.unwrap();
+    assert_eq!((summary.events, summary.heads.len()), (0, 0));
+}
+
+pub async fn events_come_back_as_appended<H: Harness>(h: H) {
+    let log = h.log();
+    let (mut a, mut b) = (Head::new("gw-a"), Head::new("gw-b"));
+    let mut first = sealed(&mut a, 0, 3);
+    // One event without any personal field, one with a field already redacted at sealing.
+    let mut bare = draft(3);
+    bare.event_id = "gw-a-bare".into();
+    (bare.actor, bare.ip_address, bare.user_agent) = (None, None, None);
+    first.push(a.seal_draft(&bare, KEY));
+    log.append(&first).await.unwrap();
+    let second = sealed(&mut b, 10, 2);
+    log.append(&second).await.unwrap();
+    let more = sealed(&mut a, 4, 2);
+    log.append(&more).await.unwrap();
+
+    let mut expected: Vec<Event> = first.into_iter().chain(more).chain(second).collect();
+    expected.sort_by(|x, y| (&x.chain, x.seq).cmp(&(&y.chain, y.seq)));
+    assert_eq!(
+        all(&*log).await,
+        expected,
+        "(chain, seq) order, every byte kept"
+    );
+    // Paging resumes exactly after the position given, across chains.
+    let page = log.scan(Some(("gw-a", 4)), 2).await.unwrap();
+    let seqs: Vec<(&str, u64)> = page.iter().map(|e| (e.chain.as_str(), e.seq)).collect();
+    assert_eq!(seqs, [("gw-a", 5), ("gw-b", 0)]);
+    assert_eq!(log.head("gw-a").await.unwrap(), Some(a.clone()));
+    assert_eq!(log.heads().await.unwrap(), vec![a, b]);
+    assert_eq!(verify(&*log).await.unwrap().events, 8);
+}
+
+pub async fn appends_are_all_or_nothing_and_never_overwrite<H: Harness>(h: H) {
+    let log = h.log();
+    let mut head = Head::new("gw");
+    let first = sealed(&mut head, 0, 3);
+    log.append(&first).await.unwrap();
+    // A second writer that believed the chain empty: its batch collides at seq 0.
+    let mut stale = Head::new("gw");
+    let rival = sealed(&mut stale, 100, 4);
+    let err = log.append(&rival).await.unwrap_err();
+    assert!(
+        matches!(&err, AuditError::Conflict { chain, seq: 0 } if chain == "gw"),
+        "{err:?}"
+    );
+    // A batch whose last event collides leaves none of its events behind.
+    let mut mixed = sealed(&mut head, 3, 2);
+    mixed.push(first[1].clone());
+    assert!(matches!(
+        log.append(&mixed).await,
+        Err(AuditError::Conflict { .. })
+    ));
+    assert_eq!(
+        all(&*log).await,
+        first,
+        "nothing overwritten, nothing half appended"
+    );
+    assert_eq!(log.head("gw").await.unwrap().unwrap().next_seq, 3);
+}
+
+pub async fn find_filters_newest_first<H: Harness>(h: H) {
+    let log = h.log();
+    let mut head = Head::new("gw");
+    log.append(&sealed(&mut head, 0, 9)).await.unwrap();
+    let by_actor = log
+        .find(
+            &Filter {
+                actor: Some("tenant-1".into()),
+                ..Filter::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = by_actor.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [7, 4, 1]);
+    let one = log
+        .find(
+            &Filter {
+                correlation_id: Some("req-5".into()),
+                action: Some("executed".into()),
+                ..Filter::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].seq, 5);
+    assert_eq!(log.find(&Filter::default(), 4).await.unwrap().len(), 4);
+    assert_eq!(log.find(&Filter::default(), 4).await.unwrap()[0].seq, 8);
+}
+
+pub async fn redaction_keeps_the_trail_verifiable<H: Harness>(h: H) {
+    let log = h.log();
+    let mut head = Head::new("gw");
+    log.append(&sealed(&mut head, 0, 6)).await.unwrap();
+    let tenant1 = Filter {
+        actor: Some("tenant-1".into()),
+        ..Filter::default()
+    };
+    // Refused: no filter, no field, a field that is not personal.
+    for (filter, fields) in [
+        (Filter::default(), vec!["actor"]),
+        (tenant1.clone(), vec![]),
+        (tenant1.clone(), vec!["action"]),
+    ] {
+        assert!(matches!(
+            log.redact(&filter, &fields).await,
+            Err(AuditError::Invalid(_))
+        ));
+    }
+    let n = log
+        .redact(&tenant1, &["actor", "ip_address", "user_agent"])
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "events 1 and 4");
+    assert_eq!(log.redact(&tenant1, &["actor"]).await.unwrap(), 0, "gone");
+    let events = all(&*log).await;
+    for e in &events {
+        let redacted = e.seq == 1 || e.seq == 4;
+        assert_eq!(
+            matches!(e.actor, Some(Personal::Redacted(_))),
+            redacted,
+            "{e:?}"
+        );
+        assert_eq!(
+            matches!(e.ip_address, Some(Personal::Redacted(_))),
+            redacted
+        );
+    }
+    assert!(!format!("{events:?}").contains("tenant-1"));
+    // Only one field of another event.
+    let ev3 = Filter {
+        event_id: Some("gw-0003".into()),
+        ..Filter::default()
+    };
+    assert_eq!(log.redact(&ev3, &["ip_address"]).await.unwrap(), 1);
+    let e3 = &log.find(&ev3, 1).await.unwrap()[0];
+    assert!(matches!(e3.ip_address, Some(Personal::Redacted(_))));
+    assert_eq!(e3.actor, Some(Personal::Value("tenant-0".into())));
+    assert_eq!(verify(&*log).await.unwrap().events, 6, "with the key too");
+}
+
+pub async fn the_table_refuses_updates_and_deletes<H: Harness>(h: H) {
+    let log = h.log();
+    let mut head = Head::new("gw");
+    log.append(&sealed(&mut head, 0, 3)).await.unwrap();
+    for sql in [
+        "UPDATE audit_events SET action = 'replayed' WHERE seq = 1",
+        "UPDATE audit_events SET actor = 'someone else' WHERE seq = 1",
+        "UPDATE audit_events SET actor_commitment = NULL, actor = NULL WHERE seq = 1",
+        "DELETE FROM audit_events WHERE seq = 2",
+    ] {
+        let r = h.sql(sql).await;
+        assert!(
+            r.as_ref().is_err_and(|e| e.contains("append-only")),
+            "{sql}: {r:?}"
+        );
+    }
+    // Emptying a personal field is a redaction, which the table allows.
+    assert_eq!(
+        h.sql("UPDATE audit_events SET ip_address = NULL WHERE seq = 1")
+            .await,
+        Ok(1)
+    );
+    assert_eq!(verify(&*log).await.unwrap().events, 3);
+}
+
+/// A trail of two chains, the second opened after the first: its anchor names the first's
+/// head. Returns the log.
+async fn two_chains<H: Harness>(h: &H) -> Arc<H::L> {
+    let log = h.log();
+    let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
+    let a = AuditWriter::open(log.clone(), "gw-a", KEY.to_vec(), clock.clone(), 100)
+        .await
+        .unwrap();
+    for i in 1..6 {
+        assert!(a.record(draft(i)));
+    }
+    assert!(a.close(Duration::from_secs(10)).await);
+    let b = AuditWriter::open(log.clone(), "gw-b", KEY.to_vec(), clock, 100)
+        .await
+        .unwrap();
+    for i in 10..13 {
+        assert!(b.record(draft(i)));
+    }
+    assert!(b.close(Duration::from_secs(10)).await);
+    assert_eq!(verify(&*log).await.unwrap().events, 10);
+    log
+}
+
+pub async fn verify_names_every_forged_row<H: Harness>(h: H) {
+    type Case = (&'static str, fn(&Broken) -> bool);
+    let cases: [Case; 6] = [
+        // Edited in place.
+        (
+            "UPDATE audit_events SET new_value = '500' WHERE chain = 'gw-a' AND seq = 3",
+            |b| {
+                *b == Broken::Edited {
+                    chain: "gw-a".into(),
+                    seq: 3,
+                }
+            },
+        ),
+        // A personal value swapped for another (its commitment no longer matches).
+        (
+            "UPDATE audit_events SET ip_address = '192.0.2.1' WHERE chain = 'gw-a' AND seq = 2",
+            |b| matches!(b, Broken::Personal { chain, seq: 2, field: "ip_address" } if chain == "gw-a"),
+        ),
+        // Deleted from the middle.
+        (
+            "DELETE FROM audit_events WHERE chain = 'gw-a' AND seq = 2",
+            |b| {
+                *b == Broken::Gap {
+                    chain: "gw-a".into(),
+                    seq: 2,
+                    found: 3,
+                }
+            },
+        ),
+        // Two rows swapped (their places exchanged).
+        (
+            "UPDATE audit_events SET seq = -1 WHERE chain = 'gw-a' AND seq = 1; \
+             UPDATE audit_events SET seq = 1 WHERE chain = 'gw-a' AND seq = 4; \
+             UPDATE audit_events SET seq = 4 WHERE chain = 'gw-a' AND seq = -1",
+            |b| {
+                *b == Broken::Link {
+                    chain: "gw-a".into(),
+                    seq: 1,
+                }
+            },
+        ),
+        // The newest events of a chain deleted: no link shows it, gw-b's anchor does.
+        (
+            "DELETE FROM audit_events WHERE chain = 'gw-a' AND seq >= 4",
+            |b| matches!(b, Broken::Truncated { chain, seq: 5, by_chain, by_seq: 0 } if chain == "gw-a" && by_chain == "gw-b"),
+        ),
+        // A whole chain deleted.
+        (
+            "DELETE FROM audit_events WHERE chain = 'gw-a'",
+            |b| matches!(b, Broken::Truncated { chain, seq: 5, .. } if chain == "gw-a"),
+        ),
+    ];
+    for (i, (sql, expected)) in cases.iter().enumerate() {
+        if i > 0 {
+            // A fresh trail for each forgery.
+            h.forge("DELETE FROM audit_events").await;
+        }
+        let log = two_chains(&h).await;
+        h.forge(sql).await;
+        let broken = verify(&*log).await.unwrap_err();
+        assert!(expected(&broken), "{sql}: {broken}");
+    }
+}
+
+pub async fn a_writer_continues_its_chain_after_a_restart<H: Harness>(h: H) {
+    let log = h.log();
+    let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
+    for run in 0..3u64 {
+        let w = AuditWriter::open(log.clone(), "gw", KEY.to_vec(), clock.clone(), 100)
+            .await
+            .unwrap();
+        for i in 0..4 {
+            assert!(w.record(draft(run * 10 + i)));
+        }
+        assert!(w.close(Duration::from_secs(10)).await);
+        assert_eq!(
+            w.stats()
+                .appended
+                .load(std::sync::atomic::Ordering::Relaxed),
+            5
+        );
+    }
+    let events = all(&*log).await;
+    assert_eq!(events.len(), 15, "3 anchors + 12 events");
+    assert!(events.iter().all(|e| e.chain == "gw"));
+    let anchors: Vec<u64> = events
+        .iter()
+        .filter(|e| e.action == CHAIN_OPENED)
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(anchors, [0, 5, 10]);
+    assert_eq!(verify(&*log).await.unwrap().events, 15);
+}
+
+pub async fn concurrent_writers_keep_valid_chains<H: Harness>(h: H) {
+    let log = h.log();
+    let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
+    // Four writers: two chains of their own, and two processes given the same chain name.
+    let mut writers = Vec::new();
+    for chain in ["gw-a", "gw-b", "shared", "shared"] {
+        writers.push(Arc::new(
+            AuditWriter::open(log.clone(), chain, KEY.to_vec(), clock.clone(), 1000)
+                .await
+                .unwrap(),
+        ));
+    }
+    let mut tasks = Vec::new();
+    for (w, writer) in writers.iter().enumerate() {
+        let writer = writer.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50u64 {
+                let mut d = draft(i);
+                d.event_id = format!("w{w}-{i}");
+                assert!(writer.record(d));
+                if i % 7 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            assert!(writer.close(Duration::from_secs(20)).await);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let summary = verify(&*log).await.unwrap();
+    assert_eq!(summary.events, 4 * 51, "every event, each once");
+    let len = |c: &str| {
+        summary
+            .heads
+            .iter()
+            .find(|h| h.chain == c)
+            .map(|h| h.next_seq)
+    };
+    assert_eq!(
+        (len("gw-a"), len("gw-b"), len("shared")),
+        (Some(51), Some(51), Some(102))
+    );
+}
+
+pub async fn a_full_queue_drops_and_the_trail_says_so<H: Harness>(h: H) {
+    let log = h.log();
+    let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
+    let w = AuditWriter::open(log.clone(), "gw", KEY.to_vec(), clock, 4)
+        .await
+        .unwrap();
+    // Faster than any database: the queue of 4 overflows within one burst.
+    let kept = (0..200).filter(|i| w.record(draft(*i))).count() as u64;
+    assert!(w.close(Duration::from_secs(10)).await);
+    let dropped = w.stats().dropped.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(dropped > 0, "the burst overflowed the queue");
+    assert_eq!(kept + dropped, 200);
+    let events = all(&*log).await;
+    let recorded: u64 = events
+        .iter()
+        .filter(|e| e.action == crate::EVENTS_DROPPED)
+        .map(|e| e.new_value.as_deref().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(recorded, dropped, "the trail counts what it lost");
+    assert!(verify(&*log).await.is_ok());
+}
+
+#[macro_export]
+macro_rules! audit_conformance_tests {
+    ($factory:expr) => {
+        $crate::audit_conformance_tests!(@tests $factory;
+            an_empty_log_verifies,
+            events_come_back_as_appended,
+            appends_are_all_or_nothing_and_never_overwrite,
+            find_filters_newest_first,
+            redaction_keeps_the_trail_verifiable,
+            the_table_refuses_updates_and_deletes,
+            verify_names_every_forged_row,
+            a_writer_continues_its_chain_after_a_restart,
+            concurrent_writers_keep_valid_chains,
+            a_full_queue_drops_and_the_trail_says_so,
+        );
+    };
+    (@tests $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(h) = ($factory)(stringify!($name)).await {
+                    $crate::conformance::$name(h).await;
+                }
+            }
+        )*
+    };
+}

@@ -1,0 +1,321 @@
+//! The audit log in PostgreSQL: `{schema}.audit_events`, append-only by trigger.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+pub use oncely_store_postgres::PgOptions;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+
+use crate::chain::{Event, Head};
+use crate::log::{
+    check_redaction, redaction_sql, stored_hash, stored_seq, stored_value, AuditError, AuditLog,
+    Filter, Row, COLUMNS,
+};
+
+/// The table and its guards, `{s}` the schema. One function refuses deletes, truncation and
+/// any update but a redaction (every column but the three personal values unchanged, and
+/// those unchanged or emptied). Run under an advisory lock: two gateways starting together
+/// would otherwise race on `CREATE OR REPLACE`.
+const SCHEMA: &str = "
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.audit_events (
+    event_id TEXT NOT NULL UNIQUE,
+    timestamp BIGINT NOT NULL,
+    actor TEXT,
+    actor_type TEXT NOT NULL,
+    action TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    old_value TEXT,
+    new_value TEXT,
+    correlation_id TEXT,
+    ip_address TEXT,
+    user_agent TEXT,
+    chain TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    actor_commitment BYTEA,
+    ip_address_commitment BYTEA,
+    user_agent_commitment BYTEA,
+    prev_hash BYTEA NOT NULL,
+    hash BYTEA NOT NULL,
+    PRIMARY KEY (chain, seq)
+);
+CREATE INDEX IF NOT EXISTS audit_events_by_time ON {s}.audit_events (timestamp);
+CREATE INDEX IF NOT EXISTS audit_events_by_correlation ON {s}.audit_events (correlation_id);
+CREATE OR REPLACE FUNCTION {s}.audit_events_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF (NEW.event_id, NEW.timestamp, NEW.actor_type, NEW.action, NEW.resource_type,
+            NEW.resource_id, NEW.old_value, NEW.new_value, NEW.correlation_id, NEW.chain,
+            NEW.seq, NEW.actor_commitment, NEW.ip_address_commitment,
+            NEW.user_agent_commitment, NEW.prev_hash, NEW.hash)
+           IS NOT DISTINCT FROM
+           (OLD.event_id, OLD.timestamp, OLD.actor_type, OLD.action, OLD.resource_type,
+            OLD.resource_id, OLD.old_value, OLD.new_value, OLD.correlation_id, OLD.chain,
+            OLD.seq, OLD.actor_commitment, OLD.ip_address_commitment,
+            OLD.user_agent_commitment, OLD.prev_hash, OLD.hash)
+           AND (NEW.actor IS NULL OR NEW.actor IS NOT DISTINCT FROM OLD.actor)
+           AND (NEW.ip_address IS NULL OR NEW.ip_address IS NOT DISTINCT FROM OLD.ip_address)
+           AND (NEW.user_agent IS NULL OR NEW.user_agent IS NOT DISTINCT FROM OLD.user_agent)
+        THEN
+            RETURN NEW;
+        END IF;
+        RAISE EXCEPTION 'audit_events is append-only: an update may only redact personal fields';
+    END IF;
+    RAISE EXCEPTION 'audit_events is append-only: % refused', TG_OP;
+END
+$$;
+CREATE OR REPLACE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON {s}.audit_events
+    FOR EACH ROW EXECUTE FUNCTION {s}.audit_events_append_only();
+CREATE OR REPLACE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON {s}.audit_events
+    FOR EACH STATEMENT EXECUTE FUNCTION {s}.audit_events_append_only();
+";
+
+/// The advisory lock key migrations hold (`oncely-audit` in ASCII, truncated to 63 bits).
+const MIGRATION_LOCK: i64 = 0x6f6e_6365_6c79_6175;
+
+/// An audit log in one schema of a PostgreSQL database.
+#[derive(Clone)]
+pub struct PgAuditLog {
+    pool: Pool,
+    table: String,
+    schema: String,
+    timeout: Duration,
+}
+
+impl PgAuditLog {
+    /// A log on the database `opts` names (`postgres://...?schema=&pool_size=&timeout=`,
+    /// as for the store). Connects lazily; does not create the table (see
+    /// [`AuditLog::migrate`]).
+    pub fn new(opts: &PgOptions) -> Result<Self, AuditError> {
+        let pool = oncely_store_postgres::pool(opts).map_err(unavailable)?;
+        Ok(PgAuditLog {
+            pool,
+            table: format!("{}.audit_events", opts.schema),
+            schema: opts.schema.clone(),
+            timeout: opts.timeout,
+        })
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, AuditError>>,
+    ) -> Result<T, AuditError> {
+        tokio::time::timeout(self.timeout, op)
+            .await
+            .unwrap_or_else(|_| {
+                Err(AuditError::Unavailable(format!(
+                    "postgres: no answer within {}ms",
+                    self.timeout.as_millis()
+                )))
+            })
+    }
+
+    async fn events(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Event>, AuditError> {
+        self.bounded(async {
+            let client = self.pool.get().await.map_err(unavailable)?;
+            let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
+            let rows = client.query(&stmt, params).await.map_err(unavailable)?;
+            rows.iter().map(read_row).collect()
+        })
+        .await
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> AuditError {
+    AuditError::Unavailable(format!("postgres: {e}"))
+}
+
+fn read_row(r: &tokio_postgres::Row) -> Result<Event, AuditError> {
+    let get = |e: tokio_postgres::Error| unavailable(format!("reading an audit row: {e}"));
+    Ok(Row {
+        chain: r.try_get(0).map_err(get)?,
+        seq: r.try_get(1).map_err(get)?,
+        event_id: r.try_get(2).map_err(get)?,
+        timestamp: r.try_get(3).map_err(get)?,
+        actor: (r.try_get(4).map_err(get)?, r.try_get(5).map_err(get)?),
+        actor_type: r.try_get(6).map_err(get)?,
+        action: r.try_get(7).map_err(get)?,
+        resource_type: r.try_get(8).map_err(get)?,
+        resource_id: r.try_get(9).map_err(get)?,
+        old_value: r.try_get(10).map_err(get)?,
+        new_value: r.try_get(11).map_err(get)?,
+        correlation_id: r.try_get(12).map_err(get)?,
+        ip_address: (r.try_get(13).map_err(get)?, r.try_get(14).map_err(get)?),
+        user_agent: (r.try_get(15).map_err(get)?, r.try_get(16).map_err(get)?),
+        prev_hash: r.try_get(17).map_err(get)?,
+        hash: r.try_get(18).map_err(get)?,
+    }
+    .into_event())
+}
+
+fn head_of(r: &tokio_postgres::Row) -> Result<Head, AuditError> {
+    let chain: String = r.try_get(0).map_err(unavailable)?;
+    let seq: i64 = r.try_get(1).map_err(unavailable)?;
+    let hash: Vec<u8> = r.try_get(2).map_err(unavailable)?;
+    Ok(Head {
+        chain,
+        next_seq: u64::try_from(seq).map_or(0, |s| s + 1),
+        last_hash: stored_hash(&hash),
+    })
+}
+
+#[async_trait]
+impl AuditLog for PgAuditLog {
+    async fn migrate(&self) -> Result<(), AuditError> {
+        self.bounded(async {
+            let mut client = self.pool.get().await.map_err(unavailable)?;
+            let tx = client.transaction().await.map_err(unavailable)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await
+                .map_err(unavailable)?;
+            tx.batch_execute(&SCHEMA.replace("{s}", &self.schema))
+                .await
+                .map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn append(&self, events: &[Event]) -> Result<(), AuditError> {
+        let sql = format!(
+            "INSERT INTO {} ({COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+            self.table
+        );
+        self.bounded(async {
+            let mut client = self.pool.get().await.map_err(unavailable)?;
+            let tx = client.transaction().await.map_err(unavailable)?;
+            let stmt = tx.prepare_cached(&sql).await.map_err(unavailable)?;
+            for e in events {
+                let seq = stored_seq(e)?;
+                let [ac, ic, uc] = e.commitments.map(|c| c.map(|c| c.to_vec()));
+                let (prev, hash) = (e.prev_hash.to_vec(), e.hash.to_vec());
+                let inserted = tx
+                    .execute(
+                        &stmt,
+                        &[
+                            &e.chain,
+                            &seq,
+                            &e.event_id,
+                            &e.timestamp_ms,
+                            &stored_value(&e.actor),
+                            &ac,
+                            &e.actor_type,
+                            &e.action,
+                            &e.resource_type,
+                            &e.resource_id,
+                            &e.old_value,
+                            &e.new_value,
+                            &e.correlation_id,
+                            &stored_value(&e.ip_address),
+                            &ic,
+                            &stored_value(&e.user_agent),
+                            &uc,
+                            &prev,
+                            &hash,
+                        ],
+                    )
+                    .await;
+                match inserted {
+                    Ok(_) => {}
+                    Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                        // The (chain, seq) key: another writer's event. Anything else (a
+                        // repeated event id) is this batch's own fault.
+                        let constraint = err.as_db_error().and_then(|d| d.constraint());
+                        return Err(if constraint == Some("audit_events_pkey") {
+                            AuditError::Conflict {
+                                chain: e.chain.clone(),
+                                seq: e.seq,
+                            }
+                        } else {
+                            AuditError::Invalid(format!("event {}: {err}", e.event_id))
+                        });
+                    }
+                    Err(err) => return Err(unavailable(err)),
+                }
+            }
+            tx.commit().await.map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn head(&self, chain: &str) -> Result<Option<Head>, AuditError> {
+        let sql = format!(
+            "SELECT chain, seq, hash FROM {} WHERE chain = $1 ORDER BY seq DESC LIMIT 1",
+            self.table
+        );
+        self.bounded(async {
+            let client = self.pool.get().await.map_err(unavailable)?;
+            let rows = client.query(&sql, &[&chain]).await.map_err(unavailable)?;
+            rows.first().map(head_of).transpose()
+        })
+        .await
+    }
+
+    async fn heads(&self) -> Result<Vec<Head>, AuditError> {
+        let sql = format!(
+            "SELECT DISTINCT ON (chain) chain, seq, hash FROM {} ORDER BY chain, seq DESC",
+            self.table
+        );
+        self.bounded(async {
+            let client = self.pool.get().await.map_err(unavailable)?;
+            let rows = client.query(&sql, &[]).await.map_err(unavailable)?;
+            rows.iter().map(head_of).collect()
+        })
+        .await
+    }
+
+    async fn scan(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<Event>, AuditError> {
+        let (chain, seq) =
+            after.map_or(("", -1), |(c, s)| (c, i64::try_from(s).unwrap_or(i64::MAX)));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM {} WHERE (chain, seq) > ($1, $2) \
+             ORDER BY chain, seq LIMIT $3",
+            self.table
+        );
+        self.events(&sql, &[&chain, &seq, &limit]).await
+    }
+
+    async fn find(&self, filter: &Filter, limit: usize) -> Result<Vec<Event>, AuditError> {
+        let (clause, values) = filter.where_clause(|n| format!("${n}"));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM {} WHERE {clause} \
+             ORDER BY timestamp DESC, chain, seq DESC LIMIT {limit}",
+            self.table
+        );
+        let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
+        self.events(&sql, &params).await
+    }
+
+    async fn redact(&self, filter: &Filter, fields: &[&str]) -> Result<u64, AuditError> {
+        check_redaction(filter, fields)?;
+        let (clause, values) = filter.where_clause(|n| format!("${n}"));
+        let (set, any) = redaction_sql(fields);
+        let sql = format!("UPDATE {} SET {set} WHERE {clause} AND {any}", self.table);
+        self.bounded(async {
+            let client = self.pool.get().await.map_err(unavailable)?;
+            let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
+            client.execute(&sql, &params).await.map_err(unavailable)
+        })
+        .await
+    }
+}

@@ -1,0 +1,269 @@
+//! The one writer of a chain.
+//!
+//! [`AuditWriter::record`] never waits: drafts go into a bounded queue, and one task seals
+//! them into the chain and appends them in batches (one transaction per batch). While the
+//! database is away the task retries with backoff and the queue absorbs the backlog; once it
+//! is full, new drafts are dropped and counted, and the next batch that lands carries an
+//! [`EVENTS_DROPPED`] event saying how many, so the trail records its own gap.
+//!
+//! Opening a chain reads its head, so a restarted writer continues where it stopped, and
+//! appends an anchor ([`CHAIN_OPENED`]) naming every other chain's head. If another process
+//! appends to the same chain (two gateways given one chain name), the append conflicts, the
+//! writer re-reads the head and seals its batch again: the chain stays one valid chain.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use oncely_core::Clock;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::chain::{
+    anchor_value, validate_chain, Draft, Event, Head, CHAIN_OPENED, EVENTS_DROPPED,
+};
+use crate::log::{AuditError, AuditLog};
+
+/// Events queued before new ones are dropped.
+pub const DEFAULT_QUEUE: usize = 10_000;
+/// Events per append transaction at most.
+pub const DEFAULT_BATCH: usize = 256;
+
+/// Counters a writer keeps (for metrics).
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub appended: AtomicU64,
+    pub dropped: AtomicU64,
+    pub append_failures: AtomicU64,
+    pub conflicts: AtomicU64,
+    /// Dropped since the last [`EVENTS_DROPPED`] event was queued.
+    unrecorded_drops: AtomicU64,
+}
+
+// Nearly every message is an event: boxing it would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Event(Draft),
+    Close(oneshot::Sender<()>),
+}
+
+/// A fresh event id: 128 random bits in hex.
+pub fn new_event_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Appends to one chain of an [`AuditLog`]; cheap to share.
+pub struct AuditWriter {
+    chain: String,
+    tx: mpsc::Sender<Msg>,
+    stats: Arc<WriterStats>,
+    clock: Arc<dyn Clock>,
+}
+
+impl AuditWriter {
+    /// Opens `chain` on `log` (which must be migrated) and starts its task. Fails if the log
+    /// cannot be read or the anchor cannot be appended, so a misconfigured gateway does not
+    /// start.
+    pub async fn open(
+        log: Arc<dyn AuditLog>,
+        chain: &str,
+        key: Vec<u8>,
+        clock: Arc<dyn Clock>,
+        queue: usize,
+    ) -> Result<AuditWriter, AuditError> {
+        validate_chain(chain).map_err(AuditError::Invalid)?;
+        let mut head = log.head(chain).await?.unwrap_or_else(|| Head::new(chain));
+        // The anchor: append it now, retrying if another writer of this chain got in between.
+        loop {
+            let others: Vec<Head> = log
+                .heads()
+                .await?
+                .into_iter()
+                .filter(|h| h.chain != chain)
+                .collect();
+            let anchor = Draft {
+                event_id: new_event_id(),
+                timestamp_ms: clock.now().as_millis(),
+                actor_type: "system".into(),
+                action: CHAIN_OPENED.into(),
+                resource_type: "audit_chain".into(),
+                resource_id: chain.into(),
+                new_value: Some(anchor_value(&others)),
+                ..Draft::default()
+            };
+            let mut next = head.clone();
+            let event = next.seal_draft(&anchor, &key);
+            match log.append(&[event]).await {
+                Ok(()) => {
+                    head = next;
+                    break;
+                }
+                Err(AuditError::Conflict { .. }) => {
+                    head = log.head(chain).await?.unwrap_or_else(|| Head::new(chain));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let stats = Arc::new(WriterStats::default());
+        stats.appended.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(
+            Task {
+                log,
+                head,
+                key,
+                stats: stats.clone(),
+                clock: clock.clone(),
+                batch: DEFAULT_BATCH,
+            }
+            .run(rx),
+        );
+        Ok(AuditWriter {
+            chain: chain.to_owned(),
+            tx,
+            stats,
+            clock,
+        })
+    }
+
+    pub fn chain(&self) -> &str {
+        &self.chain
+    }
+
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    /// The clock event timestamps come from.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now().as_millis()
+    }
+
+    /// Queues `draft` for the chain; never waits. Returns false if it was dropped (the queue
+    /// is full or the writer closed).
+    pub fn record(&self, draft: Draft) -> bool {
+        match self.tx.try_send(Msg::Event(draft)) {
+            Ok(()) => true,
+            Err(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.unrecorded_drops.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Appends everything queued so far and stops the task; waits at most `grace`. Returns
+    /// false if that was not enough (the database is away): what was queued is lost, and
+    /// counted in the error this logs.
+    pub async fn close(&self, grace: Duration) -> bool {
+        let (done, closed) = oneshot::channel();
+        let flushed = async {
+            self.tx.send(Msg::Close(done)).await.ok()?;
+            closed.await.ok()
+        };
+        match tokio::time::timeout(grace, flushed).await {
+            Ok(Some(())) => true,
+            _ => {
+                tracing::error!(
+                    chain = %self.chain,
+                    queued = self.tx.max_capacity() - self.tx.capacity(),
+                    "the audit log did not take the queued events in time; they are lost"
+                );
+                false
+            }
+        }
+    }
+}
+
+struct Task {
+    log: Arc<dyn AuditLog>,
+    head: Head,
+    key: Vec<u8>,
+    stats: Arc<WriterStats>,
+    clock: Arc<dyn Clock>,
+    batch: usize,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut pending: Vec<Draft> = Vec::new();
+        let mut closing: Option<oneshot::Sender<()>> = None;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if pending.is_empty() && self.stats.unrecorded_drops.load(Ordering::Relaxed) == 0 {
+                if let Some(done) = closing.take() {
+                    let _ = done.send(());
+                    return;
+                }
+                match rx.recv().await {
+                    Some(Msg::Event(d)) => pending.push(d),
+                    Some(Msg::Close(done)) => closing = Some(done),
+                    None => return,
+                }
+            }
+            while pending.len() < self.batch && closing.is_none() {
+                match rx.try_recv() {
+                    Ok(Msg::Event(d)) => pending.push(d),
+                    Ok(Msg::Close(done)) => closing = Some(done),
+                    Err(_) => break,
+                }
+            }
+            let drops = self.stats.unrecorded_drops.swap(0, Ordering::Relaxed);
+            if drops > 0 {
+                pending.push(Draft {
+                    event_id: new_event_id(),
+                    timestamp_ms: self.clock.now().as_millis(),
+                    actor_type: "system".into(),
+                    action: EVENTS_DROPPED.into(),
+                    resource_type: "audit_chain".into(),
+                    resource_id: self.head.chain.clone(),
+                    new_value: Some(drops.to_string()),
+                    ..Draft::default()
+                });
+            }
+            if pending.is_empty() {
+                continue;
+            }
+            let mut next = self.head.clone();
+            let events: Vec<Event> = pending
+                .iter()
+                .map(|d| next.seal_draft(d, &self.key))
+                .collect();
+            match self.log.append(&events).await {
+                Ok(()) => {
+                    self.head = next;
+                    self.stats
+                        .appended
+                        .fetch_add(events.len() as u64, Ordering::Relaxed);
+                    pending.clear();
+                    backoff = Duration::from_millis(50);
+                }
+                Err(AuditError::Conflict { chain, seq }) => {
+                    // Another process appends to this chain too: continue after its events.
+                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%chain, seq, "another writer appended to this audit chain; sealing the batch again after its events");
+                    match self.log.head(&self.head.chain).await {
+                        Ok(h) => self.head = h.unwrap_or_else(|| Head::new(chain)),
+                        Err(e) => self.wait(&e, &mut backoff).await,
+                    }
+                }
+                Err(AuditError::Invalid(e)) => {
+                    // The batch itself is refused (no retry can change that): drop it, and
+                    // let the next batch record the loss.
+                    tracing::error!(error = %e, events = pending.len(), "the audit log refused a batch; dropped");
+                    let n = pending.len() as u64;
+                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                    self.stats.unrecorded_drops.fetch_add(n, Ordering::Relaxed);
+                    pending.clear();
+                }
+                Err(e) => self.wait(&e, &mut backoff).await,
+            }
+        }
+    }
+
+    async fn wait(&self, e: &AuditError, backoff: &mut Duration) {
+        self.stats.append_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "appending audit events failed; retrying");
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,242 @@
+//! The gateway's audit trail: one event per keyed request's answer, appended to the
+//! `audit_events` table of a SQLite file or a PostgreSQL schema.
+//!
+//! The engine reports each answer ([`OutcomeObserver::answered`]), also for executions that
+//! finish after their client hung up; [`AuditObserver`] turns it into a [`Draft`] and hands
+//! it to this gateway's [`AuditWriter`], which never makes a request wait.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oncely_audit::postgres::{PgAuditLog, PgOptions};
+use oncely_audit::sqlite::SqliteAuditLog;
+use oncely_audit::{AuditLog, AuditWriter, Draft};
+use oncely_http::{Answer, Correlation, Outcome, OutcomeObserver};
+
+use crate::forward::ClientAddr;
+use crate::store_url::StoreUrl;
+
+/// Where the audit trail is kept: `sqlite://PATH` or `postgres://...?schema=NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditUrl {
+    Sqlite {
+        path: PathBuf,
+        busy_timeout: Duration,
+    },
+    Postgres(PgOptions),
+}
+
+impl std::fmt::Display for AuditUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuditUrl::Sqlite { path, .. } => write!(f, "sqlite://{}", path.display()),
+            AuditUrl::Postgres(opts) => write!(f, "{opts}"),
+        }
+    }
+}
+
+impl AuditUrl {
+    /// Parses the URL as a store URL would be (same options), keeping the SQL backends.
+    pub fn parse(url: &str) -> Result<AuditUrl, String> {
+        match StoreUrl::parse(url) {
+            Ok(StoreUrl::Sqlite {
+                path, busy_timeout, ..
+            }) => Ok(AuditUrl::Sqlite {
+                path,
+                busy_timeout: busy_timeout.unwrap_or(Duration::from_secs(5)),
+            }),
+            Ok(StoreUrl::Postgres(opts)) => Ok(AuditUrl::Postgres(opts)),
+            Ok(_) => Err(format!(
+                "`{url}`: the audit trail is kept in SQLite or PostgreSQL (sqlite://PATH or postgres://HOST/DB)"
+            )),
+            Err(e) => Err(e.replace(
+                "is not a store URL; use sqlite://PATH, postgres://HOST/DB, redis://HOST or memory://",
+                "is not an audit log URL; use sqlite://PATH or postgres://HOST/DB",
+            )),
+        }
+    }
+
+    /// Opens the log; does not create the table.
+    pub fn open(&self) -> Result<Arc<dyn AuditLog>, String> {
+        let log: Arc<dyn AuditLog> = match self {
+            AuditUrl::Sqlite { path, busy_timeout } => Arc::new(
+                SqliteAuditLog::open(path, *busy_timeout)
+                    .map_err(|e| format!("cannot open the audit log {self}: {e}"))?,
+            ),
+            AuditUrl::Postgres(opts) => Arc::new(
+                PgAuditLog::new(opts)
+                    .map_err(|e| format!("cannot open the audit log {self}: {e}"))?,
+            ),
+        };
+        Ok(log)
+    }
+}
+
+/// The secret that keys personal fields' commitments. Kept out of every log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedactionKey(pub Vec<u8>);
+
+impl std::fmt::Debug for RedactionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedactionKey(<set>)")
+    }
+}
+
+impl RedactionKey {
+    /// The shortest key accepted.
+    pub const MIN_LEN: usize = 16;
+
+    /// A key read from a file or variable: surrounding whitespace dropped, 16 bytes at least.
+    pub fn parse(text: &str) -> Result<RedactionKey, String> {
+        let t = text.trim();
+        if t.len() < Self::MIN_LEN {
+            return Err(format!(
+                "the audit redaction key needs at least {} characters (e.g. `openssl rand -hex 32`)",
+                Self::MIN_LEN
+            ));
+        }
+        Ok(RedactionKey(t.as_bytes().to_vec()))
+    }
+
+    /// A key of this run only: commitments can then not be checked against values later.
+    pub fn random() -> RedactionKey {
+        let id = oncely_audit::writer::new_event_id;
+        RedactionKey(format!("{}{}", id(), id()).into_bytes())
+    }
+}
+
+/// The chain name a gateway writes to when none is given: this host's name, so a restarted
+/// gateway continues its chain. Several gateways on one host share it safely.
+pub fn default_chain() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_:".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "oncely".to_owned()
+    } else {
+        name
+    }
+}
+
+/// Everything the gateway needs to keep an audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub url: AuditUrl,
+    pub chain: String,
+    /// None: a random key for this run (a warning says what that costs).
+    pub key: Option<RedactionKey>,
+    /// Events queued before new ones are dropped (and counted, in the trail too).
+    pub queue: usize,
+}
+
+/// The event for one keyed answer.
+///
+/// - actor: the tenant (`anon` for anonymous requests), actor_type `tenant` or `anonymous`;
+/// - action: the outcome (`executed`, `replayed`, `mismatch`, ...);
+/// - resource: `idempotency_key`, `METHOD ROUTE KEY`;
+/// - new_value: the status answered;
+/// - correlation_id: the request's X-Request-Id; ip_address: the client's address as the
+///   gateway saw it; user_agent: its User-Agent.
+pub fn draft_for(answer: &Answer<'_>, event_id: String, now_ms: i64) -> Draft {
+    let scope = &answer.key.scope;
+    let tenant = scope.tenant.as_str();
+    let request = answer.request;
+    Draft {
+        event_id,
+        timestamp_ms: now_ms,
+        actor: Some(tenant.to_owned()),
+        actor_type: if tenant == oncely_core::Tenant::anonymous().as_str() {
+            "anonymous".into()
+        } else {
+            "tenant".into()
+        },
+        action: answer.outcome.name().into(),
+        resource_type: "idempotency_key".into(),
+        resource_id: format!(
+            "{} {} {}",
+            scope.method,
+            scope.route,
+            answer.key.key.as_str()
+        ),
+        old_value: None,
+        new_value: Some(answer.status.to_string()),
+        correlation_id: request
+            .extensions
+            .get::<Correlation>()
+            .map(|c| c.request_id.clone()),
+        ip_address: request
+            .extensions
+            .get::<ClientAddr>()
+            .map(|a| a.0.ip().to_string()),
+        user_agent: request
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    }
+}
+
+/// Records every keyed answer through the writer.
+pub struct AuditObserver {
+    pub writer: Arc<AuditWriter>,
+}
+
+impl OutcomeObserver for AuditObserver {
+    fn observe(&self, _outcome: Outcome) {}
+
+    fn wants_answers(&self) -> bool {
+        true
+    }
+
+    fn answered(&self, answer: &Answer<'_>) {
+        let draft = draft_for(
+            answer,
+            oncely_audit::writer::new_event_id(),
+            self.writer.now_ms(),
+        );
+        if !self.writer.record(draft) {
+            tracing::warn!(key = %answer.key, "audit queue full: event dropped (the trail records the count)");
+        }
+    }
+}
+
+/// Opens the trail for a gateway: the table (created if missing) and this gateway's chain.
+pub async fn open_writer(
+    config: &AuditConfig,
+    clock: Arc<dyn oncely_core::Clock>,
+) -> Result<Arc<AuditWriter>, String> {
+    let log = config.url.open()?;
+    log.migrate()
+        .await
+        .map_err(|e| format!("cannot prepare the audit log {}: {e}", config.url))?;
+    let key = match &config.key {
+        Some(k) => k.clone(),
+        None => {
+            tracing::warn!("no audit redaction key (--audit-key-file or ONCELY_AUDIT_KEY): using one for this run only, so `oncely audit verify --key-file` cannot check personal values of its events later; the chain itself verifies either way");
+            RedactionKey::random()
+        }
+    };
+    let writer = AuditWriter::open(log, &config.chain, key.0, clock, config.queue)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot open audit chain `{}` in {}: {e}",
+                config.chain, config.url
+            )
+        })?;
+    Ok(Arc::new(writer))
+}
