@@ -310,19 +310,19 @@ pub enum Broken {
         seq: u64,
         field: &'static str,
     },
-    #[error("chain {chain}: event {seq} is not the event chain {by_chain} event {by_seq} saw there (the chain was rewritten from there on)")]
+    /// `witness` says who saw the event: `chain B event N` (an anchor) or a head given to
+    /// the verifier.
+    #[error("chain {chain}: event {seq} is not the event {witness} saw there (the chain was rewritten from there on)")]
     Rewritten {
         chain: String,
         seq: u64,
-        by_chain: String,
-        by_seq: u64,
+        witness: String,
     },
-    #[error("chain {chain} ends before event {seq}, which chain {by_chain} event {by_seq} saw (its newest events were deleted)")]
+    #[error("chain {chain} ends before event {seq}, which {witness} saw (its newest events were deleted)")]
     Truncated {
         chain: String,
         seq: u64,
-        by_chain: String,
-        by_seq: u64,
+        witness: String,
     },
 }
 
@@ -341,8 +341,8 @@ pub struct Summary {
 pub struct Verifier<'k> {
     key: Option<&'k [u8]>,
     heads: std::collections::HashMap<String, Head>,
-    /// (chain, seq) -> (the hash an anchor saw there, the anchoring chain and seq).
-    anchored: std::collections::HashMap<(String, u64), (Hash, String, u64)>,
+    /// (chain, seq) -> (the hash seen there, and who saw it).
+    anchored: std::collections::HashMap<(String, u64), (Hash, String)>,
     events: u64,
 }
 
@@ -365,11 +365,19 @@ impl<'k> Verifier<'k> {
                 .then(|| e.new_value.as_deref().and_then(parse_anchor))
                 .flatten();
             for (chain, seq, hash) in heads.into_iter().flatten() {
-                self.anchored
-                    .entry((chain, seq))
-                    .or_insert((hash, e.chain.clone(), e.seq));
+                let witness = format!("chain {} event {}", e.chain, e.seq);
+                self.anchored.entry((chain, seq)).or_insert((hash, witness));
             }
         }
+    }
+
+    /// Expects `chain` to hold, at `seq`, the event whose hash is `hash`: a head recorded
+    /// from an earlier verification, which covers the newest events no anchor saw yet.
+    pub fn expect_head(&mut self, chain: &str, seq: u64, hash: Hash) {
+        self.anchored.insert(
+            (chain.to_owned(), seq),
+            (hash, "the head given to verify".to_owned()),
+        );
     }
 
     /// Checks the next event.
@@ -419,13 +427,12 @@ impl<'k> Verifier<'k> {
                 });
             }
         }
-        if let Some((hash, by_chain, by_seq)) = self.anchored.remove(&at(&e.chain, e.seq)) {
+        if let Some((hash, witness)) = self.anchored.remove(&at(&e.chain, e.seq)) {
             if hash != e.hash {
                 return Err(Broken::Rewritten {
                     chain: e.chain.clone(),
                     seq: e.seq,
-                    by_chain,
-                    by_seq,
+                    witness,
                 });
             }
         }
@@ -444,12 +451,11 @@ impl<'k> Verifier<'k> {
         // The first missing head, in a stable order.
         let mut missing: Vec<_> = self.anchored.into_iter().collect();
         missing.sort();
-        if let Some(((chain, seq), (_, by_chain, by_seq))) = missing.into_iter().next() {
+        if let Some(((chain, seq), (_, witness))) = missing.into_iter().next() {
             return Err(Broken::Truncated {
                 chain,
                 seq,
-                by_chain,
-                by_seq,
+                witness,
             });
         }
         let mut heads: Vec<Head> = self.heads.into_values().collect();
@@ -639,6 +645,44 @@ mod tests {
             Err(Broken::Edited {
                 chain: "gw".into(),
                 seq: 1
+            })
+        );
+    }
+
+    #[test]
+    fn recorded_heads_reveal_a_deleted_tail_and_a_rewrite() {
+        let good = chain("gw", 5);
+        let head = |v: &[Event], seq: usize| {
+            let mut ver = Verifier::new(None);
+            ver.expect_head("gw", seq as u64, good[seq].hash);
+            v.iter().try_for_each(|e| ver.push(e))?;
+            ver.finish()
+        };
+        assert_eq!(head(&good, 4).unwrap().events, 5);
+        let witness = "the head given to verify".to_owned();
+        assert_eq!(
+            head(&good[..3], 4),
+            Err(Broken::Truncated {
+                chain: "gw".into(),
+                seq: 4,
+                witness: witness.clone()
+            })
+        );
+        // The tail rewritten consistently from event 3 on: only the recorded head shows it.
+        let mut forged = good[..3].to_vec();
+        let mut h = Head {
+            chain: "gw".into(),
+            next_seq: 3,
+            last_hash: good[2].hash,
+        };
+        forged.extend((3..5).map(|i| h.seal(event(i + 100), KEY)));
+        assert_eq!(verify(&forged, None), Ok(5));
+        assert_eq!(
+            head(&forged, 4),
+            Err(Broken::Rewritten {
+                chain: "gw".into(),
+                seq: 4,
+                witness
             })
         );
     }

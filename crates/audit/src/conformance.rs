@@ -28,6 +28,9 @@ pub trait Harness: Send + Sync + 'static {
     async fn sql(&self, sql: &str) -> Result<u64, String>;
     /// Runs `sql` with the table's triggers off, as someone covering their tracks would.
     async fn forge(&self, sql: &str);
+    /// An insert that overwrites event 1 of chain `gw` in this database's dialect (SQLite's
+    /// `INSERT OR REPLACE`, PostgreSQL's `ON CONFLICT DO UPDATE`).
+    fn overwriting_insert(&self) -> &'static str;
 }
 
 fn draft(i: u64) -> Draft {
@@ -229,6 +232,9 @@ pub async fn the_table_refuses_updates_and_deletes<H: Harness>(h: H) {
         "UPDATE audit_events SET actor = 'someone else' WHERE seq = 1",
         "UPDATE audit_events SET actor_commitment = NULL, actor = NULL WHERE seq = 1",
         "DELETE FROM audit_events WHERE seq = 2",
+        // SQLite's REPLACE deletes without firing delete triggers; PostgreSQL's upsert is an
+        // update. Both are refused.
+        h.overwriting_insert(),
     ] {
         let r = h.sql(sql).await;
         assert!(
@@ -312,7 +318,7 @@ pub async fn verify_names_every_forged_row<H: Harness>(h: H) {
         // The newest events of a chain deleted: no link shows it, gw-b's anchor does.
         (
             "DELETE FROM audit_events WHERE chain = 'gw-a' AND seq >= 4",
-            |b| matches!(b, Broken::Truncated { chain, seq: 5, by_chain, by_seq: 0 } if chain == "gw-a" && by_chain == "gw-b"),
+            |b| matches!(b, Broken::Truncated { chain, seq: 5, witness } if chain == "gw-a" && witness == "chain gw-b event 0"),
         ),
         // A whole chain deleted.
         (
@@ -429,6 +435,71 @@ pub async fn a_full_queue_drops_and_the_trail_says_so<H: Harness>(h: H) {
     assert!(verify(&*log).await.is_ok());
 }
 
+/// A log whose first append commits but answers an error, as when a timeout fires after
+/// the commit went through.
+struct LosesFirstAnswer<L> {
+    inner: Arc<L>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl<L: AuditLog> AuditLog for LosesFirstAnswer<L> {
+    async fn migrate(&self) -> Result<(), AuditError> {
+        self.inner.migrate().await
+    }
+    async fn append(&self, events: &[Event]) -> Result<(), AuditError> {
+        self.inner.append(events).await?;
+        if !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(AuditError::Unavailable("no answer within 5000ms".into()));
+        }
+        Ok(())
+    }
+    async fn head(&self, chain: &str) -> Result<Option<Head>, AuditError> {
+        self.inner.head(chain).await
+    }
+    async fn heads(&self) -> Result<Vec<Head>, AuditError> {
+        self.inner.heads().await
+    }
+    async fn scan(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<Event>, AuditError> {
+        self.inner.scan(after, limit).await
+    }
+    async fn find(&self, filter: &Filter, limit: usize) -> Result<Vec<Event>, AuditError> {
+        self.inner.find(filter, limit).await
+    }
+    async fn redact(&self, filter: &Filter, fields: &[&str]) -> Result<u64, AuditError> {
+        self.inner.redact(filter, fields).await
+    }
+}
+
+pub async fn a_lost_commit_answer_appends_nothing_twice<H: Harness>(h: H) {
+    let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
+    let log = Arc::new(LosesFirstAnswer {
+        inner: h.log(),
+        lost: std::sync::atomic::AtomicBool::new(true),
+    });
+    let w = AuditWriter::open(log.clone(), "gw", KEY.to_vec(), clock, 100)
+        .await
+        .unwrap();
+    // The next append (the batch) commits, but its answer is lost; the retry finds the
+    // batch already there.
+    log.lost.store(false, std::sync::atomic::Ordering::SeqCst);
+    for i in 10..14 {
+        assert!(w.record(draft(i)));
+    }
+    assert!(w.close(Duration::from_secs(10)).await);
+    let stat = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(stat(&w.stats().dropped), 0);
+    assert_eq!(stat(&w.stats().append_failures), 1, "the lost answer");
+    let events = all(&*h.log()).await;
+    assert_eq!(events.len(), 5, "the anchor and four events, each once");
+    assert!(events.iter().all(|e| e.action != crate::EVENTS_DROPPED));
+    assert_eq!(verify(&*h.log()).await.unwrap().events, 5);
+}
+
 #[macro_export]
 macro_rules! audit_conformance_tests {
     ($factory:expr) => {
@@ -443,6 +514,7 @@ macro_rules! audit_conformance_tests {
             a_writer_continues_its_chain_after_a_restart,
             concurrent_writers_keep_valid_chains,
             a_full_queue_drops_and_the_trail_says_so,
+            a_lost_commit_answer_appends_nothing_twice,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

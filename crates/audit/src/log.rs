@@ -80,7 +80,7 @@ pub trait AuditLog: Send + Sync + 'static {
     async fn migrate(&self) -> Result<(), AuditError>;
 
     /// Appends `events` in one transaction: all or none. [`AuditError::Conflict`] if any
-    /// (chain, seq) is taken.
+    /// (chain, seq) is taken (a backend may also report a taken event id so).
     async fn append(&self, events: &[Event]) -> Result<(), AuditError>;
 
     /// The head of `chain` (where its next event goes), or None if it has no events.
@@ -114,9 +114,18 @@ pub const VERIFY_PAGE: usize = 1000;
 pub async fn verify_log(
     log: &dyn AuditLog,
     key: Option<&[u8]>,
+    progress: impl FnMut(u64),
+) -> Result<Result<Summary, Broken>, AuditError> {
+    verify_log_with(log, Verifier::new(key), progress).await
+}
+
+/// [`verify_log`] with a verifier prepared by the caller (heads it must find, see
+/// [`Verifier::expect_head`]).
+pub async fn verify_log_with(
+    log: &dyn AuditLog,
+    mut verifier: Verifier<'_>,
     mut progress: impl FnMut(u64),
 ) -> Result<Result<Summary, Broken>, AuditError> {
-    let mut verifier = Verifier::new(key);
     let anchors = Filter {
         action: Some(CHAIN_OPENED.to_owned()),
         ..Filter::default()

@@ -125,9 +125,9 @@ impl PgAuditLog {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Event>, AuditError> {
         self.bounded(async {
-            let client = self.pool.get().await.map_err(unavailable)?;
-            let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
-            let rows = client.query(&stmt, params).await.map_err(unavailable)?;
+            let client = self.pool.get().await.map_err(db_unavailable)?;
+            let stmt = client.prepare_cached(sql).await.map_err(db_unavailable)?;
+            let rows = client.query(&stmt, params).await.map_err(db_unavailable)?;
             rows.iter().map(read_row).collect()
         })
         .await
@@ -138,8 +138,18 @@ fn unavailable(e: impl std::fmt::Display) -> AuditError {
     AuditError::Unavailable(format!("postgres: {e}"))
 }
 
+/// A driver or pool error with its causes (the server's message is in them), on one line.
+fn db_unavailable(e: impl std::error::Error) -> AuditError {
+    unavailable(oncely_store_postgres::describe_error(&e))
+}
+
 fn read_row(r: &tokio_postgres::Row) -> Result<Event, AuditError> {
-    let get = |e: tokio_postgres::Error| unavailable(format!("reading an audit row: {e}"));
+    let get = |e: tokio_postgres::Error| {
+        unavailable(format!(
+            "reading an audit row: {}",
+            oncely_store_postgres::describe_error(&e)
+        ))
+    };
     Ok(Row {
         chain: r.try_get(0).map_err(get)?,
         seq: r.try_get(1).map_err(get)?,
@@ -162,9 +172,9 @@ fn read_row(r: &tokio_postgres::Row) -> Result<Event, AuditError> {
 }
 
 fn head_of(r: &tokio_postgres::Row) -> Result<Head, AuditError> {
-    let chain: String = r.try_get(0).map_err(unavailable)?;
-    let seq: i64 = r.try_get(1).map_err(unavailable)?;
-    let hash: Vec<u8> = r.try_get(2).map_err(unavailable)?;
+    let chain: String = r.try_get(0).map_err(db_unavailable)?;
+    let seq: i64 = r.try_get(1).map_err(db_unavailable)?;
+    let hash: Vec<u8> = r.try_get(2).map_err(db_unavailable)?;
     Ok(Head {
         chain,
         next_seq: u64::try_from(seq).map_or(0, |s| s + 1),
@@ -176,15 +186,15 @@ fn head_of(r: &tokio_postgres::Row) -> Result<Head, AuditError> {
 impl AuditLog for PgAuditLog {
     async fn migrate(&self) -> Result<(), AuditError> {
         self.bounded(async {
-            let mut client = self.pool.get().await.map_err(unavailable)?;
-            let tx = client.transaction().await.map_err(unavailable)?;
+            let mut client = self.pool.get().await.map_err(db_unavailable)?;
+            let tx = client.transaction().await.map_err(db_unavailable)?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
                 .await
-                .map_err(unavailable)?;
+                .map_err(db_unavailable)?;
             tx.batch_execute(&SCHEMA.replace("{s}", &self.schema))
                 .await
-                .map_err(unavailable)?;
-            tx.commit().await.map_err(unavailable)
+                .map_err(db_unavailable)?;
+            tx.commit().await.map_err(db_unavailable)
         })
         .await
     }
@@ -196,9 +206,9 @@ impl AuditLog for PgAuditLog {
             self.table
         );
         self.bounded(async {
-            let mut client = self.pool.get().await.map_err(unavailable)?;
-            let tx = client.transaction().await.map_err(unavailable)?;
-            let stmt = tx.prepare_cached(&sql).await.map_err(unavailable)?;
+            let mut client = self.pool.get().await.map_err(db_unavailable)?;
+            let tx = client.transaction().await.map_err(db_unavailable)?;
+            let stmt = tx.prepare_cached(&sql).await.map_err(db_unavailable)?;
             for e in events {
                 let seq = stored_seq(e)?;
                 let [ac, ic, uc] = e.commitments.map(|c| c.map(|c| c.to_vec()));
@@ -232,22 +242,19 @@ impl AuditLog for PgAuditLog {
                 match inserted {
                     Ok(_) => {}
                     Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                        // The (chain, seq) key: another writer's event. Anything else (a
-                        // repeated event id) is this batch's own fault.
-                        let constraint = err.as_db_error().and_then(|d| d.constraint());
-                        return Err(if constraint == Some("audit_events_pkey") {
-                            AuditError::Conflict {
-                                chain: e.chain.clone(),
-                                seq: e.seq,
-                            }
-                        } else {
-                            AuditError::Invalid(format!("event {}: {err}", e.event_id))
+                        // Which unique index PostgreSQL reports first is not defined (an
+                        // event of ours already stored violates both), so every one is a
+                        // conflict; the writer tells ours, another writer's and a bad batch
+                        // apart by the chain's head.
+                        return Err(AuditError::Conflict {
+                            chain: e.chain.clone(),
+                            seq: e.seq,
                         });
                     }
-                    Err(err) => return Err(unavailable(err)),
+                    Err(err) => return Err(db_unavailable(err)),
                 }
             }
-            tx.commit().await.map_err(unavailable)
+            tx.commit().await.map_err(db_unavailable)
         })
         .await
     }
@@ -258,8 +265,11 @@ impl AuditLog for PgAuditLog {
             self.table
         );
         self.bounded(async {
-            let client = self.pool.get().await.map_err(unavailable)?;
-            let rows = client.query(&sql, &[&chain]).await.map_err(unavailable)?;
+            let client = self.pool.get().await.map_err(db_unavailable)?;
+            let rows = client
+                .query(&sql, &[&chain])
+                .await
+                .map_err(db_unavailable)?;
             rows.first().map(head_of).transpose()
         })
         .await
@@ -271,8 +281,8 @@ impl AuditLog for PgAuditLog {
             self.table
         );
         self.bounded(async {
-            let client = self.pool.get().await.map_err(unavailable)?;
-            let rows = client.query(&sql, &[]).await.map_err(unavailable)?;
+            let client = self.pool.get().await.map_err(db_unavailable)?;
+            let rows = client.query(&sql, &[]).await.map_err(db_unavailable)?;
             rows.iter().map(head_of).collect()
         })
         .await
@@ -312,9 +322,9 @@ impl AuditLog for PgAuditLog {
         let (set, any) = redaction_sql(fields);
         let sql = format!("UPDATE {} SET {set} WHERE {clause} AND {any}", self.table);
         self.bounded(async {
-            let client = self.pool.get().await.map_err(unavailable)?;
+            let client = self.pool.get().await.map_err(db_unavailable)?;
             let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
-            client.execute(&sql, &params).await.map_err(unavailable)
+            client.execute(&sql, &params).await.map_err(db_unavailable)
         })
         .await
     }

@@ -40,6 +40,15 @@ CREATE TABLE IF NOT EXISTS audit_events (
 );
 CREATE INDEX IF NOT EXISTS audit_events_by_time ON audit_events (timestamp);
 CREATE INDEX IF NOT EXISTS audit_events_by_correlation ON audit_events (correlation_id);
+-- `INSERT OR REPLACE` deletes the row it replaces without firing delete triggers: refuse an
+-- insert at a taken place (or with a taken id) before SQLite gets to resolve it.
+CREATE TRIGGER IF NOT EXISTS audit_events_no_replace BEFORE INSERT ON audit_events
+BEGIN
+    SELECT RAISE(ABORT, 'audit_events is append-only: (chain, seq) taken')
+    WHERE EXISTS (SELECT 1 FROM audit_events WHERE chain = NEW.chain AND seq = NEW.seq);
+    SELECT RAISE(ABORT, 'audit_events is append-only: event_id taken')
+    WHERE EXISTS (SELECT 1 FROM audit_events WHERE event_id = NEW.event_id);
+END;
 CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events
 BEGIN
     SELECT RAISE(ABORT, 'audit_events is append-only: events are never deleted');
@@ -206,7 +215,7 @@ impl AuditLog for SqliteAuditLog {
                             // The (chain, seq) key: another writer's event. Anything else
                             // (a repeated event id) is this batch's own fault.
                             let msg = msg.unwrap_or_default();
-                            return Err(if msg.contains("audit_events.seq") {
+                            return Err(if msg.contains("(chain, seq) taken") {
                                 AuditError::Conflict {
                                     chain: e.chain.clone(),
                                     seq: e.seq,

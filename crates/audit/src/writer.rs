@@ -98,7 +98,13 @@ impl AuditWriter {
                     break;
                 }
                 Err(AuditError::Conflict { .. }) => {
-                    head = log.head(chain).await?.unwrap_or_else(|| Head::new(chain));
+                    let found = log.head(chain).await?;
+                    if found.as_ref() == Some(&next) {
+                        // Ours: an earlier attempt committed and its answer was lost.
+                        head = next;
+                        break;
+                    }
+                    head = found.unwrap_or_else(|| Head::new(chain));
                 }
                 Err(e) => return Err(e),
             }
@@ -228,36 +234,61 @@ impl Task {
                 .iter()
                 .map(|d| next.seal_draft(d, &self.key))
                 .collect();
-            match self.log.append(&events).await {
-                Ok(()) => {
-                    self.head = next;
-                    self.stats
-                        .appended
-                        .fetch_add(events.len() as u64, Ordering::Relaxed);
-                    pending.clear();
-                    backoff = Duration::from_millis(50);
-                }
-                Err(AuditError::Conflict { chain, seq }) => {
-                    // Another process appends to this chain too: continue after its events.
-                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%chain, seq, "another writer appended to this audit chain; sealing the batch again after its events");
-                    match self.log.head(&self.head.chain).await {
-                        Ok(h) => self.head = h.unwrap_or_else(|| Head::new(chain)),
-                        Err(e) => self.wait(&e, &mut backoff).await,
+            let appended = match self.log.append(&events).await {
+                Ok(()) => true,
+                Err(AuditError::Conflict { chain, seq }) => match self.log.head(&chain).await {
+                    // Our own batch: an earlier attempt committed, but its answer was lost
+                    // (a timeout after the commit). Sealing it again would duplicate it.
+                    Ok(Some(h)) if h == next => true,
+                    // Nobody appended: the conflict is the batch's own (an event id taken).
+                    Ok(h) if h.as_ref().unwrap_or(&Head::new(chain.as_str())) == &self.head => {
+                        self.refuse_batch(
+                            &mut pending,
+                            &format!("chain {chain}: event {seq}: an event id is already taken"),
+                        );
+                        false
                     }
-                }
+                    Ok(h) => {
+                        // Another process appends to this chain too: continue after its
+                        // events.
+                        self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%chain, seq, "another writer appended to this audit chain; sealing the batch again after its events");
+                        self.head = h.unwrap_or_else(|| Head::new(chain));
+                        false
+                    }
+                    Err(e) => {
+                        self.wait(&e, &mut backoff).await;
+                        false
+                    }
+                },
                 Err(AuditError::Invalid(e)) => {
-                    // The batch itself is refused (no retry can change that): drop it, and
-                    // let the next batch record the loss.
-                    tracing::error!(error = %e, events = pending.len(), "the audit log refused a batch; dropped");
-                    let n = pending.len() as u64;
-                    self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-                    self.stats.unrecorded_drops.fetch_add(n, Ordering::Relaxed);
-                    pending.clear();
+                    self.refuse_batch(&mut pending, &e);
+                    false
                 }
-                Err(e) => self.wait(&e, &mut backoff).await,
+                Err(e) => {
+                    self.wait(&e, &mut backoff).await;
+                    false
+                }
+            };
+            if appended {
+                self.head = next;
+                self.stats
+                    .appended
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                pending.clear();
+                backoff = Duration::from_millis(50);
             }
         }
+    }
+
+    /// The batch itself is refused (no retry can change that): drop it, and let the next
+    /// batch record the loss.
+    fn refuse_batch(&self, pending: &mut Vec<Draft>, why: &str) {
+        tracing::error!(error = %why, events = pending.len(), "the audit log refused a batch; dropped");
+        let n = pending.len() as u64;
+        self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+        self.stats.unrecorded_drops.fetch_add(n, Ordering::Relaxed);
+        pending.clear();
     }
 
     async fn wait(&self, e: &AuditError, backoff: &mut Duration) {

@@ -69,6 +69,10 @@ impl Harness for Pg {
                 .map_or_else(|| e.to_string(), |d| d.message().to_owned())
         })
     }
+    fn overwriting_insert(&self) -> &'static str {
+        "INSERT INTO audit_events SELECT * FROM audit_events WHERE chain = 'gw' AND seq = 1 \
+         ON CONFLICT (chain, seq) DO UPDATE SET action = 'forged'"
+    }
     async fn forge(&self, sql: &str) {
         self.shell()
             .await

@@ -41,10 +41,17 @@ impl Harness for Sqlite {
             .map(|n| n as u64)
             .map_err(|e| e.to_string())
     }
+    fn overwriting_insert(&self) -> &'static str {
+        "INSERT OR REPLACE INTO audit_events SELECT event_id, timestamp, actor, actor_type, \
+         'forged', resource_type, resource_id, old_value, new_value, correlation_id, ip_address, \
+         user_agent, chain, seq, actor_commitment, ip_address_commitment, user_agent_commitment, \
+         prev_hash, hash FROM audit_events WHERE chain = 'gw' AND seq = 1"
+    }
     async fn forge(&self, sql: &str) {
         let c = shell(&self.log);
         c.execute_batch(&format!(
-            "DROP TRIGGER audit_events_no_delete; DROP TRIGGER audit_events_only_redaction; {sql};"
+            "DROP TRIGGER audit_events_no_delete; DROP TRIGGER audit_events_only_redaction; \
+             DROP TRIGGER audit_events_no_replace; {sql};"
         ))
         .unwrap();
         self.log.migrate().await.unwrap();

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use oncely_audit::log::verify_log;
-use oncely_audit::{to_hex, AuditLog, Event, Filter, Personal, PERSONAL_FIELDS};
+use oncely_audit::log::verify_log_with;
+use oncely_audit::{to_hex, AuditLog, Event, Filter, Personal, Verifier, PERSONAL_FIELDS};
 use oncely_gateway::audit::AuditUrl;
 use oncely_gateway::config::read_key_file;
 
@@ -27,6 +27,13 @@ enum AuditCommand {
         /// not redacted against its commitment.
         #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
+        /// A head recorded earlier, "CHAIN SEQ HASH" as `verify` prints it (repeatable): the
+        /// chain must still hold that event, so deleting its newest events is found.
+        #[arg(long, value_name = "HEAD")]
+        expect_head: Vec<String>,
+        /// A file of heads: the `head ...` lines of an earlier `verify`'s output.
+        #[arg(long, value_name = "FILE")]
+        heads_file: Option<PathBuf>,
     },
     /// Events, newest first.
     List {
@@ -95,7 +102,27 @@ pub async fn run(args: AuditArgs) -> Result<(), String> {
     }
     let log = url.open()?;
     match args.command {
-        AuditCommand::Verify { key_file } => verify(&*log, &url, key_file).await,
+        AuditCommand::Verify {
+            key_file,
+            expect_head,
+            heads_file,
+        } => {
+            let mut heads = expect_head;
+            if let Some(f) = heads_file {
+                let text = std::fs::read_to_string(&f)
+                    .map_err(|e| format!("--heads-file: cannot read {}: {e}", f.display()))?;
+                heads.extend(
+                    text.lines()
+                        .filter(|l| l.starts_with("head "))
+                        .map(str::to_owned),
+                );
+            }
+            let heads = heads
+                .iter()
+                .map(|h| parse_head(h))
+                .collect::<Result<Vec<_>, _>>()?;
+            verify(&*log, &url, key_file, &heads).await
+        }
         AuditCommand::List {
             filter,
             limit,
@@ -126,17 +153,39 @@ pub async fn run(args: AuditArgs) -> Result<(), String> {
     }
 }
 
+/// `CHAIN SEQ HASH`, with or without the `head ` that `verify` prints before it.
+fn parse_head(text: &str) -> Result<(String, u64, oncely_audit::Hash), String> {
+    let bad =
+        || format!("--expect-head: `{text}` is not `CHAIN SEQ HASH` (a `head` line of verify)");
+    let t = text.trim();
+    let t = t.strip_prefix("head ").unwrap_or(t);
+    let mut parts = t.split_whitespace();
+    let (Some(chain), Some(seq), Some(hash), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let seq = seq.parse().map_err(|_| bad())?;
+    let hash = oncely_audit::from_hex(hash).ok_or_else(bad)?;
+    Ok((chain.to_owned(), seq, hash))
+}
+
 async fn verify(
     log: &dyn AuditLog,
     url: &AuditUrl,
     key_file: Option<PathBuf>,
+    heads: &[(String, u64, oncely_audit::Hash)],
 ) -> Result<(), String> {
     let key = match key_file {
         Some(f) => Some(read_key_file(&f).map_err(|e| format!("--key-file: {e}"))?),
         None => None,
     };
+    let mut verifier = Verifier::new(key.as_ref().map(|k| k.0.as_slice()));
+    for (chain, seq, hash) in heads {
+        verifier.expect_head(chain, *seq, *hash);
+    }
     let mut last_report = 0;
-    let outcome = verify_log(log, key.as_ref().map(|k| k.0.as_slice()), |n| {
+    let outcome = verify_log_with(log, verifier, |n| {
         // Long trails: a line on stderr every 100k events, so a long check shows it moves.
         if n >= last_report + 100_000 {
             eprintln!("verified {n} events...");

@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// Store for the gateway [default: a fresh SQLite file in a temporary directory].
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// Run the gateway with an audit trail at URL (`sqlite://PATH`, `postgres://...`), to
+    /// measure what it costs.
+    #[arg(long, value_name = "URL")]
+    audit: Option<String>,
     /// nginx binary for a plain-proxy reference column [default: `nginx` if on the PATH].
     #[arg(long, value_name = "PATH")]
     nginx: Option<PathBuf>,
@@ -85,10 +89,18 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         .store
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", tmp.join("bench.db").display()));
-    let (mut child, gateway_url) = spawn_gateway(&upstream.url(), &store).await?;
+    let mut extra = Vec::new();
+    if let Some(a) = &args.audit {
+        extra = vec!["--audit".to_owned(), a.clone()];
+    }
+    let (mut child, gateway_url) = spawn_gateway(&upstream.url(), &store, &extra).await?;
     eprintln!(
-        "upstream {} | gateway {gateway_url} (store {store}) | {} s per run",
+        "upstream {} | gateway {gateway_url} (store {store}{}) | {} s per run",
         upstream.url(),
+        args.audit
+            .as_ref()
+            .map(|a| format!(", audit {a}"))
+            .unwrap_or_default(),
         args.seconds
     );
     let nginx = if args.no_nginx {
@@ -242,6 +254,7 @@ fn bench_body(n: usize) -> String {
 pub(crate) async fn spawn_gateway(
     upstream: &str,
     store: &str,
+    extra: &[String],
 ) -> Result<(tokio::process::Child, String), String> {
     let exe: PathBuf =
         std::env::current_exe().map_err(|e| format!("cannot find the oncely binary: {e}"))?;
@@ -259,6 +272,7 @@ pub(crate) async fn spawn_gateway(
             "--store",
             store,
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

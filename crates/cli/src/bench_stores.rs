@@ -382,7 +382,8 @@ async fn row(
         .map_err(|e| format!("{name}: {e}"))?;
     let api = store_api(store, plan, "api").await;
     eprintln!("  {name}: gateway ...");
-    let (mut child, gateway_url) = super::bench::spawn_gateway(&upstream.url(), store_url).await?;
+    let (mut child, gateway_url) =
+        super::bench::spawn_gateway(&upstream.url(), store_url, &[]).await?;
     let warm = super::bench::Load {
         concurrency: 8,
         duplicate_share: 0.0,

@@ -195,6 +195,9 @@ async fn scenario(db: &str, shell: &dyn Shell) {
     let (ok, out) = verify(db, dir.path());
     assert!(ok && out.contains("ok: 8 events in 2 chain(s)"), "{out}");
     assert!(out.contains("head gw-1 5 "), "{out}");
+    // The heads, recorded somewhere else as an operator would.
+    let heads = dir.path().join("heads.txt");
+    std::fs::write(&heads, &out).unwrap();
 
     // The table refuses edits and deletes outright.
     for sql in [
@@ -262,7 +265,22 @@ async fn scenario(db: &str, shell: &dyn Shell) {
         let (ok, out) = verify(db, dir.path());
         assert!(ok, "undone: {out}");
     }
-    // Deleting for good. The newest rows of gw-1, which no link shows, but gw-2's anchor
+    // Deleting for good. gw-2's newest event: no anchor saw it, so the chain alone cannot
+    // tell; the recorded heads can.
+    shell.forge("DELETE FROM audit_events WHERE chain = 'gw-2' AND seq = 1");
+    let (ok, out) = verify(db, dir.path());
+    assert!(
+        ok,
+        "the known limit of a chain without a later anchor: {out}"
+    );
+    let out = audit(db, &["verify", "--heads-file", heads.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("chain gw-2 ends before event 1, which the head given to verify saw"),
+        "{err}"
+    );
+    // The newest rows of gw-1, which no link shows, but gw-2's anchor
     // saw gw-1's head (its second anchor, seq 4) when gw-2 opened its chain.
     shell.forge("DELETE FROM audit_events WHERE chain = 'gw-1' AND seq >= 3");
     let (ok, out) = verify(db, dir.path());
@@ -297,7 +315,7 @@ impl Shell for SqliteShell {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(triggers.len(), 2, "the table is guarded");
+        assert_eq!(triggers.len(), 3, "the table is guarded");
         for (name, _) in &triggers {
             c.execute_batch(&format!("DROP TRIGGER {name}")).unwrap();
         }

@@ -115,8 +115,11 @@ pub trait OutcomeObserver: Send + Sync + 'static {
         false
     }
     /// How a request with a valid key was answered, with the request it came with. Called
-    /// once per such request, also when the client hung up and the execution finished
-    /// without it.
+    /// once per request that reached the claim (a valid key and a body within the limit),
+    /// also when the client hung up and the execution finished without it, and when an
+    /// execution ended without deciding (a panic: `UnknownOutcome`, status 500). Requests
+    /// refused before (missing or invalid key, body too large or unreadable) are only
+    /// observed.
     fn answered(&self, _answer: &Answer<'_>) {}
 }
 
@@ -569,6 +572,7 @@ impl Engine {
             token,
             policy: policy.clone(),
             armed: true,
+            facts,
         };
         let mut request = Request::from_parts(parts, full(body));
         // The inner service learns which key it runs under: an in-process handler builds its
@@ -603,6 +607,7 @@ impl Engine {
             _ = self.renew_lease(&record_key, token, &policy) => Err("lease heartbeat ended unexpectedly".into()),
         };
         guard.armed = false;
+        let facts = guard.facts.take();
         let (outcome, response) = match result {
             Err(err) => {
                 let err = UpstreamError::classify(err);
@@ -953,6 +958,8 @@ struct ClaimGuard {
     token: LeaseToken,
     policy: Arc<RoutePolicy>,
     armed: bool,
+    /// For the report of an execution that ended without deciding.
+    facts: Option<RequestFacts>,
 }
 
 impl Drop for ClaimGuard {
@@ -961,6 +968,9 @@ impl Drop for ClaimGuard {
             return;
         }
         self.engine.observe(Outcome::UnknownOutcome);
+        // No answer reached the client; 500 is what it would have been.
+        self.engine
+            .report(&self.key, self.facts.as_ref(), Outcome::UnknownOutcome, 500);
         if self.policy.unknown_outcome == UnknownOutcomePolicy::Release {
             let (engine, key, token) = (self.engine.clone(), self.key.clone(), self.token);
             if let Ok(rt) = tokio::runtime::Handle::try_current() {

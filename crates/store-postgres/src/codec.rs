@@ -20,7 +20,14 @@ pub(crate) const RECORD_COLUMNS: &str = "r.fingerprint, r.created_at, r.expires_
 /// carries the whole chain of causes ("error connecting to server: Connection refused"),
 /// since the outermost one alone rarely says what to fix.
 pub(crate) fn unavailable(e: impl std::error::Error) -> StoreError {
-    let mut msg = format!("postgres: {e}");
+    StoreError::Unavailable(format!("postgres: {}", describe(&e)))
+}
+
+/// An error with its causes on one line: tokio-postgres says only "db error" or "error
+/// connecting to server" at the top and keeps the reason (and the server's DETAIL and HINT
+/// lines) in its sources.
+pub fn describe(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
         let text = c.to_string();
@@ -30,7 +37,7 @@ pub(crate) fn unavailable(e: impl std::error::Error) -> StoreError {
         }
         cause = c.source();
     }
-    StoreError::Unavailable(msg)
+    msg.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 pub(crate) fn token_bytes(t: LeaseToken) -> Vec<u8> {

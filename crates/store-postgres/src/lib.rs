@@ -38,6 +38,7 @@ use oncely_store::{IdempotencyStore, StoreError, StoreResult, StoreStats, TimeSo
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
+pub use codec::describe as describe_error;
 use codec::{millis, record_from_row, token_bytes, unavailable, STATE_COMPLETED};
 pub use options::{hide_password, validate_schema, PgOptions};
 pub use schema::MigrationReport;
