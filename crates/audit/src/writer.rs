@@ -195,7 +195,10 @@ impl Task {
         let mut closing: Option<oneshot::Sender<()>> = None;
         let mut backoff = Duration::from_millis(50);
         loop {
-            if pending.is_empty() && self.stats.unrecorded_drops.load(Ordering::Relaxed) == 0 {
+            // A batch being retried takes nothing more from the queue, so the queue's bound
+            // is what waits beyond it.
+            let fresh = pending.is_empty();
+            if fresh && self.stats.unrecorded_drops.load(Ordering::Relaxed) == 0 {
                 if let Some(done) = closing.take() {
                     let _ = done.send(());
                     return;
@@ -206,7 +209,7 @@ impl Task {
                     None => return,
                 }
             }
-            while pending.len() < self.batch && closing.is_none() {
+            while fresh && pending.len() < self.batch && closing.is_none() {
                 match rx.try_recv() {
                     Ok(Msg::Event(d)) => pending.push(d),
                     Ok(Msg::Close(done)) => closing = Some(done),

@@ -45,6 +45,9 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Creates the audit_events table and its guards (gateways also do it when they start):
+    /// for a database role that may not create tables.
+    Migrate,
     /// Replaces personal fields of matching events by their keyed hash; the chain stays
     /// valid. Needs at least one filter.
     Redact {
@@ -96,7 +99,7 @@ pub async fn run(args: AuditArgs) -> Result<(), String> {
     let url = AuditUrl::parse(&args.db).map_err(|e| format!("--db: {e}"))?;
     if let AuditUrl::Sqlite { path, .. } = &url {
         // Opening would create an empty file: say what is wrong instead.
-        if !path.exists() {
+        if !path.exists() && !matches!(args.command, AuditCommand::Migrate) {
             return Err(format!("--db: {} does not exist", path.display()));
         }
     }
@@ -135,6 +138,11 @@ pub async fn run(args: AuditArgs) -> Result<(), String> {
             for e in &events {
                 println!("{}", if json { as_json(e) } else { as_line(e) });
             }
+            Ok(())
+        }
+        AuditCommand::Migrate => {
+            log.migrate().await.map_err(|e| explain(e, &url))?;
+            println!("audit_events ready in {url}");
             Ok(())
         }
         AuditCommand::Redact { filter, fields } => {

@@ -3,37 +3,14 @@
 //! edits, deletes or swaps rows, `oncely audit redact` keeps it verifiable. On SQLite and
 //! PostgreSQL.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use oncely_testkit::services::{drop_postgres_schemas, unique_name, Service};
 use oncely_testkit::{CountingUpstream, TestClient};
 
-fn oncely() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_oncely"))
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl KillOnDrop {
-    /// SIGTERM, then waits: the gateway flushes its audit queue on the way out.
-    fn stop(mut self) {
-        // SAFETY: signalling a child process we spawned and have not reaped yet.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let status = self.0.wait().expect("wait for the gateway");
-        assert!(status.success(), "a stopped gateway exits 0: {status}");
-    }
-}
+mod common;
+use common::{listening_url, oncely, KillOnDrop};
 
 fn serve(upstream: &str, dir: &Path, audit: &str, chain: &str) -> (KillOnDrop, String) {
     let mut child = oncely()
@@ -47,15 +24,7 @@ fn serve(upstream: &str, dir: &Path, audit: &str, chain: &str) -> (KillOnDrop, S
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn oncely serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the listening line");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected output {line:?}"))
-        .to_owned();
+    let url = listening_url(&mut child);
     (KillOnDrop(child), url)
 }
 
@@ -424,4 +393,31 @@ fn audit_command_errors_are_one_line() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
     assert!(!dir.path().join("none.db").exists(), "no stray file made");
+}
+
+/// `oncely audit migrate` prepares an empty trail, which verifies, and is guarded.
+#[test]
+fn migrate_prepares_an_empty_guarded_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trail.db");
+    let db = format!("sqlite://{}", path.display());
+    for _ in 0..2 {
+        let out = audit(&db, &["migrate"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("audit_events ready"));
+    }
+    let (ok, out) = verify(&db, dir.path());
+    assert!(!ok && out.contains("audit.key"), "no key file yet: {out}");
+    std::fs::write(dir.path().join("audit.key"), "0123456789abcdef0123").unwrap();
+    let (ok, out) = verify(&db, dir.path());
+    assert!(ok && out.contains("ok: 0 events in 0 chain(s)"), "{out}");
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let guards: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_events'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(guards, 3, "delete, update and replace guards");
 }

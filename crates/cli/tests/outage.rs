@@ -8,12 +8,13 @@
 //! machine's shared servers, which other tests use, are never touched. Without the server
 //! binaries a test is skipped, or fails under `ONCELY_REQUIRE_SERVICES=1`.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod common;
 
 use oncely_testkit::services::REQUIRE_VAR;
 use oncely_testkit::{CountingUpstream, TestClient};
@@ -243,10 +244,14 @@ impl Drop for Gateway {
     }
 }
 
-fn gateway(upstream: &str, store: &str, dir: &Path) -> Gateway {
+fn gateway(upstream: &str, store: &str, dir: &Path, extra_config: &str) -> Gateway {
     let config = dir.join("oncely.toml");
     // No replay cache: replays after the outage must come from the store itself.
-    std::fs::write(&config, "[server]\nreplay_cache = \"0\"\n").unwrap();
+    std::fs::write(
+        &config,
+        format!("[server]\nreplay_cache = \"0\"\n{extra_config}"),
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_oncely"))
         .args(["--log-level", "error", "serve", "--listen", "127.0.0.1:0"])
         .args(["--admin-listen", "127.0.0.1:0"])
@@ -258,15 +263,7 @@ fn gateway(upstream: &str, store: &str, dir: &Path) -> Gateway {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn oncely serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected output: {line:?}"))
-        .to_owned();
+    let url = common::listening_url(&mut child);
     Gateway(child, url)
 }
 
@@ -292,7 +289,7 @@ fn answered_since(seen: &[Seen], since: Instant) -> (usize, usize) {
 async fn outage(store_url: &str, stop: impl FnOnce(), start: impl FnOnce()) {
     let upstream = CountingUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(&upstream.url(), store_url, dir.path());
+    let gw = gateway(&upstream.url(), store_url, dir.path(), "");
     let orders = format!("{}/orders", gw.1);
     let client = TestClient::new();
 
@@ -515,4 +512,109 @@ async fn redis_outage_fails_closed_and_recovers() {
         move || r2.lock().unwrap().up().expect("start Redis"),
     )
     .await;
+}
+
+/// The audit trail's database goes away under keyed load: no request waits for it, the
+/// events wait in the queue and reach the table once it is back; those a full queue could
+/// not keep are counted in the trail itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_database_outage_never_blocks_requests() {
+    let test = "audit_database_outage_never_blocks_requests";
+    let Some(bin) = PrivatePostgres::bin_dir() else {
+        skip(
+            test,
+            "no PostgreSQL server binaries under /usr/lib/postgresql",
+        );
+        return;
+    };
+    let pg = match PrivatePostgres::start(bin) {
+        Ok(pg) => pg,
+        Err(e) => {
+            skip(test, &format!("cannot start a private PostgreSQL: {e}"));
+            return;
+        }
+    };
+    let audit_db = format!("{}?timeout=1s&schema=audit", pg.url());
+    let upstream = CountingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let gw = gateway(
+        &upstream.url(),
+        &store,
+        dir.path(),
+        &format!("[audit]\nurl = \"{audit_db}\"\nchain = \"gw\"\nqueue = 20\n"),
+    );
+    let orders = format!("{}/orders", gw.1);
+    let client = TestClient::new();
+    let mut sent = 0;
+    let mut send_keyed = |n: usize| {
+        let keys: Vec<String> = (sent..sent + n).map(|i| format!("k-{i}")).collect();
+        sent += n;
+        let (client, orders) = (client.clone(), orders.clone());
+        async move {
+            let mut slowest = Duration::ZERO;
+            for key in keys {
+                let started = Instant::now();
+                let a = client.post_keyed(&orders, &key, "{}", &[]).await.unwrap();
+                assert_eq!(a.status, 201, "{key}");
+                slowest = slowest.max(started.elapsed());
+            }
+            slowest
+        }
+    };
+    send_keyed(5).await;
+    pg.down().expect("stop PostgreSQL");
+    // While the writer retries: answers as fast as ever, and a burst that overflows the
+    // queue of 20.
+    let slowest = send_keyed(60).await;
+    assert!(
+        slowest < Duration::from_millis(500),
+        "no request waits for the audit database: slowest {slowest:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pg.up().expect("start PostgreSQL");
+
+    // Within the writer's longest backoff (5 s) and a bit, the queue reaches the table.
+    let audit = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_oncely"))
+            .args(["audit", "--db", &audit_db])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (executed, dropped) = loop {
+        let out = audit(&["list", "--json", "--limit", "1000"]);
+        let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let executed = events.iter().filter(|e| e["action"] == "executed").count() as u64;
+        let dropped: u64 = events
+            .iter()
+            .filter(|e| e["action"] == "audit.events_dropped")
+            .map(|e| e["new_value"].as_str().unwrap().parse::<u64>().unwrap())
+            .sum();
+        if executed + dropped == 65 {
+            break (executed, dropped);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "every answer is in the trail or counted as dropped: {executed} + {dropped}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(dropped > 0, "the burst overflowed the queue of 20");
+    assert!(
+        executed >= 25,
+        "the 5 before and the queue's 20 were kept: {executed}"
+    );
+    let out = audit(&["verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("audit outage: {executed} events kept, {dropped} dropped and counted, slowest answer {slowest:?}");
+    drop(gw);
 }

@@ -3,25 +3,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use oncely_testkit::{CountingUpstream, TestClient};
 
-fn oncely() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_oncely"))
-}
-
-/// Kills the child when dropped, so a failing assertion never leaves a gateway running
-/// (holding the test harness's stderr open).
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{listening_url, oncely, KillOnDrop};
 
 /// Starts `oncely serve` and returns it with its base URL.
 fn serve(upstream: &str, db: &Path, config: &Path) -> (Child, String) {
@@ -45,16 +33,7 @@ fn serve(upstream: &str, db: &Path, config: &Path) -> (Child, String) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn oncely serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected output: {line}"))
-        .to_owned();
+    let url = listening_url(&mut child);
     (child, url)
 }
 

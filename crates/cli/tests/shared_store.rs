@@ -2,9 +2,10 @@
 //! counting upstream: one execution among concurrent duplicates spread over all of them, and
 //! a gateway killed mid-request whose key another gateway takes over after the lease.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 use oncely_testkit::services::{unique_name, Service};
 use oncely_testkit::{CountingUpstream, TestClient};
@@ -77,15 +78,7 @@ impl Gateway {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn oncely serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected output: {line:?}"))
-            .to_owned();
+        let url = common::listening_url(&mut child);
         Gateway { child, url }
     }
 
