@@ -414,42 +414,71 @@ pub async fn concurrent_writers_keep_valid_chains<H: Harness>(h: H) {
 }
 
 pub async fn a_full_queue_drops_and_the_trail_says_so<H: Harness>(h: H) {
-    let log = h.log();
+    let log = Faulty::new(h.log());
     let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
     let w = AuditWriter::open(log.clone(), "gw", KEY.to_vec(), clock, 4)
         .await
         .unwrap();
-    // Faster than any database: the queue of 4 overflows within one burst.
-    let kept = (0..200).filter(|i| w.record(draft(*i))).count() as u64;
-    assert!(w.close(Duration::from_secs(10)).await);
+    // The database is stuck: one batch (at most 256) waits in its append, 4 events in the
+    // queue behind it, the rest of a burst of 1000 is dropped, without waiting.
+    let stuck = log.gate.write().await;
+    let started = std::time::Instant::now();
+    let kept = (0..1000).filter(|i| w.record(draft(*i))).count() as u64;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "record never waits"
+    );
     let dropped = w.stats().dropped.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(dropped > 0, "the burst overflowed the queue");
-    assert_eq!(kept + dropped, 200);
-    let events = all(&*log).await;
+    assert_eq!(kept + dropped, 1000);
+    assert!(
+        dropped >= 1000 - 256 - 4,
+        "only a batch and the queue are held: {dropped} dropped"
+    );
+    drop(stuck);
+    assert!(w.close(Duration::from_secs(10)).await);
+    let events = all(&*h.log()).await;
     let recorded: u64 = events
         .iter()
         .filter(|e| e.action == crate::EVENTS_DROPPED)
         .map(|e| e.new_value.as_deref().unwrap().parse::<u64>().unwrap())
         .sum();
     assert_eq!(recorded, dropped, "the trail counts what it lost");
-    assert!(verify(&*log).await.is_ok());
+    let kept_events = events.iter().filter(|e| e.action == "executed").count() as u64;
+    assert_eq!(kept_events, kept, "everything kept reached the table");
+    assert!(verify(&*h.log()).await.is_ok());
 }
 
-/// A log whose first append commits but answers an error, as when a timeout fires after
-/// the commit went through.
-struct LosesFirstAnswer<L> {
+/// A log that fails as a database does: an append that waits (the database is stuck while
+/// `gate` is held for writing), or one that commits but whose answer is lost (a timeout
+/// after the commit went through) when `lose_next_answer` is set.
+struct Faulty<L> {
     inner: Arc<L>,
-    lost: std::sync::atomic::AtomicBool,
+    lose_next_answer: std::sync::atomic::AtomicBool,
+    gate: tokio::sync::RwLock<()>,
+}
+
+impl<L> Faulty<L> {
+    fn new(inner: Arc<L>) -> Arc<Self> {
+        Arc::new(Faulty {
+            inner,
+            lose_next_answer: false.into(),
+            gate: tokio::sync::RwLock::new(()),
+        })
+    }
 }
 
 #[async_trait]
-impl<L: AuditLog> AuditLog for LosesFirstAnswer<L> {
+impl<L: AuditLog> AuditLog for Faulty<L> {
     async fn migrate(&self) -> Result<(), AuditError> {
         self.inner.migrate().await
     }
     async fn append(&self, events: &[Event]) -> Result<(), AuditError> {
+        let _open = self.gate.read().await;
         self.inner.append(events).await?;
-        if !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if self
+            .lose_next_answer
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
             return Err(AuditError::Unavailable("no answer within 5000ms".into()));
         }
         Ok(())
@@ -477,16 +506,14 @@ impl<L: AuditLog> AuditLog for LosesFirstAnswer<L> {
 
 pub async fn a_lost_commit_answer_appends_nothing_twice<H: Harness>(h: H) {
     let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
-    let log = Arc::new(LosesFirstAnswer {
-        inner: h.log(),
-        lost: std::sync::atomic::AtomicBool::new(true),
-    });
+    let log = Faulty::new(h.log());
     let w = AuditWriter::open(log.clone(), "gw", KEY.to_vec(), clock, 100)
         .await
         .unwrap();
     // The next append (the batch) commits, but its answer is lost; the retry finds the
     // batch already there.
-    log.lost.store(false, std::sync::atomic::Ordering::SeqCst);
+    log.lose_next_answer
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     for i in 10..14 {
         assert!(w.record(draft(i)));
     }

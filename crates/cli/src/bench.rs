@@ -33,8 +33,8 @@ pub struct BenchArgs {
     /// Store for the gateway [default: a fresh SQLite file in a temporary directory].
     #[arg(long, value_name = "URL")]
     store: Option<String>,
-    /// Run the gateway with an audit trail at URL (`sqlite://PATH`, `postgres://...`), to
-    /// measure what it costs.
+    /// Also run a second gateway (its own store, same kind) that keeps an audit trail at
+    /// URL (`sqlite://PATH`, `postgres://...`), and print a second table comparing the two.
     #[arg(long, value_name = "URL")]
     audit: Option<String>,
     /// nginx binary for a plain-proxy reference column [default: `nginx` if on the PATH].
@@ -89,20 +89,26 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         .store
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", tmp.join("bench.db").display()));
-    let mut extra = Vec::new();
-    if let Some(a) = &args.audit {
-        extra = vec!["--audit".to_owned(), a.clone()];
-    }
-    let (mut child, gateway_url) = spawn_gateway(&upstream.url(), &store, &extra).await?;
+    let (mut child, gateway_url) = spawn_gateway(&upstream.url(), &store, &[]).await?;
     eprintln!(
-        "upstream {} | gateway {gateway_url} (store {store}{}) | {} s per run",
+        "upstream {} | gateway {gateway_url} (store {store}) | {} s per run",
         upstream.url(),
-        args.audit
-            .as_ref()
-            .map(|a| format!(", audit {a}"))
-            .unwrap_or_default(),
         args.seconds
     );
+    // The audited twin: same kind of store (a file of its own for SQLite), plus the trail.
+    let audited = match &args.audit {
+        Some(audit) => {
+            let twin_store = match &args.store {
+                Some(s) => s.clone(),
+                None => format!("sqlite://{}", tmp.join("bench-audited.db").display()),
+            };
+            let extra = ["--audit".to_owned(), audit.clone()];
+            let (twin, url) = spawn_gateway(&upstream.url(), &twin_store, &extra).await?;
+            eprintln!("gateway with audit trail {url} (store {twin_store}, audit {audit})");
+            Some((twin, url))
+        }
+        None => None,
+    };
     let nginx = if args.no_nginx {
         None
     } else {
@@ -149,9 +155,8 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let duration = Duration::from_secs(args.seconds.max(1));
     // Warm every path (connection pools, SQLite pages) before measuring.
     let mut targets = vec![upstream.url(), gateway_url.clone()];
-    if let Some((_, url)) = &nginx {
-        targets.push(url.clone());
-    }
+    targets.extend(nginx.as_ref().map(|(_, url)| url.clone()));
+    targets.extend(audited.as_ref().map(|(_, url)| url.clone()));
     for (i, t) in targets.iter().enumerate() {
         let warm = Load {
             concurrency: 8,
@@ -164,6 +169,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     }
 
     let mut rows = Vec::new();
+    let mut audit_rows = Vec::new();
     for (i, s) in scenarios.iter().enumerate() {
         eprintln!("running: {} ...", s.name);
         let plan = Load {
@@ -179,12 +185,20 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             Some((_, url)) => Some(load(url, &plan, &body, &format!("s{i}n")).await),
             None => None,
         };
+        if let Some((_, url)) = &audited {
+            audit_rows.push((
+                s.name.clone(),
+                gateway.clone(),
+                load(url, &plan, &body, &format!("s{i}a")).await,
+            ));
+        }
         rows.push((s.name.clone(), direct, gateway, reference));
     }
     let _ = child.kill().await;
-    if let Some((mut n, _)) = nginx {
-        let _ = n.kill().await;
+    if let Some((mut twin, _)) = audited {
+        let _ = twin.kill().await;
     }
+    drop(nginx);
     let _ = std::fs::remove_dir_all(&tmp);
 
     println!("| scenario | direct req/s | gateway req/s | gateway/direct | nginx req/s | gateway/nginx | direct p50 | gateway p50 | added p50 | nginx p50 | direct p99 | gateway p99 | nginx p99 | errors |");
@@ -212,6 +226,24 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             ms(g.p99_us),
             d.errors + g.errors + n_err
         );
+    }
+    if !audit_rows.is_empty() {
+        println!();
+        println!("| scenario | gateway req/s | gateway + audit req/s | audit/gateway | gateway p50 | gateway + audit p50 | gateway p99 | gateway + audit p99 | errors |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (name, g, a) in audit_rows {
+            println!(
+                "| {name} | {:.0} | {:.0} | {:.0}% | {} | {} | {} | {} | {} |",
+                g.rps,
+                a.rps,
+                100.0 * a.rps / g.rps.max(1.0),
+                ms(g.p50_us),
+                ms(a.p50_us),
+                ms(g.p99_us),
+                ms(a.p99_us),
+                g.errors + a.errors
+            );
+        }
     }
     Ok(())
 }
@@ -296,7 +328,7 @@ async fn start_reference(
     explicit: Option<PathBuf>,
     upstream: SocketAddr,
     dir: &Path,
-) -> Option<(tokio::process::Child, String)> {
+) -> Option<(Nginx, String)> {
     let Some(bin) = find_nginx(explicit) else {
         eprintln!("nginx not found: the plain-proxy reference column is skipped (install nginx or pass --nginx)");
         return None;
@@ -324,12 +356,29 @@ fn find_nginx(explicit: Option<PathBuf>) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A running reference nginx. Dropped, it is stopped through its master (`nginx -s stop`):
+/// killing the master alone would leave its workers running.
+struct Nginx {
+    _child: tokio::process::Child,
+    stop: std::process::Command,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self
+            .stop
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// A plain nginx reverse proxy with upstream keep-alive: the ceiling a proxy can reach here.
 async fn spawn_nginx(
     bin: &Path,
     upstream: SocketAddr,
     dir: &Path,
-) -> Result<(tokio::process::Child, String), String> {
+) -> Result<(Nginx, String), String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
@@ -356,13 +405,23 @@ async fn spawn_nginx(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let mut stop = std::process::Command::new(bin);
+    stop.arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf_path)
+        .args(["-s", "stop"]);
+    let nginx = Nginx {
+        _child: child,
+        stop,
+    };
     let url = format!("http://127.0.0.1:{port}");
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return Ok((child, url));
+            return Ok((nginx, url));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
