@@ -188,7 +188,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         if let Some((_, url)) = &audited {
             audit_rows.push((
                 s.name.clone(),
-                gateway.clone(),
+                gateway,
                 load(url, &plan, &body, &format!("s{i}a")).await,
             ));
         }
