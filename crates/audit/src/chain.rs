@@ -9,7 +9,9 @@
 //! HMAC-SHA256 under a secret redaction key. Redacting a field replaces its value by that
 //! commitment, which the hash already covered, so the chain stays valid; without the key
 //! nobody can recover or guess-and-check the value. `verify` checks the chain without the key;
-//! given the key it also checks that every value not redacted matches its commitment.
+//! given the key it also checks that every value not redacted matches its commitment, and
+//! that every event carries the MAC only a holder of the key can compute (so an event
+//! appended by someone with write access to the table but not the key is named too).
 //!
 //! A hash chain alone cannot show that its newest events were deleted. Each time a writer
 //! opens its chain it first appends an anchor ([`CHAIN_OPENED`]) naming every other chain's
@@ -55,6 +57,18 @@ pub struct Event {
     pub commitments: [Option<Hash>; 3],
     pub prev_hash: Hash,
     pub hash: Hash,
+    /// HMAC-SHA256 of `hash` under the writer's key: anyone can compute a hash, so without
+    /// this someone with write access could append a well-formed event to a chain; with the
+    /// key, [`Verifier`] tells such an event from the writers' own.
+    pub mac: Hash,
+}
+
+/// The MAC of an event's hash under `key`.
+pub fn event_mac(key: &[u8], hash: &Hash) -> Hash {
+    let mut msg = Vec::with_capacity(16 + hash.len());
+    msg.extend_from_slice(b"oncely-audit-mac");
+    msg.extend_from_slice(hash);
+    hmac_sha256(key, &msg)
 }
 
 /// The names of the personal fields, as commitments are keyed.
@@ -159,6 +173,7 @@ impl Head {
             });
         }
         e.hash = event_hash(&e);
+        e.mac = event_mac(key, &e.hash);
         self.next_seq += 1;
         self.last_hash = e.hash;
         e
@@ -204,6 +219,7 @@ impl Head {
             commitments: [None; 3],
             prev_hash: GENESIS,
             hash: GENESIS,
+            mac: GENESIS,
         };
         self.seal(e, key)
     }
@@ -304,6 +320,8 @@ pub enum Broken {
     Link { chain: String, seq: u64 },
     #[error("chain {chain}: event {seq} was edited (its hash does not match its content)")]
     Edited { chain: String, seq: u64 },
+    #[error("chain {chain}: event {seq} was not written with the key (forged, or sealed again by someone without it)")]
+    Forged { chain: String, seq: u64 },
     #[error("chain {chain}: event {seq}: {field} does not match its commitment (edited)")]
     Personal {
         chain: String,
@@ -406,6 +424,12 @@ impl<'k> Verifier<'k> {
                 seq: e.seq,
             });
         }
+        if self.key.is_some_and(|key| event_mac(key, &e.hash) != e.mac) {
+            return Err(Broken::Forged {
+                chain: e.chain.clone(),
+                seq: e.seq,
+            });
+        }
         for (i, field) in [&e.actor, &e.ip_address, &e.user_agent]
             .into_iter()
             .enumerate()
@@ -504,6 +528,7 @@ mod tests {
             commitments: [None; 3],
             prev_hash: GENESIS,
             hash: GENESIS,
+            mac: GENESIS,
         }
     }
 

@@ -338,6 +338,24 @@ pub async fn verify_names_every_forged_row<H: Harness>(h: H) {
     }
 }
 
+pub async fn an_appended_forgery_is_named_with_the_key<H: Harness>(h: H) {
+    let log = two_chains(&h).await;
+    // Someone who may write the table but lacks the key appends a well-formed event: right
+    // seq, right predecessor, a correct hash.
+    let mut head = log.head("gw-a").await.unwrap().unwrap();
+    let forged = head.seal_draft(&draft(99), b"not the writers' key");
+    log.append(&[forged]).await.unwrap();
+    let without_key = verify_log(&*log, None, |_| {}).await.unwrap();
+    assert!(without_key.is_ok(), "the chain alone cannot tell");
+    assert_eq!(
+        verify(&*log).await.unwrap_err(),
+        Broken::Forged {
+            chain: "gw-a".into(),
+            seq: 6
+        }
+    );
+}
+
 pub async fn a_writer_continues_its_chain_after_a_restart<H: Harness>(h: H) {
     let log = h.log();
     let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
@@ -538,6 +556,7 @@ macro_rules! audit_conformance_tests {
             redaction_keeps_the_trail_verifiable,
             the_table_refuses_updates_and_deletes,
             verify_names_every_forged_row,
+            an_appended_forgery_is_named_with_the_key,
             a_writer_continues_its_chain_after_a_restart,
             concurrent_writers_keep_valid_chains,
             a_full_queue_drops_and_the_trail_says_so,

@@ -191,7 +191,7 @@ pub fn redaction_sql(fields: &[&str]) -> (String, String) {
 /// The columns every backend selects, in [`Row`]'s order.
 pub const COLUMNS: &str = "chain, seq, event_id, timestamp, actor, actor_commitment, actor_type, \
     action, resource_type, resource_id, old_value, new_value, correlation_id, ip_address, \
-    ip_address_commitment, user_agent, user_agent_commitment, prev_hash, hash";
+    ip_address_commitment, user_agent, user_agent_commitment, prev_hash, hash, mac";
 
 /// One stored row, as a backend reads it.
 pub struct Row {
@@ -211,6 +211,7 @@ pub struct Row {
     pub user_agent: (Option<String>, Option<Vec<u8>>),
     pub prev_hash: Vec<u8>,
     pub hash: Vec<u8>,
+    pub mac: Vec<u8>,
 }
 
 /// A stored hash; a value of the wrong length (only a hand edit makes one) becomes a hash no
@@ -259,6 +260,7 @@ impl Row {
             commitments: [actor_c, ip_c, ua_c],
             prev_hash: stored_hash(&self.prev_hash),
             hash: stored_hash(&self.hash),
+            mac: stored_hash(&self.mac),
         }
     }
 }

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS {s}.audit_events (
     user_agent_commitment BYTEA,
     prev_hash BYTEA NOT NULL,
     hash BYTEA NOT NULL,
+    mac BYTEA NOT NULL,
     PRIMARY KEY (chain, seq)
 );
 CREATE INDEX IF NOT EXISTS audit_events_by_time ON {s}.audit_events (timestamp);
@@ -52,12 +53,12 @@ BEGIN
         IF (NEW.event_id, NEW.timestamp, NEW.actor_type, NEW.action, NEW.resource_type,
             NEW.resource_id, NEW.old_value, NEW.new_value, NEW.correlation_id, NEW.chain,
             NEW.seq, NEW.actor_commitment, NEW.ip_address_commitment,
-            NEW.user_agent_commitment, NEW.prev_hash, NEW.hash)
+            NEW.user_agent_commitment, NEW.prev_hash, NEW.hash, NEW.mac)
            IS NOT DISTINCT FROM
            (OLD.event_id, OLD.timestamp, OLD.actor_type, OLD.action, OLD.resource_type,
             OLD.resource_id, OLD.old_value, OLD.new_value, OLD.correlation_id, OLD.chain,
             OLD.seq, OLD.actor_commitment, OLD.ip_address_commitment,
-            OLD.user_agent_commitment, OLD.prev_hash, OLD.hash)
+            OLD.user_agent_commitment, OLD.prev_hash, OLD.hash, OLD.mac)
            AND (NEW.actor IS NULL OR NEW.actor IS NOT DISTINCT FROM OLD.actor)
            AND (NEW.ip_address IS NULL OR NEW.ip_address IS NOT DISTINCT FROM OLD.ip_address)
            AND (NEW.user_agent IS NULL OR NEW.user_agent IS NOT DISTINCT FROM OLD.user_agent)
@@ -167,6 +168,7 @@ fn read_row(r: &tokio_postgres::Row) -> Result<Event, AuditError> {
         user_agent: (r.try_get(15).map_err(get)?, r.try_get(16).map_err(get)?),
         prev_hash: r.try_get(17).map_err(get)?,
         hash: r.try_get(18).map_err(get)?,
+        mac: r.try_get(19).map_err(get)?,
     }
     .into_event())
 }
@@ -202,7 +204,7 @@ impl AuditLog for PgAuditLog {
     async fn append(&self, events: &[Event]) -> Result<(), AuditError> {
         let sql = format!(
             "INSERT INTO {} ({COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
             self.table
         );
         self.bounded(async {
@@ -212,7 +214,7 @@ impl AuditLog for PgAuditLog {
             for e in events {
                 let seq = stored_seq(e)?;
                 let [ac, ic, uc] = e.commitments.map(|c| c.map(|c| c.to_vec()));
-                let (prev, hash) = (e.prev_hash.to_vec(), e.hash.to_vec());
+                let (prev, hash, mac) = (e.prev_hash.to_vec(), e.hash.to_vec(), e.mac.to_vec());
                 let inserted = tx
                     .execute(
                         &stmt,
@@ -236,6 +238,7 @@ impl AuditLog for PgAuditLog {
                             &uc,
                             &prev,
                             &hash,
+                            &mac,
                         ],
                     )
                     .await;

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS audit_events (
     user_agent_commitment BLOB,
     prev_hash BLOB NOT NULL,
     hash BLOB NOT NULL,
+    mac BLOB NOT NULL,
     PRIMARY KEY (chain, seq)
 );
 CREATE INDEX IF NOT EXISTS audit_events_by_time ON audit_events (timestamp);
@@ -62,7 +63,7 @@ WHEN NEW.event_id IS NOT OLD.event_id OR NEW.timestamp IS NOT OLD.timestamp
     OR NEW.seq IS NOT OLD.seq OR NEW.actor_commitment IS NOT OLD.actor_commitment
     OR NEW.ip_address_commitment IS NOT OLD.ip_address_commitment
     OR NEW.user_agent_commitment IS NOT OLD.user_agent_commitment
-    OR NEW.prev_hash IS NOT OLD.prev_hash OR NEW.hash IS NOT OLD.hash
+    OR NEW.prev_hash IS NOT OLD.prev_hash OR NEW.hash IS NOT OLD.hash OR NEW.mac IS NOT OLD.mac
     OR (NEW.actor IS NOT NULL AND NEW.actor IS NOT OLD.actor)
     OR (NEW.ip_address IS NOT NULL AND NEW.ip_address IS NOT OLD.ip_address)
     OR (NEW.user_agent IS NOT NULL AND NEW.user_agent IS NOT OLD.user_agent)
@@ -138,6 +139,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         user_agent: (r.get(15)?, r.get(16)?),
         prev_hash: r.get(17)?,
         hash: r.get(18)?,
+        mac: r.get(19)?,
     }
     .into_event())
 }
@@ -180,7 +182,7 @@ impl AuditLog for SqliteAuditLog {
                 let mut stmt = tx
                     .prepare_cached(&format!(
                         "INSERT INTO audit_events ({COLUMNS}) VALUES \
-                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
                     ))
                     .map_err(unavailable)?;
                 for e in &events {
@@ -206,6 +208,7 @@ impl AuditLog for SqliteAuditLog {
                         uc,
                         e.prev_hash.to_vec(),
                         e.hash.to_vec(),
+                        e.mac.to_vec(),
                     ]);
                     match inserted {
                         Ok(_) => {}

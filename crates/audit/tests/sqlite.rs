@@ -45,7 +45,7 @@ impl Harness for Sqlite {
         "INSERT OR REPLACE INTO audit_events SELECT event_id, timestamp, actor, actor_type, \
          'forged', resource_type, resource_id, old_value, new_value, correlation_id, ip_address, \
          user_agent, chain, seq, actor_commitment, ip_address_commitment, user_agent_commitment, \
-         prev_hash, hash FROM audit_events WHERE chain = 'gw' AND seq = 1"
+         prev_hash, hash, mac FROM audit_events WHERE chain = 'gw' AND seq = 1"
     }
     async fn forge(&self, sql: &str) {
         let c = shell(&self.log);

@@ -226,7 +226,7 @@ pub async fn open_writer(
     let key = match &config.key {
         Some(k) => k.clone(),
         None => {
-            tracing::warn!("no audit redaction key (--audit-key-file or ONCELY_AUDIT_KEY): using one for this run only, so `oncely audit verify --key-file` cannot check personal values of its events later; the chain itself verifies either way");
+            tracing::warn!("no audit redaction key (--audit-key-file or ONCELY_AUDIT_KEY): using one for this run only, so `oncely audit verify --key-file` will name this run's events as not written with the key; the chain itself verifies without a key");
             RedactionKey::random()
         }
     };
