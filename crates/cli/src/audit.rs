@@ -23,8 +23,8 @@ enum AuditCommand {
     /// Checks every chain: exit 0 and each chain's head if untouched, exit 1 naming the first
     /// edited, deleted, inserted, reordered or truncated event otherwise.
     Verify {
-        /// The redaction key the gateways used: also checks every personal value that was
-        /// not redacted against its commitment.
+        /// The key the gateways used: also checks each event's seal (written by a key
+        /// holder) and every personal value not redacted against its commitment.
         #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
         /// A head recorded earlier, "CHAIN SEQ HASH" as `verify` prints it (repeatable): the
