@@ -567,8 +567,9 @@ async fn audit_database_outage_never_blocks_requests() {
     // While the writer retries: answers as fast as ever, and a burst that overflows the
     // queue of 20.
     let slowest = send_keyed(60).await;
+    // Waiting for the audit database would take its whole timeout (1 s) or longer.
     assert!(
-        slowest < Duration::from_millis(500),
+        slowest < Duration::from_secs(1),
         "no request waits for the audit database: slowest {slowest:?}"
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;

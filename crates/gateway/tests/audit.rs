@@ -70,16 +70,21 @@ async fn every_keyed_answer_is_one_event() {
     assert_eq!(plain.status, 201);
     // A client that hangs up while its request runs: the execution finishes without it,
     // and its event is still written.
-    let slow = send("k-slow", "{}", vec![("x-test-delay-ms", "300")]);
-    assert!(tokio::time::timeout(Duration::from_millis(50), slow)
-        .await
-        .is_err());
+    let slow = tokio::spawn(send("k-slow", "{}", vec![("x-test-delay-ms", "1000")]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while upstream.executions("k-slow") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request arrives"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    slow.abort();
     // A duplicate while it runs is rejected (and recorded).
     assert_eq!(send("k-slow", "{}", vec![]).await, 409);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(upstream.executions("k-slow"), 1);
 
-    // The anchor and the six answers reach the table within moments; /metrics counts them.
+    // The anchor and the six answers (the slow one within its second) reach the table;
+    // /metrics counts them.
     let admin = format!("http://{}/metrics", gateway.admin_addr().unwrap());
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let page = loop {
@@ -99,6 +104,7 @@ async fn every_keyed_answer_is_one_event() {
         page.contains("oncely_audit_append_failures_total 0\n"),
         "{page}"
     );
+    assert_eq!(upstream.executions("k-slow"), 1);
     gateway.shutdown().await;
 
     let log = SqliteAuditLog::open(&path, Duration::from_secs(5)).unwrap();
