@@ -209,7 +209,7 @@ async fn verify(
                 summary.events,
                 summary.heads.len(),
                 if key.is_some() {
-                    ", personal values checked against their commitments"
+                    ", seals and personal values checked with the key"
                 } else {
                     ""
                 }
