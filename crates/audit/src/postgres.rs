@@ -189,6 +189,23 @@ impl AuditLog for PgAuditLog {
     async fn migrate(&self) -> Result<(), AuditError> {
         self.bounded(async {
             let mut client = self.pool.get().await.map_err(db_unavailable)?;
+            // Already in place: nothing to create, so a role that may only read and insert
+            // (the gateway's, at best) can start.
+            let ready: bool = client
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL \
+                     AND (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) \
+                          AND tgname IN ('audit_events_append_only', 'audit_events_no_truncate')) = 2 \
+                     AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) \
+                          AND attname = 'mac' AND NOT attisdropped)",
+                    &[&self.table],
+                )
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(db_unavailable)?;
+            if ready {
+                return Ok(());
+            }
             let tx = client.transaction().await.map_err(db_unavailable)?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
                 .await

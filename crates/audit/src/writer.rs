@@ -230,7 +230,13 @@ impl Task {
                     }
                 }
             }
-            let drops = self.stats.unrecorded_drops.swap(0, Ordering::Relaxed);
+            // Only a fresh batch records drops: a batch being retried must stay exactly as it
+            // was sealed, or a retry after a lost commit answer would not recognise itself.
+            let drops = if fresh {
+                self.stats.unrecorded_drops.swap(0, Ordering::Relaxed)
+            } else {
+                0
+            };
             if drops > 0 {
                 pending.push(Draft {
                     event_id: new_event_id(),
@@ -302,9 +308,25 @@ impl Task {
     /// batch record the loss.
     fn refuse_batch(&self, pending: &mut Vec<Draft>, why: &str) {
         tracing::error!(error = %why, events = pending.len(), "the audit log refused a batch; dropped");
-        let n = pending.len() as u64;
-        self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-        self.stats.unrecorded_drops.fetch_add(n, Ordering::Relaxed);
+        // A drop record in the batch stands for events lost before: they must be recorded
+        // again, but were counted already.
+        let (mut lost, mut carried) = (0u64, 0u64);
+        for d in pending.iter() {
+            match d.action.as_str() {
+                EVENTS_DROPPED => {
+                    carried += d
+                        .new_value
+                        .as_deref()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                }
+                _ => lost += 1,
+            }
+        }
+        self.stats.dropped.fetch_add(lost, Ordering::Relaxed);
+        self.stats
+            .unrecorded_drops
+            .fetch_add(lost + carried, Ordering::Relaxed);
         pending.clear();
     }
 

@@ -96,3 +96,70 @@ async fn truncate_is_refused() {
     let err = pg.sql("TRUNCATE audit_events").await.unwrap_err();
     assert!(err.contains("append-only"), "{err}");
 }
+
+/// A role that may only read and insert (no CREATE, no UPDATE, no DELETE) runs a gateway's
+/// writer on a trail the owner prepared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_ddl_rights_writes_a_prepared_trail() {
+    let Some(pg) = harness("a_role_without_ddl_rights_writes_a_prepared_trail").await else {
+        return;
+    };
+    let role = unique_name("oncely_writer");
+    let admin = pg.shell().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {s} TO {role}; \
+             GRANT SELECT, INSERT ON {s}.audit_events TO {role};",
+            s = pg.schema
+        ))
+        .await
+        .unwrap();
+    let url = {
+        // The same database, as that role.
+        let (base, query) = pg.url.split_once('?').unwrap_or((&pg.url, ""));
+        let rest = base.split_once('@').map_or(base, |(_, r)| r);
+        let sep = if query.is_empty() { "" } else { "?" };
+        format!("postgres://{role}@{rest}{sep}{query}")
+    };
+    let mut opts = PgOptions::new(url);
+    opts.schema = pg.schema.clone();
+    let log = Arc::new(PgAuditLog::new(&opts).unwrap());
+    let result = async {
+        log.migrate().await?;
+        let w = oncely_audit::AuditWriter::open(
+            log.clone(),
+            "restricted",
+            b"restricted role key".to_vec(),
+            Arc::new(oncely_core::SystemClock),
+            10,
+        )
+        .await?;
+        assert!(w.record(oncely_audit::Draft {
+            event_id: "restricted-1".into(),
+            action: "executed".into(),
+            ..Default::default()
+        }));
+        assert!(w.close(std::time::Duration::from_secs(10)).await);
+        Ok::<_, oncely_audit::AuditError>(
+            log.redact(
+                &oncely_audit::Filter {
+                    event_id: Some("restricted-1".into()),
+                    ..Default::default()
+                },
+                &["actor"],
+            )
+            .await,
+        )
+    }
+    .await;
+    drop(log);
+    admin
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+        .await
+        .unwrap();
+    let redact = result.expect("migrate and write with SELECT and INSERT only");
+    assert!(
+        redact.is_err_and(|e| e.to_string().contains("permission denied")),
+        "this role may not even redact"
+    );
+}

@@ -33,8 +33,9 @@ pub struct BenchArgs {
     /// Store for the gateway [default: a fresh SQLite file in a temporary directory].
     #[arg(long, value_name = "URL")]
     store: Option<String>,
-    /// Also run a second gateway (its own store, same kind) that keeps an audit trail at
-    /// URL (`sqlite://PATH`, `postgres://...`), and print a second table comparing the two.
+    /// Also run a second gateway that keeps an audit trail at URL (`sqlite://PATH`,
+    /// `postgres://...`), and print a second table comparing the two. Its store is a SQLite
+    /// file of its own by default; with --store, the same store (other keys).
     #[arg(long, value_name = "URL")]
     audit: Option<String>,
     /// nginx binary for a plain-proxy reference column [default: `nginx` if on the PATH].
@@ -95,7 +96,8 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         upstream.url(),
         args.seconds
     );
-    // The audited twin: same kind of store (a file of its own for SQLite), plus the trail.
+    // The audited twin: a SQLite file of its own by default, else the same store (the
+    // keys differ), plus the trail.
     let audited = match &args.audit {
         Some(audit) => {
             let twin_store = match &args.store {
@@ -359,7 +361,7 @@ fn find_nginx(explicit: Option<PathBuf>) -> Option<PathBuf> {
 /// A running reference nginx. Dropped, it is stopped through its master (`nginx -s stop`):
 /// killing the master alone would leave its workers running.
 struct Nginx {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     stop: std::process::Command,
 }
 
@@ -370,6 +372,14 @@ impl Drop for Nginx {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        // `-s stop` only signals the master; give it time to take its workers down before
+        // the child handle's kill-on-drop reaches it.
+        for _ in 0..100 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -411,10 +421,7 @@ async fn spawn_nginx(
         .arg("-c")
         .arg(&conf_path)
         .args(["-s", "stop"]);
-    let nginx = Nginx {
-        _child: child,
-        stop,
-    };
+    let nginx = Nginx { child, stop };
     let url = format!("http://127.0.0.1:{port}");
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
