@@ -460,22 +460,29 @@ async fn outage(store_url: &str, stop: impl FnOnce(), start: impl FnOnce()) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_outage_fails_closed_and_recovers() {
-    let test = "postgres_outage_fails_closed_and_recovers";
+/// A private PostgreSQL for `test`, or None after saying why it is skipped.
+fn private_postgres(test: &str) -> Option<PrivatePostgres> {
     let Some(bin) = PrivatePostgres::bin_dir() else {
         skip(
             test,
             "no PostgreSQL server binaries under /usr/lib/postgresql",
         );
-        return;
+        return None;
     };
-    let pg = match PrivatePostgres::start(bin) {
-        Ok(pg) => pg,
+    match PrivatePostgres::start(bin) {
+        Ok(pg) => Some(pg),
         Err(e) => {
             skip(test, &format!("cannot start a private PostgreSQL: {e}"));
-            return;
+            None
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_fails_closed_and_recovers() {
+    let test = "postgres_outage_fails_closed_and_recovers";
+    let Some(pg) = private_postgres(test) else {
+        return;
     };
     let url = format!("{}?timeout=1s", pg.url());
     outage(
@@ -520,19 +527,8 @@ async fn redis_outage_fails_closed_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_database_outage_never_blocks_requests() {
     let test = "audit_database_outage_never_blocks_requests";
-    let Some(bin) = PrivatePostgres::bin_dir() else {
-        skip(
-            test,
-            "no PostgreSQL server binaries under /usr/lib/postgresql",
-        );
+    let Some(pg) = private_postgres(test) else {
         return;
-    };
-    let pg = match PrivatePostgres::start(bin) {
-        Ok(pg) => pg,
-        Err(e) => {
-            skip(test, &format!("cannot start a private PostgreSQL: {e}"));
-            return;
-        }
     };
     let audit_db = format!("{}?timeout=1s&schema=audit", pg.url());
     let upstream = CountingUpstream::start().await;
