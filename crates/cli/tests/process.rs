@@ -1,7 +1,6 @@
 //! The `oncely` binary as users run it: crash and restart on one SQLite file, graceful stop
 //! on SIGTERM, command-line errors, and the demo.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -9,7 +8,7 @@ use std::time::{Duration, Instant};
 use oncely_testkit::{CountingUpstream, TestClient};
 
 mod common;
-use common::{listening_url, oncely, KillOnDrop};
+use common::{listening_and_admin_urls, listening_url, oncely, KillOnDrop};
 
 /// Starts `oncely serve` and returns it with its base URL.
 fn serve(upstream: &str, db: &Path, config: &Path) -> (Child, String) {
@@ -423,22 +422,8 @@ fn serve_with_admin(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn oncely serve");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let child = KillOnDrop(child);
-    let (mut first, mut second) = (String::new(), String::new());
-    out.read_line(&mut first).expect("the listening line");
-    out.read_line(&mut second).expect("the admin line");
-    let url = first
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("listening on")
-        .to_owned();
-    let admin = second
-        .trim()
-        .strip_prefix("admin on ")
-        .unwrap_or_else(|| panic!("unexpected second line {second:?}"))
-        .to_owned();
+    let mut child = KillOnDrop(cmd.spawn().expect("spawn oncely serve"));
+    let (url, admin) = listening_and_admin_urls(&mut child.0);
     (child, url, admin)
 }
 
@@ -507,15 +492,7 @@ async fn json_logs_name_the_request() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let url = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
+    let url = listening_url(&mut child);
     let client = TestClient::new();
     let a = client
         .post_keyed(

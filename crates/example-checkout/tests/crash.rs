@@ -127,23 +127,14 @@ async fn checkout_until_final(client: &TestClient, url: &str, key: &str, body: &
     panic!("no final answer for {key}");
 }
 
-/// One database per scenario: a fresh file, or a fresh schema.
+/// One database per scenario: a fresh file, or a fresh schema, read through the example's
+/// own `ShopDb`.
 trait Db {
+    type Journal: ShopDb;
     fn url(&self) -> String;
+    /// A journal of its own on the scenario's database.
+    fn journal(&self) -> Self::Journal;
     /// Deletes every finished operation, as the reaper does after the retention.
-    async fn reap_all(&self);
-    async fn orders(&self) -> Vec<oncely_example_checkout::db::OrderView>;
-    async fn outbox(&self) -> Vec<(String, String)>;
-}
-
-struct SqliteDb {
-    dir: tempfile::TempDir,
-}
-
-impl Db for SqliteDb {
-    fn url(&self) -> String {
-        format!("sqlite://{}", self.dir.path().join("shop.db").display())
-    }
     async fn reap_all(&self) {
         use oncely_recovery::Journal;
         self.journal()
@@ -159,14 +150,25 @@ impl Db for SqliteDb {
     }
 }
 
+struct SqliteDb {
+    dir: tempfile::TempDir,
+}
+
+impl Db for SqliteDb {
+    type Journal = SqliteJournal;
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("shop.db").display())
+    }
+    fn journal(&self) -> SqliteJournal {
+        SqliteJournal::open(self.dir.path().join("shop.db"), Duration::from_secs(5)).unwrap()
+    }
+}
+
 impl SqliteDb {
     fn new() -> Self {
         SqliteDb {
             dir: tempfile::tempdir().unwrap(),
         }
-    }
-    fn journal(&self) -> SqliteJournal {
-        SqliteJournal::open(self.dir.path().join("shop.db"), Duration::from_secs(5)).unwrap()
     }
 }
 
@@ -182,28 +184,16 @@ impl PgDb {
             schema: unique_name("shop"),
         }
     }
-    fn journal(&self) -> PgJournal {
-        let pool = pool(&self.base, 2, Duration::from_secs(10)).unwrap();
-        PgJournal::new(pool, &self.schema, Duration::from_secs(10)).unwrap()
-    }
 }
 
 impl Db for PgDb {
+    type Journal = PgJournal;
     fn url(&self) -> String {
         format!("{}?schema={}", self.base, self.schema)
     }
-    async fn reap_all(&self) {
-        use oncely_recovery::Journal;
-        self.journal()
-            .reap(oncely_core::Timestamp(i64::MAX), 1000)
-            .await
-            .unwrap();
-    }
-    async fn orders(&self) -> Vec<oncely_example_checkout::db::OrderView> {
-        self.journal().orders().await.unwrap()
-    }
-    async fn outbox(&self) -> Vec<(String, String)> {
-        self.journal().outbox().await.unwrap()
+    fn journal(&self) -> PgJournal {
+        let pool = pool(&self.base, 2, Duration::from_secs(10)).unwrap();
+        PgJournal::new(pool, &self.schema, Duration::from_secs(10)).unwrap()
     }
 }
 

@@ -39,21 +39,21 @@ impl std::fmt::Display for AuditUrl {
 impl AuditUrl {
     /// Parses the URL as a store URL would be (same options), keeping the SQL backends.
     pub fn parse(url: &str) -> Result<AuditUrl, String> {
-        match StoreUrl::parse(url) {
-            Ok(StoreUrl::Sqlite {
+        let sql = ["sqlite://", "postgres://", "postgresql://"];
+        if !sql.iter().any(|p| url.starts_with(p)) {
+            return Err(format!(
+                "`{url}` is not an audit log URL: the audit trail is kept in SQLite or PostgreSQL (sqlite://PATH or postgres://HOST/DB)"
+            ));
+        }
+        match StoreUrl::parse(url)? {
+            StoreUrl::Sqlite {
                 path, busy_timeout, ..
-            }) => Ok(AuditUrl::Sqlite {
+            } => Ok(AuditUrl::Sqlite {
                 path,
                 busy_timeout: busy_timeout.unwrap_or(Duration::from_secs(5)),
             }),
-            Ok(StoreUrl::Postgres(opts)) => Ok(AuditUrl::Postgres(opts)),
-            Ok(_) => Err(format!(
-                "`{url}`: the audit trail is kept in SQLite or PostgreSQL (sqlite://PATH or postgres://HOST/DB)"
-            )),
-            Err(e) => Err(e.replace(
-                "is not a store URL; use sqlite://PATH, postgres://HOST/DB, redis://HOST or memory://",
-                "is not an audit log URL; use sqlite://PATH or postgres://HOST/DB",
-            )),
+            StoreUrl::Postgres(opts) => Ok(AuditUrl::Postgres(opts)),
+            other => Err(format!("`{other}` is not an audit log URL")),
         }
     }
 

@@ -76,6 +76,21 @@ async fn serve(observer: Arc<dyn OutcomeObserver>) -> String {
     format!("http://{addr}")
 }
 
+/// The status of one keyed POST.
+async fn status(
+    client: &TestClient,
+    url: &str,
+    key: &str,
+    body: &str,
+    extra: &[(&str, &str)],
+) -> u16 {
+    client
+        .post_keyed(url, key, body, extra)
+        .await
+        .unwrap()
+        .status
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_keyed_answer_is_reported_once() {
     let recorder = Arc::new(Recorder {
@@ -88,30 +103,9 @@ async fn each_keyed_answer_is_reported_once() {
     let client = TestClient::new();
     let orders = format!("{url}/orders");
     let ua = [("user-agent", "tests/1")];
-    assert_eq!(
-        client
-            .post_keyed(&orders, "k-1", "{}", &ua)
-            .await
-            .unwrap()
-            .status,
-        201
-    );
-    assert_eq!(
-        client
-            .post_keyed(&orders, "k-1", "{}", &[])
-            .await
-            .unwrap()
-            .status,
-        201
-    );
-    assert_eq!(
-        client
-            .post_keyed(&orders, "k-1", "[]", &[])
-            .await
-            .unwrap()
-            .status,
-        422
-    );
+    assert_eq!(status(&client, &orders, "k-1", "{}", &ua).await, 201);
+    assert_eq!(status(&client, &orders, "k-1", "{}", &[]).await, 201);
+    assert_eq!(status(&client, &orders, "k-1", "[]", &[]).await, 422);
     // Not reported: unkeyed, an invalid key, a body over the limit.
     client.send("POST", &orders, &[], "{}").await.unwrap();
     let bad = [
@@ -127,14 +121,7 @@ async fn each_keyed_answer_is_reported_once() {
         400
     );
     let big = "x".repeat(100);
-    assert_eq!(
-        client
-            .post_keyed(&orders, "k-2", &big, &[])
-            .await
-            .unwrap()
-            .status,
-        413
-    );
+    assert_eq!(status(&client, &orders, "k-2", &big, &[]).await, 413);
     // A handler that panics: the execution ends without deciding.
     let _ = client
         .post_keyed(&format!("{url}/explode"), "k-3", "{}", &[])

@@ -129,6 +129,34 @@ fn row(db: &str, what: &str, c: usize, (ops, p50, p99): (f64, u64, u64), plain: 
     );
 }
 
+/// The operation without and with a foreign phase, measured against `plain` ops/s.
+async fn recovery_rows<J: Journal>(
+    db: &str,
+    rec: &Arc<Recovery<J>>,
+    op: impl Fn(bool) -> Operation<J, St>,
+    c: usize,
+    secs: f64,
+    plain: f64,
+) {
+    for foreign in [false, true] {
+        let (rec, op) = (rec.clone(), Arc::new(op(foreign)));
+        let r = measure(c, secs, move |n| {
+            let (rec, op) = (rec.clone(), op.clone());
+            async move {
+                let id = format!("op-{foreign}-{c}-{n}");
+                rec.run(&op, &id, St { id: id.clone() }).await.expect("run");
+            }
+        })
+        .await;
+        let what = if foreign {
+            "recovery + foreign"
+        } else {
+            "recovery"
+        };
+        row(db, what, c, r, plain);
+    }
+}
+
 async fn sqlite(secs: f64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let journal = Arc::new(
@@ -173,28 +201,7 @@ async fn sqlite(secs: f64) {
         })
         .await;
         row("SQLite", "plain", c, plain, plain.0);
-        for foreign in [false, true] {
-            let (rec, op) = (rec.clone(), Arc::new(sqlite_op(foreign)));
-            let r = measure(c, secs, move |n| {
-                let (rec, op) = (rec.clone(), op.clone());
-                async move {
-                    let id = format!("op-{foreign}-{c}-{n}");
-                    rec.run(&op, &id, St { id: id.clone() }).await.expect("run");
-                }
-            })
-            .await;
-            row(
-                "SQLite",
-                if foreign {
-                    "recovery + foreign"
-                } else {
-                    "recovery"
-                },
-                c,
-                r,
-                plain.0,
-            );
-        }
+        recovery_rows("SQLite", &rec, sqlite_op, c, secs, plain.0).await;
     }
 }
 
@@ -254,28 +261,15 @@ async fn postgres(secs: f64, url: &str) {
         })
         .await;
         row("PostgreSQL", "plain", c, plain, plain.0);
-        for foreign in [false, true] {
-            let (rec, op) = (rec.clone(), Arc::new(pg_op(&schema, foreign)));
-            let r = measure(c, secs, move |n| {
-                let (rec, op) = (rec.clone(), op.clone());
-                async move {
-                    let id = format!("op-{foreign}-{c}-{n}");
-                    rec.run(&op, &id, St { id: id.clone() }).await.expect("run");
-                }
-            })
-            .await;
-            row(
-                "PostgreSQL",
-                if foreign {
-                    "recovery + foreign"
-                } else {
-                    "recovery"
-                },
-                c,
-                r,
-                plain.0,
-            );
-        }
+        recovery_rows(
+            "PostgreSQL",
+            &rec,
+            |foreign| pg_op(&schema, foreign),
+            c,
+            secs,
+            plain.0,
+        )
+        .await;
     }
     let _ = client
         .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))

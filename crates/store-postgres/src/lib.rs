@@ -159,20 +159,24 @@ impl PgStore {
         .await
     }
 
+    /// Runs `sql`, whose parameters are the key's parts ($1 to $4) and the local now ($5).
+    async fn query_key(&self, sql: &str, key: &RecordKey) -> StoreResult<Vec<tokio_postgres::Row>> {
+        self.query(
+            sql,
+            &[
+                &key.scope.tenant.as_str(),
+                &key.scope.method,
+                &key.scope.route,
+                &key.key.as_str(),
+                &self.now_param(),
+            ],
+        )
+        .await
+    }
+
     /// Why a write conditioned on `key`'s token did nothing.
     async fn refusal(&self, key: &RecordKey) -> StoreResult<StoreError> {
-        let rows = self
-            .query(
-                &self.sql.live_state,
-                &[
-                    &key.scope.tenant.as_str(),
-                    &key.scope.method,
-                    &key.scope.route,
-                    &key.key.as_str(),
-                    &self.now_param(),
-                ],
-            )
-            .await?;
+        let rows = self.query_key(&self.sql.live_state, key).await?;
         let state = match rows.first() {
             Some(row) => Some(row.try_get::<_, i16>(0).map_err(unavailable)?),
             None => None,
@@ -336,18 +340,7 @@ impl IdempotencyStore for PgStore {
     }
 
     async fn get(&self, key: &RecordKey) -> StoreResult<Option<Record>> {
-        let rows = self
-            .query(
-                &self.sql.get,
-                &[
-                    &key.scope.tenant.as_str(),
-                    &key.scope.method,
-                    &key.scope.route,
-                    &key.key.as_str(),
-                    &self.now_param(),
-                ],
-            )
-            .await?;
+        let rows = self.query_key(&self.sql.get, key).await?;
         rows.first()
             .map(|row| record_from_row(row, 0, key))
             .transpose()
@@ -386,18 +379,7 @@ impl IdempotencyStore for PgStore {
     }
 
     async fn evict(&self, key: &RecordKey) -> StoreResult<bool> {
-        let rows = self
-            .query(
-                &self.sql.evict,
-                &[
-                    &key.scope.tenant.as_str(),
-                    &key.scope.method,
-                    &key.scope.route,
-                    &key.key.as_str(),
-                    &self.now_param(),
-                ],
-            )
-            .await?;
+        let rows = self.query_key(&self.sql.evict, key).await?;
         match rows.first() {
             Some(row) => row.try_get::<_, bool>(0).map_err(unavailable),
             None => Ok(false),

@@ -36,12 +36,23 @@ impl KillOnDrop {
 
 /// Reads the `listening on URL` line a starting `oncely serve` prints; returns the URL.
 pub fn listening_url(child: &mut Child) -> String {
+    let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
+    announced(&mut out, "listening on ")
+}
+
+/// The `listening on URL` line and the `admin on URL` line after it: both URLs.
+pub fn listening_and_admin_urls(child: &mut Child) -> (String, String) {
+    let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
+    let url = announced(&mut out, "listening on ");
+    (url, announced(&mut out, "admin on "))
+}
+
+fn announced(out: &mut impl BufRead, prefix: &str) -> String {
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout piped"))
-        .read_line(&mut line)
-        .expect("read the listening line");
+    out.read_line(&mut line)
+        .expect("read a line of oncely serve");
     line.trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected output: {line:?}"))
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("expected `{prefix}URL`, got {line:?}"))
         .to_owned()
 }
