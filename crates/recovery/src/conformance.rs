@@ -530,24 +530,27 @@ pub async fn corrupt_rows_are_errors_not_panics<H: Harness>(h: H) {
     let provider = Arc::new(Provider::default());
     let op = checkout(&h, &provider);
     let rec = recovery(&h, &clock());
+    // Edits the row of `id` with `set` (an SQL SET list) and runs it again: a corrupt-row
+    // error, not a panic nor a run.
+    let corrupt_then_run = |id: String, set: &'static str| {
+        let (h, op, rec) = (&h, &op, &rec);
+        async move {
+            h.sql(&format!("UPDATE {{ops}} SET {set} WHERE id = '{id}'"))
+                .await;
+            let err = rec.run(op, &id, TestState::new(&id, 1)).await.unwrap_err();
+            assert!(
+                matches!(err, RecoveryError::Journal(crate::JournalError::Corrupt(_))),
+                "{set}: {err:?}"
+            );
+        }
+    };
     let open = unique("bad-state");
     recovery(&h, &clock())
         .with_hooks(Arc::new(StopAt("before:receipt".into())))
         .run(&op, &open, TestState::new(&open, 1))
         .await
         .unwrap_err();
-    h.sql(&format!(
-        "UPDATE {{ops}} SET state = 'not json' WHERE id = '{open}'"
-    ))
-    .await;
-    let err = rec
-        .run(&op, &open, TestState::new(&open, 1))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, RecoveryError::Journal(crate::JournalError::Corrupt(_))),
-        "{err:?}"
-    );
+    corrupt_then_run(open.clone(), "state = 'not json'").await;
     assert_eq!(
         h.effects(&open).await,
         ["order"],
@@ -556,30 +559,8 @@ pub async fn corrupt_rows_are_errors_not_panics<H: Harness>(h: H) {
 
     let done = unique("bad-response");
     rec.run(&op, &done, TestState::new(&done, 1)).await.unwrap();
-    h.sql(&format!(
-        "UPDATE {{ops}} SET response_status = NULL WHERE id = '{done}'"
-    ))
-    .await;
-    let err = rec
-        .run(&op, &done, TestState::new(&done, 1))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, RecoveryError::Journal(crate::JournalError::Corrupt(_))),
-        "{err:?}"
-    );
-    h.sql(&format!(
-        "UPDATE {{ops}} SET response_status = 70000, point = 'finished' WHERE id = '{done}'"
-    ))
-    .await;
-    let err = rec
-        .run(&op, &done, TestState::new(&done, 1))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, RecoveryError::Journal(crate::JournalError::Corrupt(_))),
-        "{err:?}"
-    );
+    corrupt_then_run(done.clone(), "response_status = NULL").await;
+    corrupt_then_run(done, "response_status = 70000, point = 'finished'").await;
     assert_eq!(provider.charges(), 2);
 }
 
