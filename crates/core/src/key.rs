@@ -17,6 +17,9 @@ impl IdempotencyKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
     /// Validates an already unquoted key.
     pub fn new(raw: &str) -> Result<Self, KeyError> {
         validate(raw)?;

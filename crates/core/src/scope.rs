@@ -71,6 +71,15 @@ impl RecordKey {
             key,
         }
     }
+
+    /// Gives back whatever spare capacity its strings have, for a key kept a long time (the
+    /// replay cache charges each entry for exactly what it holds).
+    pub fn shrink_to_fit(&mut self) {
+        self.scope.tenant.0.shrink_to_fit();
+        self.scope.method.shrink_to_fit();
+        self.scope.route.shrink_to_fit();
+        self.key.shrink_to_fit();
+    }
 }
 
 impl fmt::Display for RecordKey {

@@ -3,12 +3,23 @@
 //!
 //! Sound because a completed record never changes: it only disappears when it expires, and an
 //! entry here carries that same expiry. The cache holds nothing about keys in progress, so
-//! every claim still goes to the store. Eviction is first in, first out, by entry count and
-//! by bytes.
+//! every claim still goes to the store. Eviction is first in, first out.
+//!
+//! The bound is on memory really held, not on payload bytes: every entry is charged for each
+//! of its allocations as the allocator sizes them, plus its share of the set and the queue.
+//! Two things keep that charge true:
+//! - an entry owns exactly what it charges for: bodies are copied out of the buffer they were
+//!   read into (a response read by hyper is a slice of the connection's whole read buffer,
+//!   which a slice keeps alive), and header lists are shrunk to their length;
+//! - the set and the eviction queue share one allocation per entry.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::borrow::Borrow;
+use std::collections::{HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::mem::size_of;
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use oncely_core::{Fingerprint, RecordKey, StoredResponse, Timestamp};
 
 pub(crate) struct ReplayCache {
@@ -18,9 +29,10 @@ pub(crate) struct ReplayCache {
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<RecordKey, Entry>,
-    order: VecDeque<RecordKey>,
-    bytes: usize,
+    entries: HashSet<Slot>,
+    order: VecDeque<Slot>,
+    /// What the entries hold, without the set's and queue's tables.
+    entry_bytes: usize,
 }
 
 #[derive(Clone)]
@@ -30,15 +42,102 @@ pub(crate) struct Entry {
     pub(crate) response: StoredResponse,
 }
 
-fn weight(key: &RecordKey, e: &Entry) -> usize {
-    let headers: usize = e
-        .response
+struct Cached {
+    key: RecordKey,
+    entry: Entry,
+}
+
+/// One allocation per entry, shared by the set and the eviction queue, so a table slot is a
+/// pointer: growing the set never copies (or briefly doubles) the entries themselves.
+#[derive(Clone)]
+struct Slot(Arc<Cached>);
+
+impl Borrow<RecordKey> for Slot {
+    fn borrow(&self) -> &RecordKey {
+        &self.0.key
+    }
+}
+impl Hash for Slot {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key.hash(state)
+    }
+}
+impl PartialEq for Slot {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+impl Eq for Slot {}
+
+/// What the allocator really hands out for a request of `n` bytes: glibc's malloc adds an
+/// 8-byte header, rounds to 16 and never gives less than 32. Other allocators are close to it.
+fn allocation(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        ((n + 8 + 15) & !15).max(32)
+    }
+}
+
+/// The memory one entry holds, once compacted: its shared allocation, the key's four strings,
+/// the header list and the body.
+fn held_by(c: &Cached) -> usize {
+    let key = &c.key;
+    let response = &c.entry.response;
+    let key_strings = allocation(key.scope.tenant.as_str().len())
+        + allocation(key.scope.method.len())
+        + allocation(key.scope.route.len())
+        + allocation(key.key.as_str().len());
+    let headers: usize = response
         .headers
         .iter()
-        .map(|(n, v)| n.len() + v.len())
-        .sum();
-    // Key strings and fixed overhead, so that many tiny entries are bounded too.
-    e.response.body.len() + headers + key.key.as_str().len() + key.scope.route.len() + 128
+        .map(|(n, v)| allocation(n.capacity()) + allocation(v.capacity()))
+        .sum::<usize>()
+        + allocation(response.headers.capacity() * size_of::<(String, Vec<u8>)>());
+    // A body copied into a `Vec` of its exact length becomes `Bytes` without a new allocation,
+    // and gains a small shared header the first time it is cloned (every replay clones it).
+    let body = if response.body.is_empty() {
+        0
+    } else {
+        allocation(response.body.len()) + allocation(3 * size_of::<usize>())
+    };
+    // The Arc's allocation: two counters and the entry.
+    allocation(2 * size_of::<usize>() + size_of::<Cached>()) + key_strings + headers + body
+}
+
+impl Inner {
+    /// The set's and the queue's tables. hashbrown keeps one control byte per bucket and at
+    /// most 7/8 of its buckets full.
+    fn table_bytes(&self) -> usize {
+        self.entries.capacity() * 8 / 7 * (size_of::<Slot>() + 1)
+            + self.order.capacity() * size_of::<Slot>()
+    }
+
+    fn held(&self) -> usize {
+        self.entry_bytes + self.table_bytes()
+    }
+
+    fn forget(&mut self, key: &RecordKey) -> bool {
+        match self.entries.take(key) {
+            Some(slot) => {
+                self.entry_bytes -= held_by(&slot.0);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The same entry, owning exactly what it needs and nothing it shares with a larger buffer.
+fn compact(mut key: RecordKey, mut e: Entry) -> Cached {
+    key.shrink_to_fit();
+    e.response.body = Bytes::from(e.response.body.to_vec());
+    for (n, v) in &mut e.response.headers {
+        n.shrink_to_fit();
+        v.shrink_to_fit();
+    }
+    e.response.headers.shrink_to_fit();
+    Cached { key, entry: e }
 }
 
 impl ReplayCache {
@@ -50,7 +149,7 @@ impl ReplayCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // Every update below leaves the maps consistent before it can panic.
+        // Every update below leaves the set and the queue consistent before it can panic.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -62,30 +161,34 @@ impl ReplayCache {
         self.lock()
             .entries
             .get(key)
+            .map(|slot| &slot.0.entry)
             .filter(|e| e.expires_at > now)
             .cloned()
     }
 
     pub(crate) fn insert(&self, key: RecordKey, entry: Entry) {
-        let w = weight(&key, &entry);
-        if w > self.max_bytes / 8 {
+        if self.max_bytes == 0 {
+            return;
+        }
+        let cached = compact(key, entry);
+        let weight = held_by(&cached);
+        if weight > self.max_bytes / 8 {
             // One huge response must not flush everything else.
             return;
         }
+        let slot = Slot(Arc::new(cached));
         let mut inner = self.lock();
-        if let Some(old) = inner.entries.insert(key.clone(), entry.clone()) {
-            inner.bytes -= weight(&key, &old);
-        } else {
-            inner.order.push_back(key.clone());
+        if inner.forget(&slot.0.key) {
+            inner.order.retain(|s| s != &slot);
         }
-        inner.bytes += w;
-        while inner.bytes > self.max_bytes {
+        inner.entries.insert(slot.clone());
+        inner.order.push_back(slot);
+        inner.entry_bytes += weight;
+        while inner.held() > self.max_bytes {
             let Some(oldest) = inner.order.pop_front() else {
                 break;
             };
-            if let Some(e) = inner.entries.remove(&oldest) {
-                inner.bytes -= weight(&oldest, &e);
-            }
+            inner.forget(&oldest.0.key);
         }
     }
 
@@ -93,9 +196,8 @@ impl ReplayCache {
     /// rate of manual evictions.
     pub(crate) fn remove(&self, key: &RecordKey) {
         let mut inner = self.lock();
-        if let Some(old) = inner.entries.remove(key) {
-            inner.bytes -= weight(key, &old);
-            inner.order.retain(|k| k != key);
+        if inner.forget(key) {
+            inner.order.retain(|s| s.0.key != *key);
         }
     }
 
@@ -108,7 +210,7 @@ impl ReplayCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
+    use crate::test_alloc::net_allocated;
     use oncely_core::{IdempotencyKey, Tenant};
 
     fn key(k: &str) -> RecordKey {
@@ -131,6 +233,68 @@ mod tests {
         }
     }
 
+    /// An entry as the gateway makes one from an upstream's answer: a short JSON body that is
+    /// a slice of hyper's 8 KiB read buffer, and the headers a typical service sends.
+    fn proxied_entry(i: usize) -> (RecordKey, Entry) {
+        let read_buffer = Bytes::from(vec![b' '; 8192]);
+        let body = read_buffer.slice(100..147);
+        drop(read_buffer);
+        let mut headers = Vec::with_capacity(16);
+        headers.push(("content-type".to_owned(), b"application/json".to_vec()));
+        headers.push((
+            "x-request-id".to_owned(),
+            format!("req-{i:032}").into_bytes(),
+        ));
+        headers.push(("location".to_owned(), format!("/orders/{i}").into_bytes()));
+        let key = RecordKey::new(
+            Tenant::from_authorization(b"Bearer secret"),
+            "POST",
+            "/orders",
+            IdempotencyKey::new(&format!("0190a5c8-7d3e-7{i:03x}-8f00-{i:012x}")).unwrap(),
+        );
+        let entry = Entry {
+            fingerprint: Fingerprint::compute("POST", "/orders", None, b"{}"),
+            expires_at: Timestamp(i64::MAX),
+            response: StoredResponse {
+                status: 201,
+                headers,
+                body,
+            },
+        };
+        (key, entry)
+    }
+
+    #[test]
+    fn holds_no_more_memory_than_its_bound() {
+        // Counted by the allocator on this thread, not by the cache's own arithmetic.
+        for max in [256 << 10, 2 << 20] {
+            let before = net_allocated();
+            let cache = ReplayCache::new(max);
+            for i in 0..40_000 {
+                let (k, e) = proxied_entry(i);
+                cache.insert(k, e);
+                // Replays clone entries; what a clone adds to the stored body stays counted.
+                if i % 7 == 0 {
+                    let _ = cache.get(&proxied_entry(i).0, Timestamp(0));
+                }
+            }
+            let held = net_allocated() - before;
+            let entries = cache.len();
+            assert!(
+                held <= max as isize,
+                "a {max}-byte cache holds {held} bytes in {entries} entries"
+            );
+            // And the charge is not so cautious that the cache wastes most of its room.
+            assert!(
+                held >= max as isize / 2,
+                "a {max}-byte cache holds only {held} bytes in {entries} entries"
+            );
+            assert!(cache.get(&proxied_entry(39_999).0, Timestamp(0)).is_some());
+            drop(cache);
+            assert!(net_allocated() - before <= 0, "dropping the cache frees it");
+        }
+    }
+
     #[test]
     fn expired_entries_are_never_served() {
         let c = ReplayCache::new(1 << 20);
@@ -141,7 +305,7 @@ mod tests {
 
     #[test]
     fn bounded_by_bytes_oldest_first() {
-        let c = ReplayCache::new(8 * 1024);
+        let c = ReplayCache::new(32 * 1024);
         for i in 0..100 {
             c.insert(key(&format!("k{i}")), entry(500, 1000));
         }
@@ -160,14 +324,19 @@ mod tests {
         let c = ReplayCache::new(1 << 20);
         c.insert(key("a"), entry(100, 10));
         c.insert(key("b"), entry(100, 10));
+        let two = c.lock().entry_bytes;
         c.remove(&key("a"));
         assert!(c.get(&key("a"), Timestamp(0)).is_none());
         assert!(c.get(&key("b"), Timestamp(0)).is_some());
+        assert_eq!(c.lock().entry_bytes, two / 2);
         c.insert(key("a"), entry(100, 10));
         assert_eq!(c.len(), 2);
         assert_eq!(c.lock().order.len(), 2, "no stale place left behind");
-        let one = weight(&key("a"), &entry(100, 10));
-        assert_eq!(c.lock().bytes, 2 * one);
+        assert_eq!(c.lock().entry_bytes, two);
+        // Inserting a key again replaces it and its place in the queue.
+        c.insert(key("a"), entry(100, 10));
+        assert_eq!(c.lock().order.len(), 2);
+        assert_eq!(c.lock().entry_bytes, two);
     }
 
     #[test]
