@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use oncely_gateway::audit::{default_chain, AuditConfig, AuditUrl, RedactionKey};
 use oncely_gateway::config::{
-    parse_admin_listen, parse_upstream, read_key_file, DEFAULT_ADMIN_LISTEN,
+    parse_admin_listen, parse_duration, parse_size, parse_upstream, read_key_file,
 };
 use oncely_gateway::store_url::StoreUrl;
 use oncely_gateway::AdminConfig;
@@ -27,10 +27,31 @@ pub struct ServeArgs {
     /// when they carry an Idempotency-Key.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The admin listener (/metrics, /healthz), or `off` [default: 127.0.0.1:9091, or
-    /// admin.listen in the config].
+    /// The admin listener (/metrics, /healthz), or `off` [default: 127.0.0.1:7979, or
+    /// admin.listen in the config]. If the default address is taken (another gateway on this
+    /// host), the gateway warns and runs without one; an address given here must be free.
     #[arg(long, value_name = "ADDR|off")]
     admin_listen: Option<String>,
+    /// Memory for completed responses replayed without the store, e.g. 64MiB; 0 turns the
+    /// cache off [default: 64MiB, or server.replay_cache].
+    #[arg(long, value_name = "SIZE")]
+    replay_cache: Option<String>,
+    /// Time a client may take to send a request's headers [default: 30s, or
+    /// server.header_timeout].
+    #[arg(long, value_name = "DURATION")]
+    header_timeout: Option<String>,
+    /// Time a request body may send nothing before the request is cut off with 408
+    /// [default: 60s, or server.body_idle_timeout].
+    #[arg(long, value_name = "DURATION")]
+    body_idle_timeout: Option<String>,
+    /// Time a keyed request's whole body may take to arrive [default: 2min, or
+    /// server.body_timeout].
+    #[arg(long, value_name = "DURATION")]
+    body_timeout: Option<String>,
+    /// Client connections served at once; more wait until one closes [default: 10000, or
+    /// server.max_connections].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
     /// Bearer token the admin listener requires (at least 16 characters); needed to bind it
     /// to a non-loopback address.
     #[arg(
@@ -101,12 +122,7 @@ fn build_config(args: &ServeArgs) -> Result<Config, String> {
         StoreUrl::parse("sqlite://oncely.db")?,
     );
     let mut defaults = defaults;
-    defaults.admin = Some(AdminConfig {
-        listen: DEFAULT_ADMIN_LISTEN
-            .parse()
-            .map_err(|_| "bad default admin address".to_owned())?,
-        token: None,
-    });
+    defaults.admin = Some(AdminConfig::default_listener());
     let mut config = match &args.config {
         Some(path) => defaults.load_file(path).map_err(|e| e.to_string())?,
         None => defaults,
@@ -117,6 +133,7 @@ fn build_config(args: &ServeArgs) -> Result<Config, String> {
             .map(|listen| AdminConfig {
                 listen,
                 token: config.admin.as_ref().and_then(|a| a.token.clone()),
+                is_default: false,
             });
     }
     if let Some(t) = &args.admin_token {
@@ -134,6 +151,33 @@ fn build_config(args: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(s) = &args.store {
         config.store = StoreUrl::parse(s).map_err(|e| format!("--store: {e}"))?;
+    }
+    if let Some(v) = &args.replay_cache {
+        config.replay_cache = parse_size(v).map_err(|e| format!("--replay-cache: {e}"))?;
+    }
+    for (flag, value, setting) in [
+        (
+            "--header-timeout",
+            &args.header_timeout,
+            &mut config.header_timeout,
+        ),
+        (
+            "--body-idle-timeout",
+            &args.body_idle_timeout,
+            &mut config.body_idle_timeout,
+        ),
+        (
+            "--body-timeout",
+            &args.body_timeout,
+            &mut config.body_timeout,
+        ),
+    ] {
+        if let Some(v) = value {
+            *setting = parse_duration(v).map_err(|e| format!("{flag}: {e}"))?;
+        }
+    }
+    if let Some(n) = args.max_connections {
+        config.max_connections = n;
     }
     apply_audit_args(args, &mut config)?;
     if config.upstream.is_none() {

@@ -14,10 +14,11 @@ pub enum ProblemKind {
     UpstreamUnavailable,
     UpstreamTimeout,
     BodyUnreadable,
+    RequestTimeout,
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 9] = [
+    pub const ALL: [ProblemKind; 10] = [
         ProblemKind::MissingKey,
         ProblemKind::InvalidKey,
         ProblemKind::KeyReused,
@@ -27,6 +28,7 @@ impl ProblemKind {
         ProblemKind::UpstreamUnavailable,
         ProblemKind::UpstreamTimeout,
         ProblemKind::BodyUnreadable,
+        ProblemKind::RequestTimeout,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -40,6 +42,7 @@ impl ProblemKind {
             ProblemKind::UpstreamUnavailable => "upstream-unavailable",
             ProblemKind::UpstreamTimeout => "upstream-timeout",
             ProblemKind::BodyUnreadable => "request-body-unreadable",
+            ProblemKind::RequestTimeout => "request-timeout",
         }
     }
 
@@ -62,6 +65,7 @@ impl ProblemKind {
             ProblemKind::UpstreamUnavailable => "The upstream service could not be reached",
             ProblemKind::UpstreamTimeout => "The upstream service did not answer in time",
             ProblemKind::BodyUnreadable => "The request body could not be read",
+            ProblemKind::RequestTimeout => "The request body did not arrive in time",
         }
     }
 
@@ -75,6 +79,7 @@ impl ProblemKind {
             ProblemKind::BodyTooLarge => 413,
             ProblemKind::UpstreamUnavailable => 502,
             ProblemKind::UpstreamTimeout => 504,
+            ProblemKind::RequestTimeout => 408,
         }
     }
 

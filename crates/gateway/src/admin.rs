@@ -99,22 +99,41 @@ struct Admin {
 }
 
 /// Binds the admin listener; serves until `stop` changes.
+/// Why the admin listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("admin listener on {0}: reachable from other hosts, so it needs a token")]
+    NeedsToken(SocketAddr),
+    #[error("cannot listen on {addr} (admin): {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl BindError {
+    /// Something else listens there already (another gateway on this host, say).
+    pub fn is_address_taken(&self) -> bool {
+        matches!(self, BindError::Listen { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse)
+    }
+}
+
 pub async fn bind(
     listen: SocketAddr,
     token: Option<String>,
     metrics: Metrics,
     stop: watch::Receiver<bool>,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), String> {
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), BindError> {
     // Also checked by `Config::validate`; here too, for embedders who bind without it.
     if token.is_none() && !listen.ip().is_loopback() {
-        return Err(format!(
-            "admin listener on {listen}: reachable from other hosts, so it needs a token"
-        ));
+        return Err(BindError::NeedsToken(listen));
     }
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on {listen} (admin): {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let failed = |source| BindError::Listen {
+        addr: listen,
+        source,
+    };
+    let listener = TcpListener::bind(listen).await.map_err(failed)?;
+    let addr = listener.local_addr().map_err(failed)?;
     let admin = Arc::new(Admin { metrics, token });
     Ok((addr, tokio::spawn(serve(listener, admin, stop))))
 }

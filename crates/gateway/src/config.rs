@@ -49,9 +49,18 @@ pub struct Config {
     pub purge_batch: usize,
     /// Bytes of completed responses kept in memory to replay retries without the store.
     pub replay_cache: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long a request body may send nothing before the request is cut off with 408.
+    pub body_idle_timeout: Duration,
+    /// How long a keyed request's whole body may take to arrive.
+    pub body_timeout: Duration,
+    /// Client connections served at once; beyond it, new connections wait in the kernel's
+    /// accept queue until one closes.
+    pub max_connections: usize,
     pub routes: Routes,
     /// The admin listener (`/metrics`, ...); `None`: none. `oncely serve` enables it on
-    /// 127.0.0.1:9091 unless told otherwise.
+    /// [`DEFAULT_ADMIN_LISTEN`] unless told otherwise.
     pub admin: Option<AdminConfig>,
     /// The audit trail (one event per keyed answer); `None`: none.
     pub audit: Option<crate::audit::AuditConfig>,
@@ -62,6 +71,20 @@ pub struct Config {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub token: Option<String>,
+    /// The address is the default, not one asked for: if it is taken (another gateway on
+    /// this host), the gateway warns and runs without an admin listener instead of exiting.
+    pub is_default: bool,
+}
+
+impl AdminConfig {
+    /// The admin listener on [`DEFAULT_ADMIN_LISTEN`], without a token.
+    pub fn default_listener() -> AdminConfig {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT)),
+            token: None,
+            is_default: true,
+        }
+    }
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -70,12 +93,15 @@ impl std::fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("is_default", &self.is_default)
             .finish()
     }
 }
 
-/// The admin listener's address when none is configured.
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9091";
+/// The admin listener's address when none is configured. Outside 9100-9999 (Prometheus'
+/// exporters) and off 9091 (its Pushgateway).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7979";
+const DEFAULT_ADMIN_PORT: u16 = 7979;
 
 /// Parses an admin address: `HOST:PORT`, or `off` for no admin listener.
 pub fn parse_admin_listen(s: &str) -> Result<Option<SocketAddr>, String> {
@@ -84,8 +110,11 @@ pub fn parse_admin_listen(s: &str) -> Result<Option<SocketAddr>, String> {
     }
     s.parse()
         .map(Some)
-        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:9091 (or `off`)"))
+        .map_err(|_| format!("`{s}` is not an address like {DEFAULT_ADMIN_LISTEN} (or `off`)"))
 }
+
+/// Client connections served at once unless configured.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 impl Config {
     /// The defaults without a config file: POST and PATCH are keyed when a key is sent.
@@ -100,6 +129,10 @@ impl Config {
             purge_interval: Duration::from_secs(60),
             purge_batch: 1000,
             replay_cache: oncely_http::DEFAULT_REPLAY_CACHE_BYTES,
+            header_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(60),
+            body_timeout: oncely_http::DEFAULT_BODY_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             routes: Routes::keyed_post_and_patch(RoutePolicy::default()),
             admin: None,
             audit: None,
@@ -159,22 +192,37 @@ impl Config {
                 self.replay_cache =
                     parse_size(&v).map_err(|e| format!("server.replay_cache: {e}"))?;
             }
+            if let Some(v) = s.header_timeout {
+                self.header_timeout =
+                    parse_duration(&v).map_err(|e| format!("server.header_timeout: {e}"))?;
+            }
+            if let Some(v) = s.body_idle_timeout {
+                self.body_idle_timeout =
+                    parse_duration(&v).map_err(|e| format!("server.body_idle_timeout: {e}"))?;
+            }
+            if let Some(v) = s.body_timeout {
+                self.body_timeout =
+                    parse_duration(&v).map_err(|e| format!("server.body_timeout: {e}"))?;
+            }
+            if let Some(v) = s.max_connections {
+                self.max_connections = v;
+            }
         }
         if let Some(a) = file.admin {
-            let listen = match a.listen {
-                Some(v) => parse_admin_listen(&v).map_err(|e| format!("admin.listen: {e}"))?,
-                None => self
-                    .admin
-                    .as_ref()
-                    .map(|a| a.listen)
-                    .or_else(|| DEFAULT_ADMIN_LISTEN.parse().ok()),
-            };
-            self.admin = match listen {
-                Some(listen) => Some(AdminConfig {
-                    listen,
-                    token: a.token.or(self.admin.and_then(|a| a.token)),
+            let before = self.admin.take();
+            let token = a.token.or(before.as_ref().and_then(|b| b.token.clone()));
+            self.admin = match a.listen {
+                Some(v) => parse_admin_listen(&v)
+                    .map_err(|e| format!("admin.listen: {e}"))?
+                    .map(|listen| AdminConfig {
+                        listen,
+                        token,
+                        is_default: false,
+                    }),
+                None => Some(AdminConfig {
+                    token,
+                    ..before.unwrap_or_else(AdminConfig::default_listener)
                 }),
-                None => None,
             };
         }
         if let Some(a) = file.audit {
@@ -239,6 +287,34 @@ impl Config {
                     )));
                 }
                 _ => {}
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "server.max_connections: at least 1 connection must be allowed".into(),
+            ));
+        }
+        for (name, d) in [
+            ("server.header_timeout", self.header_timeout),
+            ("server.body_idle_timeout", self.body_idle_timeout),
+            ("server.body_timeout", self.body_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}: must be longer than 0 (it cuts off clients that stall)"
+                )));
+            }
+        }
+        if let Some(limit) = crate::server::open_files_limit() {
+            // Each client connection is a descriptor, and so may be one upstream connection
+            // for it; the stores and the listener need a few more.
+            if (limit as usize) < self.max_connections.saturating_mul(2) {
+                warnings.push(format!(
+                    "server.max_connections is {} but this process may open only {limit} files \
+                     (ulimit -n); raise the limit or lower max_connections, or accepting will \
+                     fail before the limit is reached",
+                    self.max_connections
+                ));
             }
         }
         if self.response_timeout <= self.connect_timeout {
@@ -387,6 +463,10 @@ struct ServerSection {
     purge_interval: Option<String>,
     purge_batch: Option<usize>,
     replay_cache: Option<String>,
+    header_timeout: Option<String>,
+    body_idle_timeout: Option<String>,
+    body_timeout: Option<String>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

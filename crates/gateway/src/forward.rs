@@ -15,7 +15,7 @@ use http::{Request, Response, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use oncely_http::body::boxed;
+use oncely_http::body::{boxed, BodyTimedOut, IdleTimeout};
 use oncely_http::headers::strip_hop_by_hop;
 use oncely_http::{BoxBody, UpstreamError, UpstreamErrorKind};
 use tower_service::Service;
@@ -123,6 +123,15 @@ impl Service<Request<BoxBody>> for Forwarder {
                         format!("cannot connect to the upstream: {}", source_chain(&e)),
                     ))
                 }
+                Ok(Err(e)) if BodyTimedOut::find(&e).is_some() => {
+                    return Err(UpstreamError::new(
+                        UpstreamErrorKind::ClientBodyTimedOut,
+                        format!(
+                            "the request body stalled while it was sent on: {}",
+                            source_chain(&e)
+                        ),
+                    ))
+                }
                 Ok(Err(e)) => {
                     return Err(UpstreamError::new(
                         UpstreamErrorKind::Unknown,
@@ -133,6 +142,8 @@ impl Service<Request<BoxBody>> for Forwarder {
             };
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            // An upstream that stalls after its headers must not hold a request (and its key)
+            // forever.
             let body = IdleTimeout::new(body, this.response_timeout);
             Ok(Response::from_parts(parts, boxed(body)))
         })
@@ -148,70 +159,4 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
-}
-
-/// Fails a response body that sends nothing for `idle`: an upstream that stalls after its
-/// headers must not hold a request (and its key) forever.
-struct IdleTimeout<B> {
-    inner: B,
-    idle: Duration,
-    /// Armed only while waiting for the upstream: a body that is ready when polled, the
-    /// usual case, never registers a timer.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<B> IdleTimeout<B> {
-    fn new(inner: B, idle: Duration) -> Self {
-        IdleTimeout {
-            inner,
-            idle,
-            timer: None,
-        }
-    }
-}
-
-impl<B> http_body::Body for IdleTimeout<B>
-where
-    B: http_body::Body<Data = bytes::Bytes> + Unpin,
-    B::Error: Into<oncely_http::BoxError>,
-{
-    type Data = bytes::Bytes;
-    type Error = oncely_http::BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                self.timer = None;
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
-            Poll::Pending => match {
-                let idle = self.idle;
-                self.timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)))
-            }
-            .as_mut()
-            .poll(cx)
-            {
-                Poll::Ready(()) => {
-                    let msg = format!(
-                        "the upstream sent nothing for {:?} in the middle of its response",
-                        self.idle
-                    );
-                    Poll::Ready(Some(Err(msg.into())))
-                }
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
 }

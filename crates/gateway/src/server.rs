@@ -13,12 +13,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use oncely_audit::AuditWriter;
 use oncely_core::{Clock, SystemClock};
+use oncely_http::body::IdleTimeout;
 use oncely_http::{
     CorrelationLayer, Engine, EngineMetrics, IdempotencyLayer, Observers, OutcomeObserver,
 };
 use oncely_store::{IdempotencyStore, StoreMetrics, TimedStore};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -109,6 +110,7 @@ impl Gateway {
             self.config.routes.clone(),
         )
         .with_replay_cache(self.config.replay_cache)
+        .with_body_timeout(self.config.body_timeout)
         .with_observer(Arc::new(Observers(observers)));
         let engine = Arc::new(engine);
         let (tx, rx) = watch::channel(false);
@@ -120,9 +122,20 @@ impl Gateway {
                     executions: engine.clone(),
                     audit: audit.clone(),
                 };
-                let (addr, _task) =
-                    admin::bind(a.listen, a.token.clone(), page, rx.clone()).await?;
-                Some(addr)
+                match admin::bind(a.listen, a.token.clone(), page, rx.clone()).await {
+                    Ok((addr, _task)) => Some(addr),
+                    // Only the default address gives way: a second gateway on this host then
+                    // runs, while an address someone asked for stays a hard error.
+                    Err(e) if a.is_default && e.is_address_taken() => {
+                        tracing::warn!(
+                            admin = %a.listen,
+                            "the default admin address is in use (another gateway on this host?): \
+                             running without an admin listener; pass --admin-listen ADDR to get one"
+                        );
+                        None
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
             }
             None => None,
         };
@@ -208,8 +221,34 @@ async fn serve(
     ));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(config.header_timeout);
+    let body_idle = config.body_idle_timeout;
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut full_since_logged: Option<tokio::time::Instant> = None;
     loop {
+        // A connection slot first: at the limit, new connections wait in the kernel's accept
+        // queue (and are refused by it once that is full) instead of taking descriptors and
+        // memory here.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if full_since_logged.is_none_or(|t| t.elapsed() >= CONNECTION_LIMIT_LOG_EVERY) {
+                    tracing::warn!(
+                        max_connections = config.max_connections,
+                        "connection limit reached: new connections wait until one closes \
+                         (server.max_connections / --max-connections)"
+                    );
+                    full_since_logged = Some(tokio::time::Instant::now());
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
@@ -224,7 +263,9 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let svc = service.clone();
-        let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let hyper_svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            // A body that stalls is cut off, keyed or not (see `IdleTimeout`).
+            let mut req = req.map(|body| IdleTimeout::new(body, body_idle));
             req.extensions_mut().insert(ClientAddr(peer));
             let mut svc = svc.clone();
             async move {
@@ -237,6 +278,7 @@ async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -261,6 +303,16 @@ async fn serve(
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         writer.close(left.max(Duration::from_secs(5))).await;
     }
+}
+
+/// How often, at most, the gateway says that it is at its connection limit.
+const CONNECTION_LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The soft limit on open files of this process (`ulimit -n`), where the system tells it.
+pub(crate) fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 async fn purge_loop(engine: Arc<Engine>, every: Duration, batch: usize) {

@@ -35,6 +35,7 @@ async fn start(store: Arc<dyn IdempotencyStore>) -> (RunningGateway, CountingUps
     config.admin = Some(AdminConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         token: Some(TOKEN.into()),
+        is_default: false,
     });
     config.validate().unwrap();
     let gateway = Gateway::with_store(config, store, Arc::new(SystemClock))
@@ -250,6 +251,7 @@ async fn purged_records_are_counted() {
     config.admin = Some(AdminConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         token: Some(TOKEN.into()),
+        is_default: false,
     });
     let gateway = Gateway::with_store(
         config,
@@ -355,17 +357,20 @@ fn an_admin_listener_open_to_other_hosts_needs_a_token() {
     config.admin = Some(AdminConfig {
         listen: "0.0.0.0:9091".parse().unwrap(),
         token: None,
+        is_default: false,
     });
     let err = config.validate().unwrap_err().to_string();
     assert!(err.contains("needs a token"), "{err}");
     config.admin = Some(AdminConfig {
         listen: "0.0.0.0:9091".parse().unwrap(),
         token: Some("short".into()),
+        is_default: false,
     });
     assert!(config.validate().unwrap_err().to_string().contains("16"));
     config.admin = Some(AdminConfig {
         listen: "[::1]:9091".parse().unwrap(),
         token: None,
+        is_default: false,
     });
     assert!(config.validate().is_ok(), "loopback needs no token");
     let from_file = Config::new("127.0.0.1:0".parse().unwrap(), None, StoreUrl::Memory)
@@ -387,6 +392,7 @@ fn an_admin_listener_open_to_other_hosts_needs_a_token() {
     let with_token = AdminConfig {
         listen: "127.0.0.1:9091".parse().unwrap(),
         token: Some(TOKEN.into()),
+        is_default: false,
     };
     assert!(
         !format!("{with_token:?}").contains(TOKEN),

@@ -1035,3 +1035,251 @@ async fn a_locked_sqlite_file_fails_closed_in_bounded_time_then_recovers() {
         "nothing completed before the outage was lost"
     );
 }
+
+// --- Slow clients ---------------------------------------------------------------------------
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A request head announcing a 100-byte body, followed by its first 10 bytes.
+fn stalled_request(path: &str, key: Option<&str>) -> Vec<u8> {
+    let key = key.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{key}Content-Length: 100\r\n\r\n{{\"a\":\"0123"
+    )
+    .into_bytes()
+}
+
+/// Everything the gateway sends on `stream` until it closes it, or an error if it has not
+/// closed it by `deadline`.
+async fn read_until_closed(
+    stream: &mut TcpStream,
+    deadline: tokio::time::Instant,
+) -> Result<String, String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => {
+                return Err(format!(
+                    "still open, having sent {:?}",
+                    String::from_utf8_lossy(&got)
+                ))
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn assert_request_timeout(answer: &str) {
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/problem+json"),
+        "{answer}"
+    );
+    assert!(lower.contains("connection: close"), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").expect("a head and a body") + 4..];
+    let problem: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(problem["type"], "urn:oncely:problem:request-timeout");
+    assert_eq!(problem["status"], 408);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_stalled_bodies_are_cut_off_while_others_are_served() {
+    let s = setup("[server]\nbody_idle_timeout = \"1s\"\n").await;
+    let addr = s.gateway.addr();
+    let mut stalled = Vec::new();
+    for i in 0..500 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        // Keyed ones and unkeyed ones (streamed on to the upstream as they arrive).
+        let key = format!("stall-{i}");
+        let keyed = i % 2 == 0;
+        c.write_all(&stalled_request("/orders", keyed.then_some(key.as_str())))
+            .await
+            .unwrap();
+        stalled.push((c, key, keyed));
+    }
+    let stalled_at = tokio::time::Instant::now();
+    // Meanwhile ordinary requests are answered as usual.
+    for i in 0..20 {
+        let a = s.post(&format!("fine-{i}"), "{}", &[]).await;
+        assert_eq!(a.status, 201, "{:?}", a.body);
+    }
+    let deadline = stalled_at + Duration::from_secs(6);
+    let mut answers = Vec::new();
+    for (c, key, keyed) in &mut stalled {
+        let answer = read_until_closed(c, deadline)
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        answers.push((answer, key.clone(), *keyed));
+    }
+    assert!(
+        stalled_at.elapsed() < Duration::from_secs(6),
+        "all closed within the idle timeout and some slack"
+    );
+    for (answer, key, keyed) in answers {
+        assert_request_timeout(&answer);
+        if keyed {
+            assert_eq!(s.upstream.executions(&key), 0, "{key} never executed");
+            let record = oncely_core::RecordKey::new(
+                oncely_core::Tenant::anonymous(),
+                "POST",
+                "/orders",
+                oncely_core::IdempotencyKey::new(&key).unwrap(),
+            );
+            let stored = s.gateway.engine().store().get(&record).await.unwrap();
+            assert!(stored.is_none(), "nothing claimed for {key}");
+        }
+    }
+    assert_eq!(
+        s.gateway.metrics().requests("body_timeout"),
+        250,
+        "the keyed ones"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_steadily_is_not_cut() {
+    let s = setup("[server]\nbody_idle_timeout = \"1s\"\n").await;
+    let mut c = TcpStream::connect(s.gateway.addr()).await.unwrap();
+    let body = format!("{{\"note\":\"{}\"}}", "x".repeat(90));
+    assert_eq!(body.len(), 101);
+    let head = format!(
+        "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nIdempotency-Key: trickle\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    // 6 chunks 400 ms apart: 2.4 s in all, never more than 0.4 s idle.
+    for chunk in body.as_bytes().chunks(17) {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.write_all(chunk).await.unwrap();
+    }
+    let answer = read_until_closed(&mut c, tokio::time::Instant::now() + Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201 "), "{answer}");
+    assert_eq!(s.upstream.executions("trickle"), 1);
+}
+
+#[tokio::test]
+async fn a_keyed_body_slower_than_the_total_timeout_gets_408_and_claims_nothing() {
+    let s = setup("[server]\nbody_idle_timeout = \"1s\"\nbody_timeout = \"1500ms\"\n").await;
+    let mut c = TcpStream::connect(s.gateway.addr()).await.unwrap();
+    c.write_all(&stalled_request("/orders", Some("too-slow")))
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    // Never idle for long, but never done either.
+    let trickle = async {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if c.write_all(b"4").await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(1800), trickle).await;
+    let answer = read_until_closed(&mut c, started + Duration::from_secs(4))
+        .await
+        .unwrap();
+    assert_request_timeout(&answer);
+    assert!(answer.contains("1.5s"), "says which limit: {answer}");
+    assert_eq!(s.upstream.executions("too-slow"), 0);
+    // The key is free: the whole request, sent again, executes.
+    let retried = s.post("too-slow", "{}", &[]).await;
+    assert_eq!(retried.status, 201);
+}
+
+#[tokio::test]
+async fn a_stalled_unkeyed_upload_is_aborted_upstream() {
+    // An upstream of our own that reads the head and then the body, and records how the
+    // body ended.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<(usize, bool)>();
+    tokio::spawn(async move {
+        let (mut c, _) = upstream.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let aborted = loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => break true,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            let text = String::from_utf8_lossy(&got);
+            if let Some(at) = text.find("\r\n\r\n") {
+                if got.len() - at - 4 >= 100 {
+                    break false;
+                }
+            }
+        };
+        let body = String::from_utf8_lossy(&got)
+            .find("\r\n\r\n")
+            .map_or(0, |at| got.len() - at - 4);
+        let _ = ended_tx.send((body, aborted));
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(format!("http://{upstream_addr}").parse().unwrap()),
+        StoreUrl::sqlite(dir.path().join("o.db")),
+    )
+    .apply_toml("[server]\nbody_idle_timeout = \"1s\"\n")
+    .unwrap();
+    let gateway = Gateway::open(config).await.unwrap().start().await.unwrap();
+    let mut c = TcpStream::connect(gateway.addr()).await.unwrap();
+    c.write_all(&stalled_request("/upload", None))
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut c, tokio::time::Instant::now() + Duration::from_secs(4))
+        .await
+        .unwrap();
+    assert_request_timeout(&answer);
+    let (body_seen, aborted) = tokio::time::timeout(Duration::from_secs(4), ended_rx)
+        .await
+        .expect("the upstream's connection ended")
+        .unwrap();
+    assert!(aborted, "the upstream saw the request cut short");
+    assert_eq!(body_seen, 10, "it got the 10 bytes that were sent, no more");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn header_timeout_is_configurable() {
+    let s = setup("[server]\nheader_timeout = \"1s\"\n").await;
+    let mut c = TcpStream::connect(s.gateway.addr()).await.unwrap();
+    c.write_all(b"POST /orders HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    read_until_closed(&mut c, started + Duration::from_secs(4))
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let s = setup("[server]\nmax_connections = 3\n").await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let c = TcpStream::connect(s.gateway.addr()).await.unwrap();
+        held.push(c);
+    }
+    // Let the gateway accept those three.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let url = s.url("/orders");
+    let waiting = s.client.spawn_post(&url, "fourth", "{}", &[]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!waiting.is_finished(), "no slot: the fourth waits");
+    assert_eq!(s.upstream.executions("fourth"), 0);
+    drop(held.pop());
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once a slot was free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, 201);
+}

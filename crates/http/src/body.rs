@@ -4,8 +4,10 @@
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
@@ -123,6 +125,90 @@ where
     }
 }
 
+/// A body sent nothing for longer than it was allowed to, or took longer than allowed in all.
+/// Found in an error's source chain, it tells a stalled peer from a broken one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyTimedOut {
+    #[error("no data arrived for {0:?}")]
+    Idle(Duration),
+    #[error("the body was not complete after {0:?}")]
+    Total(Duration),
+}
+
+impl BodyTimedOut {
+    /// The timeout somewhere in `err`'s source chain, if that is what ended it.
+    pub fn find(err: &(dyn std::error::Error + 'static)) -> Option<BodyTimedOut> {
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            if let Some(t) = e.downcast_ref::<BodyTimedOut>() {
+                return Some(*t);
+            }
+            cur = e.source();
+        }
+        None
+    }
+}
+
+/// Fails a body that sends nothing for `idle`: a peer that stalls in the middle of a body
+/// (a slow client's upload, an upstream after its headers) must not hold a connection, a
+/// request and its key forever.
+pub struct IdleTimeout<B> {
+    inner: B,
+    idle: Duration,
+    /// Armed only while waiting for the peer: a body that is ready when polled, the usual
+    /// case, never registers a timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, idle: Duration) -> Self {
+        IdleTimeout {
+            inner,
+            idle,
+            timer: None,
+        }
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                self.timer = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let idle = self.idle;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut::Idle(idle).into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +229,51 @@ mod tests {
             }
             Buffered::Complete(_) => panic!("over the limit"),
         }
+    }
+
+    /// A body whose frames come from a channel, so a test decides when each arrives.
+    struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl Body for ChannelBody {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        (tx, ChannelBody(rx))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_body_times_out_and_a_steady_trickle_does_not() {
+        let (tx, body) = channel_body();
+        let mut body = IdleTimeout::new(body, Duration::from_secs(10));
+        let trickle = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(9)).await;
+                tx.send(Bytes::from_static(b"x")).await.unwrap();
+            }
+            // Then it stalls, the sender kept alive.
+            std::future::pending::<()>().await;
+            drop(tx);
+        });
+        let started = tokio::time::Instant::now();
+        for _ in 0..5 {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "x");
+        }
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(
+            BodyTimedOut::find(err.as_ref()),
+            Some(BodyTimedOut::Idle(Duration::from_secs(10)))
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(45 + 10));
+        trickle.abort();
     }
 }

@@ -32,7 +32,7 @@ use oncely_core::{
 use oncely_store::{IdempotencyStore, StoreError};
 use tokio_util::task::TaskTracker;
 
-use crate::body::{buffer, full, BoxBody, BoxError, Buffered, Prefixed};
+use crate::body::{buffer, full, BodyTimedOut, BoxBody, BoxError, Buffered, Prefixed};
 use crate::cache::{Entry as CacheEntry, ReplayCache};
 use crate::policy::{
     InFlightMode, KeyRequirement, RoutePolicy, Routes, StoreFailureMode, UnknownOutcomePolicy,
@@ -64,6 +64,8 @@ pub enum Outcome {
     BodyTooLarge,
     /// The request body broke off before it was read whole.
     BodyUnreadable,
+    /// 408: the request body stalled, or took longer than allowed in all.
+    BodyTimedOut,
     /// The upstream answered a status that is not stored (5xx, 408, 429...): key released.
     Released,
     /// The upstream may or may not have acted (timeout or reset after sending).
@@ -92,6 +94,7 @@ impl Outcome {
             Outcome::InvalidKey => "invalid_key",
             Outcome::BodyTooLarge => "body_too_large",
             Outcome::BodyUnreadable => "body_unreadable",
+            Outcome::BodyTimedOut => "body_timeout",
             Outcome::Released => "released",
             Outcome::UnknownOutcome => "unknown_outcome",
             Outcome::UpstreamUnreachable => "upstream_unreachable",
@@ -175,6 +178,10 @@ pub enum UpstreamErrorKind {
     Unknown,
     /// No answer within the response timeout: the outcome is unknown.
     Timeout,
+    /// The client's request body stalled while it was being streamed on; the upstream saw
+    /// the request aborted. Only a request passed through can meet it: a keyed body is
+    /// buffered before anything is forwarded.
+    ClientBodyTimedOut,
 }
 
 /// The error a forwarding service returns so the engine can tell the cases apart. Any other
@@ -217,10 +224,14 @@ pub struct Engine {
     tasks: TaskTracker,
     observer: Option<Arc<dyn OutcomeObserver>>,
     cache: ReplayCache,
+    body_timeout: Duration,
 }
 
 /// Default size of the replay cache of completed records.
 pub const DEFAULT_REPLAY_CACHE_BYTES: usize = 64 << 20;
+
+/// Default time allowed for a keyed request's whole body to arrive.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Engine {
     pub fn new(store: Arc<dyn IdempotencyStore>, clock: Arc<dyn Clock>, routes: Routes) -> Self {
@@ -232,7 +243,16 @@ impl Engine {
             tasks: TaskTracker::new(),
             observer: None,
             cache: ReplayCache::new(DEFAULT_REPLAY_CACHE_BYTES),
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
+    }
+
+    /// How long a keyed request's body may take to arrive in all before it is answered 408
+    /// (nothing is claimed for it). Stalls between chunks are the server's to cut: the
+    /// gateway wraps every body in [`crate::body::IdleTimeout`].
+    pub fn with_body_timeout(mut self, total: Duration) -> Self {
+        self.body_timeout = total;
+        self
     }
 
     /// Sizes the in-process cache of completed records (0 turns it off): retries of finished
@@ -370,9 +390,11 @@ impl Engine {
             Some(Ok(k)) => k,
         };
         let (parts, body) = req.into_parts();
-        let body = match buffer(body, policy.max_body).await {
-            Ok(Buffered::Complete(b)) => b,
-            Ok(Buffered::TooLarge { .. }) => {
+        let buffered = tokio::time::timeout(self.body_timeout, buffer(body, policy.max_body));
+        let body = match buffered.await {
+            Err(_) => return self.body_timed_out(BodyTimedOut::Total(self.body_timeout)),
+            Ok(Ok(Buffered::Complete(b))) => b,
+            Ok(Ok(Buffered::TooLarge { .. })) => {
                 self.observe(Outcome::BodyTooLarge);
                 return problem_default(
                     ProblemKind::BodyTooLarge,
@@ -382,7 +404,10 @@ impl Engine {
                     ),
                 );
             }
-            Err(e) => {
+            Ok(Err(e)) => {
+                if let Some(timeout) = BodyTimedOut::find(e.as_ref()) {
+                    return self.body_timed_out(timeout);
+                }
                 self.observe(Outcome::BodyUnreadable);
                 return problem_default(ProblemKind::BodyUnreadable, &e.to_string());
             }
@@ -752,7 +777,7 @@ impl Engine {
                     problem_default(ProblemKind::UpstreamUnavailable, &err.message),
                 )
             }
-            UpstreamErrorKind::Unknown => (
+            UpstreamErrorKind::Unknown | UpstreamErrorKind::ClientBodyTimedOut => (
                 self.unknown_outcome(key, token, policy).await,
                 problem_default(
                     ProblemKind::UpstreamUnavailable,
@@ -818,9 +843,18 @@ impl Engine {
                 e if e.kind == UpstreamErrorKind::Timeout => {
                     problem_default(ProblemKind::UpstreamTimeout, &e.message)
                 }
+                e if e.kind == UpstreamErrorKind::ClientBodyTimedOut => request_timeout(&e.message),
                 e => problem_default(ProblemKind::UpstreamUnavailable, &e.message),
             },
         }
+    }
+
+    /// A keyed body that did not arrive in time: nothing was claimed, so nothing is held.
+    fn body_timed_out(&self, timeout: BodyTimedOut) -> Response<BoxBody> {
+        self.observe(Outcome::BodyTimedOut);
+        request_timeout(&format!(
+            "the request body did not arrive in time ({timeout}); nothing was executed, send it again"
+        ))
     }
 
     fn answer_job(
@@ -851,6 +885,14 @@ impl Engine {
         );
         self.answer_job(job, Outcome::InFlightRejected, resp)
     }
+}
+
+/// 408, and the connection closed after it: what is left of the body is never read.
+fn request_timeout(detail: &str) -> Response<BoxBody> {
+    let mut resp = problem_default(ProblemKind::RequestTimeout, detail);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 fn unknown_detail(err: &UpstreamError, policy: &RoutePolicy) -> String {

@@ -78,7 +78,8 @@ pub use body::{BoxBody, BoxError};
 pub use correlation::{Correlation, CorrelationLayer, CorrelationService};
 pub use engine::{
     Answer, Claimed, Engine, Forward, ForwardFuture, Observers, Outcome, OutcomeObserver,
-    RequestFacts, UpstreamError, UpstreamErrorKind, DEFAULT_REPLAY_CACHE_BYTES,
+    RequestFacts, UpstreamError, UpstreamErrorKind, DEFAULT_BODY_TIMEOUT,
+    DEFAULT_REPLAY_CACHE_BYTES,
 };
 pub use layer::{IdempotencyLayer, IdempotencyService};
 pub use metrics::EngineMetrics;

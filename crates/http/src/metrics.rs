@@ -12,7 +12,7 @@ use oncely_metrics::{Counter, Histogram, Text};
 use crate::{Outcome, OutcomeObserver};
 
 /// Outcomes that end a request, each counted under its name.
-const REQUEST_OUTCOMES: [Outcome; 14] = [
+const REQUEST_OUTCOMES: [Outcome; 15] = [
     Outcome::Executed,
     Outcome::Replayed,
     Outcome::WaitedThenReplayed,
@@ -22,6 +22,7 @@ const REQUEST_OUTCOMES: [Outcome; 14] = [
     Outcome::InvalidKey,
     Outcome::BodyTooLarge,
     Outcome::BodyUnreadable,
+    Outcome::BodyTimedOut,
     Outcome::Released,
     Outcome::UnknownOutcome,
     Outcome::UpstreamUnreachable,
@@ -42,7 +43,7 @@ pub struct Takeover {
 
 #[derive(Debug, Default)]
 pub struct EngineMetrics {
-    requests: [Counter; 14],
+    requests: [Counter; REQUEST_OUTCOMES.len()],
     takeovers: Counter,
     recent_takeovers: Mutex<VecDeque<Takeover>>,
     stale_completions: Counter,
