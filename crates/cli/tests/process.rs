@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use oncely_testkit::{CountingUpstream, TestClient};
 
 mod common;
-use common::{listening_and_admin_urls, listening_url, oncely, KillOnDrop};
+use common::{listening_and_admin_urls, listening_url, oncely, redis, KillOnDrop};
 
 /// Starts `oncely serve` and returns it with its base URL.
 fn serve(upstream: &str, db: &Path, config: &Path) -> (Child, String) {
@@ -187,6 +187,16 @@ fn command_line_errors_are_one_line_and_non_zero() {
     cases.push((
         upstream_args(&["--admin-listen", "nowhere"]),
         "--admin-listen",
+    ));
+    cases.push((
+        upstream_args(&["--body-idle-timeout", "forever"]),
+        "--body-idle-timeout",
+    ));
+    cases.push((upstream_args(&["--body-timeout", "0s"]), "body_timeout"));
+    cases.push((upstream_args(&["--replay-cache", "lots"]), "--replay-cache"));
+    cases.push((
+        upstream_args(&["--max-connections", "0"]),
+        "max_connections",
     ));
     let bad_config = dir.path().join("bad.toml");
     std::fs::write(&bad_config, "[defaults]\nlease = \"forever\"\n").unwrap();
@@ -609,4 +619,184 @@ async fn oncely_keys_inspects_and_evicts_through_the_admin_listener() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin listener"));
+}
+
+/// Starts `oncely serve` with nothing but `--listen`, `--upstream`, `--store` and `extra`:
+/// the defaults an operator gets. Returns it with its base URL; stderr is kept for reading.
+fn serve_defaults(upstream: &str, store: &str, extra: &[&str]) -> (KillOnDrop, String) {
+    let mut child = oncely()
+        .args(["--log-level", "warn", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--upstream", upstream, "--store", store])
+        .args(extra)
+        .env_remove("ONCELY_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn oncely serve");
+    let url = listening_url(&mut child);
+    (KillOnDrop(child), url)
+}
+
+/// Stops the gateway and returns what it wrote on stderr.
+fn stderr_of(mut gateway: KillOnDrop) -> String {
+    let _ = gateway.0.kill();
+    let out = std::mem::replace(&mut gateway.0, oncely().arg("--version").spawn().unwrap());
+    let out = out.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_with_default_flags_run_side_by_side() {
+    let upstream = CountingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    let default_admin = "127.0.0.1:7979";
+    let admin_was_free = std::net::TcpListener::bind(default_admin).is_ok();
+    let client = TestClient::new();
+
+    let (first, first_url) = serve_defaults(&upstream.url(), &store("a.db"), &[]);
+    let (second, second_url) = serve_defaults(&upstream.url(), &store("b.db"), &[]);
+    for (url, key) in [(&first_url, "on-first"), (&second_url, "on-second")] {
+        let a = client
+            .post_keyed(&format!("{url}/orders"), key, "{}", &[])
+            .await
+            .unwrap();
+        assert_eq!(a.status, 201, "{url} serves");
+    }
+    if admin_was_free {
+        let health = client
+            .send("GET", &format!("http://{default_admin}/healthz"), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(
+            health.status, 200,
+            "the first gateway has the default admin"
+        );
+    }
+    // Asked for explicitly, a taken admin address is still an error.
+    let taken = oncely()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream.url(),
+        ])
+        .args(["--store", &store("c.db"), "--admin-listen", default_admin])
+        .env_remove("ONCELY_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!taken.status.success());
+    let why = String::from_utf8_lossy(&taken.stderr);
+    assert!(
+        why.contains("cannot listen on 127.0.0.1:7979 (admin)"),
+        "{why}"
+    );
+    let warned = stderr_of(second);
+    assert!(
+        warned.contains("default admin address is in use"),
+        "the second gateway says why it has no admin listener: {warned}"
+    );
+    drop(first);
+}
+
+/// Resident memory of a process now and at its peak, in bytes, as the kernel counts it.
+fn resident_bytes(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `requests` keyed POSTs with unique keys, `concurrency` at a time.
+async fn unique_keyed_load(url: &str, requests: usize, concurrency: usize, tag: &str) {
+    let client = TestClient::new();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, next, url, tag) =
+                (client.clone(), next.clone(), url.to_owned(), tag.to_owned());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= requests {
+                        return;
+                    }
+                    let key = format!("{tag}-{i:08}-0190a5c8-7d3e-7000-8f00");
+                    let a = client
+                        .post_keyed(&url, &key, r#"{"sku":"abc","qty":1}"#, &[])
+                        .await
+                        .unwrap();
+                    assert_eq!(a.status, 201);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+}
+
+/// The replay cache is bounded by memory actually held: after filling the cache several
+/// times over, the gateway's peak RSS is its resident size after warming up plus the bound
+/// plus a little allocator slack. (Before the bound was honest, each entry kept a whole
+/// 8 KiB read buffer and the peak grew by about 5.5 KiB per request.)
+async fn memory_stays_within_the_replay_cache_bound(store: &str) {
+    const BOUND: u64 = 8 << 20;
+    let requests: usize = std::env::var("ONCELY_MEMORY_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40_000);
+    let upstream = CountingUpstream::start().await;
+    let (gateway, url) = serve_defaults(
+        &upstream.url(),
+        store,
+        &["--admin-listen", "off", "--replay-cache", "8MiB"],
+    );
+    let orders = format!("{url}/orders");
+    let pid = gateway.0.id();
+    unique_keyed_load(&orders, 3_000, 32, "warm").await;
+    let (warm, _) = resident_bytes(pid);
+    unique_keyed_load(&orders, requests, 32, "load").await;
+    let (now, peak) = resident_bytes(pid);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    eprintln!(
+        "{store}: after warm-up {:.1} MiB; after {requests} unique keyed requests {:.1} MiB, peak {:.1} MiB (cache bound {:.0} MiB)",
+        mib(warm), mib(now), mib(peak), mib(BOUND)
+    );
+    let slack = 8 << 20;
+    assert!(
+        peak <= warm + BOUND + slack,
+        "peak RSS {:.1} MiB exceeds {:.1} MiB after warm-up + {:.0} MiB cache + {:.0} MiB slack",
+        mib(peak),
+        mib(warm),
+        mib(BOUND),
+        mib(slack)
+    );
+    // The cache still does its job: a recent key replays.
+    let last = format!("load-{:08}-0190a5c8-7d3e-7000-8f00", requests - 1);
+    let replay = TestClient::new()
+        .post_keyed(&orders, &last, r#"{"sku":"abc","qty":1}"#, &[])
+        .await
+        .unwrap();
+    assert!(replay.replayed());
+    drop(gateway);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_gateway_memory_stays_within_the_replay_cache_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("o.db").display());
+    memory_stays_within_the_replay_cache_bound(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_gateway_memory_stays_within_the_replay_cache_bound() {
+    let Some(store) = redis("redis_gateway_memory_stays_within_the_replay_cache_bound") else {
+        return;
+    };
+    memory_stays_within_the_replay_cache_bound(&store.url).await;
 }

@@ -6,60 +6,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::{postgres, redis};
 
-use oncely_testkit::services::{unique_name, Service};
 use oncely_testkit::{CountingUpstream, TestClient};
-
-/// A store URL for one test and what removes its data afterwards.
-struct SharedStore {
-    url: String,
-    cleanup: Box<dyn FnOnce() + Send>,
-}
-
-impl Drop for SharedStore {
-    fn drop(&mut self) {
-        let cleanup = std::mem::replace(&mut self.cleanup, Box::new(|| {}));
-        cleanup();
-    }
-}
-
-fn postgres(test: &str) -> Option<SharedStore> {
-    let base = Service::Postgres.available(test)?;
-    let schema = unique_name("oncely_gw");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}schema={schema}");
-    Some(SharedStore {
-        url,
-        cleanup: Box::new(move || {
-            let _ = Command::new("psql")
-                .args(["-q", &base, "-c"])
-                .arg(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                .output();
-        }),
-    })
-}
-
-fn redis(test: &str) -> Option<SharedStore> {
-    let base = Service::Redis.available(test)?;
-    let prefix = unique_name("oncely_gw");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}prefix={prefix}");
-    // Records expire by themselves (PEXPIREAT); the longest TTL here is the default 24h, so
-    // delete this test's keys rather than leave them for a day.
-    Some(SharedStore {
-        url,
-        cleanup: Box::new(move || {
-            let _ = Command::new("redis-cli")
-                .args(["-u", &base, "--no-raw", "EVAL"])
-                .arg(
-                    "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \
-                     redis.call('DEL', k) n = n + 1 end return n",
-                )
-                .args(["0", &format!("{prefix}:*")])
-                .output();
-        }),
-    })
-}
 
 struct Gateway {
     child: Child,

@@ -7,6 +7,8 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command};
 
+use oncely_testkit::services::{unique_name, Service};
+
 pub fn oncely() -> Command {
     Command::new(env!("CARGO_BIN_EXE_oncely"))
 }
@@ -55,4 +57,55 @@ fn announced(out: &mut impl BufRead, prefix: &str) -> String {
         .strip_prefix(prefix)
         .unwrap_or_else(|| panic!("expected `{prefix}URL`, got {line:?}"))
         .to_owned()
+}
+
+/// A store URL for one test and what removes its data afterwards.
+pub struct SharedStore {
+    pub url: String,
+    cleanup: Box<dyn FnOnce() + Send>,
+}
+
+impl Drop for SharedStore {
+    fn drop(&mut self) {
+        let cleanup = std::mem::replace(&mut self.cleanup, Box::new(|| {}));
+        cleanup();
+    }
+}
+
+pub fn postgres(test: &str) -> Option<SharedStore> {
+    let base = Service::Postgres.available(test)?;
+    let schema = unique_name("oncely_gw");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}schema={schema}");
+    Some(SharedStore {
+        url,
+        cleanup: Box::new(move || {
+            let _ = Command::new("psql")
+                .args(["-q", &base, "-c"])
+                .arg(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .output();
+        }),
+    })
+}
+
+pub fn redis(test: &str) -> Option<SharedStore> {
+    let base = Service::Redis.available(test)?;
+    let prefix = unique_name("oncely_gw");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}prefix={prefix}");
+    // Records expire by themselves (PEXPIREAT); the longest TTL here is the default 24h, so
+    // delete this test's keys rather than leave them for a day.
+    Some(SharedStore {
+        url,
+        cleanup: Box::new(move || {
+            let _ = Command::new("redis-cli")
+                .args(["-u", &base, "--no-raw", "EVAL"])
+                .arg(
+                    "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \
+                     redis.call('DEL', k) n = n + 1 end return n",
+                )
+                .args(["0", &format!("{prefix}:*")])
+                .output();
+        }),
+    })
 }
