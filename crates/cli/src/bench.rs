@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// skips it.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// Instead of the scenarios: send N unique keyed requests through the gateway (default
+    /// settings, at the highest --concurrency) and report its resident memory as they go.
+    #[arg(long, value_name = "N")]
+    memory: Option<u64>,
 }
 
 struct Scenario {
@@ -91,6 +95,14 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", tmp.join("bench.db").display()));
     let (mut child, gateway_url) = spawn_gateway(&upstream.url(), &store, &[]).await?;
+    let gateway_pid = child.id().unwrap_or(0);
+    if let Some(n) = args.memory {
+        let concurrency = args.concurrency.iter().copied().max().unwrap_or(64);
+        let result = run_memory(&gateway_url, gateway_pid, n, concurrency, &store, &args).await;
+        let _ = child.kill().await;
+        let _ = std::fs::remove_dir_all(&tmp);
+        return result;
+    }
     eprintln!(
         "upstream {} | gateway {gateway_url} (store {store}) | {} s per run",
         upstream.url(),
@@ -166,6 +178,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             keyed: true,
             ordered: false,
             duration: Duration::from_millis(500),
+            max_requests: None,
         };
         load(t, &warm, &body, &format!("warm{i}")).await;
     }
@@ -180,9 +193,12 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             keyed: s.keyed,
             ordered: s.ordered,
             duration,
+            max_requests: None,
         };
         let direct = load(&upstream.url(), &plan, &body, &format!("s{i}d")).await;
+        reset_peak_rss(gateway_pid);
         let gateway = load(&gateway_url, &plan, &body, &format!("s{i}g")).await;
+        let gateway_peak = memory_of(gateway_pid).map(|m| m.peak);
         let reference = match &nginx {
             Some((_, url)) => Some(load(url, &plan, &body, &format!("s{i}n")).await),
             None => None,
@@ -194,7 +210,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                 load(url, &plan, &body, &format!("s{i}a")).await,
             ));
         }
-        rows.push((s.name.clone(), direct, gateway, reference));
+        rows.push((s.name.clone(), direct, gateway, reference, gateway_peak));
     }
     let _ = child.kill().await;
     if let Some((mut twin, _)) = audited {
@@ -203,9 +219,10 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     drop(nginx);
     let _ = std::fs::remove_dir_all(&tmp);
 
-    println!("| scenario | direct req/s | gateway req/s | gateway/direct | nginx req/s | gateway/nginx | direct p50 | gateway p50 | added p50 | nginx p50 | direct p99 | gateway p99 | nginx p99 | errors |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, d, g, n) in rows {
+    println!("| scenario | direct req/s | gateway req/s | gateway/direct | nginx req/s | gateway/nginx | direct p50 | gateway p50 | added p50 | nginx p50 | direct p99 | gateway p99 | nginx p99 | gateway peak RSS | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, d, g, n, peak) in rows {
+        let peak = peak.map_or("-".to_owned(), mib);
         let (n_rps, n_ratio, n_p50, n_p99, n_err) = match n {
             Some(n) => (
                 format!("{:.0}", n.rps),
@@ -217,7 +234,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             None => ("-".into(), "-".into(), "-".into(), "-".into(), 0),
         };
         println!(
-            "| {name} | {:.0} | {:.0} | {:.0}% | {n_rps} | {n_ratio} | {} | {} | {} | {n_p50} | {} | {} | {n_p99} | {} |",
+            "| {name} | {:.0} | {:.0} | {:.0}% | {n_rps} | {n_ratio} | {} | {} | {} | {n_p50} | {} | {} | {n_p99} | {peak} | {} |",
             d.rps,
             g.rps,
             100.0 * g.rps / d.rps.max(1.0),
@@ -274,6 +291,79 @@ async fn run_stores(args: &BenchArgs, tmp: &Path) -> Result<(), String> {
         plan.concurrency, args.seconds
     );
     crate::bench_stores::run(plan, tmp, postgres, redis).await
+}
+
+/// `oncely bench --memory N`: the gateway's resident memory over a long run of unique keys,
+/// which fill the replay cache (64 MiB by default) and then keep it full.
+async fn run_memory(
+    gateway_url: &str,
+    pid: u32,
+    total: u64,
+    concurrency: usize,
+    store: &str,
+    args: &BenchArgs,
+) -> Result<(), String> {
+    let body = bench_body(args.body_bytes);
+    let start = memory_of(pid).ok_or("cannot read the gateway's memory from /proc")?;
+    eprintln!(
+        "gateway {gateway_url} (store {store}, default settings): {total} unique keyed requests at c={concurrency}"
+    );
+    println!("| requests sent | gateway RSS | gateway peak RSS | req/s (this step) | errors |");
+    println!("|---:|---:|---:|---:|---:|");
+    println!("| 0 | {} | {} | - | 0 |", mib(start.now), mib(start.peak));
+    let steps = 10u64;
+    let mut sent = 0;
+    for step in 1..=steps {
+        let n = total * step / steps - sent;
+        let plan = Load {
+            concurrency,
+            duplicate_share: 0.0,
+            keyed: true,
+            ordered: false,
+            duration: Duration::from_secs(24 * 3600),
+            max_requests: Some(n),
+        };
+        let stats = load(gateway_url, &plan, &body, &format!("m{step}")).await;
+        sent += n;
+        let m = memory_of(pid).ok_or("the gateway exited")?;
+        println!(
+            "| {sent} | {} | {} | {:.0} | {} |",
+            mib(m.now),
+            mib(m.peak),
+            stats.rps,
+            stats.errors
+        );
+    }
+    Ok(())
+}
+
+/// A process's resident memory, now and at its peak, in bytes (Linux `/proc`).
+#[derive(Clone, Copy)]
+struct Memory {
+    now: u64,
+    peak: u64,
+}
+
+fn memory_of(pid: u32) -> Option<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some(Memory {
+        now: field("VmRSS:")?,
+        peak: field("VmHWM:")?,
+    })
+}
+
+/// Starts a new peak for `VmHWM` (Linux >= 4.0), so that each scenario reports its own.
+fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
 fn ms(us: u64) -> String {
@@ -445,6 +535,8 @@ pub(crate) struct Load {
     /// Keys in one increasing sequence instead of one sequence per worker.
     pub ordered: bool,
     pub duration: Duration,
+    /// Stop after this many requests in all, if it comes before the duration.
+    pub max_requests: Option<u64>,
 }
 
 /// Closed-loop load: `concurrency` workers each send one request at a time for `duration`.
@@ -455,7 +547,9 @@ pub(crate) async fn load(base: &str, plan: &Load, body: &str, tag: &str) -> Stat
         keyed,
         ordered,
         duration,
+        max_requests,
     } = *plan;
+    let budget = Arc::new(AtomicU64::new(max_requests.unwrap_or(u64::MAX)));
     let client = TestClient::new();
     let url = format!("{base}/orders");
     let next_key = Arc::new(AtomicU64::new(0));
@@ -464,19 +558,25 @@ pub(crate) async fn load(base: &str, plan: &Load, body: &str, tag: &str) -> Stat
     let started = Instant::now();
     let mut workers = Vec::new();
     for w in 0..concurrency {
-        let (client, url, next_key, errors, body, tag) = (
+        let (client, url, next_key, errors, body, tag, budget) = (
             client.clone(),
             url.clone(),
             next_key.clone(),
             errors.clone(),
             body.to_owned(),
             tag.to_owned(),
+            budget.clone(),
         );
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(4096);
             let mut i: u64 = 0;
             let mut last_key: Option<String> = None;
             while Instant::now() < deadline {
+                let left =
+                    budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                if left.is_err() {
+                    break;
+                }
                 i += 1;
                 // A duplicate repeats this worker's previous key (already completed), which is
                 // what a client retry after a lost response looks like.

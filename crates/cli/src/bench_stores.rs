@@ -390,6 +390,7 @@ async fn row(
         keyed: true,
         ordered: false,
         duration: Duration::from_millis(500),
+        max_requests: None,
     };
     super::bench::load(&gateway_url, &warm, &plan.body, &format!("{tag}-warm")).await;
     let load = super::bench::Load {

@@ -10,7 +10,7 @@ pub struct KeysArgs {
         long,
         value_name = "URL",
         env = "ONCELY_ADMIN_URL",
-        default_value = "http://127.0.0.1:9091"
+        default_value = "http://127.0.0.1:7979"
     )]
     admin: String,
     /// The admin listener's bearer token, if it has one.

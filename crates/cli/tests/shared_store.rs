@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{postgres, redis};
+use common::{postgres, redis, SharedStore};
 
 use oncely_testkit::{CountingUpstream, TestClient};
 

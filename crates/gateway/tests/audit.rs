@@ -32,6 +32,7 @@ async fn every_keyed_answer_is_one_event() {
     config.admin = Some(AdminConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         token: None,
+        is_default: false,
     });
     config.audit = Some(AuditConfig {
         url: AuditUrl::parse(&format!("sqlite://{}", path.display())).unwrap(),

@@ -1,5 +1,10 @@
 //! The in-memory backend: the pure transitions of `oncely_core::record` behind one mutex.
-//! It loses everything on restart, so it serves tests and single-process embedding only.
+//!
+//! For tests and trials only. It loses everything on restart, and it has no memory bound:
+//! every record, with its whole stored response, stays in this process until its TTL ends and
+//! a purge removes it (24 h by default), so under real traffic it grows with the request rate.
+//! Production gateways and layers use SQLite, PostgreSQL or Redis, whose in-process memory is
+//! bounded by the replay cache.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
