@@ -49,7 +49,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     body_timeout: Option<String>,
     /// Client connections served at once; more wait until one closes [default: 10000, or
-    /// server.max_connections].
+    /// less where `ulimit -n` cannot hold that many, or server.max_connections].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
     /// Bearer token the admin listener requires (at least 16 characters); needed to bind it
@@ -177,7 +177,7 @@ fn build_config(args: &ServeArgs) -> Result<Config, String> {
         }
     }
     if let Some(n) = args.max_connections {
-        config.max_connections = n;
+        config.max_connections = Some(n);
     }
     apply_audit_args(args, &mut config)?;
     if config.upstream.is_none() {

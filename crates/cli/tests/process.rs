@@ -692,12 +692,29 @@ async fn two_gateways_with_default_flags_run_side_by_side() {
         why.contains("cannot listen on 127.0.0.1:7979 (admin)"),
         "{why}"
     );
+    // Once the first is gone (a rolling restart), the second takes the default address.
+    drop(first);
+    if admin_was_free {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let health = client
+                .send("GET", &format!("http://{default_admin}/healthz"), &[], "")
+                .await;
+            if health.is_ok_and(|h| h.status == 200) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the second gateway never took the freed admin address"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     let warned = stderr_of(second);
     assert!(
         warned.contains("default admin address is in use"),
         "the second gateway says why it has no admin listener: {warned}"
     );
-    drop(first);
 }
 
 /// Resident memory of a process now and at its peak, in bytes, as the kernel counts it.
@@ -776,7 +793,7 @@ async fn memory_stays_within_the_replay_cache_bound(store: &str) {
         mib(BOUND),
         mib(slack)
     );
-    // The cache still does its job: a recent key replays.
+    // And the gateway still answers as before: a recent key replays.
     let last = format!("load-{:08}-0190a5c8-7d3e-7000-8f00", requests - 1);
     let replay = TestClient::new()
         .post_keyed(&orders, &last, r#"{"sku":"abc","qty":1}"#, &[])

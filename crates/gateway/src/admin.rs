@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// What `/metrics` renders.
+#[derive(Clone)]
 pub struct Metrics {
     pub engine: Arc<EngineMetrics>,
     pub store: Arc<StoreMetrics>,

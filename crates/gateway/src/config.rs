@@ -56,8 +56,8 @@ pub struct Config {
     /// How long a keyed request's whole body may take to arrive.
     pub body_timeout: Duration,
     /// Client connections served at once; beyond it, new connections wait in the kernel's
-    /// accept queue until one closes.
-    pub max_connections: usize,
+    /// accept queue until one closes. `None`: [`Config::connection_limit`] picks one.
+    pub max_connections: Option<usize>,
     pub routes: Routes,
     /// The admin listener (`/metrics`, ...); `None`: none. `oncely serve` enables it on
     /// [`DEFAULT_ADMIN_LISTEN`] unless told otherwise.
@@ -113,10 +113,32 @@ pub fn parse_admin_listen(s: &str) -> Result<Option<SocketAddr>, String> {
         .map_err(|_| format!("`{s}` is not an address like {DEFAULT_ADMIN_LISTEN} (or `off`)"))
 }
 
-/// Client connections served at once unless configured.
+/// Client connections served at once unless configured, where the open-files limit allows.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The most `max_connections` may be set to.
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+/// Descriptors kept back from client connections: the listeners, the stores' pools, logs.
+const RESERVED_FILES: usize = 64;
+
+/// Descriptors `n` client connections may need: one each, one upstream connection each, and
+/// the reserve.
+fn files_for(n: usize) -> u64 {
+    n.saturating_mul(2).saturating_add(RESERVED_FILES) as u64
+}
 
 impl Config {
+    /// The connections served at once: as configured, or else [`DEFAULT_MAX_CONNECTIONS`]
+    /// lowered to what the open-files limit (`ulimit -n`) can hold, so that the limit is met
+    /// here, with waiting connections, rather than by failing accepts.
+    pub fn connection_limit(&self) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let fits = crate::server::open_files_limit().map_or(DEFAULT_MAX_CONNECTIONS, |limit| {
+                (limit as usize).saturating_sub(RESERVED_FILES) / 2
+            });
+            DEFAULT_MAX_CONNECTIONS.min(fits).max(1)
+        })
+    }
+
     /// The defaults without a config file: POST and PATCH are keyed when a key is sent.
     pub fn new(listen: SocketAddr, upstream: Option<http::Uri>, store: StoreUrl) -> Self {
         Config {
@@ -132,7 +154,7 @@ impl Config {
             header_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(60),
             body_timeout: oncely_http::DEFAULT_BODY_TIMEOUT,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections: None,
             routes: Routes::keyed_post_and_patch(RoutePolicy::default()),
             admin: None,
             audit: None,
@@ -205,7 +227,7 @@ impl Config {
                     parse_duration(&v).map_err(|e| format!("server.body_timeout: {e}"))?;
             }
             if let Some(v) = s.max_connections {
-                self.max_connections = v;
+                self.max_connections = Some(v);
             }
         }
         if let Some(a) = file.admin {
@@ -289,10 +311,12 @@ impl Config {
                 _ => {}
             }
         }
-        if self.max_connections == 0 {
-            return Err(ConfigError::Invalid(
-                "server.max_connections: at least 1 connection must be allowed".into(),
-            ));
+        if let Some(n) = self.max_connections {
+            if !(1..=MAX_CONNECTIONS_LIMIT).contains(&n) {
+                return Err(ConfigError::Invalid(format!(
+                    "server.max_connections: {n} is not between 1 and {MAX_CONNECTIONS_LIMIT}"
+                )));
+            }
         }
         for (name, d) in [
             ("server.header_timeout", self.header_timeout),
@@ -305,15 +329,12 @@ impl Config {
                 )));
             }
         }
-        if let Some(limit) = crate::server::open_files_limit() {
-            // Each client connection is a descriptor, and so may be one upstream connection
-            // for it; the stores and the listener need a few more.
-            if (limit as usize) < self.max_connections.saturating_mul(2) {
+        if let (Some(n), Some(limit)) = (self.max_connections, crate::server::open_files_limit()) {
+            if limit < files_for(n) {
                 warnings.push(format!(
-                    "server.max_connections is {} but this process may open only {limit} files \
+                    "server.max_connections is {n} but this process may open only {limit} files \
                      (ulimit -n); raise the limit or lower max_connections, or accepting will \
-                     fail before the limit is reached",
-                    self.max_connections
+                     fail before the limit is reached"
                 ));
             }
         }

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use oncely_http::body::{boxed, BodyTimedOut, IdleTimeout};
 use oncely_http::headers::strip_hop_by_hop;
 use oncely_http::{BoxBody, UpstreamError, UpstreamErrorKind};
+use tokio::sync::watch;
 use tower_service::Service;
 
 /// The address of the client a request came from, set by the listener.
@@ -106,15 +107,14 @@ impl Service<Request<BoxBody>> for Forwarder {
             }
             headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
 
-            let sent = tokio::time::timeout(this.response_timeout, this.client.request(req)).await;
-            let resp = match sent {
-                Err(_) => {
+            let (progress, upload) = watch::channel(Upload::Sending(0));
+            let req = req.map(|body| boxed(Tracked::new(body, progress)));
+            let request = this.client.request(req);
+            let resp = match answer_within(request, upload, this.response_timeout).await {
+                Err(stalled) => {
                     return Err(UpstreamError::new(
                         UpstreamErrorKind::Timeout,
-                        format!(
-                            "the upstream did not answer within {:?}",
-                            this.response_timeout
-                        ),
+                        stalled.describe(this.response_timeout),
                     ))
                 }
                 Ok(Err(e)) if e.is_connect() => {
@@ -147,6 +147,127 @@ impl Service<Request<BoxBody>> for Forwarder {
             let body = IdleTimeout::new(body, this.response_timeout);
             Ok(Response::from_parts(parts, boxed(body)))
         })
+    }
+}
+
+/// How far the request body has gone to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upload {
+    /// `n` frames taken by the upstream connection so far, and it wants more.
+    Sending(u64),
+    /// The client has not sent the next part yet: its stall, which the body's own idle
+    /// timeout bounds, not the upstream's.
+    WaitingForClient(u64),
+    Sent,
+}
+
+/// Where the upstream went silent for the whole response timeout.
+enum Stalled {
+    TakingTheBody,
+    Answering,
+}
+
+impl Stalled {
+    fn describe(&self, timeout: Duration) -> String {
+        match self {
+            Stalled::TakingTheBody => {
+                format!("the upstream took none of the request body for {timeout:?}")
+            }
+            Stalled::Answering => format!("the upstream did not answer within {timeout:?}"),
+        }
+    }
+}
+
+/// Waits for the upstream's response head. The response timeout runs from the end of the
+/// upload, so a long upload that keeps moving is never cut by it; while the body is still
+/// going out, it bounds each silence of an upstream that stops taking it. A client that
+/// stops sending is left to the body's idle timeout.
+async fn answer_within<F: Future>(
+    request: F,
+    mut upload: watch::Receiver<Upload>,
+    timeout: Duration,
+) -> Result<F::Output, Stalled> {
+    tokio::pin!(request);
+    loop {
+        let state = *upload.borrow_and_update();
+        if state == Upload::Sent {
+            break;
+        }
+        let waiting_on_upstream = !matches!(state, Upload::WaitingForClient(_));
+        tokio::select! {
+            answer = request.as_mut() => return Ok(answer),
+            changed = upload.changed() => if changed.is_err() {
+                // The body is gone (sent, or dropped with the request).
+                break;
+            },
+            _ = tokio::time::sleep(timeout), if waiting_on_upstream => {
+                return Err(Stalled::TakingTheBody);
+            }
+        }
+    }
+    tokio::time::timeout(timeout, request)
+        .await
+        .map_err(|_| Stalled::Answering)
+}
+
+/// Passes a request body on and reports its progress to [`answer_within`].
+struct Tracked<B> {
+    inner: B,
+    progress: watch::Sender<Upload>,
+    frames: u64,
+}
+
+impl<B: http_body::Body> Tracked<B> {
+    fn new(inner: B, progress: watch::Sender<Upload>) -> Self {
+        if inner.is_end_stream() {
+            progress.send_replace(Upload::Sent);
+        }
+        Tracked {
+            inner,
+            progress,
+            frames: 0,
+        }
+    }
+
+    fn report(&self, now: Upload) {
+        // Only real changes wake the waiter: a body polled while still pending says nothing new.
+        self.progress.send_if_modified(|was| {
+            let changed = *was != now;
+            *was = now;
+            changed
+        });
+    }
+}
+
+impl<B> http_body::Body for Tracked<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Pending => self.report(Upload::WaitingForClient(self.frames)),
+            Poll::Ready(Some(Ok(_))) if !self.inner.is_end_stream() => {
+                self.frames += 1;
+                self.report(Upload::Sending(self.frames));
+            }
+            Poll::Ready(_) => self.report(Upload::Sent),
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -122,7 +122,7 @@ impl Gateway {
                     executions: engine.clone(),
                     audit: audit.clone(),
                 };
-                match admin::bind(a.listen, a.token.clone(), page, rx.clone()).await {
+                match admin::bind(a.listen, a.token.clone(), page.clone(), rx.clone()).await {
                     Ok((addr, _task)) => Some(addr),
                     // Only the default address gives way: a second gateway on this host then
                     // runs, while an address someone asked for stays a hard error.
@@ -130,8 +130,10 @@ impl Gateway {
                         tracing::warn!(
                             admin = %a.listen,
                             "the default admin address is in use (another gateway on this host?): \
-                             running without an admin listener; pass --admin-listen ADDR to get one"
+                             running without an admin listener until it is free; pass \
+                             --admin-listen ADDR to get one of its own"
                         );
+                        tokio::spawn(take_admin_when_free(a.clone(), page, rx.clone()));
                         None
                     }
                     Err(e) => return Err(e.to_string()),
@@ -223,7 +225,8 @@ async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout);
     let body_idle = config.body_idle_timeout;
-    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let max_connections = config.connection_limit();
+    let slots = Arc::new(Semaphore::new(max_connections));
     let mut full_since_logged: Option<tokio::time::Instant> = None;
     loop {
         // A connection slot first: at the limit, new connections wait in the kernel's accept
@@ -234,7 +237,7 @@ async fn serve(
             Err(_) => {
                 if full_since_logged.is_none_or(|t| t.elapsed() >= CONNECTION_LIMIT_LOG_EVERY) {
                     tracing::warn!(
-                        max_connections = config.max_connections,
+                        max_connections,
                         "connection limit reached: new connections wait until one closes \
                          (server.max_connections / --max-connections)"
                     );
@@ -304,6 +307,43 @@ async fn serve(
         writer.close(left.max(Duration::from_secs(5))).await;
     }
 }
+
+/// Binds the default admin address once the gateway holding it is gone: in a rolling restart
+/// on one host the new gateway starts while the old one still has it, and must not run its
+/// whole life without `/metrics` and `/healthz`.
+async fn take_admin_when_free(
+    admin: crate::config::AdminConfig,
+    page: admin::Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ADMIN_RETRY_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        match admin::bind(
+            admin.listen,
+            admin.token.clone(),
+            page.clone(),
+            stop.clone(),
+        )
+        .await
+        {
+            Ok((addr, _task)) => {
+                tracing::info!(admin = %addr, "admin listener ready (/metrics, /healthz): the default address is free now");
+                return;
+            }
+            Err(e) if e.is_address_taken() => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "giving up on the admin listener");
+                return;
+            }
+        }
+    }
+}
+
+/// How often a gateway without its default admin address tries to bind it again.
+const ADMIN_RETRY_EVERY: Duration = Duration::from_secs(5);
 
 /// How often, at most, the gateway says that it is at its connection limit.
 const CONNECTION_LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);

@@ -1226,14 +1226,18 @@ async fn a_stalled_unkeyed_upload_is_aborted_upstream() {
         Some(format!("http://{upstream_addr}").parse().unwrap()),
         StoreUrl::sqlite(dir.path().join("o.db")),
     )
-    .apply_toml("[server]\nbody_idle_timeout = \"1s\"\n")
+    // A response timeout shorter than the body's idle timeout, as by default (30 s against
+    // 60 s): it runs from the end of the upload, so the client's stall is what ends this.
+    .apply_toml(
+        "[server]\nconnect_timeout = \"200ms\"\nresponse_timeout = \"1s\"\nbody_idle_timeout = \"2s\"\n",
+    )
     .unwrap();
     let gateway = Gateway::open(config).await.unwrap().start().await.unwrap();
     let mut c = TcpStream::connect(gateway.addr()).await.unwrap();
     c.write_all(&stalled_request("/upload", None))
         .await
         .unwrap();
-    let answer = read_until_closed(&mut c, tokio::time::Instant::now() + Duration::from_secs(4))
+    let answer = read_until_closed(&mut c, tokio::time::Instant::now() + Duration::from_secs(5))
         .await
         .unwrap();
     assert_request_timeout(&answer);
@@ -1282,4 +1286,28 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
         .unwrap()
         .unwrap();
     assert_eq!(answer.status, 201);
+}
+
+#[tokio::test]
+async fn a_steady_pass_through_upload_outlasts_the_response_timeout() {
+    let s = setup(
+        "[server]\nconnect_timeout = \"200ms\"\nresponse_timeout = \"1s\"\nbody_idle_timeout = \"1s\"\n",
+    )
+    .await;
+    let mut c = TcpStream::connect(s.gateway.addr()).await.unwrap();
+    let body = format!("{{\"note\":\"{}\"}}", "x".repeat(90));
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    // 9 chunks 400 ms apart: 3.6 s of upload, three times the response timeout.
+    for chunk in body.as_bytes().chunks(12) {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.write_all(chunk).await.unwrap();
+    }
+    let answer = read_until_closed(&mut c, tokio::time::Instant::now() + Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201 "), "{answer}");
 }

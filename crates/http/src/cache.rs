@@ -33,6 +33,9 @@ struct Inner {
     order: VecDeque<Slot>,
     /// What the entries hold, without the set's and queue's tables.
     entry_bytes: usize,
+    /// The most the set's capacity has been: its table never shrinks, while `capacity()`
+    /// drops as removed slots' markers accumulate.
+    set_capacity: usize,
 }
 
 #[derive(Clone)]
@@ -109,7 +112,7 @@ impl Inner {
     /// The set's and the queue's tables. hashbrown keeps one control byte per bucket and at
     /// most 7/8 of its buckets full.
     fn table_bytes(&self) -> usize {
-        self.entries.capacity() * 8 / 7 * (size_of::<Slot>() + 1)
+        self.set_capacity * 8 / 7 * (size_of::<Slot>() + 1)
             + self.order.capacity() * size_of::<Slot>()
     }
 
@@ -166,22 +169,36 @@ impl ReplayCache {
             .cloned()
     }
 
-    pub(crate) fn insert(&self, key: RecordKey, entry: Entry) {
-        if self.max_bytes == 0 {
+    /// Keeps `entry` for `key`, unless an entry still live at `now` is there already: a
+    /// completed record never changes, so that one is the same (and replacing it would cost a
+    /// pass over the queue, on a path every concurrent retry of a finished key takes).
+    pub(crate) fn insert(&self, key: RecordKey, entry: Entry, now: Timestamp) {
+        // One huge response must not flush everything else; checked before the copy below.
+        if self.max_bytes == 0 || entry.response.body.len() > self.max_bytes / 8 {
+            return;
+        }
+        let live = |inner: &Inner| {
+            inner
+                .entries
+                .get(&key)
+                .is_some_and(|slot| slot.0.entry.expires_at > now)
+        };
+        if live(&self.lock()) {
             return;
         }
         let cached = compact(key, entry);
         let weight = held_by(&cached);
         if weight > self.max_bytes / 8 {
-            // One huge response must not flush everything else.
             return;
         }
         let slot = Slot(Arc::new(cached));
         let mut inner = self.lock();
+        // An expired entry for the key, or one that raced in since the check above.
         if inner.forget(&slot.0.key) {
             inner.order.retain(|s| s != &slot);
         }
         inner.entries.insert(slot.clone());
+        inner.set_capacity = inner.set_capacity.max(inner.entries.capacity());
         inner.order.push_back(slot);
         inner.entry_bytes += weight;
         while inner.held() > self.max_bytes {
@@ -266,13 +283,14 @@ mod tests {
 
     #[test]
     fn holds_no_more_memory_than_its_bound() {
-        // Counted by the allocator on this thread, not by the cache's own arithmetic.
+        // Counted by the allocator on this thread (the sizes asked for; malloc's own overhead,
+        // which the charge adds, is not seen here), not by the cache's own arithmetic.
         for max in [256 << 10, 2 << 20] {
             let before = net_allocated();
             let cache = ReplayCache::new(max);
             for i in 0..40_000 {
                 let (k, e) = proxied_entry(i);
-                cache.insert(k, e);
+                cache.insert(k, e, Timestamp(0));
                 // Replays clone entries; what a clone adds to the stored body stays counted.
                 if i % 7 == 0 {
                     let _ = cache.get(&proxied_entry(i).0, Timestamp(0));
@@ -298,7 +316,7 @@ mod tests {
     #[test]
     fn expired_entries_are_never_served() {
         let c = ReplayCache::new(1 << 20);
-        c.insert(key("a"), entry(10, 100));
+        c.insert(key("a"), entry(10, 100), Timestamp(0));
         assert!(c.get(&key("a"), Timestamp(99)).is_some());
         assert!(c.get(&key("a"), Timestamp(100)).is_none());
     }
@@ -307,12 +325,12 @@ mod tests {
     fn bounded_by_bytes_oldest_first() {
         let c = ReplayCache::new(32 * 1024);
         for i in 0..100 {
-            c.insert(key(&format!("k{i}")), entry(500, 1000));
+            c.insert(key(&format!("k{i}")), entry(500, 1000), Timestamp(0));
         }
         assert!(c.len() < 100 && c.len() > 5, "{}", c.len());
         assert!(c.get(&key("k99"), Timestamp(0)).is_some(), "newest kept");
         assert!(c.get(&key("k0"), Timestamp(0)).is_none(), "oldest evicted");
-        c.insert(key("huge"), entry(4096, 1000));
+        c.insert(key("huge"), entry(4096, 1000), Timestamp(0));
         assert!(
             c.get(&key("huge"), Timestamp(0)).is_none(),
             "too large to cache"
@@ -322,27 +340,32 @@ mod tests {
     #[test]
     fn a_removed_entry_is_gone_and_its_bytes_freed() {
         let c = ReplayCache::new(1 << 20);
-        c.insert(key("a"), entry(100, 10));
-        c.insert(key("b"), entry(100, 10));
+        c.insert(key("a"), entry(100, 10), Timestamp(0));
+        c.insert(key("b"), entry(100, 10), Timestamp(0));
         let two = c.lock().entry_bytes;
         c.remove(&key("a"));
         assert!(c.get(&key("a"), Timestamp(0)).is_none());
         assert!(c.get(&key("b"), Timestamp(0)).is_some());
         assert_eq!(c.lock().entry_bytes, two / 2);
-        c.insert(key("a"), entry(100, 10));
+        c.insert(key("a"), entry(100, 10), Timestamp(0));
         assert_eq!(c.len(), 2);
         assert_eq!(c.lock().order.len(), 2, "no stale place left behind");
         assert_eq!(c.lock().entry_bytes, two);
-        // Inserting a key again replaces it and its place in the queue.
-        c.insert(key("a"), entry(100, 10));
-        assert_eq!(c.lock().order.len(), 2);
+        // A live entry is kept as it is (a completed record never changes)...
+        c.insert(key("a"), entry(200, 10), Timestamp(0));
         assert_eq!(c.lock().entry_bytes, two);
+        // ...an expired one is replaced, with its place in the queue.
+        c.insert(key("a"), entry(200, 30), Timestamp(20));
+        assert_eq!(c.lock().order.len(), 2);
+        let hit = c.get(&key("a"), Timestamp(20)).expect("the new entry");
+        assert_eq!(hit.response.body.len(), 200);
+        assert!(c.lock().entry_bytes > two);
     }
 
     #[test]
     fn disabled_with_zero_bytes() {
         let c = ReplayCache::new(0);
-        c.insert(key("a"), entry(1, 100));
+        c.insert(key("a"), entry(1, 100), Timestamp(0));
         assert!(c.get(&key("a"), Timestamp(0)).is_none());
     }
 }

@@ -264,16 +264,17 @@ impl Engine {
 
     fn remember(&self, key: &RecordKey, record: &oncely_core::Record, ttl: Duration) {
         if let oncely_core::RecordState::Completed { response } = &record.state {
+            let now = self.clock.now();
             let entry = CacheEntry {
                 fingerprint: record.fingerprint,
                 // `expires_at` is on the store's clock, which for a shared store is not ours:
                 // a gateway whose clock runs behind the database's would otherwise replay
                 // from memory long after the record expired. Capping at our now + TTL bounds
                 // that: the entry never outlives the record by more than the record's age.
-                expires_at: record.expires_at.min(self.clock.now().plus(ttl)),
+                expires_at: record.expires_at.min(now.plus(ttl)),
                 response: response.clone(),
             };
-            self.cache.insert(key.clone(), entry);
+            self.cache.insert(key.clone(), entry, now);
         }
     }
 
@@ -710,13 +711,13 @@ impl Engine {
         let outcome = match result {
             Ok(()) => {
                 // The store keeps the record at least this long (it may keep it longer).
-                let expires_at = self.clock.now().plus(policy.ttl);
+                let now = self.clock.now();
                 let entry = CacheEntry {
                     fingerprint,
-                    expires_at,
+                    expires_at: now.plus(policy.ttl),
                     response: stored,
                 };
-                self.cache.insert(key.clone(), entry);
+                self.cache.insert(key.clone(), entry, now);
                 Outcome::Executed
             }
             Err(StoreError::Refused(Refusal::StaleToken)) => {
