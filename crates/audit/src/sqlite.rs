@@ -12,6 +12,7 @@ use crate::log::{
     check_redaction, redaction_sql, stored_hash, stored_seq, stored_value, AuditError, AuditLog,
     Filter, Row, COLUMNS,
 };
+use oncely_core::sync::LockIgnoringPoison;
 
 /// The table and its guards. The update trigger lets through only a redaction: every column
 /// but the three personal values unchanged, and those either unchanged or emptied.
@@ -109,7 +110,7 @@ impl SqliteAuditLog {
         tokio::task::spawn_blocking(move || {
             // A panic while holding the lock rolled its transaction back on unwind; the
             // connection is fine to use.
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let mut guard = conn.lock_ignoring_poison();
             f(&mut guard)
         })
         .await

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use crate::budget::{BudgetConfig, RetryBudget};
 use crate::key;
 use crate::policy::{self, Decision, Outcome, Policy, StopReason, TransportKind};
 use crate::store::KeyStore;
+use oncely_core::sync::LockIgnoringPoison;
 
 /// The header that carries the key (draft-ietf-httpapi-idempotency-key-header).
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -416,17 +417,13 @@ struct Inner {
     http: reqwest::Client,
     policy: Policy,
     attempt_timeout: Option<Duration>,
+    // Both locked ignoring poison: a budget or an RNG stays valid if a holder panicked.
     budget: Mutex<RetryBudget>,
     rng: Mutex<Box<dyn RngCore + Send>>,
     store: Option<Arc<KeyStore>>,
     hook: Option<Arc<dyn AttemptHook>>,
     counters: Counters,
     origin: Instant,
-}
-
-/// Locks a mutex whose data stays valid even if a holder panicked (a budget or an RNG).
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What one attempt produced.
@@ -472,7 +469,7 @@ impl Client {
     /// The retry tokens left now.
     pub fn budget_available(&self) -> f64 {
         let now = self.inner.origin.elapsed();
-        lock(&self.inner.budget).available(now)
+        self.inner.budget.lock_ignoring_poison().available(now)
     }
 
     /// Resolves the key of a request: given, resumed from the state file, or new.
@@ -558,7 +555,10 @@ impl Client {
             .map_err(|_| Error::InvalidRequest(format!("invalid Idempotency-Key {key:?}")))?;
         let inner = &self.inner;
         bump(&inner.counters.requests);
-        lock(&inner.budget).deposit(inner.origin.elapsed());
+        inner
+            .budget
+            .lock_ignoring_poison()
+            .deposit(inner.origin.elapsed());
 
         let start = Instant::now();
         let mut attempt: u32 = 0;
@@ -600,14 +600,19 @@ impl Client {
             };
             let elapsed = start.elapsed();
             let decision = {
-                let mut rng = lock(&inner.rng);
+                let mut rng = inner.rng.lock_ignoring_poison();
                 policy::decide(
                     &inner.policy,
                     attempt,
                     &outcome,
                     elapsed,
                     &mut **rng,
-                    || lock(&inner.budget).try_withdraw(inner.origin.elapsed()),
+                    || {
+                        inner
+                            .budget
+                            .lock_ignoring_poison()
+                            .try_withdraw(inner.origin.elapsed())
+                    },
                 )
             };
             if let Some(hook) = &inner.hook {

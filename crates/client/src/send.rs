@@ -28,11 +28,13 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{Method, StatusCode};
+use oncely_core::parse_duration;
 
 use crate::budget::BudgetConfig;
 use crate::client::{AttemptEvent, Client, Error, LastOutcome, Request, IDEMPOTENCY_KEY};
 use crate::key;
 use crate::policy::{fmt_duration, Decision, Outcome};
+use oncely_core::sync::LockIgnoringPoison;
 
 /// Arguments of `oncely send`.
 #[derive(Debug, Clone, clap::Args)]
@@ -137,32 +139,8 @@ pub async fn run(args: SendArgs) -> ExitCode {
     run_with(args, io).await.into()
 }
 
-/// Parses `250ms`, `2s`, `1.5s`, `2m`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (try 500ms, 2s, 1m)"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {s:?} (use ms, s, m or h)"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration out of range: {s:?}"))
-}
-
 fn say(w: &SharedWriter, line: &str) {
-    let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+    let mut w = w.lock_ignoring_poison();
     // stderr going away (a closed pipe) must not change the outcome of the request.
     let _ = writeln!(w, "oncely: {line}");
     let _ = w.flush();
@@ -395,19 +373,6 @@ mod tests {
         let mut full = vec!["send"];
         full.extend_from_slice(argv);
         Cli::try_parse_from(full).unwrap().send
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("5parsecs").is_err());
-        assert!(parse_duration("1e400").is_err());
-        assert!(parse_duration("").is_err());
     }
 
     #[test]

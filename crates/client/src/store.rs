@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use oncely_core::sync::LockIgnoringPoison;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// A failure of the state file.
@@ -90,7 +91,7 @@ impl KeyStore {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (it has its own
         // transactions), so a poisoned lock is safe to reuse.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        self.conn.lock_ignoring_poison()
     }
 
     /// Returns the key of `operation`, claiming `fresh_key` for it if it has none yet.

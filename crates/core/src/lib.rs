@@ -16,6 +16,8 @@ pub mod policy;
 pub mod problem;
 pub mod record;
 pub mod scope;
+pub mod sync;
+pub mod units;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use fingerprint::Fingerprint;
@@ -27,3 +29,4 @@ pub use record::{
     StoredResponse,
 };
 pub use scope::{RecordKey, Scope, Tenant};
+pub use units::{parse_duration, parse_size, UnitError};

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use oncely_core::parse_duration;
 use oncely_example_checkout::app::{self, Config, DbUrl};
-use oncely_gateway::config::parse_duration;
 use oncely_gateway::store_url::StoreUrl;
 
 #[derive(Parser)]

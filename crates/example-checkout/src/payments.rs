@@ -9,6 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
+use oncely_core::sync::LockIgnoringPoison;
 use oncely_core::SystemClock;
 use oncely_http::{Engine, IdempotencyLayer, KeyRequirement, RoutePolicy};
 use oncely_store::MemoryStore;
@@ -35,10 +36,7 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn charges(&self) -> Vec<Charge> {
-        self.charges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.charges.lock_ignoring_poison().clone()
     }
     /// Charge requests that reached the handler (replays by the layer do not).
     pub fn executions(&self) -> u64 {
@@ -82,7 +80,7 @@ async fn charge(
             Json(serde_json::json!({"error": "card_declined"})),
         );
     }
-    let mut charges = ledger.charges.lock().unwrap_or_else(|p| p.into_inner());
+    let mut charges = ledger.charges.lock_ignoring_poison();
     let c = Charge {
         id: format!("ch_{}", charges.len() + 1),
         amount: req.amount,

@@ -191,21 +191,30 @@ impl Config {
             if let Some(v) = s.store {
                 self.store = StoreUrl::parse(&v).map_err(|e| format!("server.store: {e}"))?;
             }
-            if let Some(v) = s.connect_timeout {
-                self.connect_timeout =
-                    parse_duration(&v).map_err(|e| format!("server.connect_timeout: {e}"))?;
-            }
-            if let Some(v) = s.response_timeout {
-                self.response_timeout =
-                    parse_duration(&v).map_err(|e| format!("server.response_timeout: {e}"))?;
-            }
-            if let Some(v) = s.shutdown_grace {
-                self.shutdown_grace =
-                    parse_duration(&v).map_err(|e| format!("server.shutdown_grace: {e}"))?;
-            }
-            if let Some(v) = s.purge_interval {
-                self.purge_interval =
-                    parse_duration(&v).map_err(|e| format!("server.purge_interval: {e}"))?;
+            for (name, value, setting) in [
+                (
+                    "connect_timeout",
+                    s.connect_timeout,
+                    &mut self.connect_timeout,
+                ),
+                (
+                    "response_timeout",
+                    s.response_timeout,
+                    &mut self.response_timeout,
+                ),
+                ("shutdown_grace", s.shutdown_grace, &mut self.shutdown_grace),
+                ("purge_interval", s.purge_interval, &mut self.purge_interval),
+                ("header_timeout", s.header_timeout, &mut self.header_timeout),
+                (
+                    "body_idle_timeout",
+                    s.body_idle_timeout,
+                    &mut self.body_idle_timeout,
+                ),
+                ("body_timeout", s.body_timeout, &mut self.body_timeout),
+            ] {
+                if let Some(v) = value {
+                    *setting = parse_duration(&v).map_err(|e| format!("server.{name}: {e}"))?;
+                }
             }
             if let Some(v) = s.purge_batch {
                 self.purge_batch = v.max(1);
@@ -213,18 +222,6 @@ impl Config {
             if let Some(v) = s.replay_cache {
                 self.replay_cache =
                     parse_size(&v).map_err(|e| format!("server.replay_cache: {e}"))?;
-            }
-            if let Some(v) = s.header_timeout {
-                self.header_timeout =
-                    parse_duration(&v).map_err(|e| format!("server.header_timeout: {e}"))?;
-            }
-            if let Some(v) = s.body_idle_timeout {
-                self.body_idle_timeout =
-                    parse_duration(&v).map_err(|e| format!("server.body_idle_timeout: {e}"))?;
-            }
-            if let Some(v) = s.body_timeout {
-                self.body_timeout =
-                    parse_duration(&v).map_err(|e| format!("server.body_timeout: {e}"))?;
             }
             if let Some(v) = s.max_connections {
                 self.max_connections = Some(v);
@@ -381,6 +378,9 @@ impl Config {
     }
 }
 
+/// The one duration and size grammar (`oncely_core::units`), re-exported for the CLI.
+pub use oncely_core::units::{parse_duration, parse_size};
+
 /// An upstream URL: `http://host:port` with an optional path prefix.
 pub fn parse_upstream(s: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
@@ -396,61 +396,6 @@ pub fn parse_upstream(s: &str) -> Result<http::Uri, String> {
         return Err(format!("`{s}`: an upstream URL cannot carry a query"));
     }
     Ok(uri)
-}
-
-/// `300ms`, `2s`, `5m`, `24h`, `7d`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (use e.g. 300ms, 30s, 5m, 24h, 7d)"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        other => {
-            return Err(format!(
-                "`{s}`: unknown unit `{other}` (use ms, s, m, h or d)"
-            ))
-        }
-    };
-    if !secs.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&secs) {
-        return Err(format!("`{s}` is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// `1048576`, `512KiB`, `1MiB`, `2MB`, `1GiB`.
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (use e.g. 65536, 512KiB, 1MiB)"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "`{s}`: unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .and_then(|v| usize::try_from(v).ok())
-        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 fn parse_methods(ms: &[String]) -> Result<Vec<Method>, String> {

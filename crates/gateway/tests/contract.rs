@@ -1140,25 +1140,31 @@ async fn five_hundred_stalled_bodies_are_cut_off_while_others_are_served() {
     );
 }
 
-#[tokio::test]
-async fn a_body_that_trickles_steadily_is_not_cut() {
-    let s = setup("[server]\nbody_idle_timeout = \"1s\"\n").await;
+/// Sends a POST of a 101-byte JSON body to `path` in `chunk`-byte pieces 400 ms apart and
+/// returns the whole answer.
+async fn trickle(s: &Setup, path: &str, key: Option<&str>, chunk: usize) -> String {
     let mut c = TcpStream::connect(s.gateway.addr()).await.unwrap();
     let body = format!("{{\"note\":\"{}\"}}", "x".repeat(90));
-    assert_eq!(body.len(), 101);
+    let key = key.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
     let head = format!(
-        "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nIdempotency-Key: trickle\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{key}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     c.write_all(head.as_bytes()).await.unwrap();
-    // 6 chunks 400 ms apart: 2.4 s in all, never more than 0.4 s idle.
-    for chunk in body.as_bytes().chunks(17) {
+    for piece in body.as_bytes().chunks(chunk) {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        c.write_all(chunk).await.unwrap();
+        c.write_all(piece).await.unwrap();
     }
-    let answer = read_until_closed(&mut c, tokio::time::Instant::now() + Duration::from_secs(5))
+    read_until_closed(&mut c, tokio::time::Instant::now() + Duration::from_secs(5))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_steadily_is_not_cut() {
+    let s = setup("[server]\nbody_idle_timeout = \"1s\"\n").await;
+    // 6 chunks 400 ms apart: 2.4 s in all, never more than 0.4 s idle.
+    let answer = trickle(&s, "/orders", Some("trickle"), 17).await;
     assert!(answer.starts_with("HTTP/1.1 201 "), "{answer}");
     assert_eq!(s.upstream.executions("trickle"), 1);
 }
@@ -1294,20 +1300,7 @@ async fn a_steady_pass_through_upload_outlasts_the_response_timeout() {
         "[server]\nconnect_timeout = \"200ms\"\nresponse_timeout = \"1s\"\nbody_idle_timeout = \"1s\"\n",
     )
     .await;
-    let mut c = TcpStream::connect(s.gateway.addr()).await.unwrap();
-    let body = format!("{{\"note\":\"{}\"}}", "x".repeat(90));
-    let head = format!(
-        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    c.write_all(head.as_bytes()).await.unwrap();
     // 9 chunks 400 ms apart: 3.6 s of upload, three times the response timeout.
-    for chunk in body.as_bytes().chunks(12) {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        c.write_all(chunk).await.unwrap();
-    }
-    let answer = read_until_closed(&mut c, tokio::time::Instant::now() + Duration::from_secs(5))
-        .await
-        .unwrap();
+    let answer = trickle(&s, "/upload", None, 12).await;
     assert!(answer.starts_with("HTTP/1.1 201 "), "{answer}");
 }

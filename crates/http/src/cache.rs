@@ -20,6 +20,7 @@ use std::mem::size_of;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use oncely_core::sync::LockIgnoringPoison;
 use oncely_core::{Fingerprint, RecordKey, StoredResponse, Timestamp};
 
 pub(crate) struct ReplayCache {
@@ -153,7 +154,7 @@ impl ReplayCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Every update below leaves the set and the queue consistent before it can panic.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock_ignoring_poison()
     }
 
     /// The completed record for `key`, unless it has expired at `now`.

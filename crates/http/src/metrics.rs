@@ -10,6 +10,7 @@ use oncely_core::RecordKey;
 use oncely_metrics::{Counter, Histogram, Text};
 
 use crate::{Outcome, OutcomeObserver};
+use oncely_core::sync::LockIgnoringPoison;
 
 /// Outcomes that end a request, each counted under its name.
 const REQUEST_OUTCOMES: [Outcome; 15] = [
@@ -71,10 +72,7 @@ impl EngineMetrics {
 
     /// The last takeovers, newest first.
     pub fn recent_takeovers(&self) -> Vec<Takeover> {
-        let q = self
-            .recent_takeovers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let q = self.recent_takeovers.lock_ignoring_poison();
         q.iter().rev().cloned().collect()
     }
 
@@ -144,10 +142,7 @@ impl OutcomeObserver for EngineMetrics {
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        let mut q = self
-            .recent_takeovers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut q = self.recent_takeovers.lock_ignoring_poison();
         if q.len() == RECENT_TAKEOVERS {
             q.pop_front();
         }

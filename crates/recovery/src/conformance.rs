@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Completer, Flow, Hooks, Journal, Operation, PhaseError, Reaper, Recovery, RecoveryError,
 };
+use oncely_core::sync::LockIgnoringPoison;
 
 /// The state of the suite's operations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,16 +108,13 @@ pub struct Provider {
 
 impl Provider {
     pub fn calls(&self) -> Vec<String> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.calls.lock_ignoring_poison().clone()
     }
     pub fn charges(&self) -> usize {
-        self.charges.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.charges.lock_ignoring_poison().len()
     }
     fn charge(&self, key: &str) -> Result<String, PhaseError> {
-        self.calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(key.to_owned());
+        self.calls.lock_ignoring_poison().push(key.to_owned());
         if self
             .fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -124,7 +122,7 @@ impl Provider {
         {
             return Err(PhaseError::new("provider unavailable"));
         }
-        let mut charges = self.charges.lock().unwrap_or_else(|p| p.into_inner());
+        let mut charges = self.charges.lock_ignoring_poison();
         let next = format!("ch_{}", charges.len() + 1);
         Ok(charges.entry(key.to_owned()).or_insert(next).clone())
     }

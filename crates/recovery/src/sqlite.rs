@@ -19,6 +19,7 @@ use crate::journal::{
 };
 use crate::operation::{OpState, Operation, PhaseError};
 use crate::plan::Flow;
+use oncely_core::sync::LockIgnoringPoison;
 
 /// An atomic phase on SQLite: the application's work inside the phase's transaction. It
 /// runs on a blocking thread, so plain synchronous `rusqlite` calls are right here.
@@ -116,7 +117,7 @@ fn unavailable(e: impl std::fmt::Display) -> JournalError {
 fn lock(conn: &Mutex<Connection>) -> Result<std::sync::MutexGuard<'_, Connection>, JournalError> {
     // A phase that panicked poisoned the mutex; its transaction was rolled back when it
     // unwound, so the connection itself is fine to use.
-    Ok(conn.lock().unwrap_or_else(|p| p.into_inner()))
+    Ok(conn.lock_ignoring_poison())
 }
 
 async fn blocking<T: Send + 'static>(

@@ -66,10 +66,11 @@ impl PgOptions {
                 }
                 "timeout" => {
                     opts.timeout =
-                        parse_duration(value)
+                        oncely_core::parse_duration(value)
+                            .ok()
                             .filter(|d| !d.is_zero())
                             .ok_or_else(|| {
-                                format!("`{url}`: timeout must be a duration like 500ms or 5s")
+                                format!("`{url}`: timeout must be a duration longer than 0, like 500ms, 1.5s or 5s")
                             })?;
                 }
                 // The driver's own parameters (sslmode, application_name, connect_timeout,
@@ -137,18 +138,6 @@ pub fn validate_schema(name: &str) -> Result<(), String> {
 }
 
 /// `250ms`, `5s`, `2m`.
-fn parse_duration(s: &str) -> Option<Duration> {
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +152,9 @@ mod tests {
         assert_eq!(o.schema, "gw_1");
         assert_eq!(o.pool_size, 4);
         assert_eq!(o.timeout, Duration::from_millis(250));
+        // The one duration grammar of every oncely setting: fractions too.
+        let o = PgOptions::from_url("postgres://db/app?timeout=1.5s").unwrap();
+        assert_eq!(o.timeout, Duration::from_millis(1500));
         let shown = o.to_string();
         assert!(!shown.contains("secret"), "{shown}");
         assert_eq!(

@@ -43,8 +43,8 @@ impl RedisOptions {
                     opts.prefix = v.to_owned();
                 }
                 Some(("timeout", v)) => {
-                    opts.timeout = parse_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
-                        format!("`{url}`: timeout must be a duration like 500ms or 5s")
+                    opts.timeout = oncely_core::parse_duration(v).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+                        format!("`{url}`: timeout must be a duration longer than 0, like 500ms, 1.5s or 5s")
                     })?;
                 }
                 _ => {
@@ -96,18 +96,6 @@ fn validate_prefix(p: &str) -> Result<(), String> {
 }
 
 /// `250ms`, `5s`, `2m`.
-fn parse_duration(s: &str) -> Option<Duration> {
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +109,8 @@ mod tests {
             (o.prefix.as_str(), o.timeout),
             ("gw-1", Duration::from_millis(250))
         );
+        let o = RedisOptions::from_url("redis://cache/?timeout=1.5s").unwrap();
+        assert_eq!(o.timeout, Duration::from_millis(1500));
         let shown = o.to_string();
         assert!(!shown.contains("secret"), "{shown}");
         let d = RedisOptions::from_url("redis://127.0.0.1:6379/").unwrap();

@@ -55,6 +55,7 @@ mod schema;
 mod writer;
 
 use codec::unavailable;
+use oncely_core::sync::LockIgnoringPoison;
 use writer::{Answer, Command, Op, Writer};
 
 /// More readers than this only multiply file handles: SQLite reads are CPU-bound here.
@@ -258,7 +259,7 @@ impl ReaderPool {
     fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
         // The list is only pushed to and popped from; a panic elsewhere cannot leave it
         // half-updated, so a poisoned lock is still usable.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        self.idle.lock_ignoring_poison()
     }
 
     async fn run<T, F>(&self, f: F) -> StoreResult<T>

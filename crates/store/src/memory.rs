@@ -18,6 +18,7 @@ use oncely_core::{
 };
 
 use crate::{IdempotencyStore, StoreError, StoreResult, StoreStats};
+use oncely_core::sync::LockIgnoringPoison;
 
 pub struct MemoryStore {
     records: Mutex<HashMap<RecordKey, Record>>,
@@ -35,7 +36,7 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, HashMap<RecordKey, Record>> {
         // A panic while holding the lock cannot leave a half-applied transition (each one is a
         // single insert or remove), so a poisoned map is still consistent.
-        self.records.lock().unwrap_or_else(|p| p.into_inner())
+        self.records.lock_ignoring_poison()
     }
 }
 

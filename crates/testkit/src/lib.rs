@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use oncely_core::sync::LockIgnoringPoison;
 use tokio::net::TcpListener;
 
 pub mod services;
@@ -158,7 +159,7 @@ async fn handle(
     let n = shared.total.fetch_add(1, Ordering::SeqCst) + 1;
     let execution = match &key {
         Some(k) => {
-            let mut m = shared.per_key.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = shared.per_key.lock_ignoring_poison();
             let s = m.entry(k.clone()).or_default();
             s.executions += 1;
             s.running += 1;
@@ -171,7 +172,7 @@ async fn handle(
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     if let Some(k) = &key {
-        let mut m = shared.per_key.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = shared.per_key.lock_ignoring_poison();
         if let Some(s) = m.get_mut(k) {
             s.running -= 1;
         }
