@@ -5,8 +5,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod audit;
-mod bench;
-mod bench_stores;
 mod demo;
 mod keys;
 mod logging;
@@ -34,8 +32,6 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Create or update a store's tables (gateways also do it when they start).
     Migrate(migrate::MigrateArgs),
-    /// Measure the gateway against its upstream, side by side.
-    Bench(bench::BenchArgs),
     /// Send one request, curl-like, retrying safely: one Idempotency-Key, full jitter.
     Send(oncely_client::send::SendArgs),
     /// Inspect, list or evict keys of a running gateway (through its admin listener).
@@ -69,7 +65,6 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Migrate(args) => migrate::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
             Command::Keys(args) => keys::run(args).await,
             Command::Audit(args) => audit::run(args).await,
             Command::Send(_) => Ok(()), // handled above

@@ -1,7 +1,8 @@
-//! `oncely bench`: the gateway against its upstream, side by side, in one run.
+//! The gateway against its upstream, side by side, in one run.
 //!
 //! A fast upstream runs in this process; the gateway runs as a child `oncely serve` process
-//! on a fresh SQLite file, as in production. Each scenario loads the upstream directly and
+//! (the `oncely` binary next to this one, or `--oncely PATH`) on a fresh SQLite file, as in
+//! production. Each scenario loads the upstream directly and
 //! then through the gateway with the same client, concurrency and duration, and reports
 //! throughput, p50, p99 and the gateway/direct ratio.
 
@@ -12,12 +13,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use clap::Parser;
 use oncely_testkit::{CountingUpstream, TestClient};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-#[derive(Args)]
+#[derive(Parser)]
+#[command(
+    name = "oncely-bench",
+    version,
+    about = "Measure the oncely gateway against its upstream, nginx and the raw stores, side by side"
+)]
 pub struct BenchArgs {
+    /// The `oncely` binary to run as the gateway [default: the one next to this binary].
+    #[arg(long, value_name = "PATH")]
+    oncely: Option<PathBuf>,
     /// Seconds of load per scenario and target.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
@@ -84,8 +93,9 @@ pub(crate) struct Stats {
 pub async fn run(args: BenchArgs) -> Result<(), String> {
     let tmp = std::env::temp_dir().join(format!("oncely-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let oncely = oncely_binary(args.oncely.as_deref())?;
     if args.stores {
-        let result = run_stores(&args, &tmp).await;
+        let result = run_stores(&args, &oncely, &tmp).await;
         let _ = std::fs::remove_dir_all(&tmp);
         return result;
     }
@@ -94,7 +104,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         .store
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", tmp.join("bench.db").display()));
-    let (mut child, gateway_url) = spawn_gateway(&upstream.url(), &store, &[]).await?;
+    let (mut child, gateway_url) = spawn_gateway(&oncely, &upstream.url(), &store, &[]).await?;
     let gateway_pid = child.id().unwrap_or(0);
     if let Some(n) = args.memory {
         let concurrency = args.concurrency.iter().copied().max().unwrap_or(64);
@@ -117,7 +127,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                 None => format!("sqlite://{}", tmp.join("bench-audited.db").display()),
             };
             let extra = ["--audit".to_owned(), audit.clone()];
-            let (twin, url) = spawn_gateway(&upstream.url(), &twin_store, &extra).await?;
+            let (twin, url) = spawn_gateway(&oncely, &upstream.url(), &twin_store, &extra).await?;
             eprintln!("gateway with audit trail {url} (store {twin_store}, audit {audit})");
             Some((twin, url))
         }
@@ -267,8 +277,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn run_stores(args: &BenchArgs, tmp: &Path) -> Result<(), String> {
-    let plan = crate::bench_stores::StoreBench {
+async fn run_stores(args: &BenchArgs, oncely: &Path, tmp: &Path) -> Result<(), String> {
+    let plan = crate::stores::StoreBench {
+        oncely: oncely.to_owned(),
         concurrency: args.concurrency.iter().copied().max().unwrap_or(64),
         duration: Duration::from_secs(args.seconds.max(1)),
         body: bench_body(args.body_bytes),
@@ -290,10 +301,10 @@ async fn run_stores(args: &BenchArgs, tmp: &Path) -> Result<(), String> {
         "stores at concurrency {}, {} s per measurement",
         plan.concurrency, args.seconds
     );
-    crate::bench_stores::run(plan, tmp, postgres, redis).await
+    crate::stores::run(plan, tmp, postgres, redis).await
 }
 
-/// `oncely bench --memory N`: the gateway's resident memory over a long run of unique keys,
+/// `oncely-bench --memory N`: the gateway's resident memory over a long run of unique keys,
 /// which fill the replay cache (64 MiB by default) and then keep it full.
 async fn run_memory(
     gateway_url: &str,
@@ -375,14 +386,30 @@ fn bench_body(n: usize) -> String {
     format!(r#"{{"item":"book","quantity":1,"note":"{filler}"}}"#)
 }
 
+/// The `oncely` binary: as given, or the one cargo built next to this one.
+pub(crate) fn oncely_binary(given: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = given {
+        return Ok(p.to_owned());
+    }
+    let me = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let next_to_me = me.with_file_name("oncely");
+    if next_to_me.is_file() {
+        Ok(next_to_me)
+    } else {
+        Err(format!(
+            "no oncely binary at {}: build it first (cargo build --release -p oncely -p oncely-bench) or pass --oncely PATH",
+            next_to_me.display()
+        ))
+    }
+}
+
 pub(crate) async fn spawn_gateway(
+    oncely: &Path,
     upstream: &str,
     store: &str,
     extra: &[String],
 ) -> Result<(tokio::process::Child, String), String> {
-    let exe: PathBuf =
-        std::env::current_exe().map_err(|e| format!("cannot find the oncely binary: {e}"))?;
-    let mut child = tokio::process::Command::new(exe)
+    let mut child = tokio::process::Command::new(oncely)
         .args([
             "--log-level",
             "warn",
@@ -401,7 +428,7 @@ pub(crate) async fn spawn_gateway(
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start the gateway: {e}"))?;
+        .map_err(|e| format!("cannot start the gateway {}: {e}", oncely.display()))?;
     let stdout = child.stdout.take().ok_or("no stdout from the gateway")?;
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())

@@ -1,4 +1,4 @@
-//! `oncely bench --stores`: for each store, in one run, at one concurrency:
+//! `oncely-bench --stores`: for each store, in one run, at one concurrency:
 //!
 //! 1. **raw**: the store's own limit: a tight client loop doing the same claim + complete work
 //!    straight on the database with its plain driver (no oncely code): for PostgreSQL an
@@ -30,10 +30,12 @@ pub(crate) struct StoreRow {
     pub name: &'static str,
     pub raw: Option<f64>,
     pub api: f64,
-    pub gateway: super::bench::Stats,
+    pub gateway: crate::gateway::Stats,
 }
 
 pub(crate) struct StoreBench {
+    /// The `oncely` binary the gateway runs from.
+    pub oncely: std::path::PathBuf,
     pub concurrency: usize,
     pub duration: Duration,
     pub body: String,
@@ -383,8 +385,8 @@ async fn row(
     let api = store_api(store, plan, "api").await;
     eprintln!("  {name}: gateway ...");
     let (mut child, gateway_url) =
-        super::bench::spawn_gateway(&upstream.url(), store_url, &[]).await?;
-    let warm = super::bench::Load {
+        crate::gateway::spawn_gateway(&plan.oncely, &upstream.url(), store_url, &[]).await?;
+    let warm = crate::gateway::Load {
         concurrency: 8,
         duplicate_share: 0.0,
         keyed: true,
@@ -392,13 +394,13 @@ async fn row(
         duration: Duration::from_millis(500),
         max_requests: None,
     };
-    super::bench::load(&gateway_url, &warm, &plan.body, &format!("{tag}-warm")).await;
-    let load = super::bench::Load {
+    crate::gateway::load(&gateway_url, &warm, &plan.body, &format!("{tag}-warm")).await;
+    let load = crate::gateway::Load {
         concurrency: plan.concurrency,
         duration: plan.duration,
         ..warm
     };
-    let gateway = super::bench::load(&gateway_url, &load, &plan.body, &tag).await;
+    let gateway = crate::gateway::load(&gateway_url, &load, &plan.body, &tag).await;
     let _ = child.kill().await;
     Ok(StoreRow {
         name,
