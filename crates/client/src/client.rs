@@ -4,10 +4,13 @@
 //! machine, with no system OpenSSL.
 
 use std::fmt;
+#[cfg(feature = "state")]
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+#[cfg(feature = "state")]
+use std::time::UNIX_EPOCH;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
@@ -19,6 +22,7 @@ use crate::backoff::Backoff;
 use crate::budget::{BudgetConfig, RetryBudget};
 use crate::key;
 use crate::policy::{self, Decision, Outcome, Policy, StopReason, TransportKind};
+#[cfg(feature = "state")]
 use crate::store::KeyStore;
 use oncely_core::sync::LockIgnoringPoison;
 
@@ -180,6 +184,7 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     /// The state file failed.
+    #[cfg(feature = "state")]
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     /// The client cannot be built.
@@ -262,7 +267,9 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     budget: BudgetConfig,
     rng: Option<Box<dyn RngCore + Send>>,
+    #[cfg(feature = "state")]
     state_file: Option<PathBuf>,
+    #[cfg(feature = "state")]
     store: Option<Arc<KeyStore>>,
     hook: Option<Arc<dyn AttemptHook>>,
 }
@@ -275,7 +282,9 @@ impl Default for ClientBuilder {
             connect_timeout: Duration::from_secs(5),
             budget: BudgetConfig::default(),
             rng: None,
+            #[cfg(feature = "state")]
             state_file: None,
+            #[cfg(feature = "state")]
             store: None,
             hook: None,
         }
@@ -359,12 +368,14 @@ impl ClientBuilder {
     }
 
     /// Persists pending keys in this SQLite file.
+    #[cfg(feature = "state")]
     pub fn state_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.state_file = Some(path.into());
         self
     }
 
     /// Persists pending keys in this store.
+    #[cfg(feature = "state")]
     pub fn store(mut self, store: Arc<KeyStore>) -> Self {
         self.store = Some(store);
         self
@@ -385,6 +396,7 @@ impl ClientBuilder {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Build(e.to_string()))?;
+        #[cfg(feature = "state")]
         let store = match (self.store, self.state_file) {
             (Some(s), _) => Some(s),
             (None, Some(path)) => Some(Arc::new(KeyStore::open(path)?)),
@@ -398,6 +410,7 @@ impl ClientBuilder {
                 attempt_timeout: self.attempt_timeout,
                 budget: Mutex::new(RetryBudget::new(self.budget, Duration::ZERO)),
                 rng: Mutex::new(self.rng.unwrap_or_else(|| Box::new(StdRng::from_os_rng()))),
+                #[cfg(feature = "state")]
                 store,
                 hook: self.hook,
                 counters: Counters::default(),
@@ -420,6 +433,7 @@ struct Inner {
     // Both locked ignoring poison: a budget or an RNG stays valid if a holder panicked.
     budget: Mutex<RetryBudget>,
     rng: Mutex<Box<dyn RngCore + Send>>,
+    #[cfg(feature = "state")]
     store: Option<Arc<KeyStore>>,
     hook: Option<Arc<dyn AttemptHook>>,
     counters: Counters,
@@ -462,6 +476,7 @@ impl Client {
     }
 
     /// The state file's store, if any.
+    #[cfg(feature = "state")]
     pub fn store(&self) -> Option<&Arc<KeyStore>> {
         self.inner.store.as_ref()
     }
@@ -495,7 +510,27 @@ impl Client {
             key::validate_key(&k).map_err(Error::InvalidRequest)?;
             return Ok((k, KeySource::Given, None));
         }
-        let fresh = key::new_key();
+        self.pending_key(req, key::new_key()).await
+    }
+
+    /// Without a state file, `fresh`.
+    #[cfg(not(feature = "state"))]
+    async fn pending_key(
+        &self,
+        _req: &Request,
+        fresh: String,
+    ) -> Result<(String, KeySource, Option<String>), Error> {
+        Ok((fresh, KeySource::New, None))
+    }
+
+    /// With a state file, the key a crashed run left pending for the request's operation, or
+    /// `fresh`, recorded as pending.
+    #[cfg(feature = "state")]
+    async fn pending_key(
+        &self,
+        req: &Request,
+        fresh: String,
+    ) -> Result<(String, KeySource, Option<String>), Error> {
         let Some(store) = self.inner.store.clone() else {
             return Ok((fresh, KeySource::New, None));
         };
@@ -521,6 +556,7 @@ impl Client {
 
     /// Runs a blocking state-file operation off the async threads. Failures after the key is
     /// claimed are reported through the result but never change the request's outcome.
+    #[cfg(feature = "state")]
     async fn store_op(
         &self,
         operation: &Option<String>,
@@ -550,6 +586,7 @@ impl Client {
                 url.scheme()
             )));
         }
+        #[cfg_attr(not(feature = "state"), allow(unused_variables))]
         let (key, key_source, operation) = self.resolve_key(&req).await?;
         let key_value = HeaderValue::from_str(&key)
             .map_err(|_| Error::InvalidRequest(format!("invalid Idempotency-Key {key:?}")))?;
@@ -571,6 +608,7 @@ impl Client {
             }
             // The attempt count in the state file is informational: losing one increment must
             // not fail a request whose key is already safely stored.
+            #[cfg(feature = "state")]
             let _ = self
                 .store_op(&operation, &key, |s, op, k| s.record_attempt(op, k))
                 .await;
@@ -649,6 +687,7 @@ impl Client {
                             // A final answer ends the logical request: the next one is new. A
                             // failure to forget it only means the next identical request
                             // resumes this key and gets the stored replay.
+                            #[cfg(feature = "state")]
                             let _ = self
                                 .store_op(&operation, &key, |s, op, k| s.complete(op, k))
                                 .await;

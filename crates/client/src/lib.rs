@@ -47,8 +47,10 @@ pub mod budget;
 pub mod client;
 pub mod key;
 pub mod policy;
+#[cfg(feature = "cli")]
 pub mod send;
 pub mod sim;
+#[cfg(feature = "state")]
 pub mod store;
 
 pub use backoff::Backoff;
@@ -58,4 +60,5 @@ pub use client::{
     Response, Stats,
 };
 pub use policy::{Decision, Outcome, Policy, RetryReason, StopReason, TransportKind};
+#[cfg(feature = "state")]
 pub use store::KeyStore;
