@@ -98,7 +98,7 @@ async fn main() {
 
 /// Drops the example's schema again (the trail refuses deletes, not a dropped schema).
 async fn drop_schema(opts: &PgOptions) -> Result<(), String> {
-    let pool = oncely_store_postgres::pool(opts).map_err(|e| e.to_string())?;
+    let pool = oncely_db::postgres::pool(opts)?;
     let client = pool.get().await.map_err(|e| e.to_string())?;
     client
         .batch_execute(&format!("DROP SCHEMA {} CASCADE", opts.schema))

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
-pub use oncely_store_postgres::PgOptions;
+pub use oncely_db::postgres::PgOptions;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
@@ -93,7 +93,7 @@ impl PgAuditLog {
     /// as for the store). Connects lazily; does not create the table (see
     /// [`AuditLog::migrate`]).
     pub fn new(opts: &PgOptions) -> Result<Self, AuditError> {
-        let pool = oncely_store_postgres::pool(opts).map_err(unavailable)?;
+        let pool = oncely_db::postgres::pool(opts).map_err(unavailable)?;
         Ok(PgAuditLog {
             pool,
             table: format!("{}.audit_events", opts.schema),
@@ -141,15 +141,12 @@ fn unavailable(e: impl std::fmt::Display) -> AuditError {
 
 /// A driver or pool error with its causes (the server's message is in them), on one line.
 fn db_unavailable(e: impl std::error::Error) -> AuditError {
-    unavailable(oncely_store_postgres::describe_error(&e))
+    unavailable(oncely_db::describe(&e))
 }
 
 fn read_row(r: &tokio_postgres::Row) -> Result<Event, AuditError> {
     let get = |e: tokio_postgres::Error| {
-        unavailable(format!(
-            "reading an audit row: {}",
-            oncely_store_postgres::describe_error(&e)
-        ))
+        unavailable(format!("reading an audit row: {}", oncely_db::describe(&e)))
     };
     Ok(Row {
         chain: r.try_get(0).map_err(get)?,

@@ -86,12 +86,9 @@ impl SqliteAuditLog {
     /// [`AuditLog::migrate`].
     pub fn open(path: impl AsRef<Path>, busy_timeout: Duration) -> Result<Self, AuditError> {
         let path = path.as_ref().to_path_buf();
-        let conn = Connection::open(&path).map_err(unavailable)?;
-        conn.busy_timeout(busy_timeout).map_err(unavailable)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(unavailable)?;
+        let conn =
+            oncely_db::sqlite::open(&path, oncely_db::sqlite::OpenOptions::new(busy_timeout))
+                .map_err(AuditError::Unavailable)?;
         Ok(SqliteAuditLog {
             conn: Arc::new(Mutex::new(conn)),
             path,

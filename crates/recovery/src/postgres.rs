@@ -414,22 +414,10 @@ impl Journal for PgJournal {
 /// A pool for `url` (a plain `postgres://` URL), sized `size`, every wait bounded by
 /// `timeout`: a convenience for applications that have none yet.
 pub fn pool(url: &str, size: usize, timeout: Duration) -> Result<Pool, JournalError> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| JournalError::Unavailable(format!("postgres URL: {e}")))?;
-    let manager = deadpool_postgres::Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(size.max(1))
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
-        .recycle_timeout(Some(timeout))
-        .build()
-        .map_err(|e| JournalError::Unavailable(format!("postgres pool: {e}")))
+    let opts = oncely_db::postgres::PgOptions {
+        pool_size: size.max(1),
+        timeout,
+        ..oncely_db::postgres::PgOptions::new(url)
+    };
+    oncely_db::postgres::pool(&opts).map_err(JournalError::Unavailable)
 }

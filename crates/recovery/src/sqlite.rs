@@ -60,14 +60,11 @@ impl SqliteJournal {
     /// bounds how long a phase waits for another writer of the file.
     pub fn open(path: impl AsRef<Path>, busy_timeout: Duration) -> Result<Self, JournalError> {
         let path = path.as_ref().to_path_buf();
-        let conn = Connection::open(&path).map_err(unavailable)?;
-        conn.busy_timeout(busy_timeout).map_err(unavailable)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(unavailable)?;
         // A phase reported committed survives a crash of the process (WAL + NORMAL); FULL
         // would also survive power loss at an fsync per commit.
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(unavailable)?;
+        let conn =
+            oncely_db::sqlite::open(&path, oncely_db::sqlite::OpenOptions::new(busy_timeout))
+                .map_err(JournalError::Unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
         Ok(SqliteJournal {
             conn: Arc::new(Mutex::new(conn)),

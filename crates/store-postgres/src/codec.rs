@@ -20,24 +20,7 @@ pub(crate) const RECORD_COLUMNS: &str = "r.fingerprint, r.created_at, r.expires_
 /// carries the whole chain of causes ("error connecting to server: Connection refused"),
 /// since the outermost one alone rarely says what to fix.
 pub(crate) fn unavailable(e: impl std::error::Error) -> StoreError {
-    StoreError::Unavailable(format!("postgres: {}", describe(&e)))
-}
-
-/// An error with its causes on one line: tokio-postgres says only "db error" or "error
-/// connecting to server" at the top and keeps the reason (and the server's DETAIL and HINT
-/// lines) in its sources.
-pub fn describe(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !msg.ends_with(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        cause = c.source();
-    }
-    msg.split_whitespace().collect::<Vec<_>>().join(" ")
+    StoreError::Unavailable(format!("postgres: {}", oncely_db::describe(&e)))
 }
 
 pub(crate) fn token_bytes(t: LeaseToken) -> Vec<u8> {

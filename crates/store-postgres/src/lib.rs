@@ -21,7 +21,6 @@
 
 mod batch;
 mod codec;
-mod options;
 pub mod schema;
 mod sql;
 
@@ -29,18 +28,17 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Object, Pool};
 use oncely_core::{
     ClaimOutcome, Fingerprint, IdempotencyKey, LeaseToken, Record, RecordKey, Refusal,
     StoredResponse, Tenant, Timestamp,
 };
 use oncely_store::{IdempotencyStore, StoreError, StoreResult, StoreStats, TimeSource};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::NoTls;
 
-pub use codec::describe as describe_error;
 use codec::{millis, record_from_row, token_bytes, unavailable, STATE_COMPLETED};
-pub use options::{hide_password, validate_schema, PgOptions};
+pub use oncely_db::describe as describe_error;
+pub use oncely_db::postgres::{hide_password, validate_schema, PgOptions};
 pub use schema::MigrationReport;
 use sql::Statements;
 
@@ -58,39 +56,9 @@ pub struct PgStore {
 /// newer snapshot; needing more than a couple means something else is wrong.
 const CLAIM_ATTEMPTS: usize = 8;
 
-/// A connection pool for `opts`, every wait bounded by its timeout: also what other oncely
-/// tables on the same database (the audit log) connect with.
+/// A connection pool for `opts`, every wait bounded by its timeout (see [`oncely_db::postgres::pool`]).
 pub fn pool(opts: &PgOptions) -> StoreResult<Pool> {
-    let mut config: tokio_postgres::Config = opts
-        .url
-        .parse()
-        .map_err(|e| StoreError::Unavailable(format!("postgres URL: {e}")))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(opts.timeout);
-    }
-    if config.get_application_name().is_none() {
-        config.application_name("oncely");
-    }
-    // Dead peers (a database host that vanished without closing the socket) are noticed by
-    // the operation timeout; keepalives make the kernel drop such sockets too.
-    config.keepalives(true);
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            // A broken connection is noticed by the first query on it, which fails that one
-            // operation (503 for one request); checking every checkout would cost a round trip.
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(opts.pool_size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(opts.timeout))
-        .create_timeout(Some(opts.timeout))
-        .recycle_timeout(Some(opts.timeout))
-        .build()
-        .map_err(|e| StoreError::Unavailable(format!("postgres pool: {e}")))
+    oncely_db::postgres::pool(opts).map_err(StoreError::Unavailable)
 }
 
 /// Applies the embedded migrations to the database named by `opts` and reports what it did.

@@ -206,28 +206,14 @@ fn open_error(path: &std::path::Path, e: rusqlite::Error) -> StoreError {
 fn open_writer(opts: &SqliteOptions) -> StoreResult<Connection> {
     let path = &opts.path;
     let fail = |e| open_error(path, e);
-    let conn = Connection::open(path).map_err(fail)?;
-    // Set first: switching to WAL and migrating may have to wait for another process that
-    // is opening the same file.
-    conn.busy_timeout(opts.busy_timeout).map_err(fail)?;
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-        .map_err(fail)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        // Without WAL the readers would block the writer and vice versa; an in-memory path
-        // or a filesystem without shared memory ends up here.
-        return Err(StoreError::Unavailable(format!(
-            "cannot open SQLite store {}: WAL journal mode is required, got {mode}",
-            path.display()
-        )));
-    }
-    let sync = if opts.synchronous_full {
-        "FULL"
-    } else {
-        "NORMAL"
-    };
-    conn.pragma_update(None, "synchronous", sync)
-        .map_err(fail)?;
+    let conn = oncely_db::sqlite::open(
+        path,
+        oncely_db::sqlite::OpenOptions {
+            busy_timeout: opts.busy_timeout,
+            synchronous_full: opts.synchronous_full,
+        },
+    )
+    .map_err(StoreError::Unavailable)?;
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
         .map_err(fail)?;
     // Room for every distinct statement the writer prepares, so none is ever re-parsed.

@@ -1,4 +1,5 @@
-//! `postgres://` URLs: where the database is, plus oncely's own options.
+//! PostgreSQL: `postgres://` URLs (where the database is, plus oncely's own options) and the
+//! connection pool every concern connects with.
 //!
 //! The URL is a libpq-style connection URL as `tokio-postgres` understands it
 //! (`postgres://user[:password]@host[:port]/database?sslmode=disable&application_name=...`);
@@ -12,7 +13,11 @@
 
 use std::time::Duration;
 
-/// Connection and behaviour options of a [`PgStore`](crate::PgStore).
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+/// Connection and behaviour options of a PostgreSQL-backed concern (the idempotency store,
+/// the audit log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgOptions {
     /// The connection URL without oncely's options.
@@ -138,6 +143,38 @@ pub fn validate_schema(name: &str) -> Result<(), String> {
 }
 
 /// `250ms`, `5s`, `2m`.
+/// A connection pool for `opts`, every wait bounded by its timeout. The error is one line.
+pub fn pool(opts: &PgOptions) -> Result<Pool, String> {
+    let mut config: tokio_postgres::Config =
+        opts.url.parse().map_err(|e| format!("postgres URL: {e}"))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(opts.timeout);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("oncely");
+    }
+    // Dead peers (a database host that vanished without closing the socket) are noticed by
+    // the operation timeout; keepalives make the kernel drop such sockets too.
+    config.keepalives(true);
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            // A broken connection is noticed by the first query on it, which fails that one
+            // operation (503 for one request); checking every checkout would cost a round trip.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(opts.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(opts.timeout))
+        .create_timeout(Some(opts.timeout))
+        .recycle_timeout(Some(opts.timeout))
+        .build()
+        .map_err(|e| format!("postgres pool: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

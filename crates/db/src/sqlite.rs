@@ -1,0 +1,98 @@
+//! SQLite: the one way every oncely concern opens its file.
+//!
+//! Write-ahead logging, so readers never block the writer nor the writer the readers, and a
+//! busy timeout set before anything else, since switching to WAL (and migrating) may have to
+//! wait for another process opening the same file. `synchronous=NORMAL` by default: a commit
+//! survives a crash of the process; `FULL` also survives power loss, at an fsync per commit.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+/// How a file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// How long a write waits for another process holding the file's write lock.
+    pub busy_timeout: Duration,
+    /// `synchronous=FULL` instead of `NORMAL`.
+    pub synchronous_full: bool,
+}
+
+impl OpenOptions {
+    pub fn new(busy_timeout: Duration) -> OpenOptions {
+        OpenOptions {
+            busy_timeout,
+            synchronous_full: false,
+        }
+    }
+}
+
+/// Opens (or creates) the file at `path` for reading and writing, in WAL mode. The error is
+/// one line naming the file.
+pub fn open(path: &Path, opts: OpenOptions) -> Result<Connection, String> {
+    let fail = |e: rusqlite::Error| format!("cannot open SQLite file {}: {e}", path.display());
+    let conn = Connection::open(path).map_err(fail)?;
+    conn.busy_timeout(opts.busy_timeout).map_err(fail)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(fail)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        // Without WAL the readers would block the writer and vice versa; an in-memory path
+        // or a filesystem without shared memory ends up here.
+        return Err(format!(
+            "cannot open SQLite file {}: WAL journal mode is required, got {mode}",
+            path.display()
+        ));
+    }
+    let sync = if opts.synchronous_full {
+        "FULL"
+    } else {
+        "NORMAL"
+    };
+    conn.pragma_update(None, "synchronous", sync)
+        .map_err(fail)?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_in_wal_with_the_asked_durability() {
+        let dir = tempfile::tempdir().unwrap();
+        for (full, expected) in [(false, 1), (true, 2)] {
+            let path = dir.path().join(format!("f{full}.db"));
+            let conn = open(
+                &path,
+                OpenOptions {
+                    busy_timeout: Duration::from_millis(1500),
+                    synchronous_full: full,
+                },
+            )
+            .unwrap();
+            let mode: String = conn
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+            let sync: i64 = conn
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap();
+            assert_eq!(sync, expected);
+            let busy: i64 = conn
+                .pragma_query_value(None, "busy_timeout", |r| r.get(0))
+                .unwrap();
+            assert_eq!(busy, 1500);
+        }
+        let err = open(
+            Path::new("/nonexistent/dir/x.db"),
+            OpenOptions::new(Duration::ZERO),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("cannot open SQLite file /nonexistent/dir/x.db: "),
+            "{err}"
+        );
+    }
+}
