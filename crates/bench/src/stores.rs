@@ -21,7 +21,7 @@ use bytes::Bytes;
 use oncely_core::{
     ClaimOutcome, Fingerprint, IdempotencyKey, RecordKey, StoredResponse, SystemClock, Tenant,
 };
-use oncely_gateway::store_url::StoreUrl;
+use oncely_open::StoreUrl;
 use oncely_store::IdempotencyStore;
 use oncely_testkit::CountingUpstream;
 

@@ -13,8 +13,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use oncely_gateway::store_url::StoreUrl;
 use oncely_gateway::{Config, Gateway};
+use oncely_open::StoreUrl;
 use tokio::net::TcpListener;
 
 #[derive(Args)]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use oncely_core::SystemClock;
-use oncely_gateway::store_url::StoreUrl;
+use oncely_open::StoreUrl;
 
 #[derive(Args)]
 pub struct MigrateArgs {

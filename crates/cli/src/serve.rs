@@ -7,9 +7,9 @@ use oncely_gateway::audit::{default_chain, AuditConfig, AuditUrl, RedactionKey};
 use oncely_gateway::config::{
     parse_admin_listen, parse_duration, parse_size, parse_upstream, read_key_file,
 };
-use oncely_gateway::store_url::StoreUrl;
 use oncely_gateway::AdminConfig;
 use oncely_gateway::{Config, Gateway};
+use oncely_open::StoreUrl;
 
 #[derive(Args)]
 pub struct ServeArgs {

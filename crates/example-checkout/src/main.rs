@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use oncely_core::parse_duration;
 use oncely_example_checkout::app::{self, Config, DbUrl};
-use oncely_gateway::store_url::StoreUrl;
+use oncely_open::StoreUrl;
 
 #[derive(Parser)]
 #[command(

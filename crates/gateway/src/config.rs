@@ -17,7 +17,7 @@ use oncely_http::{
 use serde::Deserialize;
 
 use crate::audit::{AuditConfig, AuditUrl, RedactionKey};
-use crate::store_url::StoreUrl;
+use oncely_open::StoreUrl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

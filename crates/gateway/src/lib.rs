@@ -10,7 +10,6 @@ pub mod audit;
 pub mod config;
 pub mod forward;
 pub mod server;
-pub mod store_url;
 
 pub use config::{AdminConfig, Config, ConfigError};
 pub use server::{Gateway, RunningGateway};

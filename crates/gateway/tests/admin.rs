@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oncely_core::{parse_idempotency_key, Fingerprint, RecordKey, SystemClock, Tenant};
-use oncely_gateway::store_url::StoreUrl;
 use oncely_gateway::{AdminConfig, Config, Gateway, RunningGateway};
+use oncely_open::StoreUrl;
 use oncely_store::{IdempotencyStore, MemoryStore};
 use oncely_testkit::{CountingUpstream, TestClient};
 

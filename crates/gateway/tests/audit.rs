@@ -10,8 +10,8 @@ use oncely_audit::sqlite::SqliteAuditLog;
 use oncely_audit::{AuditLog, Filter};
 use oncely_core::SystemClock;
 use oncely_gateway::audit::{AuditConfig, AuditUrl, RedactionKey};
-use oncely_gateway::store_url::StoreUrl;
 use oncely_gateway::{AdminConfig, Config, Gateway};
+use oncely_open::StoreUrl;
 use oncely_store::MemoryStore;
 use oncely_testkit::{CountingUpstream, TestClient};
 

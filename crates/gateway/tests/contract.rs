@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oncely_core::SystemClock;
-use oncely_gateway::store_url::StoreUrl;
 use oncely_gateway::{Config, Gateway, RunningGateway};
+use oncely_open::StoreUrl;
 use oncely_testkit::{Answer, CountingUpstream, TestClient};
 
 const JSON: (&str, &str) = ("content-type", "application/json");

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use oncely_core::correlation::TraceParent;
 use oncely_core::SystemClock;
-use oncely_gateway::store_url::StoreUrl;
 use oncely_gateway::{Config, Gateway, RunningGateway};
+use oncely_open::StoreUrl;
 use oncely_store::MemoryStore;
 use oncely_testkit::{CountingUpstream, TestClient};
 

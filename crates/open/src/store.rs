@@ -1,4 +1,4 @@
-//! `--store` URLs: which backend, where.
+//! Store URLs (`--store`, `server.store`): which backend of the idempotency records, where.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -84,7 +84,7 @@ impl StoreUrl {
                     Some(("synchronous", "normal")) => synchronous_full = false,
                     Some(("busy_timeout", v)) => {
                         busy_timeout = Some(
-                            crate::config::parse_duration(v)
+                            oncely_core::parse_duration(v)
                                 .map_err(|e| format!("`{url}`: busy_timeout: {e}"))?,
                         )
                     }

@@ -1,0 +1,10 @@
+//! Opens any oncely storage concern from the URL a person wrote: the idempotency store
+//! (`sqlite://`, `postgres://`, `redis://`, `memory://`) and the audit trail (`sqlite://`,
+//! `postgres://`). The one place URLs are read, above every backend, so the gateway, the CLI
+//! and the examples never parse them again.
+
+mod audit;
+mod store;
+
+pub use audit::AuditUrl;
+pub use store::StoreUrl;
