@@ -16,9 +16,11 @@
 //! An execution runs inline, but if its client hangs up mid-request the rest of it is spawned
 //! (`RunToCompletion`), so the upstream call is never cancelled half way: the outcome is
 //! still stored and the client's retry replays it.
+//!
+//! The parts by job: `observe` (what observers are told), `upstream` (the inner call and its
+//! failure classes), `execution` (running a claimed request to a decision), and here the
+//! decision flow itself.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,180 +43,14 @@ use crate::problem::{problem, problem_default, with_retry_after};
 use crate::wait::Waiters;
 use crate::{headers, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 
-/// The one call to the wrapped service, boxed so the engine is not generic over it.
-pub type Forward = Box<dyn FnOnce(Request<BoxBody>) -> ForwardFuture + Send>;
-pub type ForwardFuture =
-    Pin<Box<dyn Future<Output = Result<Response<BoxBody>, BoxError>> + Send + 'static>>;
+mod execution;
+mod observe;
+mod upstream;
 
-/// What happened to one request; reported to the [`OutcomeObserver`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// Claimed, forwarded, and the response stored.
-    Executed,
-    /// Answered from the store.
-    Replayed,
-    /// A duplicate that waited for the first request and was then replayed.
-    WaitedThenReplayed,
-    /// 409 `request-in-progress`.
-    InFlightRejected,
-    /// 422/409 `idempotency-key-reused`.
-    Mismatch,
-    MissingKey,
-    InvalidKey,
-    BodyTooLarge,
-    /// The request body broke off before it was read whole.
-    BodyUnreadable,
-    /// 408: the request body stalled, or took longer than allowed in all.
-    BodyTimedOut,
-    /// The upstream answered a status that is not stored (5xx, 408, 429...): key released.
-    Released,
-    /// The upstream may or may not have acted (timeout or reset after sending).
-    UnknownOutcome,
-    /// The upstream could not be reached before anything was sent: key released.
-    UpstreamUnreachable,
-    StoreUnavailable,
-    /// Not a keyed request (or fail-open): forwarded untouched.
-    PassedThrough,
-    /// A claim took over a key whose holder's lease had expired.
-    Takeover,
-    /// A holder's completion was refused because its lease had been taken over.
-    StaleCompletionRefused,
-}
-
-impl Outcome {
-    /// The outcome's name, as metrics label it and audit events record it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Outcome::Executed => "executed",
-            Outcome::Replayed => "replayed",
-            Outcome::WaitedThenReplayed => "waited",
-            Outcome::InFlightRejected => "in_flight_rejected",
-            Outcome::Mismatch => "mismatch",
-            Outcome::MissingKey => "missing_key",
-            Outcome::InvalidKey => "invalid_key",
-            Outcome::BodyTooLarge => "body_too_large",
-            Outcome::BodyUnreadable => "body_unreadable",
-            Outcome::BodyTimedOut => "body_timeout",
-            Outcome::Released => "released",
-            Outcome::UnknownOutcome => "unknown_outcome",
-            Outcome::UpstreamUnreachable => "upstream_unreachable",
-            Outcome::StoreUnavailable => "store_unavailable",
-            Outcome::PassedThrough => "passed_through",
-            Outcome::Takeover => "takeover",
-            Outcome::StaleCompletionRefused => "stale_completion_refused",
-        }
-    }
-}
-
-pub trait OutcomeObserver: Send + Sync + 'static {
-    fn observe(&self, outcome: Outcome);
-    /// How long the wrapped service took to its response head, and whether it answered.
-    fn upstream(&self, _elapsed: Duration, _answered: bool) {}
-    /// Which key a takeover was of (besides `observe(Outcome::Takeover)`).
-    fn takeover(&self, _key: &RecordKey) {}
-    /// Whether this observer wants [`OutcomeObserver::answered`] calls: the engine keeps a
-    /// copy of each keyed request's headers for them, so it asks first.
-    fn wants_answers(&self) -> bool {
-        false
-    }
-    /// How a request with a valid key was answered, with the request it came with. Called
-    /// once per request that reached the claim (a valid key and a body within the limit),
-    /// also when the client hung up and the execution finished without it, and when an
-    /// execution ended without deciding (a panic: `UnknownOutcome`, status 500). Requests
-    /// refused before (missing or invalid key, body too large or unreadable) are only
-    /// observed.
-    fn answered(&self, _answer: &Answer<'_>) {}
-}
-
-/// A keyed request as the engine received it, kept for observers that record every answer
-/// (the audit trail): its headers and its extensions (the gateway's client address, the
-/// correlation ids).
-#[derive(Debug, Clone, Default)]
-pub struct RequestFacts {
-    pub headers: http::HeaderMap,
-    pub extensions: http::Extensions,
-}
-
-/// One keyed request's answer, as [`OutcomeObserver::answered`] learns it.
-#[derive(Debug)]
-pub struct Answer<'a> {
-    pub outcome: Outcome,
-    pub key: &'a RecordKey,
-    /// The status the client was answered (or would have been, had it waited).
-    pub status: u16,
-    pub request: &'a RequestFacts,
-}
-
-/// Several observers as one: the gateway's metrics and its audit trail.
-pub struct Observers(pub Vec<Arc<dyn OutcomeObserver>>);
-
-impl OutcomeObserver for Observers {
-    fn observe(&self, outcome: Outcome) {
-        self.0.iter().for_each(|o| o.observe(outcome));
-    }
-    fn upstream(&self, elapsed: Duration, answered: bool) {
-        self.0.iter().for_each(|o| o.upstream(elapsed, answered));
-    }
-    fn takeover(&self, key: &RecordKey) {
-        self.0.iter().for_each(|o| o.takeover(key));
-    }
-    fn wants_answers(&self) -> bool {
-        self.0.iter().any(|o| o.wants_answers())
-    }
-    fn answered(&self, answer: &Answer<'_>) {
-        self.0
-            .iter()
-            .filter(|o| o.wants_answers())
-            .for_each(|o| o.answered(answer));
-    }
-}
-
-/// How an upstream call failed, as far as idempotency cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
-    /// Nothing reached the upstream (connect refused, DNS...): safe to release the key.
-    NotSent,
-    /// The request may have been received: the outcome is unknown.
-    Unknown,
-    /// No answer within the response timeout: the outcome is unknown.
-    Timeout,
-    /// The client's request body stalled while it was being streamed on; the upstream saw
-    /// the request aborted. Only a request passed through can meet it: a keyed body is
-    /// buffered before anything is forwarded.
-    ClientBodyTimedOut,
-}
-
-/// The error a forwarding service returns so the engine can tell the cases apart. Any other
-/// error type from an inner service is treated as [`UpstreamErrorKind::Unknown`].
-#[derive(Debug)]
-pub struct UpstreamError {
-    pub kind: UpstreamErrorKind,
-    pub message: String,
-}
-
-impl std::fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for UpstreamError {}
-
-impl UpstreamError {
-    pub fn new(kind: UpstreamErrorKind, message: impl Into<String>) -> Self {
-        UpstreamError {
-            kind,
-            message: message.into(),
-        }
-    }
-
-    fn classify(err: BoxError) -> UpstreamError {
-        match err.downcast::<UpstreamError>() {
-            Ok(e) => *e,
-            Err(other) => UpstreamError::new(UpstreamErrorKind::Unknown, other.to_string()),
-        }
-    }
-}
+use execution::{ClaimGuard, RunToCompletion};
+pub use observe::{Answer, Observers, Outcome, OutcomeObserver, RequestFacts};
+use upstream::Upstream;
+pub use upstream::{Forward, ForwardFuture, UpstreamError, UpstreamErrorKind};
 
 pub struct Engine {
     store: Arc<dyn IdempotencyStore>,
@@ -326,29 +162,20 @@ impl Engine {
         r
     }
 
-    fn observe(&self, outcome: Outcome) {
+    /// The one way observers are told anything about a request: its outcome, and for a
+    /// keyed request that reached the claim, how it was answered.
+    fn observe(&self, outcome: Outcome, answered: Option<Answered<'_>>) {
         tracing::debug!(?outcome, "idempotency outcome");
-        if let Some(o) = &self.observer {
-            o.observe(outcome);
-        }
-    }
-
-    /// Observes how a keyed request was answered and hands `resp` on.
-    fn answer(
-        &self,
-        key: &RecordKey,
-        facts: Option<&RequestFacts>,
-        outcome: Outcome,
-        resp: Response<BoxBody>,
-    ) -> Response<BoxBody> {
-        self.observe(outcome);
-        self.report(key, facts, outcome, resp.status().as_u16());
-        resp
-    }
-
-    /// Tells an observer that wants them of a keyed request's answer.
-    fn report(&self, key: &RecordKey, facts: Option<&RequestFacts>, outcome: Outcome, status: u16) {
-        if let (Some(o), Some(request)) = (&self.observer, facts) {
+        let Some(o) = &self.observer else {
+            return;
+        };
+        o.observe(outcome);
+        if let Some(Answered {
+            key,
+            facts: Some(request),
+            status,
+        }) = answered
+        {
             o.answered(&Answer {
                 outcome,
                 key,
@@ -356,6 +183,17 @@ impl Engine {
                 request,
             });
         }
+    }
+
+    /// Observes how `job` was answered and hands `resp` on.
+    fn answer(&self, job: &Job, outcome: Outcome, resp: Response<BoxBody>) -> Response<BoxBody> {
+        let answered = Answered {
+            key: &job.record_key,
+            facts: job.facts.as_ref(),
+            status: resp.status().as_u16(),
+        };
+        self.observe(outcome, Some(answered));
+        resp
     }
 
     /// Answers one request, calling `inner` at most once.
@@ -373,7 +211,7 @@ impl Engine {
         };
         let key = match key_of(req.headers()) {
             None if policy.key == KeyRequirement::Required => {
-                self.observe(Outcome::MissingKey);
+                self.observe(Outcome::MissingKey, None);
                 return problem_default(
                     ProblemKind::MissingKey,
                     &format!(
@@ -385,7 +223,7 @@ impl Engine {
             }
             None => return self.pass_through(inner, req).await,
             Some(Err(e)) => {
-                self.observe(Outcome::InvalidKey);
+                self.observe(Outcome::InvalidKey, None);
                 return problem_default(ProblemKind::InvalidKey, &e.to_string());
             }
             Some(Ok(k)) => k,
@@ -396,7 +234,7 @@ impl Engine {
             Err(_) => return self.body_timed_out(BodyTimedOut::Total(self.body_timeout)),
             Ok(Ok(Buffered::Complete(b))) => b,
             Ok(Ok(Buffered::TooLarge { .. })) => {
-                self.observe(Outcome::BodyTooLarge);
+                self.observe(Outcome::BodyTooLarge, None);
                 return problem_default(
                     ProblemKind::BodyTooLarge,
                     &format!(
@@ -409,7 +247,7 @@ impl Engine {
                 if let Some(timeout) = BodyTimedOut::find(e.as_ref()) {
                     return self.body_timed_out(timeout);
                 }
-                self.observe(Outcome::BodyUnreadable);
+                self.observe(Outcome::BodyUnreadable, None);
                 return problem_default(ProblemKind::BodyUnreadable, &e.to_string());
             }
         };
@@ -451,7 +289,7 @@ impl Engine {
             if hit.fingerprint != job.fingerprint {
                 return self.mismatch(&job);
             }
-            return self.answer_job(&job, Outcome::Replayed, replay(hit.response));
+            return self.answer(&job, Outcome::Replayed, replay(hit.response));
         }
         let mut waited = false;
         loop {
@@ -465,7 +303,7 @@ impl Engine {
                     token, takeover, ..
                 }) => {
                     if takeover {
-                        self.observe(Outcome::Takeover);
+                        self.observe(Outcome::Takeover, None);
                         if let Some(o) = &self.observer {
                             o.takeover(&job.record_key);
                         }
@@ -483,7 +321,7 @@ impl Engine {
                     } else {
                         Outcome::Replayed
                     };
-                    return self.answer_job(&job, outcome, replay(stored));
+                    return self.answer(&job, outcome, replay(stored));
                 }
                 ExistingDecision::KeyReused => return self.mismatch(&job),
                 ExistingDecision::InProgress { .. } => {
@@ -493,11 +331,7 @@ impl Engine {
                     waited = true;
                     match self.wait_for_holder(&job, deadline).await {
                         WaitEnd::Replay(stored) => {
-                            return self.answer_job(
-                                &job,
-                                Outcome::WaitedThenReplayed,
-                                replay(stored),
-                            );
+                            return self.answer(&job, Outcome::WaitedThenReplayed, replay(stored));
                         }
                         WaitEnd::Mismatch => return self.mismatch(&job),
                         WaitEnd::ClaimAgain => continue,
@@ -660,7 +494,13 @@ impl Engine {
                 (outcome, Response::from_parts(rparts, body))
             }
         };
-        self.answer(&record_key, facts.as_ref(), outcome, response)
+        let answered = Answered {
+            key: &record_key,
+            facts: facts.as_ref(),
+            status: response.status().as_u16(),
+        };
+        self.observe(outcome, Some(answered));
+        response
     }
 
     /// Keeps the lease alive while the upstream works, so a live holder is never taken over.
@@ -808,7 +648,7 @@ impl Engine {
             StoreFailureMode::FailClosed
         };
         match mode {
-            StoreFailureMode::FailClosed => self.answer_job(
+            StoreFailureMode::FailClosed => self.answer(
                 &job,
                 Outcome::StoreUnavailable,
                 with_retry_after(
@@ -822,22 +662,38 @@ impl Engine {
             StoreFailureMode::FailOpen => {
                 // Forwarded unprotected: counted as passed through, and reported as such
                 // with its key, so the audit trail shows which keyed requests were.
-                let req = Request::from_parts(job.parts, full(job.body));
-                let resp = self.pass_through(inner, req).await;
-                let status = resp.status().as_u16();
-                self.report(
-                    &job.record_key,
-                    job.facts.as_ref(),
-                    Outcome::PassedThrough,
-                    status,
-                );
+                let Job {
+                    parts,
+                    body,
+                    record_key,
+                    facts,
+                    ..
+                } = job;
+                let resp = self
+                    .forward_unprotected(inner, Request::from_parts(parts, full(body)))
+                    .await;
+                let answered = Answered {
+                    key: &record_key,
+                    facts: facts.as_ref(),
+                    status: resp.status().as_u16(),
+                };
+                self.observe(Outcome::PassedThrough, Some(answered));
                 resp
             }
         }
     }
 
     async fn pass_through(&self, inner: Forward, req: Request<BoxBody>) -> Response<BoxBody> {
-        self.observe(Outcome::PassedThrough);
+        self.observe(Outcome::PassedThrough, None);
+        self.forward_unprotected(inner, req).await
+    }
+
+    /// Forwards without a claim, problems for the upstream's failures.
+    async fn forward_unprotected(
+        &self,
+        inner: Forward,
+        req: Request<BoxBody>,
+    ) -> Response<BoxBody> {
         match self.call_inner(inner(req)).await {
             Ok(resp) => resp,
             Err(e) => match UpstreamError::classify(e) {
@@ -852,19 +708,10 @@ impl Engine {
 
     /// A keyed body that did not arrive in time: nothing was claimed, so nothing is held.
     fn body_timed_out(&self, timeout: BodyTimedOut) -> Response<BoxBody> {
-        self.observe(Outcome::BodyTimedOut);
+        self.observe(Outcome::BodyTimedOut, None);
         request_timeout(&format!(
             "the request body did not arrive in time ({timeout}); nothing was executed, send it again"
         ))
-    }
-
-    fn answer_job(
-        &self,
-        job: &Job,
-        outcome: Outcome,
-        resp: Response<BoxBody>,
-    ) -> Response<BoxBody> {
-        self.answer(&job.record_key, job.facts.as_ref(), outcome, resp)
     }
 
     fn mismatch(&self, job: &Job) -> Response<BoxBody> {
@@ -873,7 +720,7 @@ impl Engine {
             job.policy.mismatch_status,
             "this key was first used with a different request (method, path, content type or body); use a new key for a new request",
         );
-        self.answer_job(job, Outcome::Mismatch, resp)
+        self.answer(job, Outcome::Mismatch, resp)
     }
 
     fn in_flight(&self, job: &Job) -> Response<BoxBody> {
@@ -884,7 +731,7 @@ impl Engine {
             ),
             job.policy.retry_after.as_secs(),
         );
-        self.answer_job(job, Outcome::InFlightRejected, resp)
+        self.answer(job, Outcome::InFlightRejected, resp)
     }
 }
 
@@ -909,16 +756,6 @@ fn unknown_detail(err: &UpstreamError, policy: &RoutePolicy) -> String {
     }
 }
 
-/// What the upstream produced, once the engine has read what it needs of it.
-enum Upstream {
-    /// A status that is not stored: passed on (streamed), and the key released.
-    NotStored(Response<BoxBody>),
-    /// A stored status with its whole body.
-    Whole(http::response::Parts, Bytes),
-    /// A stored status whose body is larger than `max_response`: passed on unstored.
-    TooLarge(http::response::Parts, BoxBody),
-}
-
 /// Put in the extensions of every request the engine forwards under a claimed key.
 ///
 /// The gateway's forwarder ignores it; an application behind [`crate::IdempotencyLayer`]
@@ -928,6 +765,14 @@ enum Upstream {
 pub struct Claimed {
     pub record_key: RecordKey,
     pub fingerprint: Fingerprint,
+}
+
+/// How a keyed request was answered, for [`Engine::observe`].
+struct Answered<'a> {
+    key: &'a RecordKey,
+    /// Present when an observer asked for each answer with its request.
+    facts: Option<&'a RequestFacts>,
+    status: u16,
 }
 
 struct Job {
@@ -946,81 +791,6 @@ enum WaitEnd {
     ClaimAgain,
     TimedOut,
     StoreFailed(StoreError),
-}
-
-/// Polls its future inline; if dropped before the future finished, spawns the rest of it so
-/// it still completes (and stores or releases its key) after the caller went away.
-struct RunToCompletion<F: Future + Send + 'static>
-where
-    F::Output: Send + 'static,
-{
-    fut: Option<Pin<Box<F>>>,
-}
-
-impl<F: Future + Send + 'static> Future for RunToCompletion<F>
-where
-    F::Output: Send + 'static,
-{
-    type Output = F::Output;
-
-    fn poll(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        let Some(fut) = self.fut.as_mut() else {
-            // Polled after completion: a caller bug; never complete twice.
-            return std::task::Poll::Pending;
-        };
-        let out = fut.as_mut().poll(cx);
-        if out.is_ready() {
-            self.fut = None;
-        }
-        out
-    }
-}
-
-impl<F: Future + Send + 'static> Drop for RunToCompletion<F>
-where
-    F::Output: Send + 'static,
-{
-    fn drop(&mut self) {
-        if let Some(fut) = self.fut.take() {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                // In the request's span, so the rest of its log lines still carry its ids.
-                rt.spawn(tracing::Instrument::in_current_span(fut));
-            }
-        }
-    }
-}
-
-/// Applies the unknown-outcome policy if an execution ends without deciding (it panicked, or
-/// the runtime shut down under it).
-struct ClaimGuard {
-    engine: Arc<Engine>,
-    key: RecordKey,
-    token: LeaseToken,
-    policy: Arc<RoutePolicy>,
-    armed: bool,
-    /// For the report of an execution that ended without deciding.
-    facts: Option<RequestFacts>,
-}
-
-impl Drop for ClaimGuard {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        self.engine.observe(Outcome::UnknownOutcome);
-        // No answer reached the client; 500 is what it would have been.
-        self.engine
-            .report(&self.key, self.facts.as_ref(), Outcome::UnknownOutcome, 500);
-        if self.policy.unknown_outcome == UnknownOutcomePolicy::Release {
-            let (engine, key, token) = (self.engine.clone(), self.key.clone(), self.token);
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move { engine.release(&key, token).await });
-            }
-        }
-    }
 }
 
 fn key_of(headers: &http::HeaderMap) -> Option<Result<IdempotencyKey, KeyError>> {

@@ -1,0 +1,130 @@
+//! What the engine tells observers: each request's outcome, the keyed answers with their
+//! request (the audit trail's source), the upstream's latency and takeovers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oncely_core::RecordKey;
+
+/// What happened to one request; reported to the [`OutcomeObserver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Claimed, forwarded, and the response stored.
+    Executed,
+    /// Answered from the store.
+    Replayed,
+    /// A duplicate that waited for the first request and was then replayed.
+    WaitedThenReplayed,
+    /// 409 `request-in-progress`.
+    InFlightRejected,
+    /// 422/409 `idempotency-key-reused`.
+    Mismatch,
+    MissingKey,
+    InvalidKey,
+    BodyTooLarge,
+    /// The request body broke off before it was read whole.
+    BodyUnreadable,
+    /// 408: the request body stalled, or took longer than allowed in all.
+    BodyTimedOut,
+    /// The upstream answered a status that is not stored (5xx, 408, 429...): key released.
+    Released,
+    /// The upstream may or may not have acted (timeout or reset after sending).
+    UnknownOutcome,
+    /// The upstream could not be reached before anything was sent: key released.
+    UpstreamUnreachable,
+    StoreUnavailable,
+    /// Not a keyed request (or fail-open): forwarded untouched.
+    PassedThrough,
+    /// A claim took over a key whose holder's lease had expired.
+    Takeover,
+    /// A holder's completion was refused because its lease had been taken over.
+    StaleCompletionRefused,
+}
+
+impl Outcome {
+    /// The outcome's name, as metrics label it and audit events record it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Executed => "executed",
+            Outcome::Replayed => "replayed",
+            Outcome::WaitedThenReplayed => "waited",
+            Outcome::InFlightRejected => "in_flight_rejected",
+            Outcome::Mismatch => "mismatch",
+            Outcome::MissingKey => "missing_key",
+            Outcome::InvalidKey => "invalid_key",
+            Outcome::BodyTooLarge => "body_too_large",
+            Outcome::BodyUnreadable => "body_unreadable",
+            Outcome::BodyTimedOut => "body_timeout",
+            Outcome::Released => "released",
+            Outcome::UnknownOutcome => "unknown_outcome",
+            Outcome::UpstreamUnreachable => "upstream_unreachable",
+            Outcome::StoreUnavailable => "store_unavailable",
+            Outcome::PassedThrough => "passed_through",
+            Outcome::Takeover => "takeover",
+            Outcome::StaleCompletionRefused => "stale_completion_refused",
+        }
+    }
+}
+
+pub trait OutcomeObserver: Send + Sync + 'static {
+    fn observe(&self, outcome: Outcome);
+    /// How long the wrapped service took to its response head, and whether it answered.
+    fn upstream(&self, _elapsed: Duration, _answered: bool) {}
+    /// Which key a takeover was of (besides `observe(Outcome::Takeover)`).
+    fn takeover(&self, _key: &RecordKey) {}
+    /// Whether this observer wants [`OutcomeObserver::answered`] calls: the engine keeps a
+    /// copy of each keyed request's headers for them, so it asks first.
+    fn wants_answers(&self) -> bool {
+        false
+    }
+    /// How a request with a valid key was answered, with the request it came with. Called
+    /// once per request that reached the claim (a valid key and a body within the limit),
+    /// also when the client hung up and the execution finished without it, and when an
+    /// execution ended without deciding (a panic: `UnknownOutcome`, status 500). Requests
+    /// refused before (missing or invalid key, body too large or unreadable) are only
+    /// observed.
+    fn answered(&self, _answer: &Answer<'_>) {}
+}
+
+/// A keyed request as the engine received it, kept for observers that record every answer
+/// (the audit trail): its headers and its extensions (the gateway's client address, the
+/// correlation ids).
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    pub headers: http::HeaderMap,
+    pub extensions: http::Extensions,
+}
+
+/// One keyed request's answer, as [`OutcomeObserver::answered`] learns it.
+#[derive(Debug)]
+pub struct Answer<'a> {
+    pub outcome: Outcome,
+    pub key: &'a RecordKey,
+    /// The status the client was answered (or would have been, had it waited).
+    pub status: u16,
+    pub request: &'a RequestFacts,
+}
+
+/// Several observers as one: the gateway's metrics and its audit trail.
+pub struct Observers(pub Vec<Arc<dyn OutcomeObserver>>);
+
+impl OutcomeObserver for Observers {
+    fn observe(&self, outcome: Outcome) {
+        self.0.iter().for_each(|o| o.observe(outcome));
+    }
+    fn upstream(&self, elapsed: Duration, answered: bool) {
+        self.0.iter().for_each(|o| o.upstream(elapsed, answered));
+    }
+    fn takeover(&self, key: &RecordKey) {
+        self.0.iter().for_each(|o| o.takeover(key));
+    }
+    fn wants_answers(&self) -> bool {
+        self.0.iter().any(|o| o.wants_answers())
+    }
+    fn answered(&self, answer: &Answer<'_>) {
+        self.0
+            .iter()
+            .filter(|o| o.wants_answers())
+            .for_each(|o| o.answered(answer));
+    }
+}
