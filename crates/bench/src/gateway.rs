@@ -23,7 +23,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
     version,
     about = "Measure the oncely gateway against its upstream, nginx and the raw stores, side by side"
 )]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// The `oncely` binary to run as the gateway [default: the one next to this binary].
     #[arg(long, value_name = "PATH")]
     oncely: Option<PathBuf>,
@@ -90,7 +90,7 @@ pub(crate) struct Stats {
     pub errors: u64,
 }
 
-pub async fn run(args: BenchArgs) -> Result<(), String> {
+pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     let tmp = std::env::temp_dir().join(format!("oncely-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
     let oncely = oncely_binary(args.oncely.as_deref())?;

@@ -9,7 +9,7 @@ use oncely_gateway::audit::AuditUrl;
 use oncely_gateway::config::read_key_file;
 
 #[derive(Args)]
-pub struct AuditArgs {
+pub(crate) struct AuditArgs {
     /// The audit log: sqlite://PATH or postgres://USER@HOST/DB?schema=NAME, as given to
     /// `oncely serve --audit`.
     #[arg(long, value_name = "URL", env = "ONCELY_AUDIT_URL")]
@@ -95,7 +95,7 @@ impl FilterArgs {
     }
 }
 
-pub async fn run(args: AuditArgs) -> Result<(), String> {
+pub(crate) async fn run(args: AuditArgs) -> Result<(), String> {
     let url = AuditUrl::parse(&args.db).map_err(|e| format!("--db: {e}"))?;
     if let AuditUrl::Sqlite { path, .. } = &url {
         // Opening would create an empty file: say what is wrong instead.

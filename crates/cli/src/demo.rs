@@ -18,7 +18,7 @@ use oncely_open::StoreUrl;
 use tokio::net::TcpListener;
 
 #[derive(Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Port of the gateway (the orders service gets a free port of its own).
     #[arg(long, default_value_t = 8080)]
     port: u16,
@@ -36,7 +36,7 @@ pub struct DemoArgs {
     exit_after_tour: bool,
 }
 
-pub async fn run(args: DemoArgs) -> Result<(), String> {
+pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
     let orders = OrdersService::start(Duration::from_millis(args.work_ms)).await?;
     let tmp = std::env::temp_dir().join(format!("oncely-demo-{}", std::process::id()));
     let store = match &args.store {

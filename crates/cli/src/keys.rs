@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 use oncely_core::Tenant;
 
 #[derive(Args)]
-pub struct KeysArgs {
+pub(crate) struct KeysArgs {
     /// The gateway's admin listener.
     #[arg(
         long,
@@ -95,7 +95,7 @@ impl KeyArgs {
     }
 }
 
-pub async fn run(args: KeysArgs) -> Result<(), String> {
+pub(crate) async fn run(args: KeysArgs) -> Result<(), String> {
     let (method, path) = match &args.command {
         KeysCommand::List { limit } => (reqwest::Method::GET, format!("/keys?limit={limit}")),
         KeysCommand::Get(k) => (reqwest::Method::GET, format!("/keys/one?{}", k.query()?)),

@@ -4,7 +4,7 @@ use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Args)]
-pub struct LogArgs {
+pub(crate) struct LogArgs {
     /// Log level or filter (e.g. `info`, `oncely_http=debug`); `RUST_LOG` is used if unset.
     #[arg(long, global = true, env = "ONCELY_LOG")]
     pub log_level: Option<String>,
@@ -14,12 +14,12 @@ pub struct LogArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
 
-pub fn init(args: &LogArgs) -> Result<(), String> {
+pub(crate) fn init(args: &LogArgs) -> Result<(), String> {
     let filter = match &args.log_level {
         Some(level) => {
             EnvFilter::try_new(level).map_err(|e| format!("--log-level `{level}`: {e}"))?

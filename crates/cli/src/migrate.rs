@@ -7,14 +7,14 @@ use oncely_core::SystemClock;
 use oncely_open::StoreUrl;
 
 #[derive(Args)]
-pub struct MigrateArgs {
+pub(crate) struct MigrateArgs {
     /// The store to migrate: postgres://USER@HOST:PORT/DB[?schema=NAME] or sqlite://PATH.
     /// Gateways also migrate when they start; this command lets a deploy do it first.
     #[arg(long, value_name = "URL", env = "ONCELY_STORE")]
     store: String,
 }
 
-pub async fn run(args: MigrateArgs) -> Result<(), String> {
+pub(crate) async fn run(args: MigrateArgs) -> Result<(), String> {
     let url = StoreUrl::parse(&args.store).map_err(|e| format!("--store: {e}"))?;
     match &url {
         StoreUrl::Postgres(opts) => {

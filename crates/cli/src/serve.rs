@@ -12,7 +12,7 @@ use oncely_gateway::{Config, Gateway};
 use oncely_open::StoreUrl;
 
 #[derive(Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080, or server.listen in the config].
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
@@ -77,7 +77,7 @@ pub struct ServeArgs {
     audit_key: Option<String>,
 }
 
-pub async fn run(args: ServeArgs) -> Result<(), String> {
+pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
     let config = build_config(&args)?;
     for w in config.validate().map_err(|e| e.to_string())? {
         tracing::warn!("{w}");
@@ -226,7 +226,7 @@ fn apply_audit_args(args: &ServeArgs, config: &mut Config) -> Result<(), String>
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

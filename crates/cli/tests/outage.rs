@@ -86,7 +86,7 @@ impl PrivatePostgres {
 
     fn start(bin: PathBuf) -> Result<PrivatePostgres, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        if is_root() {
+        if common::is_root() {
             run(Command::new("chown")
                 .arg("-R")
                 .arg("postgres:")
@@ -154,13 +154,8 @@ impl Drop for PrivatePostgres {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn as_postgres(program: &Path) -> Command {
-    if is_root() {
+    if common::is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
         c

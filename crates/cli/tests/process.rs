@@ -119,8 +119,7 @@ async fn sigterm_lets_requests_in_flight_finish() {
         &[("x-test-delay-ms", "700")],
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // SAFETY: plain kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(gw.id() as i32, libc::SIGTERM) };
+    let rc = common::signal(gw.id(), libc::SIGTERM);
     assert_eq!(rc, 0);
     let answer = in_flight.await.unwrap().expect("answered before exiting");
     assert_eq!(answer.status, 201);
@@ -364,8 +363,7 @@ async fn a_frozen_holder_is_fenced_off_by_the_gateway_that_took_over() {
         &[("x-test-delay-ms", "4500")],
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // SAFETY: plain kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(a.id() as i32, libc::SIGSTOP) }, 0);
+    assert_eq!(common::signal(a.id(), libc::SIGSTOP), 0);
     let frozen_at = Instant::now();
 
     let orders_b = format!("{url_b}/orders");
@@ -387,7 +385,7 @@ async fn a_frozen_holder_is_fenced_off_by_the_gateway_that_took_over() {
     );
     assert_eq!(taken.json()["execution"], 2);
 
-    assert_eq!(unsafe { libc::kill(a.id() as i32, libc::SIGCONT) }, 0);
+    assert_eq!(common::signal(a.id(), libc::SIGCONT), 0);
     let late = held.await.unwrap().unwrap();
     assert_eq!(
         late.status, 201,

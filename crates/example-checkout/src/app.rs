@@ -99,6 +99,7 @@ impl Hooks for CrashAt {
         if boundary == self.0 {
             eprintln!("crash point reached: {operation} {boundary}");
             // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+            #[allow(unsafe_code)]
             unsafe {
                 libc::kill(libc::getpid(), libc::SIGKILL);
             }

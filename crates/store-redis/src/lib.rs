@@ -47,7 +47,7 @@ use redis::aio::ConnectionManager;
 use redis::Value;
 use sha2::{Digest, Sha256};
 
-pub use options::RedisOptions;
+pub use options::{RedisOptions, DEFAULT_PREFIX, DEFAULT_TIMEOUT};
 
 /// Slack added to the physical expiry when the store runs on a local clock (see [`scripts`]).
 const LOCAL_CLOCK_SLACK_MS: i64 = 60_000;

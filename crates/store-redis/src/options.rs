@@ -15,7 +15,9 @@ pub struct RedisOptions {
     pub timeout: Duration,
 }
 
+/// The key space of oncely's records unless `prefix=` says otherwise.
 pub const DEFAULT_PREFIX: &str = "oncely";
+/// The bound on every command unless `timeout=` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RedisOptions {

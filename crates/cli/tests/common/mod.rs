@@ -9,13 +9,13 @@ use std::process::{Child, Command};
 
 use oncely_testkit::services::{unique_name, Service};
 
-pub fn oncely() -> Command {
+pub(crate) fn oncely() -> Command {
     Command::new(env!("CARGO_BIN_EXE_oncely"))
 }
 
 /// Kills the child when dropped, so a failing assertion never leaves a gateway running
 /// (holding the test harness's stderr open).
-pub struct KillOnDrop(pub Child);
+pub(crate) struct KillOnDrop(pub Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -26,24 +26,35 @@ impl Drop for KillOnDrop {
 
 impl KillOnDrop {
     /// SIGTERM, then waits for a clean exit: what a service manager does.
-    pub fn stop(mut self) {
-        // SAFETY: signalling a child process we spawned and have not reaped yet.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
+    pub(crate) fn stop(mut self) {
+        signal(self.0.id(), libc::SIGTERM);
         let status = self.0.wait().expect("wait for the gateway");
         assert!(status.success(), "a stopped gateway exits 0: {status}");
     }
 }
 
+/// Sends `sig` to the process `pid` (a child of this test); kill(2)'s return value.
+#[allow(unsafe_code)]
+pub(crate) fn signal(pid: u32, sig: i32) -> i32 {
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
+    unsafe { libc::kill(pid as i32, sig) }
+}
+
+/// Whether the tests run as root (root ignores file permissions).
+#[allow(unsafe_code)]
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Reads the `listening on URL` line a starting `oncely serve` prints; returns the URL.
-pub fn listening_url(child: &mut Child) -> String {
+pub(crate) fn listening_url(child: &mut Child) -> String {
     let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
     announced(&mut out, "listening on ")
 }
 
 /// The `listening on URL` line and the `admin on URL` line after it: both URLs.
-pub fn listening_and_admin_urls(child: &mut Child) -> (String, String) {
+pub(crate) fn listening_and_admin_urls(child: &mut Child) -> (String, String) {
     let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
     let url = announced(&mut out, "listening on ");
     (url, announced(&mut out, "admin on "))
@@ -60,7 +71,7 @@ fn announced(out: &mut impl BufRead, prefix: &str) -> String {
 }
 
 /// A store URL for one test and what removes its data afterwards.
-pub struct SharedStore {
+pub(crate) struct SharedStore {
     pub url: String,
     cleanup: Box<dyn FnOnce() + Send>,
 }
@@ -72,7 +83,7 @@ impl Drop for SharedStore {
     }
 }
 
-pub fn postgres(test: &str) -> Option<SharedStore> {
+pub(crate) fn postgres(test: &str) -> Option<SharedStore> {
     let base = Service::Postgres.available(test)?;
     let schema = unique_name("oncely_gw");
     let sep = if base.contains('?') { '&' } else { '?' };
@@ -88,7 +99,7 @@ pub fn postgres(test: &str) -> Option<SharedStore> {
     })
 }
 
-pub fn redis(test: &str) -> Option<SharedStore> {
+pub(crate) fn redis(test: &str) -> Option<SharedStore> {
     let base = Service::Redis.available(test)?;
     let prefix = unique_name("oncely_gw");
     let sep = if base.contains('?') { '&' } else { '?' };

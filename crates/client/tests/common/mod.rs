@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 /// What the server does with one request.
 #[derive(Debug, Clone)]
-pub enum Action {
+pub(crate) enum Action {
     /// Answer with a status, headers and a body.
     Respond(u16, Vec<(&'static str, String)>, &'static str),
     /// Read the request, then close the connection without answering.
@@ -24,16 +24,16 @@ pub enum Action {
     Delay(Duration),
 }
 
-pub fn status(s: u16) -> Action {
+pub(crate) fn status(s: u16) -> Action {
     Action::Respond(s, vec![], "")
 }
 
-pub fn body(s: u16, body: &'static str) -> Action {
+pub(crate) fn body(s: u16, body: &'static str) -> Action {
     Action::Respond(s, vec![], body)
 }
 
 /// A 409 problem+json answer whose `type` is `problem_type`.
-pub fn conflict(problem_type: &str) -> Action {
+pub(crate) fn conflict(problem_type: &str) -> Action {
     let body = format!(r#"{{"type":"{problem_type}","title":"conflict","status":409}}"#);
     Action::Respond(
         409,
@@ -43,13 +43,13 @@ pub fn conflict(problem_type: &str) -> Action {
 }
 
 /// The gateway's own `request-in-progress` 409.
-pub fn in_progress() -> Action {
+pub(crate) fn in_progress() -> Action {
     conflict(&oncely_core::ProblemKind::RequestInProgress.type_uri())
 }
 
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// Since the server started (monotonic).
     pub at: Duration,
     /// The wall-clock time it arrived.
@@ -62,7 +62,7 @@ pub struct Seen {
 
 /// A server following a script: the n-th request gets `script[n]`, and requests past its end get
 /// the last action.
-pub struct Flaky {
+pub(crate) struct Flaky {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
@@ -78,7 +78,7 @@ impl std::fmt::Display for Dropped {
 impl std::error::Error for Dropped {}
 
 impl Flaky {
-    pub async fn start(script: Vec<Action>) -> Flaky {
+    pub(crate) async fn start(script: Vec<Action>) -> Flaky {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -152,15 +152,15 @@ impl Flaky {
         Flaky { addr, seen, task }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
 }
@@ -172,7 +172,7 @@ impl Drop for Flaky {
 }
 
 /// An address on which nothing listens: connections are refused.
-pub async fn refused_addr() -> SocketAddr {
+pub(crate) async fn refused_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     drop(l);

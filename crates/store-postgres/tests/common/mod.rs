@@ -13,11 +13,11 @@ use oncely_store_postgres::{PgOptions, PgStore};
 use oncely_testkit::services::{unique_name, Service};
 
 /// Whether PostgreSQL is there for `test` (skips, or fails under ONCELY_REQUIRE_SERVICES=1).
-pub fn available(test: &str) -> bool {
+pub(crate) fn available(test: &str) -> bool {
     Service::Postgres.available(test).is_some()
 }
 
-pub fn options(schema: &str) -> PgOptions {
+pub(crate) fn options(schema: &str) -> PgOptions {
     let mut o = PgOptions::from_url(&Service::Postgres.url()).expect("test URL parses");
     o.schema = schema.to_owned();
     o.pool_size = 8;
@@ -26,17 +26,17 @@ pub fn options(schema: &str) -> PgOptions {
 }
 
 /// Drops its schema on drop.
-pub struct Schema {
+pub(crate) struct Schema {
     pub name: String,
 }
 
 impl Schema {
-    pub fn new() -> Schema {
+    pub(crate) fn new() -> Schema {
         Schema {
             name: unique_name("oncely_test"),
         }
     }
-    pub async fn store(&self, time: TimeSource) -> PgStore {
+    pub(crate) async fn store(&self, time: TimeSource) -> PgStore {
         PgStore::connect(options(&self.name), time)
             .await
             .expect("connect to the test database")
@@ -53,7 +53,7 @@ impl Drop for Schema {
 }
 
 /// A store on a manual clock, in a schema of its own that is dropped with it.
-pub async fn temp_store(clock: ManualClock) -> Guarded<PgStore, Schema> {
+pub(crate) async fn temp_store(clock: ManualClock) -> Guarded<PgStore, Schema> {
     let schema = Schema::new();
     let clock: Arc<dyn Clock> = Arc::new(clock);
     Guarded {

@@ -12,12 +12,12 @@ use oncely_store::TimeSource;
 use oncely_store_redis::{RedisOptions, RedisStore};
 use oncely_testkit::services::{unique_name, Service};
 
-pub fn available(test: &str) -> bool {
+pub(crate) fn available(test: &str) -> bool {
     Service::Redis.available(test).is_some()
 }
 
 /// A raw connection for tests that look behind the store's back.
-pub async fn raw() -> redis::aio::MultiplexedConnection {
+pub(crate) async fn raw() -> redis::aio::MultiplexedConnection {
     redis::Client::open(Service::Redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -26,23 +26,23 @@ pub async fn raw() -> redis::aio::MultiplexedConnection {
 }
 
 /// Deletes its prefix's keys on drop.
-pub struct Prefix {
+pub(crate) struct Prefix {
     pub name: String,
 }
 
 impl Prefix {
-    pub fn new() -> Prefix {
+    pub(crate) fn new() -> Prefix {
         Prefix {
             name: unique_name("oncely_test"),
         }
     }
-    pub fn options(&self) -> RedisOptions {
+    pub(crate) fn options(&self) -> RedisOptions {
         let mut o = RedisOptions::from_url(&Service::Redis.url()).expect("test URL parses");
         o.prefix = self.name.clone();
         o.timeout = Duration::from_secs(10);
         o
     }
-    pub async fn store(&self, time: TimeSource) -> RedisStore {
+    pub(crate) async fn store(&self, time: TimeSource) -> RedisStore {
         RedisStore::connect(self.options(), time)
             .await
             .expect("connect to the test Redis")
@@ -80,7 +80,7 @@ impl Drop for Prefix {
 }
 
 /// A store on a manual clock under a prefix of its own.
-pub async fn temp_store(clock: ManualClock) -> Guarded<RedisStore, Prefix> {
+pub(crate) async fn temp_store(clock: ManualClock) -> Guarded<RedisStore, Prefix> {
     let prefix = Prefix::new();
     let clock: Arc<dyn Clock> = Arc::new(clock);
     Guarded {

@@ -11,9 +11,9 @@ use oncely_store_sqlite::{SqliteOptions, SqliteStore};
 use tempfile::TempDir;
 
 /// The store goes before the directory (field order): its writer thread ends first.
-pub type TempStore = Guarded<SqliteStore, TempDir>;
+pub(crate) type TempStore = Guarded<SqliteStore, TempDir>;
 
-pub fn temp_store(clock: impl Clock) -> TempStore {
+pub(crate) fn temp_store(clock: impl Clock) -> TempStore {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(
         SqliteOptions::new(dir.path().join("records.db")),
@@ -23,6 +23,6 @@ pub fn temp_store(clock: impl Clock) -> TempStore {
     Guarded { store, guard: dir }
 }
 
-pub fn path(t: &TempStore) -> PathBuf {
+pub(crate) fn path(t: &TempStore) -> PathBuf {
     t.guard.path().join("records.db")
 }
