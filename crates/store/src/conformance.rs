@@ -654,9 +654,19 @@ where
 /// For a backend on an external service, `conformance_tests!(if $available => $factory)`
 /// runs each case only when `$available` (an expression taking the case's name as `&str`
 /// and returning `bool`) says the service is there; the guard decides how a skip is
-/// reported.
+/// reported. A store that many gateways share (PostgreSQL, Redis) adds
+/// `, shared: $space => $open`: `$space` makes a fresh key space for one case and
+/// `space.$open(time_source)` a gateway's handle on it, for the cases where several handles
+/// must agree on the server's clock.
 #[macro_export]
 macro_rules! conformance_tests {
+    (if $available:expr => $factory:expr, shared: $space:expr => $open:ident) => {
+        $crate::conformance_tests!(@all $available; $factory);
+        $crate::conformance_tests!(@shared $available; $space; $open;
+            shared_store_leases_run_on_the_server_clock,
+            skewed_gateway_clocks_agree_on_the_server_clock,
+        );
+    };
     (if $available:expr => $factory:expr) => {
         $crate::conformance_tests!(@all $available; $factory);
     };
@@ -680,6 +690,19 @@ macro_rules! conformance_tests {
             matches_the_model_under_random_operations,
             evict_and_list_in_progress,
         );
+    };
+    // A store shared by several handles (gateways): `$space` makes a fresh key space (a
+    // schema, a prefix) kept for the whole case, `space.$open(time)` a handle on it.
+    (@shared $available:expr; $space:expr; $open:ident; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                if ($available)(stringify!($case)) {
+                    let space = $space;
+                    $crate::conformance::$case(|time| space.$open(time)).await;
+                }
+            }
+        )*
     };
     (@cases $available:expr; $factory:expr; $($case:ident),* $(,)?) => {
         $(

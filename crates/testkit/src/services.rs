@@ -163,6 +163,23 @@ pub fn drop_postgres_schemas(url: &str, schemas: &[String]) {
     .join();
 }
 
+/// Skips the calling test unless `service` accepts connections: evaluates to its URL, or
+/// returns from the test after saying it is skipped (a failure under
+/// `ONCELY_REQUIRE_SERVICES=1`). The one way a test asks for a service:
+///
+/// ```ignore
+/// let url = oncely_testkit::require_service!(Service::Postgres, "my_test");
+/// ```
+#[macro_export]
+macro_rules! require_service {
+    ($service:expr, $test:expr) => {
+        match $service.available($test) {
+            Some(url) => url,
+            None => return,
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,10 @@
 //! `oncely send` in-process: exit codes, stdout, stderr.
 
-mod common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use crate::common::{body, conflict, refused_addr, status, Action, Flaky};
 use clap::Parser;
-use common::{body, conflict, refused_addr, status, Action, Flaky};
 use oncely_client::send::{run_with, Exit, Io, SendArgs};
 
 #[derive(Parser)]

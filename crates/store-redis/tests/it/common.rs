@@ -1,8 +1,6 @@
 //! A store under a key prefix of its own, whose keys are deleted when the test ends, on the
 //! Redis named by `ONCELY_TEST_REDIS` (tests run in parallel against one server).
 
-#![allow(dead_code)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,8 +1,5 @@
 //! A store on a file in its own temporary directory, removed when the store is dropped.
 
-#![allow(dead_code)]
-
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use oncely_core::Clock;
@@ -21,8 +18,4 @@ pub(crate) fn temp_store(clock: impl Clock) -> TempStore {
     )
     .expect("open store");
     Guarded { store, guard: dir }
-}
-
-pub(crate) fn path(t: &TempStore) -> PathBuf {
-    t.guard.path().join("records.db")
 }

@@ -1,9 +1,8 @@
 //! The PostgreSQL backend against the shared conformance suite: a fresh schema per case.
 
-mod common;
-
 use oncely_core::ManualClock;
 
 oncely_store::conformance_tests!(
-    if common::available => |clock: ManualClock| common::temp_store(clock)
+    if crate::common::available => |clock: ManualClock| crate::common::temp_store(clock),
+    shared: crate::common::Schema::new() => store
 );

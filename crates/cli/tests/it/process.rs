@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use oncely_testkit::{CountingUpstream, TestClient};
 
-mod common;
-use common::{listening_and_admin_urls, listening_url, oncely, redis, KillOnDrop};
+use crate::common::{listening_and_admin_urls, listening_url, oncely, redis, KillOnDrop};
 
 /// Starts `oncely serve` and returns it with its base URL.
 fn serve(upstream: &str, db: &Path, config: &Path) -> (Child, String) {
@@ -119,7 +118,7 @@ async fn sigterm_lets_requests_in_flight_finish() {
         &[("x-test-delay-ms", "700")],
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let rc = common::signal(gw.id(), libc::SIGTERM);
+    let rc = crate::common::signal(gw.id(), libc::SIGTERM);
     assert_eq!(rc, 0);
     let answer = in_flight.await.unwrap().expect("answered before exiting");
     assert_eq!(answer.status, 201);
@@ -363,7 +362,7 @@ async fn a_frozen_holder_is_fenced_off_by_the_gateway_that_took_over() {
         &[("x-test-delay-ms", "4500")],
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(common::signal(a.id(), libc::SIGSTOP), 0);
+    assert_eq!(crate::common::signal(a.id(), libc::SIGSTOP), 0);
     let frozen_at = Instant::now();
 
     let orders_b = format!("{url_b}/orders");
@@ -385,7 +384,7 @@ async fn a_frozen_holder_is_fenced_off_by_the_gateway_that_took_over() {
     );
     assert_eq!(taken.json()["execution"], 2);
 
-    assert_eq!(common::signal(a.id(), libc::SIGCONT), 0);
+    assert_eq!(crate::common::signal(a.id(), libc::SIGCONT), 0);
     let late = held.await.unwrap().unwrap();
     assert_eq!(
         late.status, 201,

@@ -4,8 +4,6 @@
 //! so its history is sequential and the model for it is exact; the clock only moves
 //! between rounds, when no op is in flight.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +35,7 @@ struct KeyModel {
 }
 
 async fn drive(
-    store: Arc<common::TempStore>,
+    store: Arc<crate::common::TempStore>,
     mut m: KeyModel,
     now: Timestamp,
     seed: u64,
@@ -121,7 +119,7 @@ async fn concurrent_keys_match_the_model_through_shared_batches() {
     const KEYS: usize = 24;
     for seed in 0..4u64 {
         let clock = ManualClock::new(Timestamp(1_700_000_000_000));
-        let store = Arc::new(common::temp_store(clock.clone()));
+        let store = Arc::new(crate::common::temp_store(clock.clone()));
         let mut models: Vec<KeyModel> = (0..KEYS)
             .map(|i| KeyModel {
                 key: key(&format!("t{}", i % 3), &format!("k{i}")),

@@ -9,8 +9,7 @@ use std::process::{Output, Stdio};
 use oncely_testkit::services::{drop_postgres_schemas, unique_name, Service};
 use oncely_testkit::{CountingUpstream, TestClient};
 
-mod common;
-use common::{listening_url, oncely, KillOnDrop};
+use crate::common::{listening_url, oncely, KillOnDrop};
 
 fn serve(upstream: &str, dir: &Path, audit: &str, chain: &str) -> (KillOnDrop, String) {
     let mut child = oncely()
@@ -351,9 +350,7 @@ impl Shell for PgShell {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_trail_on_postgres() {
-    let Some(url) = Service::Postgres.available("audit_trail_on_postgres") else {
-        return;
-    };
+    let url = oncely_testkit::require_service!(Service::Postgres, "audit_trail_on_postgres");
     let schema = unique_name("oncely_audit_cli");
     struct Cleanup(String, String);
     impl Drop for Cleanup {

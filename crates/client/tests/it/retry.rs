@@ -1,11 +1,9 @@
 //! The retry client against a real flaky server on 127.0.0.1.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{body, conflict, in_progress, refused_addr, status, Action, Flaky};
+use crate::common::{body, conflict, in_progress, refused_addr, status, Action, Flaky};
 use oncely_client::policy::{Decision, Outcome, RetryReason, StopReason, TransportKind};
 use oncely_client::{
     AttemptEvent, BudgetConfig, Client, ClientBuilder, Error, KeySource, LastOutcome, Request,

@@ -5,8 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{postgres, redis, SharedStore};
+use crate::common::{postgres, redis, SharedStore};
 
 use oncely_testkit::{CountingUpstream, TestClient};
 
@@ -27,7 +26,7 @@ impl Gateway {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn oncely serve");
-        let url = common::listening_url(&mut child);
+        let url = crate::common::listening_url(&mut child);
         Gateway { child, url }
     }
 

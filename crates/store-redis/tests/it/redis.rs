@@ -1,48 +1,29 @@
 //! What only Redis can show: two gateways judged by the server's clock, the physical expiry,
 //! corrupt fields, and a server that is not there.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use oncely_core::ClaimOutcome;
-use oncely_store::conformance::{self, fp, key, response};
+use oncely_store::conformance::{fp, key, response};
 use oncely_store::{IdempotencyStore, StoreError, TimeSource};
 use oncely_store_redis::{RedisOptions, RedisStore};
 
 async fn server_now_ms() -> i64 {
     let (secs, micros): (i64, i64) = redis::cmd("TIME")
-        .query_async(&mut common::raw().await)
+        .query_async(&mut crate::common::raw().await)
         .await
         .unwrap();
     secs * 1000 + micros / 1000
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shared_store_leases_run_on_the_server_clock() {
-    if !common::available("shared_store_leases_run_on_the_server_clock") {
-        return;
-    }
-    let prefix = common::Prefix::new();
-    conformance::shared_store_leases_run_on_the_server_clock(|t| prefix.store(t)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn skewed_gateway_clocks_agree_on_the_server_clock() {
-    if !common::available("skewed_gateway_clocks_agree_on_the_server_clock") {
-        return;
-    }
-    let prefix = common::Prefix::new();
-    conformance::skewed_gateway_clocks_agree_on_the_server_clock(|t| prefix.store(t)).await;
-}
-
 /// A lease is measured on the server's clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_are_measured_on_the_server_clock() {
-    if !common::available("leases_are_measured_on_the_server_clock") {
-        return;
-    }
-    let prefix = common::Prefix::new();
+    oncely_testkit::require_service!(
+        oncely_testkit::services::Service::Redis,
+        "leases_are_measured_on_the_server_clock"
+    );
+    let prefix = crate::common::Prefix::new();
     let store = prefix.store(TimeSource::Server).await;
     let before = server_now_ms().await;
     let ClaimOutcome::Claimed {
@@ -67,10 +48,11 @@ async fn leases_are_measured_on_the_server_clock() {
 /// deletes it by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_expire_physically_at_their_ttl() {
-    if !common::available("records_expire_physically_at_their_ttl") {
-        return;
-    }
-    let prefix = common::Prefix::new();
+    oncely_testkit::require_service!(
+        oncely_testkit::services::Service::Redis,
+        "records_expire_physically_at_their_ttl"
+    );
+    let prefix = crate::common::Prefix::new();
     let store = prefix.store(TimeSource::Server).await;
     let ttl = Duration::from_millis(800);
     let k = key("t1", "ttl");
@@ -79,7 +61,7 @@ async fn records_expire_physically_at_their_ttl() {
         panic!("fresh key")
     };
     store.complete(&k, token, response("r"), ttl).await.unwrap();
-    let mut raw = common::raw().await;
+    let mut raw = crate::common::raw().await;
     let name = store.redis_key(&k);
     let pttl: i64 = redis::cmd("PTTL")
         .arg(&name)
@@ -100,13 +82,14 @@ async fn records_expire_physically_at_their_ttl() {
 /// A field edited into nonsense is reported as corrupt, never a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_fields_are_reported_not_panicked_on() {
-    if !common::available("corrupt_fields_are_reported_not_panicked_on") {
-        return;
-    }
-    let prefix = common::Prefix::new();
+    oncely_testkit::require_service!(
+        oncely_testkit::services::Service::Redis,
+        "corrupt_fields_are_reported_not_panicked_on"
+    );
+    let prefix = crate::common::Prefix::new();
     let store = prefix.store(TimeSource::Server).await;
     let (ttl, lease) = (Duration::from_secs(60), Duration::from_secs(10));
-    let mut raw = common::raw().await;
+    let mut raw = crate::common::raw().await;
     for (name, field, value) in [
         ("fp", "fp", b"short".as_slice()),
         ("headers", "headers", b"\x00\x00\xff\xff".as_slice()),

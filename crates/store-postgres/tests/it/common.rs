@@ -1,8 +1,6 @@
 //! A store in a schema of its own, dropped when the test ends, on the PostgreSQL named by
 //! `ONCELY_TEST_POSTGRES` (tests run in parallel against one server).
 
-#![allow(dead_code)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod common;
-
 use oncely_testkit::services::REQUIRE_VAR;
 use oncely_testkit::{CountingUpstream, TestClient};
 
@@ -86,7 +84,7 @@ impl PrivatePostgres {
 
     fn start(bin: PathBuf) -> Result<PrivatePostgres, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        if common::is_root() {
+        if crate::common::is_root() {
             run(Command::new("chown")
                 .arg("-R")
                 .arg("postgres:")
@@ -155,7 +153,7 @@ impl Drop for PrivatePostgres {
 }
 
 fn as_postgres(program: &Path) -> Command {
-    if common::is_root() {
+    if crate::common::is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
         c
@@ -258,7 +256,7 @@ fn gateway(upstream: &str, store: &str, dir: &Path, extra_config: &str) -> Gatew
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn oncely serve");
-    let url = common::listening_url(&mut child);
+    let url = crate::common::listening_url(&mut child);
     Gateway(child, url)
 }
 

@@ -1,7 +1,5 @@
 //! A real, scriptable, flaky HTTP/1.1 server on 127.0.0.1 for the client's tests.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -54,7 +52,6 @@ pub(crate) struct Seen {
     pub at: Duration,
     /// The wall-clock time it arrived.
     pub wall: SystemTime,
-    pub method: String,
     pub key: Option<String>,
     pub content_type: Option<String>,
     pub body: Bytes,
@@ -113,7 +110,6 @@ impl Flaky {
                                 seen.push(Seen {
                                     at: start.elapsed(),
                                     wall: SystemTime::now(),
-                                    method: parts.method.to_string(),
                                     key: header("idempotency-key"),
                                     content_type: header("content-type"),
                                     body,

@@ -1,9 +1,6 @@
 //! What the process tests share: the binary, a child that never outlives its test, and the
 //! line `oncely serve` announces itself with.
 
-// Each test file uses its own part of this module.
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command};
 

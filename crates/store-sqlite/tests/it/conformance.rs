@@ -1,7 +1,7 @@
 //! The SQLite backend against the shared conformance suite: a fresh file per case.
 
-mod common;
-
 use oncely_core::ManualClock;
 
-oncely_store::conformance_tests!(|clock: ManualClock| async move { common::temp_store(clock) });
+oncely_store::conformance_tests!(
+    |clock: ManualClock| async move { crate::common::temp_store(clock) }
+);

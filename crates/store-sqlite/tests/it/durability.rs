@@ -1,8 +1,6 @@
 //! What only a file-backed store can get wrong: restarts, schema versions, several processes
 //! on one file, group commit, and damaged rows.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,12 +1,10 @@
 //! What only PostgreSQL can show: two gateways on one database judged by the database's clock,
 //! migrations racing, corrupt rows, and a database that is not there.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use oncely_core::ClaimOutcome;
-use oncely_store::conformance::{self, fp, key, response};
+use oncely_store::conformance::{fp, key, response};
 use oncely_store::{IdempotencyStore, StoreError, TimeSource};
 use oncely_store_postgres::{PgOptions, PgStore};
 
@@ -32,31 +30,14 @@ async fn raw(sql: &str) {
     client.batch_execute(sql).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shared_store_leases_run_on_the_server_clock() {
-    if !common::available("shared_store_leases_run_on_the_server_clock") {
-        return;
-    }
-    let schema = common::Schema::new();
-    conformance::shared_store_leases_run_on_the_server_clock(|t| schema.store(t)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn skewed_gateway_clocks_agree_on_the_server_clock() {
-    if !common::available("skewed_gateway_clocks_agree_on_the_server_clock") {
-        return;
-    }
-    let schema = common::Schema::new();
-    conformance::skewed_gateway_clocks_agree_on_the_server_clock(|t| schema.store(t)).await;
-}
-
 /// A lease is measured on the database's clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_are_measured_on_the_database_clock() {
-    if !common::available("leases_are_measured_on_the_database_clock") {
-        return;
-    }
-    let schema = common::Schema::new();
+    oncely_testkit::require_service!(
+        oncely_testkit::services::Service::Postgres,
+        "leases_are_measured_on_the_database_clock"
+    );
+    let schema = crate::common::Schema::new();
     let store = schema.store(TimeSource::Server).await;
     let before = db_now_ms().await;
     let ClaimOutcome::Claimed {
@@ -80,10 +61,11 @@ async fn leases_are_measured_on_the_database_clock() {
 /// TTL on the database clock: a completed record disappears when its retention ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_runs_on_the_database_clock_and_purge_removes_the_rows() {
-    if !common::available("ttl_runs_on_the_database_clock_and_purge_removes_the_rows") {
-        return;
-    }
-    let schema = common::Schema::new();
+    oncely_testkit::require_service!(
+        oncely_testkit::services::Service::Postgres,
+        "ttl_runs_on_the_database_clock_and_purge_removes_the_rows"
+    );
+    let schema = crate::common::Schema::new();
     let store = schema.store(TimeSource::Server).await;
     let ttl = Duration::from_millis(300);
     for i in 0..30 {
@@ -115,11 +97,12 @@ async fn ttl_runs_on_the_database_clock_and_purge_removes_the_rows() {
 /// oncely is refused with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_migrations_apply_once_and_newer_schemas_are_refused() {
-    if !common::available("concurrent_migrations_apply_once_and_newer_schemas_are_refused") {
-        return;
-    }
-    let schema = common::Schema::new();
-    let opts = common::options(&schema.name);
+    oncely_testkit::require_service!(
+        oncely_testkit::services::Service::Postgres,
+        "concurrent_migrations_apply_once_and_newer_schemas_are_refused"
+    );
+    let schema = crate::common::Schema::new();
+    let opts = crate::common::options(&schema.name);
     let mut tasks = Vec::new();
     for _ in 0..6 {
         let opts = opts.clone();
@@ -154,10 +137,11 @@ async fn concurrent_migrations_apply_once_and_newer_schemas_are_refused() {
 /// A row edited into nonsense is reported as corrupt, never a panic, and other keys still work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_rows_are_reported_not_panicked_on() {
-    if !common::available("corrupt_rows_are_reported_not_panicked_on") {
-        return;
-    }
-    let schema = common::Schema::new();
+    oncely_testkit::require_service!(
+        oncely_testkit::services::Service::Postgres,
+        "corrupt_rows_are_reported_not_panicked_on"
+    );
+    let schema = crate::common::Schema::new();
     let store = schema.store(TimeSource::Server).await;
     let (ttl, lease) = (Duration::from_secs(60), Duration::from_secs(10));
     for (name, edit) in [

@@ -1,0 +1,6 @@
+//! The integration tests of this crate, in one binary (one link instead of one per file).
+
+mod admin;
+mod audit;
+mod contract;
+mod correlation;
