@@ -648,6 +648,39 @@ where
     assert!(g2.get(&k).await.unwrap().unwrap().is_completed());
 }
 
+/// A shared store measures a lease on its server's clock: the lease a claim grants ends
+/// `lease` after the server's now (read by `server_now_ms` before and after the claim), not
+/// after the gateway's.
+pub async fn leases_are_measured_on_the_server_clock<S, F, Fut, N, NFut>(
+    handle: F,
+    server_now_ms: N,
+) where
+    S: IdempotencyStore,
+    F: Fn(TimeSource) -> Fut,
+    Fut: Future<Output = S>,
+    N: Fn() -> NFut,
+    NFut: Future<Output = i64>,
+{
+    let store = handle(TimeSource::Server).await;
+    let lease = Duration::from_millis(400);
+    let before = server_now_ms().await;
+    let ClaimOutcome::Claimed {
+        lease_expires_at, ..
+    } = store
+        .claim(&key("t1", "k"), fp(b"x"), lease, Duration::from_secs(60))
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh key is claimed")
+    };
+    let after = server_now_ms().await;
+    let lease_ms = lease.as_millis() as i64;
+    assert!(
+        (before + lease_ms..=after + lease_ms).contains(&lease_expires_at.as_millis()),
+        "the lease ends {lease_ms} ms after the server's now"
+    );
+}
+
 /// Expands to one test per conformance case for the store built by `$factory`, a
 /// `Fn(ManualClock) -> impl Future<Output = impl IdempotencyStore>`.
 ///
@@ -655,17 +688,28 @@ where
 /// runs each case only when `$available` (an expression taking the case's name as `&str`
 /// and returning `bool`) says the service is there; the guard decides how a skip is
 /// reported. A store that many gateways share (PostgreSQL, Redis) adds
-/// `, shared: $space => $open`: `$space` makes a fresh key space for one case and
-/// `space.$open(time_source)` a gateway's handle on it, for the cases where several handles
-/// must agree on the server's clock.
+/// `, shared: $space => $open, server_now: $now`: `$space` makes a fresh key space for one
+/// case, `space.$open(time_source)` a gateway's handle on it, and `$now()` reads the server's
+/// clock in milliseconds, for the cases where handles must agree on the server's clock.
 #[macro_export]
 macro_rules! conformance_tests {
-    (if $available:expr => $factory:expr, shared: $space:expr => $open:ident) => {
+    (if $available:expr => $factory:expr, shared: $space:expr => $open:ident, server_now: $now:path) => {
         $crate::conformance_tests!(@all $available; $factory);
         $crate::conformance_tests!(@shared $available; $space; $open;
             shared_store_leases_run_on_the_server_clock,
             skewed_gateway_clocks_agree_on_the_server_clock,
         );
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn leases_are_measured_on_the_server_clock() {
+            if ($available)("leases_are_measured_on_the_server_clock") {
+                let space = $space;
+                $crate::conformance::leases_are_measured_on_the_server_clock(
+                    |time| space.$open(time),
+                    $now,
+                )
+                .await;
+            }
+        }
     };
     (if $available:expr => $factory:expr) => {
         $crate::conformance_tests!(@all $available; $factory);

@@ -59,3 +59,17 @@ pub(crate) async fn temp_store(clock: ManualClock) -> Guarded<PgStore, Schema> {
         guard: schema,
     }
 }
+
+/// The server's clock, in milliseconds since the epoch.
+pub(crate) async fn server_now_ms() -> i64 {
+    let url = oncely_testkit::services::Service::Postgres.url();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .query_one("SELECT floor(extract(epoch FROM now()) * 1000)::int8", &[])
+        .await
+        .unwrap()
+        .get(0)
+}

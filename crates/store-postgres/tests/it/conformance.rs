@@ -4,5 +4,6 @@ use oncely_core::ManualClock;
 
 oncely_store::conformance_tests!(
     if crate::common::available => |clock: ManualClock| crate::common::temp_store(clock),
-    shared: crate::common::Schema::new() => store
+    shared: crate::common::Schema::new() => store,
+    server_now: crate::common::server_now_ms
 );

@@ -8,19 +8,6 @@ use oncely_store::conformance::{fp, key, response};
 use oncely_store::{IdempotencyStore, StoreError, TimeSource};
 use oncely_store_postgres::{PgOptions, PgStore};
 
-async fn db_now_ms() -> i64 {
-    let url = oncely_testkit::services::Service::Postgres.url();
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .query_one("SELECT floor(extract(epoch FROM now()) * 1000)::int8", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 async fn raw(sql: &str) {
     let url = oncely_testkit::services::Service::Postgres.url();
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -28,34 +15,6 @@ async fn raw(sql: &str) {
         .unwrap();
     tokio::spawn(conn);
     client.batch_execute(sql).await.unwrap();
-}
-
-/// A lease is measured on the database's clock.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leases_are_measured_on_the_database_clock() {
-    oncely_testkit::require_service!(
-        oncely_testkit::services::Service::Postgres,
-        "leases_are_measured_on_the_database_clock"
-    );
-    let schema = crate::common::Schema::new();
-    let store = schema.store(TimeSource::Server).await;
-    let before = db_now_ms().await;
-    let ClaimOutcome::Claimed {
-        lease_expires_at, ..
-    } = store
-        .claim(
-            &key("t1", "k"),
-            fp(b"x"),
-            Duration::from_millis(400),
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap()
-    else {
-        panic!("fresh key")
-    };
-    let after = db_now_ms().await;
-    assert!((before + 400..=after + 400).contains(&lease_expires_at.as_millis()));
 }
 
 /// TTL on the database clock: a completed record disappears when its retention ends.

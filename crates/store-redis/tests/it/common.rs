@@ -86,3 +86,12 @@ pub(crate) async fn temp_store(clock: ManualClock) -> Guarded<RedisStore, Prefix
         guard: prefix,
     }
 }
+
+/// The server's clock, in milliseconds since the epoch.
+pub(crate) async fn server_now_ms() -> i64 {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    secs * 1000 + micros / 1000
+}

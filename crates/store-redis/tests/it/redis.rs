@@ -8,42 +8,6 @@ use oncely_store::conformance::{fp, key, response};
 use oncely_store::{IdempotencyStore, StoreError, TimeSource};
 use oncely_store_redis::{RedisOptions, RedisStore};
 
-async fn server_now_ms() -> i64 {
-    let (secs, micros): (i64, i64) = redis::cmd("TIME")
-        .query_async(&mut crate::common::raw().await)
-        .await
-        .unwrap();
-    secs * 1000 + micros / 1000
-}
-
-/// A lease is measured on the server's clock.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leases_are_measured_on_the_server_clock() {
-    oncely_testkit::require_service!(
-        oncely_testkit::services::Service::Redis,
-        "leases_are_measured_on_the_server_clock"
-    );
-    let prefix = crate::common::Prefix::new();
-    let store = prefix.store(TimeSource::Server).await;
-    let before = server_now_ms().await;
-    let ClaimOutcome::Claimed {
-        lease_expires_at, ..
-    } = store
-        .claim(
-            &key("t1", "k"),
-            fp(b"x"),
-            Duration::from_millis(400),
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap()
-    else {
-        panic!("fresh key")
-    };
-    let after = server_now_ms().await;
-    assert!((before + 400..=after + 400).contains(&lease_expires_at.as_millis()));
-}
-
 /// On the server clock a completed record's key carries PEXPIREAT at its expiry, and Redis
 /// deletes it by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
