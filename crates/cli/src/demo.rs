@@ -64,7 +64,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
         "#,
     )?;
     let gateway = Gateway::open(config)
-        .await?
+        .await
+        .map_err(|e| e.to_string())?
         .start()
         .await
         .map_err(|e| format!("{e}; pass --port to use another port (0 picks a free one)"))?;

@@ -92,7 +92,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
         .audit
         .as_ref()
         .map(|a| format!("{} (chain {})", a.url, a.chain));
-    let gateway = Gateway::open(config).await?.start().await?;
+    let gateway = Gateway::open(config)
+        .await
+        .map_err(|e| e.to_string())?
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
     tracing::info!(listen = %gateway.addr(), %upstream, %store, audit = audit.as_deref().unwrap_or("off"), "oncely gateway ready");
     // One plain line on stdout so scripts (and tests) learn the port when listening on :0;
     // the admin listener's, if any, on the next.

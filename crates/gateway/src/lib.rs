@@ -2,7 +2,7 @@
 //!
 //! The gateway is the `oncely_http` layer wrapped around [`forward::Forwarder`], a hyper
 //! client pointed at one upstream. This crate adds what a process needs around it: the
-//! configuration file, the store URL, the listener with graceful shutdown, the purge of
+//! configuration file, the listener with its limits and graceful shutdown, the purge of
 //! expired records, the admin listener and the audit trail.
 
 pub mod admin;
@@ -12,4 +12,4 @@ pub mod forward;
 pub mod server;
 
 pub use config::{AdminConfig, Config, ConfigError};
-pub use server::{Gateway, RunningGateway};
+pub use server::{Gateway, GatewayError, RunningGateway};

@@ -46,15 +46,40 @@ pub struct RunningGateway {
     audit: Option<Arc<AuditWriter>>,
 }
 
+/// Why a gateway could not open or start. Each message is one line an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot open the store {store}: {message}")]
+    Store { store: String, message: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "no upstream: pass --upstream http://HOST:PORT (or set server.upstream in the config)"
+    )]
+    NoUpstream,
+    #[error("{0}")]
+    Upstream(String),
+    #[error(transparent)]
+    Admin(#[from] admin::BindError),
+    #[error("{0}")]
+    Audit(String),
+}
+
 impl Gateway {
     /// Opens the store named by the config.
-    pub async fn open(config: Config) -> Result<Gateway, String> {
+    pub async fn open(config: Config) -> Result<Gateway, GatewayError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let store = config
             .store
             .open(clock.clone())
             .await
-            .map_err(|e| format!("cannot open the store {}: {e}", config.store))?;
+            .map_err(|e| GatewayError::Store {
+                store: config.store.to_string(),
+                message: e.to_string(),
+            })?;
         Ok(Gateway {
             config,
             store,
@@ -76,26 +101,36 @@ impl Gateway {
     }
 
     /// Binds the listener and serves in a background task.
-    pub async fn start(self) -> Result<RunningGateway, String> {
-        let listener = TcpListener::bind(self.config.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", self.config.listen))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let upstream = self.config.upstream.clone().ok_or(
-            "no upstream: pass --upstream http://HOST:PORT (or set server.upstream in the config)",
-        )?;
+    pub async fn start(self) -> Result<RunningGateway, GatewayError> {
+        let listen = self.config.listen;
+        let failed = |source| GatewayError::Listen {
+            addr: listen,
+            source,
+        };
+        let listener = TcpListener::bind(listen).await.map_err(failed)?;
+        let addr = listener.local_addr().map_err(failed)?;
+        let upstream = self
+            .config
+            .upstream
+            .clone()
+            .ok_or(GatewayError::NoUpstream)?;
         let forwarder = Forwarder::new(
             upstream,
             self.config.connect_timeout,
             self.config.response_timeout,
-        )?;
+        )
+        .map_err(GatewayError::Upstream)?;
         // The engine sees the store through a meter, so /metrics shows what each store
         // operation cost the request path, whatever the backend.
         let timed = TimedStore::new(self.store.clone());
         let store_metrics = timed.metrics().clone();
         let metrics = Arc::new(EngineMetrics::new());
         let audit = match &self.config.audit {
-            Some(a) => Some(crate::audit::open_writer(a, self.clock.clone()).await?),
+            Some(a) => Some(
+                crate::audit::open_writer(a, self.clock.clone())
+                    .await
+                    .map_err(GatewayError::Audit)?,
+            ),
             None => None,
         };
         let mut observers: Vec<Arc<dyn OutcomeObserver>> = vec![metrics.clone()];
@@ -136,7 +171,7 @@ impl Gateway {
                         tokio::spawn(take_admin_when_free(a.clone(), page, rx.clone()));
                         None
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e.into()),
                 }
             }
             None => None,
