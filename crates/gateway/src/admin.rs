@@ -14,13 +14,17 @@
 //! `Authorization: Bearer <token>`; without one, it only binds loopback addresses (checked by
 //! `Config::validate`).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{RawQuery, State};
+use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -31,6 +35,7 @@ use oncely_store::{StoreError, StoreMetrics};
 use sha2::Digest as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower_service::Service as _;
 
 /// What `/metrics` renders.
 #[derive(Clone)]
@@ -99,7 +104,6 @@ struct Admin {
     token: Option<String>,
 }
 
-/// Binds the admin listener; serves until `stop` changes.
 /// Why the admin listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -119,6 +123,7 @@ impl BindError {
     }
 }
 
+/// Binds the admin listener; serves until `stop` changes.
 pub async fn bind(
     listen: SocketAddr,
     token: Option<String>,
@@ -155,10 +160,11 @@ async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiv
             },
             _ = stop.changed() => return,
         };
-        let admin = admin.clone();
+        let router = router(admin.clone());
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let admin = admin.clone();
-            async move { Ok::<_, Infallible>(admin.answer(&req).await) }
+            // A router is always ready: calling it without `poll_ready` is allowed.
+            let mut router = router.clone();
+            async move { router.call(req).await }
         });
         let conn = http.serve_connection(TokioIo::new(stream), svc);
         tokio::spawn(async move {
@@ -169,108 +175,147 @@ async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiv
     }
 }
 
-impl Admin {
-    async fn answer<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
-        if !self.authorized(req) {
-            let mut r = problem(
-                StatusCode::UNAUTHORIZED,
-                "admin-unauthorized",
-                "this admin listener needs `Authorization: Bearer <token>`",
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
-        }
-        let query = req.uri().query().unwrap_or("");
-        match (req.method(), req.uri().path()) {
-            (&Method::GET, "/metrics") => {
-                let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(oncely_metrics::CONTENT_TYPE),
-                );
-                r
-            }
-            (&Method::GET, "/healthz") => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
-            (&Method::HEAD, "/healthz") => Response::new(Full::new(Bytes::new())),
-            (&Method::GET, "/stats") => match self.store().stats().await {
-                Ok(s) => json(
-                    StatusCode::OK,
-                    serde_json::json!({"in_progress": s.in_progress, "completed": s.completed}),
-                ),
-                Err(e) => store_problem(&e),
-            },
-            (&Method::GET, "/keys") => {
-                let limit = match param(query, "limit") {
-                    None => 100,
-                    Some(v) => match v.parse::<usize>() {
-                        Ok(n) if (1..=10_000).contains(&n) => n,
-                        _ => return bad_request("`limit` must be a number from 1 to 10000"),
-                    },
-                };
-                match self.store().list_in_progress(limit).await {
-                    Ok(held) => json(
-                        StatusCode::OK,
-                        serde_json::json!({
-                            "in_progress": held.iter().map(|(k, r)| record_json(k, r)).collect::<Vec<_>>()
-                        }),
-                    ),
-                    Err(e) => store_problem(&e),
-                }
-            }
-            (&Method::GET, "/keys/one") => {
-                let key = match key_from_query(query) {
-                    Ok(k) => k,
-                    Err(e) => return bad_request(&e),
-                };
-                match self.store().get(&key).await {
-                    Ok(Some(r)) => json(StatusCode::OK, record_json(&key, &r)),
-                    Ok(None) => not_found(&key),
-                    Err(e) => store_problem(&e),
-                }
-            }
-            (&Method::DELETE, "/keys/one") => {
-                let key = match key_from_query(query) {
-                    Ok(k) => k,
-                    Err(e) => return bad_request(&e),
-                };
-                match self.metrics.executions.evict(&key).await {
-                    Ok(true) => {
-                        tracing::warn!(key = %key, "evicted by an operator through the admin API");
-                        json(StatusCode::OK, serde_json::json!({"evicted": true}))
-                    }
-                    Ok(false) => not_found(&key),
-                    Err(e) => store_problem(&e),
-                }
-            }
-            (&Method::GET, "/takeovers") => json(
-                StatusCode::OK,
-                serde_json::json!({
-                    "takeovers": self.metrics.engine.recent_takeovers().iter().map(|t| {
-                        let mut v = key_json(&t.key);
-                        v["at_ms"] = serde_json::json!(t.at_ms);
-                        v
-                    }).collect::<Vec<_>>()
-                }),
-            ),
-            (_, "/metrics" | "/healthz" | "/stats" | "/keys" | "/takeovers") => problem(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "admin-method-not-allowed",
-                "use GET",
-            ),
-            (_, "/keys/one") => problem(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "admin-method-not-allowed",
-                "use GET or DELETE",
-            ),
-            _ => problem(
+/// The admin API's routes, behind the token check. Every answer, errors included, is the
+/// same as ever: JSON or problem documents, 405 naming the methods a path takes.
+fn router(admin: Arc<Admin>) -> Router {
+    let use_get = || async {
+        problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "admin-method-not-allowed",
+            "use GET",
+        )
+    };
+    Router::new()
+        .route("/metrics", get(metrics_page).fallback(use_get))
+        // `get` answers HEAD too, without the body.
+        .route("/healthz", get(healthz).fallback(use_get))
+        .route("/stats", get(stats).fallback(use_get))
+        .route("/keys", get(keys).fallback(use_get))
+        .route(
+            "/keys/one",
+            get(key_one).delete(evict_one).fallback(|| async {
+                problem(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "admin-method-not-allowed",
+                    "use GET or DELETE",
+                )
+            }),
+        )
+        .route("/takeovers", get(takeovers).fallback(use_get))
+        .fallback(|| async {
+            problem(
                 StatusCode::NOT_FOUND,
                 "admin-not-found",
                 "the admin listener serves /metrics, /healthz, /stats, /keys, /keys/one and /takeovers",
-            ),
-        }
-    }
+            )
+        })
+        .layer(middleware::from_fn_with_state(admin.clone(), authorize))
+        .with_state(admin)
+}
 
+type AdminState = State<Arc<Admin>>;
+
+async fn authorize(
+    State(admin): AdminState,
+    req: axum::extract::Request,
+    next: Next,
+) -> axum::response::Response {
+    if !admin.authorized(&req) {
+        let mut r = problem(
+            StatusCode::UNAUTHORIZED,
+            "admin-unauthorized",
+            "this admin listener needs `Authorization: Bearer <token>`",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r.into_response();
+    }
+    next.run(req).await
+}
+
+async fn metrics_page(State(admin): AdminState) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(admin.metrics.render())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(oncely_metrics::CONTENT_TYPE),
+    );
+    r
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn stats(State(admin): AdminState) -> Response<Full<Bytes>> {
+    match admin.store().stats().await {
+        Ok(s) => json(
+            StatusCode::OK,
+            serde_json::json!({"in_progress": s.in_progress, "completed": s.completed}),
+        ),
+        Err(e) => store_problem(&e),
+    }
+}
+
+async fn keys(State(admin): AdminState, RawQuery(query): RawQuery) -> Response<Full<Bytes>> {
+    let limit = match param(query.as_deref().unwrap_or(""), "limit") {
+        None => 100,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=10_000).contains(&n) => n,
+            _ => return bad_request("`limit` must be a number from 1 to 10000"),
+        },
+    };
+    match admin.store().list_in_progress(limit).await {
+        Ok(held) => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "in_progress": held.iter().map(|(k, r)| record_json(k, r)).collect::<Vec<_>>()
+            }),
+        ),
+        Err(e) => store_problem(&e),
+    }
+}
+
+async fn key_one(State(admin): AdminState, RawQuery(query): RawQuery) -> Response<Full<Bytes>> {
+    let key = match key_from_query(query.as_deref().unwrap_or("")) {
+        Ok(k) => k,
+        Err(e) => return bad_request(&e),
+    };
+    match admin.store().get(&key).await {
+        Ok(Some(r)) => json(StatusCode::OK, record_json(&key, &r)),
+        Ok(None) => not_found(&key),
+        Err(e) => store_problem(&e),
+    }
+}
+
+async fn evict_one(State(admin): AdminState, RawQuery(query): RawQuery) -> Response<Full<Bytes>> {
+    let key = match key_from_query(query.as_deref().unwrap_or("")) {
+        Ok(k) => k,
+        Err(e) => return bad_request(&e),
+    };
+    match admin.metrics.executions.evict(&key).await {
+        Ok(true) => {
+            tracing::warn!(key = %key, "evicted by an operator through the admin API");
+            json(StatusCode::OK, serde_json::json!({"evicted": true}))
+        }
+        Ok(false) => not_found(&key),
+        Err(e) => store_problem(&e),
+    }
+}
+
+async fn takeovers(State(admin): AdminState) -> Response<Full<Bytes>> {
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "takeovers": admin.metrics.engine.recent_takeovers().iter().map(|t| {
+                let mut v = key_json(&t.key);
+                v["at_ms"] = serde_json::json!(t.at_ms);
+                v
+            }).collect::<Vec<_>>()
+        }),
+    )
+}
+
+impl Admin {
     fn store(&self) -> &Arc<dyn oncely_store::IdempotencyStore> {
         self.metrics.executions.store()
     }
