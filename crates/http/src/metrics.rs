@@ -122,22 +122,21 @@ impl EngineMetrics {
 
 impl OutcomeObserver for EngineMetrics {
     fn observe(&self, outcome: Outcome) {
-        match outcome {
-            Outcome::Takeover => self.takeovers.inc(),
+        let counted_as = match outcome {
             // The request did execute; only its record belongs to the successor.
             Outcome::StaleCompletionRefused => {
                 self.stale_completions.inc();
-                self.requests[0].inc();
+                Outcome::Executed
             }
-            other => {
-                if let Some(i) = REQUEST_OUTCOMES.iter().position(|o| *o == other) {
-                    self.requests[i].inc();
-                }
-            }
+            other => other,
+        };
+        if let Some(i) = REQUEST_OUTCOMES.iter().position(|o| *o == counted_as) {
+            self.requests[i].inc();
         }
     }
 
     fn takeover(&self, key: &RecordKey) {
+        self.takeovers.inc();
         let at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

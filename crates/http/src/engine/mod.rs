@@ -303,7 +303,6 @@ impl Engine {
                     token, takeover, ..
                 }) => {
                     if takeover {
-                        self.observe(Outcome::Takeover, None);
                         if let Some(o) = &self.observer {
                             o.takeover(&job.record_key);
                         }

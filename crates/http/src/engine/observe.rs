@@ -35,9 +35,8 @@ pub enum Outcome {
     StoreUnavailable,
     /// Not a keyed request (or fail-open): forwarded untouched.
     PassedThrough,
-    /// A claim took over a key whose holder's lease had expired.
-    Takeover,
-    /// A holder's completion was refused because its lease had been taken over.
+    /// The request executed, but its completion was refused because its lease had been
+    /// taken over meanwhile (the successor's outcome stands). Counted as executed, and apart.
     StaleCompletionRefused,
 }
 
@@ -60,7 +59,6 @@ impl Outcome {
             Outcome::UpstreamUnreachable => "upstream_unreachable",
             Outcome::StoreUnavailable => "store_unavailable",
             Outcome::PassedThrough => "passed_through",
-            Outcome::Takeover => "takeover",
             Outcome::StaleCompletionRefused => "stale_completion_refused",
         }
     }
@@ -70,7 +68,8 @@ pub trait OutcomeObserver: Send + Sync + 'static {
     fn observe(&self, outcome: Outcome);
     /// How long the wrapped service took to its response head, and whether it answered.
     fn upstream(&self, _elapsed: Duration, _answered: bool) {}
-    /// Which key a takeover was of (besides `observe(Outcome::Takeover)`).
+    /// A claim took over `key`, whose holder's lease had expired: an event, not how a
+    /// request ended (the request that took over goes on to its own outcome).
     fn takeover(&self, _key: &RecordKey) {}
     /// Whether this observer wants [`OutcomeObserver::answered`] calls: the engine keeps a
     /// copy of each keyed request's headers for them, so it asks first.
