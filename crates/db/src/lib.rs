@@ -4,6 +4,8 @@
 //! crate keeps its own tables, statements and error type; what they all do the same way to
 //! reach a database lives here, once.
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]

@@ -22,13 +22,19 @@ use tokio_postgres::NoTls;
 pub struct PgOptions {
     /// The connection URL without oncely's options.
     pub url: String,
+    /// The schema holding the concern's tables (`schema=`).
     pub schema: String,
+    /// Connections in the pool (`pool_size=`).
     pub pool_size: usize,
+    /// The bound on every operation, connecting included (`timeout=`).
     pub timeout: Duration,
 }
 
+/// The schema unless `schema=` names another.
 pub const DEFAULT_SCHEMA: &str = "oncely";
+/// Connections per pool unless `pool_size=` says otherwise.
 pub const DEFAULT_POOL_SIZE: usize = 16;
+/// The operation bound unless `timeout=` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 const KNOWN: &str = "schema=NAME, pool_size=N, timeout=DURATION";

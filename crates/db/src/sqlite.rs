@@ -20,6 +20,7 @@ pub struct OpenOptions {
 }
 
 impl OpenOptions {
+    /// `synchronous=NORMAL` with this busy timeout.
     pub fn new(busy_timeout: Duration) -> OpenOptions {
         OpenOptions {
             busy_timeout,

@@ -4,6 +4,8 @@
 //! on the request path) and renders them into a [`Text`] when `/metrics` is asked for. Names
 //! and label values are fixed by the code, so nothing a client sends can create a series.
 
+#![warn(missing_docs)]
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,15 +15,19 @@ use std::time::Duration;
 pub struct Counter(AtomicU64);
 
 impl Counter {
+    /// A counter at zero.
     pub const fn new() -> Self {
         Counter(AtomicU64::new(0))
     }
+    /// Adds one.
     pub fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
+    /// Adds `n`.
     pub fn add(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
+    /// The count so far.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -49,6 +55,7 @@ impl Default for Histogram {
 }
 
 impl Histogram {
+    /// An empty histogram with these bucket bounds, in seconds, ascending.
     pub fn new(bounds: &'static [f64]) -> Self {
         Histogram {
             bounds,
@@ -58,6 +65,7 @@ impl Histogram {
         }
     }
 
+    /// Counts one duration into its bucket.
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
         let i = self
@@ -71,6 +79,7 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// How many durations were observed.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
@@ -84,6 +93,7 @@ pub type Labels<'a> = &'a [(&'a str, &'a str)];
 pub struct Text(String);
 
 impl Text {
+    /// An empty page.
     pub fn new() -> Self {
         Text(String::new())
     }
@@ -94,16 +104,19 @@ impl Text {
         let _ = writeln!(self.0, "# TYPE {name} {kind}");
     }
 
+    /// Writes one sample line.
     pub fn sample(&mut self, name: &str, labels: Labels<'_>, value: f64) {
         self.0.push_str(name);
         write_labels(&mut self.0, labels, None);
         let _ = writeln!(self.0, " {}", number(value));
     }
 
+    /// Writes a counter's value as one sample.
     pub fn counter(&mut self, name: &str, labels: Labels<'_>, c: &Counter) {
         self.sample(name, labels, c.get() as f64);
     }
 
+    /// Writes a histogram: its cumulative buckets, sum and count.
     pub fn histogram(&mut self, name: &str, labels: Labels<'_>, h: &Histogram) {
         let mut cumulative = 0u64;
         for (i, bucket) in h.buckets.iter().enumerate() {
@@ -126,6 +139,7 @@ impl Text {
         let _ = writeln!(self.0, " {cumulative}");
     }
 
+    /// The page.
     pub fn finish(self) -> String {
         self.0
     }

@@ -14,10 +14,14 @@ use crate::StoreUrl;
 /// Where the audit trail is kept: `sqlite://PATH` or `postgres://...?schema=NAME`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditUrl {
+    /// A SQLite file.
     Sqlite {
+        /// The file.
         path: PathBuf,
+        /// How long a write waits for another process holding the file.
         busy_timeout: Duration,
     },
+    /// A PostgreSQL schema (`schema=` picks it).
     Postgres(PgOptions),
 }
 

@@ -3,6 +3,8 @@
 //! `postgres://`). The one place URLs are read, above every backend, so the gateway, the CLI
 //! and the examples never parse them again.
 
+#![warn(missing_docs)]
+
 mod audit;
 mod store;
 

@@ -11,13 +11,17 @@ use oncely_store_redis::{RedisOptions, RedisStore};
 use oncely_store_sqlite::{SqliteOptions, SqliteStore};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the idempotency records live, as a store URL names it.
 pub enum StoreUrl {
     /// `sqlite://PATH` (relative) or `sqlite:///abs/PATH`; options `synchronous=full` (fsync on
     /// every commit) and `busy_timeout=DURATION` (how long a write waits for another process
     /// holding the file's write lock before the store counts as unavailable; default 5s).
     Sqlite {
+        /// The file.
         path: PathBuf,
+        /// `synchronous=full`: an fsync at every commit.
         synchronous_full: bool,
+        /// `busy_timeout=`, if given.
         busy_timeout: Option<Duration>,
     },
     /// `postgres://user@host:port/db?schema=oncely&pool_size=16&timeout=5s`: many gateways on
@@ -68,6 +72,7 @@ impl StoreUrl {
         }
     }
 
+    /// Reads a store URL; the error is one line naming the URL and what is wrong with it.
     pub fn parse(url: &str) -> Result<StoreUrl, String> {
         if let Some(rest) = url.strip_prefix("sqlite://") {
             let (path, query) = rest.split_once('?').unwrap_or((rest, ""));

@@ -19,6 +19,8 @@
 //! Connections are plain TCP (no TLS in this version): run the database on a private network
 //! or put a TLS tunnel beside the gateway.
 
+#![warn(missing_docs)]
+
 mod batch;
 mod codec;
 pub mod schema;
@@ -42,6 +44,7 @@ pub use oncely_db::postgres::{hide_password, validate_schema, PgOptions};
 pub use schema::MigrationReport;
 use sql::Statements;
 
+/// Idempotency records in a PostgreSQL schema, shared by any number of gateways.
 pub struct PgStore {
     pool: Pool,
     batcher: batch::Batcher,

@@ -31,6 +31,8 @@
 //! connection reaches only). Purging is mostly Redis's own work here; the walk deletes records
 //! that are logically expired but not yet evicted.
 
+#![warn(missing_docs)]
+
 mod options;
 mod scripts;
 
@@ -67,6 +69,7 @@ struct Scripts {
     in_progress: redis::Script,
 }
 
+/// Idempotency records in Redis, shared by any number of gateways.
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,

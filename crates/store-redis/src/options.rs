@@ -8,10 +8,13 @@
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// A `redis://` URL with oncely's options taken out.
 pub struct RedisOptions {
     /// The connection URL without oncely's options.
     pub url: String,
+    /// The key space of this store's records (`prefix=`).
     pub prefix: String,
+    /// The bound on every command, connecting included (`timeout=`).
     pub timeout: Duration,
 }
 
@@ -21,6 +24,7 @@ pub const DEFAULT_PREFIX: &str = "oncely";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RedisOptions {
+    /// Default options for a connection URL.
     pub fn new(url: impl Into<String>) -> RedisOptions {
         RedisOptions {
             url: url.into(),

@@ -19,10 +19,13 @@ use rand::{Rng, SeedableRng};
 
 use crate::{IdempotencyStore, StoreError, TimeSource};
 
+/// The lease the cases claim with.
 pub const LEASE: Duration = Duration::from_millis(100);
+/// The retention the cases store with.
 pub const TTL: Duration = Duration::from_millis(500);
 const START: Timestamp = Timestamp(1_700_000_000_000);
 
+/// A record key of `tenant` on `POST /orders`.
 pub fn key(tenant: &str, k: &str) -> RecordKey {
     RecordKey::new(
         Tenant::from_header_value(tenant.as_bytes()),
@@ -32,10 +35,12 @@ pub fn key(tenant: &str, k: &str) -> RecordKey {
     )
 }
 
+/// The fingerprint of a request with `body`.
 pub fn fp(body: &[u8]) -> Fingerprint {
     Fingerprint::compute("POST", "/orders", Some("application/json"), body)
 }
 
+/// A stored 201 answer with `body`.
 pub fn response(body: impl Into<Bytes>) -> StoredResponse {
     StoredResponse {
         status: 201,
@@ -63,6 +68,7 @@ fn existing(o: ClaimOutcome) -> Record {
 
 /// Builds a fresh store for one test case.
 pub trait Factory<S> {
+    /// A fresh, empty store on `clock`.
     fn make(&self, clock: ManualClock) -> impl Future<Output = S>;
 }
 
@@ -79,7 +85,9 @@ where
 /// A store together with something that must live exactly as long as it: a temporary file,
 /// a schema or key prefix dropped when the test ends. Every call goes to `store`.
 pub struct Guarded<S, G> {
+    /// The store.
     pub store: S,
+    /// What removes its data when dropped (a temporary file, schema or prefix).
     pub guard: G,
 }
 

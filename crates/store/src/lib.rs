@@ -9,6 +9,8 @@
 //! (the gateway's clock for SQLite and memory; a shared database may use its own), so callers
 //! pass durations, never instants.
 
+#![warn(missing_docs)]
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -59,6 +61,7 @@ impl TimeSource {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a store operation did not happen.
 pub enum StoreError {
     /// The transition was refused by the record's state; the store is healthy.
     #[error("refused: {0}")]
@@ -71,16 +74,20 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// The result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Counts reported by [`IdempotencyStore::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
+    /// Records whose request is still running (or was abandoned within its lease).
     pub in_progress: u64,
+    /// Records holding a stored response.
     pub completed: u64,
 }
 
 #[async_trait]
+/// Where records live: every transition of `oncely_core::record` as one atomic operation, and the operator's calls. Every backend passes [`conformance`].
 pub trait IdempotencyStore: Send + Sync + 'static {
     /// Atomically claims `key` for a request with `fingerprint`: inserts an in-progress record
     /// with a fresh lease token if there is no live record, takes over one whose lease has

@@ -20,12 +20,14 @@ use oncely_core::{
 use crate::{IdempotencyStore, StoreError, StoreResult, StoreStats};
 use oncely_core::sync::LockIgnoringPoison;
 
+/// Records in this process (see the module's limits).
 pub struct MemoryStore {
     records: Mutex<HashMap<RecordKey, Record>>,
     clock: Arc<dyn Clock>,
 }
 
 impl MemoryStore {
+    /// An empty store on `clock`.
     pub fn new(clock: Arc<dyn Clock>) -> Self {
         MemoryStore {
             records: Mutex::new(HashMap::new()),

@@ -54,6 +54,7 @@ impl StoreMetrics {
             .unwrap_or(0)
     }
 
+    /// Writes the store's metrics onto a `/metrics` page.
     pub fn render(&self, t: &mut Text) {
         t.family(
             "oncely_store_operation_duration_seconds",
@@ -111,6 +112,7 @@ pub struct TimedStore {
 }
 
 impl TimedStore {
+    /// Meters every operation on `inner`.
     pub fn new(inner: Arc<dyn IdempotencyStore>) -> Self {
         TimedStore {
             inner,
@@ -118,6 +120,7 @@ impl TimedStore {
         }
     }
 
+    /// What was measured so far.
     pub fn metrics(&self) -> &Arc<StoreMetrics> {
         &self.metrics
     }
