@@ -761,6 +761,13 @@ mod tests {
     }
 
     #[test]
+    fn the_default_admin_address_is_one_address() {
+        let listener = AdminConfig::default_listener();
+        assert_eq!(listener.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert!(listener.is_default && listener.token.is_none());
+    }
+
+    #[test]
     fn durations_and_sizes() {
         assert_eq!(parse_duration("300ms").unwrap(), Duration::from_millis(300));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));

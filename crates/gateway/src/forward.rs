@@ -120,7 +120,10 @@ impl Service<Request<BoxBody>> for Forwarder {
                 Ok(Err(e)) if e.is_connect() => {
                     return Err(UpstreamError::new(
                         UpstreamErrorKind::NotSent,
-                        format!("cannot connect to the upstream: {}", source_chain(&e)),
+                        format!(
+                            "cannot connect to the upstream: {}",
+                            oncely_db::describe(&e)
+                        ),
                     ))
                 }
                 Ok(Err(e)) if BodyTimedOut::find(&e).is_some() => {
@@ -128,14 +131,17 @@ impl Service<Request<BoxBody>> for Forwarder {
                         UpstreamErrorKind::ClientBodyTimedOut,
                         format!(
                             "the request body stalled while it was sent on: {}",
-                            source_chain(&e)
+                            oncely_db::describe(&e)
                         ),
                     ))
                 }
                 Ok(Err(e)) => {
                     return Err(UpstreamError::new(
                         UpstreamErrorKind::Unknown,
-                        format!("the upstream connection failed: {}", source_chain(&e)),
+                        format!(
+                            "the upstream connection failed: {}",
+                            oncely_db::describe(&e)
+                        ),
                     ))
                 }
                 Ok(Ok(resp)) => resp,
@@ -269,15 +275,4 @@ where
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }

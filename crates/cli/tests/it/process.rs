@@ -636,10 +636,13 @@ fn serve_defaults(upstream: &str, store: &str, extra: &[&str]) -> (KillOnDrop, S
 
 /// Stops the gateway and returns what it wrote on stderr.
 fn stderr_of(mut gateway: KillOnDrop) -> String {
+    use std::io::Read;
+    let mut stderr = gateway.0.stderr.take().expect("stderr piped");
     let _ = gateway.0.kill();
-    let out = std::mem::replace(&mut gateway.0, oncely().arg("--version").spawn().unwrap());
-    let out = out.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let _ = gateway.0.wait();
+    let mut text = String::new();
+    let _ = stderr.read_to_string(&mut text);
+    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
