@@ -31,7 +31,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use oncely_core::{IdempotencyKey, Record, RecordKey, RecordState, Tenant};
 use oncely_http::{Engine, EngineMetrics};
 use oncely_metrics::Text;
-use oncely_store::{StoreError, StoreMetrics};
+use oncely_store::{StoreAdmin, StoreError, StoreMetrics};
 use sha2::Digest as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -42,8 +42,10 @@ use tower_service::Service as _;
 pub struct Metrics {
     pub engine: Arc<EngineMetrics>,
     pub store: Arc<StoreMetrics>,
-    /// The engine: executions in flight, and its store for the key endpoints.
+    /// The engine: executions in flight, and the replay cache an eviction clears.
     pub executions: Arc<Engine>,
+    /// The store's operator surface (metered), for the stats and key endpoints.
+    pub records: Arc<dyn StoreAdmin>,
     /// The audit trail's writer, if the gateway keeps one.
     pub audit: Option<Arc<oncely_audit::AuditWriter>>,
 }
@@ -292,7 +294,11 @@ async fn evict_one(State(admin): AdminState, RawQuery(query): RawQuery) -> Respo
         Ok(k) => k,
         Err(e) => return bad_request(&e),
     };
-    match admin.metrics.executions.evict(&key).await {
+    // The store first, then this gateway's replay cache: a request between the two still
+    // replays, as it would have just before the eviction, and none after it can.
+    let evicted = admin.store().evict(&key).await;
+    admin.metrics.executions.forget(&key);
+    match evicted {
         Ok(true) => {
             tracing::warn!(key = %key, "evicted by an operator through the admin API");
             json(StatusCode::OK, serde_json::json!({"evicted": true}))
@@ -316,8 +322,8 @@ async fn takeovers(State(admin): AdminState) -> Response<Full<Bytes>> {
 }
 
 impl Admin {
-    fn store(&self) -> &Arc<dyn oncely_store::IdempotencyStore> {
-        self.metrics.executions.store()
+    fn store(&self) -> &Arc<dyn StoreAdmin> {
+        &self.metrics.records
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {

@@ -17,7 +17,7 @@ use oncely_http::body::IdleTimeout;
 use oncely_http::{
     CorrelationLayer, Engine, EngineMetrics, IdempotencyLayer, Observers, OutcomeObserver,
 };
-use oncely_store::{IdempotencyStore, StoreMetrics, TimedStore};
+use oncely_store::{StoreAdmin, StoreMetrics, TimedStore};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -30,7 +30,7 @@ use crate::forward::{ClientAddr, Forwarder};
 
 pub struct Gateway {
     config: Config,
-    store: Arc<dyn IdempotencyStore>,
+    store: Arc<dyn StoreAdmin>,
     clock: Arc<dyn Clock>,
 }
 
@@ -90,7 +90,7 @@ impl Gateway {
     /// Uses a given store and clock (tests, embedding).
     pub fn with_store(
         config: Config,
-        store: Arc<dyn IdempotencyStore>,
+        store: Arc<dyn StoreAdmin>,
         clock: Arc<dyn Clock>,
     ) -> Gateway {
         Gateway {
@@ -122,7 +122,7 @@ impl Gateway {
         .map_err(GatewayError::Upstream)?;
         // The engine sees the store through a meter, so /metrics shows what each store
         // operation cost the request path, whatever the backend.
-        let timed = TimedStore::new(self.store.clone());
+        let timed = Arc::new(TimedStore::new(self.store.clone()));
         let store_metrics = timed.metrics().clone();
         let metrics = Arc::new(EngineMetrics::new());
         let audit = match &self.config.audit {
@@ -140,7 +140,7 @@ impl Gateway {
             }));
         }
         let engine = Engine::new(
-            Arc::new(timed),
+            timed.clone(),
             self.clock.clone(),
             self.config.routes.clone(),
         )
@@ -155,6 +155,7 @@ impl Gateway {
                     engine: metrics.clone(),
                     store: store_metrics.clone(),
                     executions: engine.clone(),
+                    records: timed.clone(),
                     audit: audit.clone(),
                 };
                 match admin::bind(a.listen, a.token.clone(), page.clone(), rx.clone()).await {
@@ -180,6 +181,7 @@ impl Gateway {
             listener,
             forwarder,
             engine.clone(),
+            timed,
             audit.clone(),
             self.config,
             rx,
@@ -243,6 +245,7 @@ async fn serve(
     listener: TcpListener,
     forwarder: Forwarder,
     engine: Arc<Engine>,
+    records: Arc<dyn StoreAdmin>,
     audit: Option<Arc<AuditWriter>>,
     config: Config,
     mut stop: watch::Receiver<bool>,
@@ -252,7 +255,7 @@ async fn serve(
     let service = CorrelationLayer.layer(IdempotencyLayer::new(engine.clone()).layer(forwarder));
     let graceful = GracefulShutdown::new();
     let purger = tokio::spawn(purge_loop(
-        engine.clone(),
+        records,
         config.purge_interval,
         config.purge_batch,
     ));
@@ -390,7 +393,7 @@ pub(crate) fn open_files_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-async fn purge_loop(engine: Arc<Engine>, every: Duration, batch: usize) {
+async fn purge_loop(records: Arc<dyn StoreAdmin>, every: Duration, batch: usize) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -398,7 +401,7 @@ async fn purge_loop(engine: Arc<Engine>, every: Duration, batch: usize) {
         let mut total = 0;
         // Small batches keep each write transaction short, so the hot path never waits long.
         loop {
-            match engine.store().purge_expired(batch).await {
+            match records.purge_expired(batch).await {
                 Ok(n) => {
                     total += n;
                     if (n as usize) < batch {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oncely_core::Clock;
-use oncely_store::{IdempotencyStore, MemoryStore, StoreError, TimeSource};
+use oncely_store::{MemoryStore, StoreAdmin, StoreError, TimeSource};
 use oncely_store_postgres::{PgOptions, PgStore};
 use oncely_store_redis::{RedisOptions, RedisStore};
 use oncely_store_sqlite::{SqliteOptions, SqliteStore};
@@ -128,10 +128,7 @@ impl StoreUrl {
     /// Opens the store; a shared store also applies its migrations. `clock` is the gateway's
     /// clock, used by the stores that live on this host (SQLite, memory); shared stores run on
     /// their server's clock so that replicas agree.
-    pub async fn open(
-        &self,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Arc<dyn IdempotencyStore>, StoreError> {
+    pub async fn open(&self, clock: Arc<dyn Clock>) -> Result<Arc<dyn StoreAdmin>, StoreError> {
         Ok(match self {
             StoreUrl::Sqlite {
                 path,

@@ -35,7 +35,7 @@ use oncely_core::{
     ClaimOutcome, Fingerprint, IdempotencyKey, LeaseToken, Record, RecordKey, Refusal,
     StoredResponse, Tenant, Timestamp,
 };
-use oncely_store::{IdempotencyStore, StoreError, StoreResult, StoreStats, TimeSource};
+use oncely_store::{IdempotencyStore, StoreAdmin, StoreError, StoreResult, StoreStats, TimeSource};
 use tokio_postgres::types::ToSql;
 
 use codec::{millis, record_from_row, token_bytes, unavailable, STATE_COMPLETED};
@@ -316,7 +316,10 @@ impl IdempotencyStore for PgStore {
             .map(|row| record_from_row(row, 0, key))
             .transpose()
     }
+}
 
+#[async_trait]
+impl StoreAdmin for PgStore {
     async fn purge_expired(&self, batch: usize) -> StoreResult<u64> {
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
         let now = self.now_param();

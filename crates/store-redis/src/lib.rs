@@ -44,7 +44,7 @@ use oncely_core::{
     ClaimOutcome, Fingerprint, IdempotencyKey, LeaseToken, Record, RecordKey, RecordState, Refusal,
     StoredResponse, Tenant, Timestamp,
 };
-use oncely_store::{IdempotencyStore, StoreError, StoreResult, StoreStats, TimeSource};
+use oncely_store::{IdempotencyStore, StoreAdmin, StoreError, StoreResult, StoreStats, TimeSource};
 use redis::aio::ConnectionManager;
 use redis::Value;
 use sha2::{Digest, Sha256};
@@ -385,7 +385,10 @@ impl IdempotencyStore for RedisStore {
             ))),
         }
     }
+}
 
+#[async_trait]
+impl StoreAdmin for RedisStore {
     async fn purge_expired(&self, batch: usize) -> StoreResult<u64> {
         let mut purged = 0u64;
         let mut cursor = 0;

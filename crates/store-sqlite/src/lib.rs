@@ -46,7 +46,7 @@ use oncely_core::{
     ClaimOutcome, Clock, Fingerprint, IdempotencyKey, LeaseToken, Record, RecordKey,
     StoredResponse, Tenant, Timestamp,
 };
-use oncely_store::{IdempotencyStore, StoreError, StoreResult, StoreStats};
+use oncely_store::{IdempotencyStore, StoreAdmin, StoreError, StoreResult, StoreStats};
 use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -373,7 +373,10 @@ impl IdempotencyStore for SqliteStore {
             })
             .await
     }
+}
 
+#[async_trait]
+impl StoreAdmin for SqliteStore {
     async fn purge_expired(&self, batch: usize) -> StoreResult<u64> {
         match self.submit(Op::Purge { batch }).await? {
             Answer::Purged(n) => Ok(n),

@@ -1,4 +1,5 @@
-//! The conformance suite every [`IdempotencyStore`] backend must pass.
+//! The conformance suite every store backend must pass: the hot path of [`IdempotencyStore`]
+//! and the operator surface of [`StoreAdmin`].
 //!
 //! A backend's test file calls [`conformance_tests!`](crate::conformance_tests) with a
 //! factory that builds a fresh, empty store on a given [`ManualClock`]; the macro expands to
@@ -17,7 +18,7 @@ use oncely_core::{
 };
 use rand::{Rng, SeedableRng};
 
-use crate::{IdempotencyStore, StoreError, TimeSource};
+use crate::{IdempotencyStore, StoreAdmin, StoreError, TimeSource};
 
 /// The lease the cases claim with.
 pub const LEASE: Duration = Duration::from_millis(100);
@@ -125,6 +126,10 @@ impl<S: IdempotencyStore, G: Send + Sync + 'static> IdempotencyStore for Guarded
     async fn get(&self, key: &RecordKey) -> crate::StoreResult<Option<Record>> {
         self.store.get(key).await
     }
+}
+
+#[async_trait::async_trait]
+impl<S: StoreAdmin, G: Send + Sync + 'static> StoreAdmin for Guarded<S, G> {
     async fn purge_expired(&self, batch: usize) -> crate::StoreResult<u64> {
         self.store.purge_expired(batch).await
     }
@@ -139,14 +144,14 @@ impl<S: IdempotencyStore, G: Send + Sync + 'static> IdempotencyStore for Guarded
     }
 }
 
-async fn setup<S: IdempotencyStore, F: Factory<S>>(f: &F) -> (Arc<S>, ManualClock) {
+async fn setup<S: StoreAdmin, F: Factory<S>>(f: &F) -> (Arc<S>, ManualClock) {
     let clock = ManualClock::new(START);
     (Arc::new(f.make(clock.clone()).await), clock)
 }
 
 /// The in-flight list shows live in-progress records with their full keys, oldest first;
 /// eviction deletes a record whatever its state, and fences off its holder.
-pub async fn evict_and_list_in_progress<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+pub async fn evict_and_list_in_progress<S: StoreAdmin, F: Factory<S>>(f: &F) {
     let (store, clock) = setup(f).await;
     let k1 = key("t1", "held");
     let k2 = key("t1", "done");
@@ -206,7 +211,7 @@ pub async fn evict_and_list_in_progress<S: IdempotencyStore, F: Factory<S>>(f: &
 }
 
 /// N tasks claim one key at once: exactly one wins.
-pub async fn one_winner_among_concurrent_claims<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+pub async fn one_winner_among_concurrent_claims<S: StoreAdmin, F: Factory<S>>(f: &F) {
     let (store, _clock) = setup(f).await;
     let k = key("t1", "race");
     let mut tasks = Vec::new();
@@ -226,7 +231,7 @@ pub async fn one_winner_among_concurrent_claims<S: IdempotencyStore, F: Factory<
 }
 
 /// A duplicate sees the request in progress, then the stored response, byte for byte.
-pub async fn duplicate_sees_progress_then_replay<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+pub async fn duplicate_sees_progress_then_replay<S: StoreAdmin, F: Factory<S>>(f: &F) {
     let (store, clock) = setup(f).await;
     let k = key("t1", "k1");
     let token = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
@@ -256,7 +261,7 @@ pub async fn duplicate_sees_progress_then_replay<S: IdempotencyStore, F: Factory
 }
 
 /// Another fingerprint never claims, neither while in flight nor after the lease.
-pub async fn other_fingerprint_never_claims<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+pub async fn other_fingerprint_never_claims<S: StoreAdmin, F: Factory<S>>(f: &F) {
     let (store, clock) = setup(f).await;
     let k = key("t1", "k1");
     claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
@@ -272,7 +277,7 @@ pub async fn other_fingerprint_never_claims<S: IdempotencyStore, F: Factory<S>>(
 }
 
 /// After the lease a takeover gets a new token; the old token is refused everywhere.
-pub async fn takeover_fences_stale_holder<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+pub async fn takeover_fences_stale_holder<S: StoreAdmin, F: Factory<S>>(f: &F) {
     let (store, clock) = setup(f).await;
     let k = key("t1", "k1");
     let old = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
@@ -314,7 +319,7 @@ pub async fn takeover_fences_stale_holder<S: IdempotencyStore, F: Factory<S>>(f:
 }
 
 /// Release deletes the record: a retry claims again; the released token is dead.
-pub async fn release_frees_the_key<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+pub async fn release_frees_the_key<S: StoreAdmin, F: Factory<S>>(f: &F) {
     let (store, _clock) = setup(f).await;
     let k = key("t1", "k1");
     let t1 = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
@@ -334,7 +339,7 @@ pub async fn release_frees_the_key<S: IdempotencyStore, F: Factory<S>>(f: &F) {
 }
 
 /// Renewal extends the lease so a live holder is not taken over.
-pub async fn renew_extends_the_lease<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+pub async fn renew_extends_the_lease<S: StoreAdmin, F: Factory<S>>(f: &F) {
     let (store, clock) = setup(f).await;
     let k = key("t1", "k1");
     let t = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
@@ -349,7 +354,7 @@ pub async fn renew_extends_the_lease<S: IdempotencyStore, F: Factory<S>>(f: &F) 
 
 /// A holder that keeps renewing outlives the record's TTL: the record never expires under a
 /// live lease, so no duplicate can claim it afresh beside the holder.
-pub async fn renewal_outlives_the_ttl<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+pub async fn renewal_outlives_the_ttl<S: StoreAdmin, F: Factory<S>>(f: &F) {
     let (store, clock) = setup(f).await;
     let k = key("t1", "k1");
     let t = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
@@ -368,7 +373,7 @@ pub async fn renewal_outlives_the_ttl<S: IdempotencyStore, F: Factory<S>>(f: &F)
 }
 
 /// TTL expiry frees a key in any state, before any purge runs.
-pub async fn ttl_expiry_frees_the_key<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+pub async fn ttl_expiry_frees_the_key<S: StoreAdmin, F: Factory<S>>(f: &F) {
     let (store, clock) = setup(f).await;
     let k = key("t1", "k1");
     let t = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
@@ -393,7 +398,7 @@ fn clock_now(c: &ManualClock) -> Timestamp {
 }
 
 /// Purge removes expired records in bounded batches and never touches live ones.
-pub async fn purge_in_batches<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+pub async fn purge_in_batches<S: StoreAdmin, F: Factory<S>>(f: &F) {
     let (store, clock) = setup(f).await;
     for i in 0..25 {
         let k = key("t1", &format!("old-{i}"));
@@ -415,7 +420,7 @@ pub async fn purge_in_batches<S: IdempotencyStore, F: Factory<S>>(f: &F) {
 }
 
 /// Large and binary bodies come back byte for byte.
-pub async fn large_and_binary_bodies_round_trip<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+pub async fn large_and_binary_bodies_round_trip<S: StoreAdmin, F: Factory<S>>(f: &F) {
     let (store, _clock) = setup(f).await;
     let big: Vec<u8> = (0..(1 << 20))
         .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -443,7 +448,7 @@ pub async fn large_and_binary_bodies_round_trip<S: IdempotencyStore, F: Factory<
 }
 
 /// The same key in two scopes names two records.
-pub async fn scopes_are_isolated<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+pub async fn scopes_are_isolated<S: StoreAdmin, F: Factory<S>>(f: &F) {
     let (store, _clock) = setup(f).await;
     let a = key("tenant-a", "shared");
     let b = key("tenant-b", "shared");
@@ -463,7 +468,7 @@ pub async fn scopes_are_isolated<S: IdempotencyStore, F: Factory<S>>(f: &F) {
 }
 
 /// A clock stepped backwards never frees a key early nor loses a completion.
-pub async fn clock_stepping_backwards_is_safe<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+pub async fn clock_stepping_backwards_is_safe<S: StoreAdmin, F: Factory<S>>(f: &F) {
     let (store, clock) = setup(f).await;
     let k = key("t1", "k1");
     let t = claimed(store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap());
@@ -476,7 +481,7 @@ pub async fn clock_stepping_backwards_is_safe<S: IdempotencyStore, F: Factory<S>
 
 /// Random interleavings of every operation and of clock jumps, compared step by step with
 /// the pure transitions of `oncely_core::record`.
-pub async fn matches_the_model_under_random_operations<S: IdempotencyStore, F: Factory<S>>(f: &F) {
+pub async fn matches_the_model_under_random_operations<S: StoreAdmin, F: Factory<S>>(f: &F) {
     for seed in 0..12u64 {
         let (store, clock) = setup(f).await;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -572,7 +577,7 @@ pub async fn matches_the_model_under_random_operations<S: IdempotencyStore, F: F
 /// fenced off.
 pub async fn shared_store_leases_run_on_the_server_clock<S, F, Fut>(handle: F)
 where
-    S: IdempotencyStore,
+    S: StoreAdmin,
     F: Fn(TimeSource) -> Fut,
     Fut: Future<Output = S>,
 {
@@ -626,7 +631,7 @@ where
 /// the server's clock exists to prevent); on the server's clock they agree.
 pub async fn skewed_gateway_clocks_agree_on_the_server_clock<S, F, Fut>(handle: F)
 where
-    S: IdempotencyStore,
+    S: StoreAdmin,
     F: Fn(TimeSource) -> Fut,
     Fut: Future<Output = S>,
 {
@@ -663,7 +668,7 @@ pub async fn leases_are_measured_on_the_server_clock<S, F, Fut, N, NFut>(
     handle: F,
     server_now_ms: N,
 ) where
-    S: IdempotencyStore,
+    S: StoreAdmin,
     F: Fn(TimeSource) -> Fut,
     Fut: Future<Output = S>,
     N: Fn() -> NFut,
@@ -690,7 +695,7 @@ pub async fn leases_are_measured_on_the_server_clock<S, F, Fut, N, NFut>(
 }
 
 /// Expands to one test per conformance case for the store built by `$factory`, a
-/// `Fn(ManualClock) -> impl Future<Output = impl IdempotencyStore>`.
+/// `Fn(ManualClock) -> impl Future<Output = impl StoreAdmin>`.
 ///
 /// For a backend on an external service, `conformance_tests!(if $available => $factory)`
 /// runs each case only when `$available` (an expression taking the case's name as `&str`

@@ -77,7 +77,7 @@ pub enum StoreError {
 /// The result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Counts reported by [`IdempotencyStore::stats`].
+/// Counts reported by [`StoreAdmin::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
     /// Records whose request is still running (or was abandoned within its lease).
@@ -87,7 +87,11 @@ pub struct StoreStats {
 }
 
 #[async_trait]
-/// Where records live: every transition of `oncely_core::record` as one atomic operation, and the operator's calls. Every backend passes [`conformance`].
+/// Where records live, as the request path sees them: every transition of
+/// `oncely_core::record` as one atomic operation. Every backend passes [`conformance`].
+///
+/// This is all an engine needs, so a wrapper on the request path (a meter, a fault injector)
+/// forwards these five calls and nothing else. The operator's calls are [`StoreAdmin`].
 pub trait IdempotencyStore: Send + Sync + 'static {
     /// Atomically claims `key` for a request with `fingerprint`: inserts an in-progress record
     /// with a fresh lease token if there is no live record, takes over one whose lease has
@@ -122,7 +126,14 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 
     /// The live record for `key`, if any (expired records are absent even before purge).
     async fn get(&self, key: &RecordKey) -> StoreResult<Option<Record>>;
+}
 
+#[async_trait]
+/// The operator's surface of a store: the periodic purge, counts, eviction and the list of
+/// what is in flight. Kept apart from [`IdempotencyStore`] because none of it is on the
+/// request path: the gateway's purge loop and admin API hold a `StoreAdmin`, the engine
+/// only the hot path (an `Arc<dyn StoreAdmin>` converts into an `Arc<dyn IdempotencyStore>`).
+pub trait StoreAdmin: IdempotencyStore {
     /// Deletes up to `batch` expired records; returns how many were deleted.
     async fn purge_expired(&self, batch: usize) -> StoreResult<u64>;
 
@@ -174,6 +185,10 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for std::sync::Arc<S> {
     async fn get(&self, key: &RecordKey) -> StoreResult<Option<Record>> {
         (**self).get(key).await
     }
+}
+
+#[async_trait]
+impl<S: StoreAdmin + ?Sized> StoreAdmin for std::sync::Arc<S> {
     async fn purge_expired(&self, batch: usize) -> StoreResult<u64> {
         (**self).purge_expired(batch).await
     }

@@ -17,7 +17,7 @@ use oncely_core::{
     Timestamp,
 };
 
-use crate::{IdempotencyStore, StoreError, StoreResult, StoreStats};
+use crate::{IdempotencyStore, StoreAdmin, StoreError, StoreResult, StoreStats};
 use oncely_core::sync::LockIgnoringPoison;
 
 /// Records in this process (see the module's limits).
@@ -107,7 +107,10 @@ impl IdempotencyStore for MemoryStore {
         let now = self.clock.now();
         Ok(self.lock().get(key).filter(|r| !r.is_expired(now)).cloned())
     }
+}
 
+#[async_trait]
+impl StoreAdmin for MemoryStore {
     async fn purge_expired(&self, batch: usize) -> StoreResult<u64> {
         let now = self.clock.now();
         let mut map = self.lock();

@@ -11,7 +11,7 @@ use oncely_core::{
 };
 use oncely_metrics::{Counter, Histogram, Text};
 
-use crate::{IdempotencyStore, StoreError, StoreResult, StoreStats};
+use crate::{IdempotencyStore, StoreAdmin, StoreError, StoreResult, StoreStats};
 
 /// The store operations, in the order they are rendered.
 const OPS: [&str; 9] = [
@@ -107,13 +107,13 @@ impl StoreMetrics {
 
 /// Wraps a store, measuring every call into a shared [`StoreMetrics`].
 pub struct TimedStore {
-    inner: Arc<dyn IdempotencyStore>,
+    inner: Arc<dyn StoreAdmin>,
     metrics: Arc<StoreMetrics>,
 }
 
 impl TimedStore {
     /// Meters every operation on `inner`.
-    pub fn new(inner: Arc<dyn IdempotencyStore>) -> Self {
+    pub fn new(inner: Arc<dyn StoreAdmin>) -> Self {
         TimedStore {
             inner,
             metrics: Arc::new(StoreMetrics::default()),
@@ -175,6 +175,10 @@ impl IdempotencyStore for TimedStore {
         self.metrics.record(Op::Get, t, &r);
         r
     }
+}
+
+#[async_trait]
+impl StoreAdmin for TimedStore {
     async fn purge_expired(&self, batch: usize) -> StoreResult<u64> {
         let t = Instant::now();
         let r = self.inner.purge_expired(batch).await;

@@ -7,13 +7,13 @@ use std::time::Duration;
 use oncely_core::{parse_idempotency_key, Fingerprint, RecordKey, SystemClock, Tenant};
 use oncely_gateway::{AdminConfig, Config, Gateway, RunningGateway};
 use oncely_open::StoreUrl;
-use oncely_store::{IdempotencyStore, MemoryStore};
+use oncely_store::{IdempotencyStore, MemoryStore, StoreAdmin};
 use oncely_testkit::{CountingUpstream, TestClient};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 const JSON: (&str, &str) = ("content-type", "application/json");
 
-async fn start(store: Arc<dyn IdempotencyStore>) -> (RunningGateway, CountingUpstream) {
+async fn start(store: Arc<dyn StoreAdmin>) -> (RunningGateway, CountingUpstream) {
     let upstream = CountingUpstream::start().await;
     let config = Config::new(
         "127.0.0.1:0".parse().unwrap(),
@@ -80,7 +80,7 @@ async fn send_post(
 
 /// Leaves in `store` the claim of a holder that died: its lease (50 ms) has run out when this
 /// returns, so the next request with the key takes it over.
-async fn leave_a_dead_holder(store: &Arc<dyn IdempotencyStore>, key: &str) {
+async fn leave_a_dead_holder(store: &Arc<dyn StoreAdmin>, key: &str) {
     let dead = RecordKey::new(
         Tenant::anonymous(),
         "POST",
@@ -109,7 +109,7 @@ fn value(page: &str, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_scripted_scenario_exactly() {
-    let store: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+    let store: Arc<dyn StoreAdmin> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
     let (gateway, _upstream) = start(store.clone()).await;
     let client = TestClient::new();
     let base = format!("http://{}", gateway.addr());
@@ -417,7 +417,7 @@ async fn admin_get(
 /// Inspect, list and evict keys, and see takeovers, through the admin API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_can_be_inspected_listed_and_evicted() {
-    let store: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+    let store: Arc<dyn StoreAdmin> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
     let (gateway, upstream) = start(store.clone()).await;
     let client = TestClient::new();
     let base = format!("http://{}", gateway.addr());
@@ -520,6 +520,32 @@ async fn keys_can_be_inspected_listed_and_evicted() {
     .await;
     assert_eq!(retried.status, 201);
     assert_eq!(upstream.executions("held/1&x"), 1);
+
+    // A completed key is replayed from this gateway's cache; evicted, it leaves the cache
+    // too, so its next request executes again instead of replaying from memory.
+    let replay = || {
+        send_post(
+            &client,
+            format!("{base}/orders"),
+            Some("done-1"),
+            r#"{"a":1}"#,
+            vec![],
+        )
+    };
+    assert!(replay().await.replayed());
+    assert_eq!(upstream.executions("done-1"), 1);
+    let evicted = admin_get(
+        &client,
+        &gateway,
+        "DELETE",
+        "/keys/one?tenant=anon&route=/orders&key=done-1",
+    )
+    .await;
+    assert_eq!(evicted.status, 200);
+    let executed = replay().await;
+    assert_eq!(executed.status, 201);
+    assert!(!executed.replayed());
+    assert_eq!(upstream.executions("done-1"), 2);
 
     // Bad queries get a problem, not a panic.
     for bad in [

@@ -692,6 +692,10 @@ impl oncely_store::IdempotencyStore for SwitchableStore {
         self.check()?;
         self.inner.get(k).await
     }
+}
+
+#[async_trait::async_trait]
+impl oncely_store::StoreAdmin for SwitchableStore {
     async fn purge_expired(&self, b: usize) -> oncely_store::StoreResult<u64> {
         self.check()?;
         self.inner.purge_expired(b).await

@@ -123,13 +123,12 @@ impl Engine {
         &self.store
     }
 
-    /// An operator's eviction: deletes the key's record from the store and from this engine's
-    /// replay cache, so that its next request executes again. Other gateways sharing the store
-    /// may still replay a completed key from their own caches until those entries expire.
-    pub async fn evict(&self, key: &RecordKey) -> Result<bool, StoreError> {
-        let evicted = self.store.evict(key).await;
+    /// Drops `key` from this engine's replay cache. Called after an operator evicted the key
+    /// from the store ([`oncely_store::StoreAdmin::evict`]), so that its next request here
+    /// executes again. Other gateways sharing the store may still replay a completed key from
+    /// their own caches until those entries expire.
+    pub fn forget(&self, key: &RecordKey) {
         self.cache.remove(key);
-        evicted
     }
 
     /// Waits up to `grace` for executions in flight to complete or release their keys.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use oncely_core::ClaimOutcome;
 use oncely_store::conformance::{fp, key, response};
-use oncely_store::{IdempotencyStore, StoreError, TimeSource};
+use oncely_store::{IdempotencyStore, StoreAdmin, StoreError, TimeSource};
 use oncely_store_postgres::{PgOptions, PgStore};
 
 async fn raw(sql: &str) {

@@ -11,7 +11,7 @@ use oncely_core::{
     Timestamp,
 };
 use oncely_store::conformance::{fp, key, LEASE, TTL};
-use oncely_store::{IdempotencyStore, StoreError};
+use oncely_store::{IdempotencyStore, StoreAdmin, StoreError};
 use oncely_store_sqlite::{SqliteOptions, SqliteStore};
 use tokio::sync::Barrier;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use oncely_core::record::{self, ClaimRequest};
 use oncely_core::{ClaimOutcome, Clock, LeaseToken, ManualClock, Record, RecordKey, Timestamp};
 use oncely_store::conformance::{fp, key, response, LEASE, TTL};
-use oncely_store::{IdempotencyStore, StoreError};
+use oncely_store::{IdempotencyStore, StoreAdmin, StoreError};
 
 /// splitmix64: enough randomness for op choice, reproducible from the seed.
 struct Rng(u64);
