@@ -487,7 +487,7 @@ impl<L> Faulty<L> {
 
 #[async_trait]
 impl<L: AuditLog> AuditLog for Faulty<L> {
-    async fn migrate(&self) -> Result<(), AuditError> {
+    async fn migrate(&self) -> Result<oncely_db::migrate::MigrationReport, AuditError> {
         self.inner.migrate().await
     }
     async fn append(&self, events: &[Event]) -> Result<(), AuditError> {

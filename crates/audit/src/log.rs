@@ -7,6 +7,7 @@
 //! SQL shell fails too; someone who drops the triggers first is what `verify` is for.
 
 use async_trait::async_trait;
+use oncely_db::migrate::{Migration, MigrationReport, Migrations};
 use sha2::{Digest, Sha256};
 
 use crate::chain::{Broken, Event, Hash, Head, Personal, Summary, Verifier, CHAIN_OPENED};
@@ -76,8 +77,9 @@ impl Filter {
 /// [`crate::Head::seal`]); a backend stores them as given and hands them back unchanged.
 #[async_trait]
 pub trait AuditLog: Send + Sync + 'static {
-    /// Creates the table (with its append-only triggers) if it is not there.
-    async fn migrate(&self) -> Result<(), AuditError>;
+    /// Brings the table (with its append-only triggers) up to date through the shared
+    /// migration mechanism, and reports the trail's schema version.
+    async fn migrate(&self) -> Result<MigrationReport, AuditError>;
 
     /// Appends `events` in one transaction: all or none. [`AuditError::Conflict`] if any
     /// (chain, seq) is taken (a backend may also report a taken event id so).
@@ -189,6 +191,25 @@ pub fn redaction_sql(fields: &[&str]) -> (String, String) {
 }
 
 /// The columns every backend selects, in [`Row`]'s order.
+/// The trail's schema history, the same steps on every backend in its own SQL dialect:
+/// `v1` creates the table and its guards (only what is absent, so trails created before the
+/// shared migration table adopt it).
+pub(crate) const fn migrations(v1: &'static [Migration; 1]) -> Migrations {
+    Migrations {
+        concern: "audit trail",
+        steps: v1,
+    }
+}
+
+/// Step 1 of [`migrations`] with the backend's statements.
+pub(crate) const fn step_1(sql: &'static str) -> [Migration; 1] {
+    [Migration {
+        version: 1,
+        description: "the audit_events table and its append-only triggers",
+        sql,
+    }]
+}
+
 pub const COLUMNS: &str = "chain, seq, event_id, timestamp, actor, actor_commitment, actor_type, \
     action, resource_type, resource_id, old_value, new_value, correlation_id, ip_address, \
     ip_address_commitment, user_agent, user_agent_commitment, prev_hash, hash, mac";

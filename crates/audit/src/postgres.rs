@@ -5,23 +5,25 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
+use oncely_db::migrate::{MigrationReport, Migrations};
 pub use oncely_db::postgres::PgOptions;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use crate::chain::{Event, Head};
 use crate::log::{
-    check_redaction, redaction_sql, stored_hash, stored_seq, stored_value, AuditError, AuditLog,
-    Filter, Row, COLUMNS,
+    check_redaction, migrations, redaction_sql, step_1, stored_hash, stored_seq, stored_value,
+    AuditError, AuditLog, Filter, Row, COLUMNS,
 };
 
-/// The table and its guards, `{s}` the schema. One function refuses deletes, truncation and
-/// any update but a redaction (every column but the three personal values unchanged, and
-/// those unchanged or emptied). Run under an advisory lock: two gateways starting together
-/// would otherwise race on `CREATE OR REPLACE`.
-const SCHEMA: &str = "
-CREATE SCHEMA IF NOT EXISTS {s};
-CREATE TABLE IF NOT EXISTS {s}.audit_events (
+/// The trail's history: the table and its guards. One function refuses deletes, truncation
+/// and any update but a redaction (every column but the three personal values unchanged, and
+/// those unchanged or emptied). The shared mechanism runs it under an advisory lock: two
+/// gateways starting together would otherwise race on `CREATE OR REPLACE`.
+const MIGRATIONS: Migrations = migrations(&step_1(SCHEMA_V1));
+
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS {schema}.audit_events (
     event_id TEXT NOT NULL UNIQUE,
     timestamp BIGINT NOT NULL,
     actor TEXT,
@@ -44,9 +46,9 @@ CREATE TABLE IF NOT EXISTS {s}.audit_events (
     mac BYTEA NOT NULL,
     PRIMARY KEY (chain, seq)
 );
-CREATE INDEX IF NOT EXISTS audit_events_by_time ON {s}.audit_events (timestamp);
-CREATE INDEX IF NOT EXISTS audit_events_by_correlation ON {s}.audit_events (correlation_id);
-CREATE OR REPLACE FUNCTION {s}.audit_events_append_only() RETURNS trigger
+CREATE INDEX IF NOT EXISTS audit_events_by_time ON {schema}.audit_events (timestamp);
+CREATE INDEX IF NOT EXISTS audit_events_by_correlation ON {schema}.audit_events (correlation_id);
+CREATE OR REPLACE FUNCTION {schema}.audit_events_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'UPDATE' THEN
@@ -70,14 +72,11 @@ BEGIN
     RAISE EXCEPTION 'audit_events is append-only: % refused', TG_OP;
 END
 $$;
-CREATE OR REPLACE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON {s}.audit_events
-    FOR EACH ROW EXECUTE FUNCTION {s}.audit_events_append_only();
-CREATE OR REPLACE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON {s}.audit_events
-    FOR EACH STATEMENT EXECUTE FUNCTION {s}.audit_events_append_only();
+CREATE OR REPLACE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON {schema}.audit_events
+    FOR EACH ROW EXECUTE FUNCTION {schema}.audit_events_append_only();
+CREATE OR REPLACE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON {schema}.audit_events
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.audit_events_append_only();
 ";
-
-/// The advisory lock key migrations hold (`oncely-audit` in ASCII, truncated to 63 bits).
-const MIGRATION_LOCK: i64 = 0x6f6e_6365_6c79_6175;
 
 /// An audit log in one schema of a PostgreSQL database.
 #[derive(Clone)]
@@ -183,34 +182,39 @@ fn head_of(r: &tokio_postgres::Row) -> Result<Head, AuditError> {
 
 #[async_trait]
 impl AuditLog for PgAuditLog {
-    async fn migrate(&self) -> Result<(), AuditError> {
+    async fn migrate(&self) -> Result<MigrationReport, AuditError> {
         self.bounded(async {
             let mut client = self.pool.get().await.map_err(db_unavailable)?;
-            // Already in place: nothing to create, so a role that may only read and insert
-            // (the gateway's, at best) can start.
-            let ready: bool = client
+            let report = oncely_db::postgres::migrate(&mut client, &self.schema, &MIGRATIONS)
+                .await
+                .map_err(|e| AuditError::Unavailable(e.to_string()))?;
+            // The guards are put back whenever they are found missing, not only when step 1
+            // first runs: whoever dropped one to edit the trail does not get to keep it
+            // dropped past the next start (`verify` still names what was edited meanwhile).
+            // Only reads when they are in place, so a role without DDL rights can start.
+            let guarded: bool = client
                 .query_one(
-                    "SELECT to_regclass($1) IS NOT NULL \
-                     AND (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) \
-                          AND tgname IN ('audit_events_append_only', 'audit_events_no_truncate')) = 2 \
-                     AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) \
-                          AND attname = 'mac' AND NOT attisdropped)",
+                    "SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) \
+                     AND tgname IN ('audit_events_append_only', 'audit_events_no_truncate')) = 2",
                     &[&self.table],
                 )
                 .await
                 .and_then(|r| r.try_get(0))
                 .map_err(db_unavailable)?;
-            if ready {
-                return Ok(());
+            if !guarded {
+                let tx = client.transaction().await.map_err(db_unavailable)?;
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('oncely migrate ' || $1::text))",
+                    &[&self.schema],
+                )
+                .await
+                .map_err(db_unavailable)?;
+                tx.batch_execute(&SCHEMA_V1.replace("{schema}", &self.schema))
+                    .await
+                    .map_err(db_unavailable)?;
+                tx.commit().await.map_err(db_unavailable)?;
             }
-            let tx = client.transaction().await.map_err(db_unavailable)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-                .await
-                .map_err(db_unavailable)?;
-            tx.batch_execute(&SCHEMA.replace("{s}", &self.schema))
-                .await
-                .map_err(db_unavailable)?;
-            tx.commit().await.map_err(db_unavailable)
+            Ok(report)
         })
         .await
     }

@@ -5,18 +5,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use oncely_db::migrate::{MigrationReport, Migrations};
 use rusqlite::{params_from_iter, Connection, ErrorCode, OptionalExtension};
 
 use crate::chain::{Event, Head};
 use crate::log::{
-    check_redaction, redaction_sql, stored_hash, stored_seq, stored_value, AuditError, AuditLog,
-    Filter, Row, COLUMNS,
+    check_redaction, migrations, redaction_sql, step_1, stored_hash, stored_seq, stored_value,
+    AuditError, AuditLog, Filter, Row, COLUMNS,
 };
 use oncely_core::sync::LockIgnoringPoison;
 
-/// The table and its guards. The update trigger lets through only a redaction: every column
-/// but the three personal values unchanged, and those either unchanged or emptied.
-const SCHEMA: &str = "
+/// The trail's history: the table and its guards. The update trigger lets through only a
+/// redaction: every column but the three personal values unchanged, and those either
+/// unchanged or emptied.
+const MIGRATIONS: Migrations = migrations(&step_1(SCHEMA_V1));
+
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS audit_events (
     event_id TEXT NOT NULL UNIQUE,
     timestamp INTEGER NOT NULL,
@@ -165,9 +169,28 @@ fn query_events(
 
 #[async_trait]
 impl AuditLog for SqliteAuditLog {
-    async fn migrate(&self) -> Result<(), AuditError> {
-        self.run(|c| c.execute_batch(SCHEMA).map_err(unavailable))
-            .await
+    async fn migrate(&self) -> Result<MigrationReport, AuditError> {
+        self.run(|c| {
+            let report = oncely_db::sqlite::migrate(c, &MIGRATIONS)
+                .map_err(|e| AuditError::Unavailable(e.to_string()))?;
+            // The guards are put back whenever they are found missing, not only when step 1
+            // first runs: whoever dropped one to edit the trail does not get to keep it
+            // dropped past the next start (`verify` still names what was edited meanwhile).
+            let guards: i64 = c
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name IN \
+                     ('audit_events_no_replace', 'audit_events_no_delete', \
+                      'audit_events_only_redaction')",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)?;
+            if guards < 3 {
+                c.execute_batch(SCHEMA_V1).map_err(unavailable)?;
+            }
+            Ok(report)
+        })
+        .await
     }
 
     async fn append(&self, events: &[Event]) -> Result<(), AuditError> {

@@ -141,8 +141,8 @@ pub(crate) async fn run(args: AuditArgs) -> Result<(), String> {
             Ok(())
         }
         AuditCommand::Migrate => {
-            log.migrate().await.map_err(|e| explain(e, &url))?;
-            println!("audit_events ready in {url}");
+            let report = log.migrate().await.map_err(|e| explain(e, &url))?;
+            println!("{url}: {report}");
             Ok(())
         }
         AuditCommand::Redact { filter, fields } => {

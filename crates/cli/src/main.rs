@@ -30,7 +30,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Start a small orders service behind the gateway and show what the gateway does.
     Demo(demo::DemoArgs),
-    /// Create or update a store's tables (gateways also do it when they start).
+    /// Create or update the store's and the audit trail's tables, reporting each one's
+    /// schema version (gateways also do it when they start).
     Migrate(migrate::MigrateArgs),
     /// Send one request, curl-like, retrying safely: one Idempotency-Key, full jitter.
     Send(oncely_client::send::SendArgs),

@@ -1,58 +1,46 @@
-//! `oncely migrate`: brings a store's schema up to date without starting a gateway.
-
-use std::sync::Arc;
+//! `oncely migrate`: brings the schemas of the gateway's storage concerns up to date without
+//! starting a gateway, and reports each concern's version.
 
 use clap::Args;
-use oncely_core::SystemClock;
-use oncely_open::StoreUrl;
+use oncely_open::{AuditUrl, MigrationReport, StoreUrl};
 
 #[derive(Args)]
 pub(crate) struct MigrateArgs {
-    /// The store to migrate: postgres://USER@HOST:PORT/DB[?schema=NAME] or sqlite://PATH.
-    /// Gateways also migrate when they start; this command lets a deploy do it first.
+    /// The idempotency store: postgres://USER@HOST:PORT/DB[?schema=NAME], sqlite://PATH, or
+    /// redis://HOST:PORT (only checked: Redis needs no schema). Gateways also migrate when
+    /// they start; this command lets a deploy do it first.
     #[arg(long, value_name = "URL", env = "ONCELY_STORE")]
-    store: String,
+    store: Option<String>,
+    /// The audit trail: postgres://... or sqlite://PATH.
+    #[arg(long, value_name = "URL", env = "ONCELY_AUDIT_URL")]
+    audit: Option<String>,
 }
 
 pub(crate) async fn run(args: MigrateArgs) -> Result<(), String> {
-    let url = StoreUrl::parse(&args.store).map_err(|e| format!("--store: {e}"))?;
-    match &url {
-        StoreUrl::Postgres(opts) => {
-            let report = oncely_store_postgres::migrate(opts)
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
-            if report.applied.is_empty() {
-                println!(
-                    "{url}: schema {} is up to date (version {})",
-                    opts.schema, report.to
-                );
-            } else {
-                for m in &report.applied {
-                    println!("applied migration {m}");
-                }
-                println!(
-                    "{url}: schema {} migrated from version {} to {}",
-                    opts.schema, report.from, report.to
-                );
-            }
-        }
-        StoreUrl::Sqlite { .. } => {
-            // Opening a SQLite store applies its migrations (and refuses a newer file).
-            url.open(Arc::new(SystemClock))
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
-            println!("{url}: schema is up to date");
-        }
-        StoreUrl::Redis(_) => {
-            // Nothing to create: each record is one hash, written by the scripts.
-            url.open(Arc::new(SystemClock))
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
+    if args.store.is_none() && args.audit.is_none() {
+        return Err("nothing to migrate: pass --store URL, --audit URL, or both".into());
+    }
+    if let Some(store) = &args.store {
+        let url = StoreUrl::parse(store).map_err(|e| format!("--store: {e}"))?;
+        let reports = url.migrate().await.map_err(|e| format!("{url}: {e}"))?;
+        if reports.is_empty() {
             println!("{url}: reachable; Redis needs no schema");
         }
-        StoreUrl::Memory => {
-            return Err("memory:// keeps nothing, so there is nothing to migrate".into())
-        }
+        print(&url.to_string(), &reports);
+    }
+    if let Some(audit) = &args.audit {
+        let url = AuditUrl::parse(audit).map_err(|e| format!("--audit: {e}"))?;
+        let report = url.migrate().await?;
+        print(&url.to_string(), std::slice::from_ref(&report));
     }
     Ok(())
+}
+
+fn print(url: &str, reports: &[MigrationReport]) {
+    for report in reports {
+        for step in &report.applied {
+            println!("{url}: {}: applied migration {step}", report.concern);
+        }
+        println!("{url}: {report}");
+    }
 }

@@ -1,11 +1,13 @@
 //! Database plumbing below every storage concern (idempotency records, the recovery journal,
 //! the audit trail, and those to come): how a PostgreSQL URL is read and pooled, how a
-//! driver's error becomes one readable line, and how a SQLite file is opened. Each concern's
+//! driver's error becomes one readable line, how a SQLite file is opened, and how every
+//! concern's schema is migrated and versioned ([`migrate`]). Each concern's
 //! crate keeps its own tables, statements and error type; what they all do the same way to
 //! reach a database lives here, once.
 
 #![warn(missing_docs)]
 
+pub mod migrate;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]

@@ -16,6 +16,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
+use crate::migrate::{MigrationError, MigrationReport, Migrations};
+
 /// Connection and behaviour options of a PostgreSQL-backed concern (the idempotency store,
 /// the audit log).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +150,6 @@ pub fn validate_schema(name: &str) -> Result<(), String> {
     }
 }
 
-/// `250ms`, `5s`, `2m`.
 /// A connection pool for `opts`, every wait bounded by its timeout. The error is one line.
 pub fn pool(opts: &PgOptions) -> Result<Pool, String> {
     let mut config: tokio_postgres::Config =
@@ -179,6 +180,94 @@ pub fn pool(opts: &PgOptions) -> Result<Pool, String> {
         .recycle_timeout(Some(opts.timeout))
         .build()
         .map_err(|e| format!("postgres pool: {e}"))
+}
+
+/// Brings `migrations` up to date in `schema` (created if absent) and reports what it did.
+///
+/// A database already current is only read: no lock, no DDL, so a role that may read
+/// `{schema}.oncely_migrations` and use its own tables (and nothing more) can start. Otherwise
+/// one transaction takes an advisory lock on the schema, creates the bookkeeping table if
+/// needed, re-reads the version, applies the pending steps and records them: replicas
+/// starting together on a new database wait for the first, then find nothing to do, and a
+/// step that fails leaves nothing of the run behind.
+pub async fn migrate(
+    client: &mut tokio_postgres::Client,
+    schema: &str,
+    migrations: &Migrations,
+) -> Result<MigrationReport, MigrationError> {
+    let concern = migrations.concern;
+    let db = |e: tokio_postgres::Error| MigrationError::database(concern, &e);
+    validate_schema(schema).map_err(|message| MigrationError::Database { concern, message })?;
+    let q = format!("\"{schema}\"");
+    let book = format!("{q}.oncely_migrations");
+    let applied_version =
+        format!("SELECT COALESCE(max(version), 0) FROM {book} WHERE concern = $1");
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&book])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(db)?;
+    if exists {
+        let from = version_of(
+            client.query_one(&applied_version, &[&concern]).await,
+            concern,
+        )?;
+        if migrations.pending(from)?.is_empty() {
+            return Ok(migrations.report(from, &[]));
+        }
+    }
+    let tx = client.transaction().await.map_err(db)?;
+    // One lock per schema, held until commit: concurrent starters wait, then find the work
+    // done. The same key older builds of the idempotency store took.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('oncely migrate ' || $1::text))",
+        &[&schema],
+    )
+    .await
+    .map_err(db)?;
+    tx.batch_execute(&format!(
+        // Quiet the "already exists, skipping" notices every start would log.
+        "SET LOCAL client_min_messages = warning;
+         CREATE SCHEMA IF NOT EXISTS {q};
+         CREATE TABLE IF NOT EXISTS {book} (
+             concern     text        NOT NULL,
+             version     integer     NOT NULL,
+             description text        NOT NULL,
+             applied_at  timestamptz NOT NULL DEFAULT now(),
+             PRIMARY KEY (concern, version)
+         );"
+    ))
+    .await
+    .map_err(db)?;
+    let from = version_of(tx.query_one(&applied_version, &[&concern]).await, concern)?;
+    let pending = migrations.pending(from)?;
+    for step in pending {
+        tx.batch_execute(&step.sql.replace("{schema}", &q))
+            .await
+            .map_err(|e| MigrationError::failed(step, concern, &e))?;
+        let version = i32::try_from(step.version).unwrap_or(i32::MAX);
+        tx.execute(
+            &format!("INSERT INTO {book} (concern, version, description) VALUES ($1, $2, $3)"),
+            &[&concern, &version, &step.description],
+        )
+        .await
+        .map_err(db)?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(migrations.report(from, pending))
+}
+
+fn version_of(
+    row: Result<tokio_postgres::Row, tokio_postgres::Error>,
+    concern: &'static str,
+) -> Result<u32, MigrationError> {
+    let version: i32 = row
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| MigrationError::database(concern, &e))?;
+    u32::try_from(version).map_err(|_| MigrationError::Database {
+        concern,
+        message: format!("oncely_migrations holds an invalid version {version}"),
+    })
 }
 
 #[cfg(test)]

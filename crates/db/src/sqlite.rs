@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use crate::migrate::{MigrationError, MigrationReport, Migrations};
+
 /// How a file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenOptions {
@@ -54,6 +56,77 @@ pub fn open(path: &Path, opts: OpenOptions) -> Result<Connection, String> {
     conn.pragma_update(None, "synchronous", sync)
         .map_err(fail)?;
     Ok(conn)
+}
+
+/// Brings `migrations` up to date in the file behind `conn` and reports what it did.
+///
+/// A file already current is only read. Otherwise one `BEGIN IMMEDIATE` transaction creates
+/// the bookkeeping table `oncely_migrations` if needed, re-reads the version, applies the
+/// pending steps and records them: two processes opening a new file at once serialize on the
+/// write lock (the busy timeout), and the second finds nothing to do.
+pub fn migrate(
+    conn: &mut Connection,
+    migrations: &Migrations,
+) -> Result<MigrationReport, MigrationError> {
+    let concern = migrations.concern;
+    let db = |e: rusqlite::Error| MigrationError::database(concern, &e);
+    let exists: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'oncely_migrations')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    if exists {
+        let from = applied_version(conn, concern)?;
+        if migrations.pending(from)?.is_empty() {
+            return Ok(migrations.report(from, &[]));
+        }
+    }
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(db)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS oncely_migrations (
+             concern     TEXT    NOT NULL,
+             version     INTEGER NOT NULL,
+             description TEXT    NOT NULL,
+             applied_at  INTEGER NOT NULL,
+             PRIMARY KEY (concern, version)
+         )",
+    )
+    .map_err(db)?;
+    let from = applied_version(&tx, concern)?;
+    let pending = migrations.pending(from)?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    for step in pending {
+        tx.execute_batch(step.sql)
+            .map_err(|e| MigrationError::failed(step, concern, &e))?;
+        tx.execute(
+            "INSERT INTO oncely_migrations (concern, version, description, applied_at) \
+             VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![concern, step.version, step.description, now_ms],
+        )
+        .map_err(db)?;
+    }
+    tx.commit().map_err(db)?;
+    Ok(migrations.report(from, pending))
+}
+
+fn applied_version(conn: &Connection, concern: &'static str) -> Result<u32, MigrationError> {
+    let version: i64 = conn
+        .query_row(
+            "SELECT COALESCE(max(version), 0) FROM oncely_migrations WHERE concern = ?1",
+            [concern],
+            |r| r.get(0),
+        )
+        .map_err(|e| MigrationError::database(concern, &e))?;
+    u32::try_from(version).map_err(|_| MigrationError::Database {
+        concern,
+        message: format!("oncely_migrations holds an invalid version {version}"),
+    })
 }
 
 #[cfg(test)]

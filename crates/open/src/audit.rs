@@ -8,6 +8,7 @@ use std::time::Duration;
 use oncely_audit::postgres::{PgAuditLog, PgOptions};
 use oncely_audit::sqlite::SqliteAuditLog;
 use oncely_audit::AuditLog;
+use oncely_db::migrate::MigrationReport;
 
 use crate::StoreUrl;
 
@@ -68,5 +69,13 @@ impl AuditUrl {
             ),
         };
         Ok(log)
+    }
+
+    /// Opens the log and brings its table up to date, reporting the trail's version.
+    pub async fn migrate(&self) -> Result<MigrationReport, String> {
+        self.open()?
+            .migrate()
+            .await
+            .map_err(|e| format!("cannot migrate the audit log {self}: {e}"))
     }
 }

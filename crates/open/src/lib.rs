@@ -9,4 +9,6 @@ mod audit;
 mod store;
 
 pub use audit::AuditUrl;
+/// What migrating one concern did; see [`StoreUrl::migrate`] and [`AuditUrl::migrate`].
+pub use oncely_db::migrate::MigrationReport;
 pub use store::StoreUrl;

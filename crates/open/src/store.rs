@@ -1,10 +1,11 @@
 //! Store URLs (`--store`, `server.store`): which backend of the idempotency records, where.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use oncely_core::Clock;
+use oncely_db::migrate::MigrationReport;
 use oncely_store::{MemoryStore, StoreAdmin, StoreError, TimeSource};
 use oncely_store_postgres::{PgOptions, PgStore};
 use oncely_store_redis::{RedisOptions, RedisStore};
@@ -134,14 +135,10 @@ impl StoreUrl {
                 path,
                 synchronous_full,
                 busy_timeout,
-            } => {
-                let mut opts = SqliteOptions::new(path.clone());
-                opts.synchronous_full = *synchronous_full;
-                if let Some(t) = busy_timeout {
-                    opts.busy_timeout = *t;
-                }
-                Arc::new(SqliteStore::open(opts, clock)?)
-            }
+            } => Arc::new(SqliteStore::open(
+                sqlite_options(path, *synchronous_full, *busy_timeout),
+                clock,
+            )?),
             StoreUrl::Postgres(opts) => {
                 Arc::new(PgStore::connect(opts.clone(), TimeSource::Server).await?)
             }
@@ -151,6 +148,48 @@ impl StoreUrl {
             StoreUrl::Memory => Arc::new(MemoryStore::new(clock)),
         })
     }
+}
+
+impl StoreUrl {
+    /// Brings the store's schema up to date without opening a store, and reports each
+    /// concern's version. Redis needs no schema: it is only reached, and nothing is reported.
+    pub async fn migrate(&self) -> Result<Vec<MigrationReport>, StoreError> {
+        Ok(match self {
+            StoreUrl::Sqlite {
+                path,
+                synchronous_full,
+                busy_timeout,
+            } => vec![oncely_store_sqlite::migrate(&sqlite_options(
+                path,
+                *synchronous_full,
+                *busy_timeout,
+            ))?],
+            StoreUrl::Postgres(opts) => vec![oncely_store_postgres::migrate(opts).await?],
+            StoreUrl::Redis(opts) => {
+                RedisStore::connect(opts.clone(), TimeSource::Server).await?;
+                Vec::new()
+            }
+            StoreUrl::Memory => {
+                return Err(StoreError::Unavailable(
+                    "memory:// keeps nothing, so there is nothing to migrate".into(),
+                ))
+            }
+        })
+    }
+}
+
+/// A SQLite store's options as its URL gives them (the defaults where it says nothing).
+fn sqlite_options(
+    path: &Path,
+    synchronous_full: bool,
+    busy_timeout: Option<Duration>,
+) -> SqliteOptions {
+    let mut opts = SqliteOptions::new(path);
+    opts.synchronous_full = synchronous_full;
+    if let Some(t) = busy_timeout {
+        opts.busy_timeout = t;
+    }
+    opts
 }
 
 #[cfg(test)]

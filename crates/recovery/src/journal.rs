@@ -106,8 +106,9 @@ pub trait Journal: Send + Sync + 'static {
     /// An atomic phase on this database: a function of the application's transaction.
     type Phase<S: OpState>: Clone + Send + Sync + 'static;
 
-    /// Creates the table if it is not there.
-    async fn migrate(&self) -> Result<(), JournalError>;
+    /// Brings the table up to date through the shared migration mechanism, and reports the
+    /// journal's schema version.
+    async fn migrate(&self) -> Result<oncely_db::migrate::MigrationReport, JournalError>;
 
     /// Inserts `new` unless a row with its id exists; returns the row as stored.
     async fn begin(&self, new: NewOperation) -> Result<OperationRow, JournalError>;

@@ -6,6 +6,7 @@
 //! its point: a concurrent run of the same operation waits there until the first commits,
 //! then sees the new point and backs off, so phases never interleave and commit once.
 
+use oncely_db::migrate::{Migration, MigrationReport, Migrations};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,32 @@ pub type PgPhase<S> = Arc<
         + Sync
         + 'static,
 >;
+
+/// The journal's history, `{schema}` the quoted schema. Step 1 creates only what is absent,
+/// so journals created before the shared migration table adopt it.
+const MIGRATIONS: Migrations = Migrations {
+    concern: "recovery journal",
+    steps: &[Migration {
+        version: 1,
+        description: "the operations table and its indexes",
+        sql: "CREATE TABLE IF NOT EXISTS {schema}.operations (
+                id               text PRIMARY KEY,
+                operation        text NOT NULL,
+                input_digest     text NOT NULL,
+                point            text NOT NULL,
+                state            text NOT NULL,
+                response_status  int4,
+                response_headers bytea,
+                response_body    bytea,
+                created_at       int8 NOT NULL,
+                updated_at       int8 NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS operations_unfinished ON {schema}.operations (updated_at)
+                WHERE point <> 'finished';
+             CREATE INDEX IF NOT EXISTS operations_finished ON {schema}.operations (updated_at)
+                WHERE point = 'finished';",
+    }],
+};
 
 /// The journal in schema `schema` of the database behind `pool`.
 pub struct PgJournal {
@@ -77,16 +104,8 @@ impl PgJournal {
     /// every journal statement and phase transaction (an absent database is an error, never
     /// a hang).
     pub fn new(pool: Pool, schema: &str, timeout: Duration) -> Result<Self, JournalError> {
-        let valid = (1..=63).contains(&schema.len())
-            && schema
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            && !schema.as_bytes()[0].is_ascii_digit();
-        if !valid {
-            return Err(JournalError::Invalid(format!(
-                "schema `{schema}` must be 1-63 characters of [a-z0-9_], not starting with a digit"
-            )));
-        }
+        oncely_db::postgres::validate_schema(schema)
+            .map_err(|e| JournalError::Invalid(format!("schema: {e}")))?;
         let table = format!("\"{schema}\".operations");
         Ok(PgJournal {
             pool,
@@ -178,37 +197,12 @@ fn read_row(r: &tokio_postgres::Row) -> Result<OperationRow, JournalError> {
 impl Journal for PgJournal {
     type Phase<S: OpState> = PgPhase<S>;
 
-    async fn migrate(&self) -> Result<(), JournalError> {
-        let client = self.client().await?;
-        let t = &self.table;
-        let schema = &self.schema;
-        // Serialised by an advisory lock: applications starting together would otherwise race
-        // on `CREATE ... IF NOT EXISTS`, which is not safe under concurrency in PostgreSQL.
-        let sql = format!(
-            "SELECT pg_advisory_xact_lock(hashtext('oncely-recovery:{schema}'));
-             CREATE SCHEMA IF NOT EXISTS \"{schema}\";
-             CREATE TABLE IF NOT EXISTS {t} (
-                id               text PRIMARY KEY,
-                operation        text NOT NULL,
-                input_digest     text NOT NULL,
-                point            text NOT NULL,
-                state            text NOT NULL,
-                response_status  int4,
-                response_headers bytea,
-                response_body    bytea,
-                created_at       int8 NOT NULL,
-                updated_at       int8 NOT NULL
-             );
-             CREATE INDEX IF NOT EXISTS operations_unfinished ON {t} (updated_at)
-                WHERE point <> 'finished';
-             CREATE INDEX IF NOT EXISTS operations_finished ON {t} (updated_at)
-                WHERE point = 'finished';"
-        );
+    async fn migrate(&self) -> Result<MigrationReport, JournalError> {
+        let mut client = self.client().await?;
         self.bounded(async {
-            client
-                .batch_execute(&format!("BEGIN; {sql} COMMIT;"))
+            oncely_db::postgres::migrate(&mut client, &self.schema, &MIGRATIONS)
                 .await
-                .map_err(unavailable)
+                .map_err(|e| JournalError::Unavailable(e.to_string()))
         })
         .await
     }

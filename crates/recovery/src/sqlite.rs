@@ -5,6 +5,7 @@
 //! statement: two runs of one operation (in one process or several on the same file) never
 //! interleave inside a phase, and the second one sees the point the first committed.
 
+use oncely_db::migrate::{Migration, MigrationReport, Migrations};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,7 +34,18 @@ pub struct SqliteJournal {
     path: PathBuf,
 }
 
-const SCHEMA: &str = "
+/// The journal's history. Step 1 creates only what is absent, so files created before the
+/// shared migration table adopt it.
+const MIGRATIONS: Migrations = Migrations {
+    concern: "recovery journal",
+    steps: &[Migration {
+        version: 1,
+        description: "the operations table and its indexes",
+        sql: SCHEMA_V1,
+    }],
+};
+
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS oncely_operations (
     id              TEXT PRIMARY KEY,
     operation       TEXT NOT NULL,
@@ -62,10 +74,11 @@ impl SqliteJournal {
         let path = path.as_ref().to_path_buf();
         // A phase reported committed survives a crash of the process (WAL + NORMAL); FULL
         // would also survive power loss at an fsync per commit.
-        let conn =
+        let mut conn =
             oncely_db::sqlite::open(&path, oncely_db::sqlite::OpenOptions::new(busy_timeout))
                 .map_err(JournalError::Unavailable)?;
-        conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        oncely_db::sqlite::migrate(&mut conn, &MIGRATIONS)
+            .map_err(|e| JournalError::Unavailable(e.to_string()))?;
         Ok(SqliteJournal {
             conn: Arc::new(Mutex::new(conn)),
             path,
@@ -159,8 +172,13 @@ fn load(conn: &Connection, id: &str) -> Result<Option<OperationRow>, JournalErro
 impl Journal for SqliteJournal {
     type Phase<S: OpState> = SqlitePhase<S>;
 
-    async fn migrate(&self) -> Result<(), JournalError> {
-        self.with_connection(|c| c.execute_batch(SCHEMA)).await
+    async fn migrate(&self) -> Result<MigrationReport, JournalError> {
+        let conn = self.conn.clone();
+        blocking(move || {
+            oncely_db::sqlite::migrate(&mut *lock(&conn)?, &MIGRATIONS)
+                .map_err(|e| JournalError::Unavailable(e.to_string()))
+        })
+        .await
     }
 
     async fn begin(&self, new: NewOperation) -> Result<OperationRow, JournalError> {

@@ -40,8 +40,8 @@ use tokio_postgres::types::ToSql;
 
 use codec::{millis, record_from_row, token_bytes, unavailable, STATE_COMPLETED};
 pub use oncely_db::describe as describe_error;
+pub use oncely_db::migrate::MigrationReport;
 pub use oncely_db::postgres::{hide_password, validate_schema, PgOptions};
-pub use schema::MigrationReport;
 use sql::Statements;
 
 /// Idempotency records in a PostgreSQL schema, shared by any number of gateways.
@@ -69,7 +69,9 @@ pub async fn migrate(opts: &PgOptions) -> StoreResult<MigrationReport> {
     let pool = pool(opts)?;
     bounded(opts.timeout, async {
         let mut client = pool.get().await.map_err(unavailable)?;
-        schema::migrate(&mut client, &opts.schema).await
+        oncely_db::postgres::migrate(&mut client, &opts.schema, &schema::MIGRATIONS)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
     })
     .await
 }

@@ -30,9 +30,10 @@
 //!
 //! # Schema
 //!
-//! Migrations are embedded and applied at [`SqliteStore::open`], tracked in
-//! `PRAGMA user_version`; a file written by a newer build is refused with an error that
-//! says so (see `schema.rs`).
+//! Migrations are embedded and applied at [`SqliteStore::open`] through the mechanism every
+//! oncely concern shares (`oncely_db::migrate`), tracked in the file's `oncely_migrations`
+//! table; a file migrated by a newer build is refused with an error that says so (see
+//! `schema.rs`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -56,6 +57,7 @@ mod writer;
 
 use codec::unavailable;
 use oncely_core::sync::LockIgnoringPoison;
+pub use oncely_db::migrate::MigrationReport;
 use writer::{Answer, Command, Op, Writer};
 
 /// More readers than this only multiply file handles: SQLite reads are CPU-bound here.
@@ -116,6 +118,13 @@ impl fmt::Debug for SqliteStore {
             .field("committed_batches", &self.committed_batches())
             .finish_non_exhaustive()
     }
+}
+
+/// Applies the embedded migrations to the file `opts` names (creating it if needed) and
+/// reports what it did, without starting a store.
+pub fn migrate(opts: &SqliteOptions) -> StoreResult<MigrationReport> {
+    let mut conn = open_writer(opts)?;
+    schema::migrate(&mut conn, &opts.path)
 }
 
 impl SqliteStore {
@@ -512,13 +521,20 @@ mod tests {
         for _ in 0..2 {
             let mut conn = open_writer(&SqliteOptions::new(&path)).unwrap();
             schema::migrate(&mut conn, &path).unwrap();
-            let v: i64 = conn
-                .pragma_query_value(None, "user_version", |r| r.get(0))
+            let v: u32 = conn
+                .query_row(
+                    "SELECT max(version) FROM oncely_migrations WHERE concern = ?1",
+                    [schema::MIGRATIONS.concern],
+                    |r| r.get(0),
+                )
                 .unwrap();
             let app: i64 = conn
                 .pragma_query_value(None, "application_id", |r| r.get(0))
                 .unwrap();
-            assert_eq!((v, app), (schema::latest(), schema::APPLICATION_ID));
+            assert_eq!(
+                (v, app),
+                (schema::MIGRATIONS.latest(), schema::APPLICATION_ID)
+            );
         }
     }
 

@@ -220,10 +220,16 @@ fn migrate_creates_the_schema_then_finds_it_up_to_date() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let first = migrate();
-    assert!(first.contains("applied migration 1"), "{first}");
+    assert!(
+        first.contains("idempotency records: applied migration 1"),
+        "{first}"
+    );
     assert!(first.contains("from version 0 to 1"), "{first}");
     let second = migrate();
-    assert!(second.contains("is up to date (version 1)"), "{second}");
+    assert!(
+        second.contains("idempotency records: version 1, up to date"),
+        "{second}"
+    );
     assert!(!second.contains("applied"), "{second}");
 
     let out = Command::new(env!("CARGO_BIN_EXE_oncely"))
@@ -235,4 +241,49 @@ fn migrate_creates_the_schema_then_finds_it_up_to_date() {
         String::from_utf8_lossy(&out.stderr).trim().lines().count(),
         1
     );
+}
+
+/// `oncely migrate` reports each concern's version, for a SQLite store and an audit trail
+/// in one run; without a target it says what to pass, on one line.
+#[test]
+fn migrate_reports_each_concerns_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("records.db").display());
+    let audit = format!("sqlite://{}", dir.path().join("audit.db").display());
+    let migrate = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_oncely"))
+            .arg("migrate")
+            .args(args)
+            .env_remove("ONCELY_STORE")
+            .env_remove("ONCELY_AUDIT_URL")
+            .output()
+            .unwrap()
+    };
+    let first = migrate(&["--store", &store, "--audit", &audit]);
+    assert!(first.status.success(), "{first:?}");
+    let first = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(
+        first.contains("idempotency records: migrated from version 0 to 1"),
+        "{first}"
+    );
+    assert!(
+        first.contains("audit trail: migrated from version 0 to 1"),
+        "{first}"
+    );
+    let second = migrate(&["--store", &store, "--audit", &audit]);
+    let second = String::from_utf8_lossy(&second.stdout).into_owned();
+    assert!(
+        second.contains("idempotency records: version 1, up to date"),
+        "{second}"
+    );
+    assert!(
+        second.contains("audit trail: version 1, up to date"),
+        "{second}"
+    );
+
+    let none = migrate(&[]);
+    assert!(!none.status.success());
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--store"), "{err}");
 }

@@ -82,7 +82,8 @@ async fn concurrent_migrations_apply_once_and_newer_schemas_are_refused() {
     );
 
     raw(&format!(
-        "INSERT INTO \"{}\".oncely_schema_version (version, description) VALUES (99, 'future')",
+        "INSERT INTO \"{}\".oncely_migrations (concern, version, description) \
+         VALUES ('idempotency records', 99, 'future')",
         schema.name
     ))
     .await;
@@ -91,6 +92,80 @@ async fn concurrent_migrations_apply_once_and_newer_schemas_are_refused() {
         Err(e) => panic!("expected a refusal naming the version, got {e}"),
         Ok(_) => panic!("a newer schema must be refused"),
     }
+}
+
+/// A schema migrated by builds that kept their version in `oncely_schema_version` (before
+/// the shared migration table) is adopted as it is: its records are kept, it reaches version
+/// 1 with nothing applied twice, and the older table stays for those builds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_from_before_the_migration_table_is_adopted() {
+    oncely_testkit::require_service!(
+        oncely_testkit::services::Service::Postgres,
+        "a_schema_from_before_the_migration_table_is_adopted"
+    );
+    let schema = crate::common::Schema::new();
+    let s = &schema.name;
+    let k = key("t1", "old");
+    // The schema as those builds left it, with one request in flight.
+    raw(&format!(
+        "CREATE SCHEMA \"{s}\";
+         CREATE TABLE \"{s}\".oncely_schema_version (version integer PRIMARY KEY,
+             description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO \"{s}\".oncely_schema_version VALUES (1, 'idempotency records');
+         CREATE TABLE \"{s}\".idempotency_records (
+             tenant text NOT NULL, method text NOT NULL, route text NOT NULL,
+             idem_key text NOT NULL, fingerprint bytea NOT NULL, created_at bigint NOT NULL,
+             expires_at bigint NOT NULL, state smallint NOT NULL, lease_token bytea,
+             lease_expires_at bigint, taken_over_at bigint, status smallint, headers bytea,
+             body bytea, PRIMARY KEY (tenant, method, route, idem_key));
+         CREATE INDEX idempotency_records_expiry ON \"{s}\".idempotency_records (expires_at);
+         INSERT INTO \"{s}\".idempotency_records (tenant, method, route, idem_key,
+             fingerprint, created_at, expires_at, state, lease_token, lease_expires_at)
+         SELECT '{tenant}', 'POST', '/orders', 'old', '\\x{fp}', now_ms, now_ms + 600000, 0,
+             '\\x{token}', now_ms + 600000
+         FROM (SELECT (extract(epoch FROM now()) * 1000)::bigint AS now_ms) t;",
+        tenant = k.scope.tenant.as_str(),
+        fp = hex(&fp(b"a").0),
+        token = "07".repeat(16),
+    ))
+    .await;
+    let report = oncely_store_postgres::migrate(&crate::common::options(s))
+        .await
+        .unwrap();
+    assert_eq!((report.from, report.to), (0, 1), "{report}");
+    let store = schema.store(TimeSource::Server).await;
+    let record = store
+        .get(&k)
+        .await
+        .unwrap()
+        .expect("the old record is kept");
+    assert_eq!(record.fingerprint, fp(b"a"));
+    // Its lease still counts: a retry of the same request finds it held.
+    assert!(matches!(
+        store
+            .claim(
+                &k,
+                fp(b"a"),
+                Duration::from_secs(10),
+                Duration::from_secs(60)
+            )
+            .await
+            .unwrap(),
+        ClaimOutcome::Exists(_)
+    ));
+    let again = oncely_store_postgres::migrate(&crate::common::options(s))
+        .await
+        .unwrap();
+    assert!(again.was_up_to_date(), "{again}");
+    raw(&format!(
+        "DO $$ BEGIN IF (SELECT count(*) FROM \"{s}\".oncely_schema_version) <> 1 THEN \
+         RAISE 'the older table must be left for older builds'; END IF; END $$;"
+    ))
+    .await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A row edited into nonsense is reported as corrupt, never a panic, and other keys still work.

@@ -114,7 +114,12 @@ async fn a_file_from_a_newer_version_is_refused() {
     drop(open(&path, &clock));
     {
         let raw = rusqlite::Connection::open(&path).unwrap();
-        raw.pragma_update(None, "user_version", 1000).unwrap();
+        raw.execute(
+            "INSERT INTO oncely_migrations (concern, version, description, applied_at) \
+             VALUES ('idempotency records', 1000, 'from the future', 0)",
+            [],
+        )
+        .unwrap();
     }
     let err = SqliteStore::open(SqliteOptions::new(&path), Arc::new(clock.clone())).unwrap_err();
     let StoreError::Unavailable(msg) = &err else {
@@ -122,6 +127,75 @@ async fn a_file_from_a_newer_version_is_refused() {
     };
     assert!(msg.contains("schema version 1000"), "{msg}");
     assert!(msg.contains("newer"), "{msg}");
+}
+
+/// A file written by a build that tracked its version in `PRAGMA user_version` (before the
+/// shared migration table) opens as it is: its records are kept and it adopts version 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_from_before_the_migration_table_is_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.db");
+    {
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        // The schema as those builds wrote it, with one completed record in it.
+        raw.execute_batch(
+            "CREATE TABLE idempotency_records (
+                id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, method TEXT NOT NULL,
+                route TEXT NOT NULL, idem_key TEXT NOT NULL, fingerprint BLOB NOT NULL,
+                created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+                state INTEGER NOT NULL, lease_token BLOB, lease_expires_at INTEGER,
+                status INTEGER, headers BLOB, body BLOB,
+                takeovers INTEGER NOT NULL DEFAULT 0,
+                UNIQUE (tenant, method, route, idem_key));
+             CREATE INDEX idempotency_records_expires_at ON idempotency_records (expires_at);
+             PRAGMA user_version = 1;
+             PRAGMA application_id = 1869505388;",
+        )
+        .unwrap();
+    }
+    let k = key("t1", "old");
+    {
+        // One request in flight, as those builds stored it.
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute(
+            "INSERT INTO idempotency_records (tenant, method, route, idem_key, fingerprint, \
+             created_at, expires_at, state, lease_token, lease_expires_at) \
+             VALUES (?1, 'POST', '/orders', 'old', ?2, ?3, ?4, 0, ?5, ?6)",
+            rusqlite::params![
+                k.scope.tenant.as_str(),
+                fp(b"a").0.to_vec(),
+                START.0,
+                START.plus(TTL).0,
+                vec![7u8; 16],
+                START.plus(LEASE).0,
+            ],
+        )
+        .unwrap();
+    }
+    let clock = ManualClock::new(START);
+    let store = open(&path, &clock);
+    let record = store
+        .get(&k)
+        .await
+        .unwrap()
+        .expect("the old record is kept");
+    assert_eq!(record.fingerprint, fp(b"a"));
+    assert!(matches!(record.state, RecordState::InProgress { .. }));
+    // Its lease still counts: a retry of the same request finds it held.
+    assert!(matches!(
+        store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap(),
+        ClaimOutcome::Exists(_)
+    ));
+    drop(store);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let version: u32 = raw
+        .query_row(
+            "SELECT max(version) FROM oncely_migrations WHERE concern = 'idempotency records'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
