@@ -22,6 +22,8 @@
 
 use sha2::{Digest, Sha256};
 
+/// 32 bytes of SHA-256 or HMAC-SHA256 output: an event's hash and its predecessor's, a
+/// commitment, a MAC.
 pub type Hash = [u8; 32];
 
 /// The hash a chain's first event points back to.
@@ -30,32 +32,68 @@ pub const GENESIS: Hash = [0; 32];
 /// A personal field: its value, or, once redacted, only its commitment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Personal {
+    /// The value as recorded. Its commitment is kept beside it in [`Event::commitments`],
+    /// and with the key the verifier checks the two agree.
     Value(String),
+    /// The value was redacted: only its commitment (HMAC-SHA256 under the redaction key)
+    /// remains, which is all the event's hash ever covered.
     Redacted(Hash),
 }
 
 /// One event as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// The writer's chain, and the event's place in it (0, 1, 2, ...).
+    /// The name of the chain the event belongs to (see [`validate_chain`]): each writer,
+    /// such as one gateway process, appends to a chain of its own.
     pub chain: String,
+    /// The event's place in its chain: 0, 1, 2, ... without gaps, so a missing number is a
+    /// deleted event ([`Broken::Gap`]).
     pub seq: u64,
+    /// Identifies the event across every chain of the trail (the table refuses a second
+    /// event with the same id); writers use 128 random bits in hex
+    /// ([`crate::writer::new_event_id`]).
     pub event_id: String,
+    /// When the event happened, in milliseconds since the Unix epoch, on the writer's clock.
+    /// The hash covers it, but nothing checks its order: writers' clocks may disagree.
     pub timestamp_ms: i64,
+    /// Who acted (for the gateway, the tenant: `anon`, `hdr:VALUE` or `auth:HASH`); None
+    /// for events nobody caused, such as a writer's own anchors. A personal field.
     pub actor: Option<Personal>,
+    /// What kind of actor `actor` is: the gateway writes `tenant` or `anonymous`, and a
+    /// writer's own events say `system`.
     pub actor_type: String,
+    /// What happened: for the gateway the request's outcome (`executed`, `replayed`,
+    /// `mismatch`, ...), for a writer's own events [`CHAIN_OPENED`] or [`EVENTS_DROPPED`].
     pub action: String,
+    /// The kind of thing acted on: `idempotency_key` for the gateway's events,
+    /// `audit_chain` for a writer's own.
     pub resource_type: String,
+    /// Which thing of that kind was acted on: for an idempotency key `METHOD ROUTE KEY`, for
+    /// a chain its name.
     pub resource_id: String,
+    /// The resource's value before the action, where the event records one (the gateway's
+    /// events leave it empty).
     pub old_value: Option<String>,
+    /// The resource's value after the action: for the gateway the status the client was
+    /// answered, for [`CHAIN_OPENED`] the anchor ([`anchor_value`]), for [`EVENTS_DROPPED`]
+    /// how many events were lost.
     pub new_value: Option<String>,
+    /// Ties the event to the request and to its log lines elsewhere (for the gateway, the
+    /// request's `X-Request-Id`).
     pub correlation_id: Option<String>,
+    /// The client's network address as the writer saw it (for the gateway, the socket's
+    /// peer). A personal field.
     pub ip_address: Option<Personal>,
+    /// The client's `User-Agent` header. A personal field.
     pub user_agent: Option<Personal>,
     /// Commitments of the personal fields, in the order actor, IP address, user agent, as
     /// computed when the event was sealed; the hash covers these, never the values.
     pub commitments: [Option<Hash>; 3],
+    /// The hash of the chain's previous event, or [`GENESIS`] for its first: the link that
+    /// shows a deleted, inserted or reordered event ([`Broken::Link`]).
     pub prev_hash: Hash,
+    /// [`event_hash`] of this event, as computed when it was sealed: an edit of any field it
+    /// covers makes the two disagree ([`Broken::Edited`]), and the next event links to it.
     pub hash: Hash,
     /// HMAC-SHA256 of `hash` under the writer's key: anyone can compute a hash, so without
     /// this someone with write access could append a well-formed event to a chain; with the
@@ -143,12 +181,18 @@ pub fn event_hash(e: &Event) -> Hash {
 /// The end of a chain, where the next event goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
+    /// The chain's name.
     pub chain: String,
+    /// The seq the next event gets, which is also how many events the chain holds.
     pub next_seq: u64,
+    /// The hash of the chain's newest event, which the next event must point back to;
+    /// [`GENESIS`] while the chain is empty.
     pub last_hash: Hash,
 }
 
 impl Head {
+    /// The head of an empty chain named `chain`: its first event gets seq 0 and points back
+    /// to [`GENESIS`]. The name is not checked here (see [`validate_chain`]).
     pub fn new(chain: impl Into<String>) -> Head {
         Head {
             chain: chain.into(),
@@ -183,17 +227,31 @@ impl Head {
 /// An event before it is sealed into a chain: what a writer is handed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Draft {
+    /// Unique across the trail, as [`Event::event_id`]; [`crate::writer::new_event_id`]
+    /// makes one.
     pub event_id: String,
+    /// When it happened, in milliseconds since the Unix epoch ([`Event::timestamp_ms`]).
     pub timestamp_ms: i64,
+    /// Who acted, in plain text; sealing commits to it ([`Event::actor`]).
     pub actor: Option<String>,
+    /// What kind of actor that is ([`Event::actor_type`]).
     pub actor_type: String,
+    /// What happened ([`Event::action`]).
     pub action: String,
+    /// The kind of thing acted on ([`Event::resource_type`]).
     pub resource_type: String,
+    /// Which thing was acted on ([`Event::resource_id`]).
     pub resource_id: String,
+    /// The value before the action, if any ([`Event::old_value`]).
     pub old_value: Option<String>,
+    /// The value after the action, if any ([`Event::new_value`]).
     pub new_value: Option<String>,
+    /// The request this event belongs to ([`Event::correlation_id`]).
     pub correlation_id: Option<String>,
+    /// The client's address, in plain text; sealing commits to it ([`Event::ip_address`]).
     pub ip_address: Option<String>,
+    /// The client's `User-Agent`, in plain text; sealing commits to it
+    /// ([`Event::user_agent`]).
     pub user_agent: Option<String>,
 }
 
@@ -296,10 +354,12 @@ pub fn parse_anchor(value: &str) -> Option<Vec<(String, u64, Hash)>> {
         .collect()
 }
 
+/// `h` as 64 lower-case hex characters, as anchors and `verify`'s head lines write it.
 pub fn to_hex(h: &Hash) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The hash that [`to_hex`] wrote as `s`, or None if `s` is not 64 hex digits.
 pub fn from_hex(s: &str) -> Option<Hash> {
     if s.len() != 64 || !s.is_ascii() {
         return None;
@@ -314,32 +374,77 @@ pub fn from_hex(s: &str) -> Option<Hash> {
 /// Why a chain does not verify, naming the first event (by chain and seq) that breaks it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Broken {
+    /// The chain's next stored event is not the one expected: events were deleted or moved,
+    /// or their seq numbers edited.
     #[error("chain {chain}: event {seq} is missing (found {found} where {seq} was expected)")]
-    Gap { chain: String, seq: u64, found: u64 },
+    Gap {
+        /// The chain that does not verify.
+        chain: String,
+        /// The seq expected next.
+        seq: u64,
+        /// The seq of the event read in its place.
+        found: u64,
+    },
+    /// The event does not carry its predecessor's hash: events before it were deleted,
+    /// inserted or reordered, or its predecessor was edited and hashed again.
     #[error("chain {chain}: event {seq} does not point to its predecessor (deleted, inserted or reordered events before it)")]
-    Link { chain: String, seq: u64 },
+    Link {
+        /// The chain that does not verify.
+        chain: String,
+        /// The first event whose link is wrong.
+        seq: u64,
+    },
+    /// The event's stored hash does not match its content: a field the hash covers was
+    /// edited in place.
     #[error("chain {chain}: event {seq} was edited (its hash does not match its content)")]
-    Edited { chain: String, seq: u64 },
+    Edited {
+        /// The chain that does not verify.
+        chain: String,
+        /// The edited event.
+        seq: u64,
+    },
+    /// The event's MAC was not made with the writers' key (checked only when the verifier
+    /// has the key): someone with write access but without the key appended or resealed it.
     #[error("chain {chain}: event {seq} was not written with the key (forged, or sealed again by someone without it)")]
-    Forged { chain: String, seq: u64 },
+    Forged {
+        /// The chain that does not verify.
+        chain: String,
+        /// The event without a valid MAC.
+        seq: u64,
+    },
+    /// A personal field does not fit its commitment: a value edited in place (found with the
+    /// key), a redacted field whose commitment changed, or a field and its commitment not
+    /// both present or both absent.
     #[error("chain {chain}: event {seq}: {field} does not match its commitment (edited)")]
     Personal {
+        /// The chain that does not verify.
         chain: String,
+        /// The event whose field was edited.
         seq: u64,
+        /// The field, one of [`PERSONAL_FIELDS`].
         field: &'static str,
     },
-    /// `witness` says who saw the event: `chain B event N` (an anchor) or a head given to
-    /// the verifier.
+    /// The event at this place is not the one an anchor or a recorded head saw there: the
+    /// chain was rewritten from there on, consistently enough that its links still hold.
     #[error("chain {chain}: event {seq} is not the event {witness} saw there (the chain was rewritten from there on)")]
     Rewritten {
+        /// The chain that does not verify.
         chain: String,
+        /// The place whose event changed.
         seq: u64,
+        /// Who saw the original event: `chain B event N` (an anchor) or a head given to the
+        /// verifier.
         witness: String,
     },
+    /// The chain ends before an event that an anchor or a recorded head saw: its newest
+    /// events were deleted, which no link can show.
     #[error("chain {chain} ends before event {seq}, which {witness} saw (its newest events were deleted)")]
     Truncated {
+        /// The chain that lost its newest events (or all of them).
         chain: String,
+        /// The seen event that is gone.
         seq: u64,
+        /// Who saw it: `chain B event N` (an anchor) or a head given to the verifier.
         witness: String,
     },
 }
@@ -347,6 +452,7 @@ pub enum Broken {
 /// What a whole trail that verifies holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
+    /// How many events the trail holds, over all its chains.
     pub events: u64,
     /// Each chain's head, by chain name. Kept somewhere else, they let a later `verify` find
     /// deleted newest events that no anchor covers yet.
@@ -365,6 +471,9 @@ pub struct Verifier<'k> {
 }
 
 impl<'k> Verifier<'k> {
+    /// A verifier of links, hashes and anchors. With `key` (the writers' key, which seals
+    /// events and commits to personal values alike) it also checks every event's MAC and
+    /// every unredacted personal value.
     pub fn new(key: Option<&'k [u8]>) -> Self {
         Verifier {
             key,

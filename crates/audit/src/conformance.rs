@@ -17,10 +17,14 @@ use crate::chain::{Broken, Draft, Event, Head, Personal, Summary, CHAIN_OPENED};
 use crate::log::{verify_log, AuditError, AuditLog, Filter};
 use crate::writer::AuditWriter;
 
+/// The key every event of the suite is sealed, committed to and verified with.
 pub const KEY: &[u8] = b"the suite's redaction key";
 
+/// What a backend gives the suite: a fresh, migrated log per case, and SQL against its
+/// `audit_events` table with the triggers in place or removed.
 #[async_trait]
 pub trait Harness: Send + Sync + 'static {
+    /// The backend's log.
     type L: AuditLog;
     /// The log, migrated.
     fn log(&self) -> Arc<Self::L>;
@@ -71,6 +75,7 @@ async fn all(log: &dyn AuditLog) -> Vec<Event> {
     log.scan(None, usize::MAX).await.unwrap()
 }
 
+/// A new log has no heads and no events, and verifies as an empty trail.
 pub async fn an_empty_log_verifies<H: Harness>(h: H) {
     let log = h.log();
     assert_eq!(log.head("gw").await.unwrap(), None);
@@ -80,6 +85,9 @@ pub async fn an_empty_log_verifies<H: Harness>(h: H) {
     assert_eq!((summary.events, summary.heads.len()), (0, 0));
 }
 
+/// Events of several chains and batches come back byte for byte, in (chain, seq) order;
+/// `scan` pages on exactly after the position given, and `head` and `heads` report each
+/// chain's end.
 pub async fn events_come_back_as_appended<H: Harness>(h: H) {
     let log = h.log();
     let (mut a, mut b) = (Head::new("gw-a"), Head::new("gw-b"));
@@ -111,6 +119,8 @@ pub async fn events_come_back_as_appended<H: Harness>(h: H) {
     assert_eq!(verify(&*log).await.unwrap().events, 8);
 }
 
+/// A batch that collides with a stored position is a [`AuditError::Conflict`] and leaves
+/// none of its events behind, whichever of its events collides; nothing stored changes.
 pub async fn appends_are_all_or_nothing_and_never_overwrite<H: Harness>(h: H) {
     let log = h.log();
     let mut head = Head::new("gw");
@@ -139,6 +149,8 @@ pub async fn appends_are_all_or_nothing_and_never_overwrite<H: Harness>(h: H) {
     assert_eq!(log.head("gw").await.unwrap().unwrap().next_seq, 3);
 }
 
+/// `find` returns the events every set field of the filter matches, newest first, at most
+/// `limit` of them.
 pub async fn find_filters_newest_first<H: Harness>(h: H) {
     let log = h.log();
     let mut head = Head::new("gw");
@@ -172,6 +184,8 @@ pub async fn find_filters_newest_first<H: Harness>(h: H) {
     assert_eq!(log.find(&Filter::default(), 4).await.unwrap()[0].seq, 8);
 }
 
+/// Redaction needs a filter and personal field names; it empties only the fields asked of
+/// the events matched, hides their values, and the trail still verifies with the key.
 pub async fn redaction_keeps_the_trail_verifiable<H: Harness>(h: H) {
     let log = h.log();
     let mut head = Head::new("gw");
@@ -223,6 +237,8 @@ pub async fn redaction_keeps_the_trail_verifiable<H: Harness>(h: H) {
     assert_eq!(verify(&*log).await.unwrap().events, 6, "with the key too");
 }
 
+/// Plain SQL cannot edit, delete or overwrite an event (the table's triggers refuse it),
+/// but may empty a personal field, which is a redaction.
 pub async fn the_table_refuses_updates_and_deletes<H: Harness>(h: H) {
     let log = h.log();
     let mut head = Head::new("gw");
@@ -274,6 +290,8 @@ async fn two_chains<H: Harness>(h: &H) -> Arc<H::L> {
     log
 }
 
+/// With the triggers removed, an edit, a changed personal value, a deletion, a swap, a
+/// deleted tail and a deleted chain are each named by `verify` as the right [`Broken`].
 pub async fn verify_names_every_forged_row<H: Harness>(h: H) {
     type Case = (&'static str, fn(&Broken) -> bool);
     let cases: [Case; 6] = [
@@ -338,6 +356,8 @@ pub async fn verify_names_every_forged_row<H: Harness>(h: H) {
     }
 }
 
+/// A well-formed event appended by someone without the key verifies without the key, and is
+/// named [`Broken::Forged`] with it.
 pub async fn an_appended_forgery_is_named_with_the_key<H: Harness>(h: H) {
     let log = two_chains(&h).await;
     // Someone who may write the table but lacks the key appends a well-formed event: right
@@ -356,6 +376,8 @@ pub async fn an_appended_forgery_is_named_with_the_key<H: Harness>(h: H) {
     );
 }
 
+/// A writer opened again on its chain continues after the newest event, with one anchor per
+/// start, and the chain stays one valid chain.
 pub async fn a_writer_continues_its_chain_after_a_restart<H: Harness>(h: H) {
     let log = h.log();
     let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
@@ -386,6 +408,8 @@ pub async fn a_writer_continues_its_chain_after_a_restart<H: Harness>(h: H) {
     assert_eq!(verify(&*log).await.unwrap().events, 15);
 }
 
+/// Writers of their own chains, and two given one chain name, write at once: every event is
+/// stored once and every chain verifies.
 pub async fn concurrent_writers_keep_valid_chains<H: Harness>(h: H) {
     let log = h.log();
     let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
@@ -431,6 +455,9 @@ pub async fn concurrent_writers_keep_valid_chains<H: Harness>(h: H) {
     );
 }
 
+/// While the database is stuck, `record` never waits and drops what the queue cannot hold;
+/// afterwards the trail holds every event kept and [`crate::EVENTS_DROPPED`] events that
+/// count the others.
 pub async fn a_full_queue_drops_and_the_trail_says_so<H: Harness>(h: H) {
     let log = Faulty::new(h.log());
     let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
@@ -522,6 +549,8 @@ impl<L: AuditLog> AuditLog for Faulty<L> {
     }
 }
 
+/// An append that committed but whose answer was lost is recognised on retry, not appended
+/// again, and drops made meanwhile are recorded exactly once.
 pub async fn a_lost_commit_answer_appends_nothing_twice<H: Harness>(h: H) {
     let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
     let log = Faulty::new(h.log());
@@ -557,6 +586,10 @@ pub async fn a_lost_commit_answer_appends_nothing_twice<H: Harness>(h: H) {
     assert!(verify(&*h.log()).await.is_ok());
 }
 
+/// Expands to one `#[tokio::test]` per case of the suite. `$factory` is called with the
+/// case's name and returns a future of `Option<H>`, `H` a
+/// [`Harness`](crate::conformance::Harness); `None` skips the case (the backend's database
+/// is not there).
 #[macro_export]
 macro_rules! audit_conformance_tests {
     ($factory:expr) => {

@@ -12,6 +12,8 @@
 //! - `sqlite`, `postgres` (features): the backends; `conformance` (feature): the suite each
 //!   backend passes.
 
+#![warn(missing_docs)]
+
 pub mod chain;
 pub mod log;
 pub mod writer;

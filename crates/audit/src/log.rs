@@ -12,11 +12,21 @@ use sha2::{Digest, Sha256};
 
 use crate::chain::{Broken, Event, Hash, Head, Personal, Summary, Verifier, CHAIN_OPENED};
 
+/// Why an operation on an [`AuditLog`] did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuditError {
     /// Another writer already appended at one of these positions: nothing was appended.
     #[error("chain {chain}: another writer appended event {seq} first")]
-    Conflict { chain: String, seq: u64 },
+    Conflict {
+        /// The chain of the batch.
+        chain: String,
+        /// A position of the batch, the taken one or the batch's first depending on the
+        /// backend: re-read the chain's head rather than rely on it.
+        seq: u64,
+    },
+    /// The database failed or did not answer within the backend's timeout; a retry may
+    /// succeed. An append that timed out may still have committed (its answer lost), which
+    /// the chain's head tells.
     #[error("audit log unavailable: {0}")]
     Unavailable(String),
     /// The request itself is wrong (an empty redaction filter, an unknown field).
@@ -27,12 +37,20 @@ pub enum AuditError {
 /// Which events an operator means: every field set must match exactly.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
+    /// Only the event with this id.
     pub event_id: Option<String>,
+    /// Only events of this request (for the gateway, its `X-Request-Id`).
     pub correlation_id: Option<String>,
+    /// Only events of this actor. A redacted value is gone, so its events no longer match.
     pub actor: Option<String>,
+    /// Only events from this client address; redacted ones no longer match.
     pub ip_address: Option<String>,
+    /// Only events with this `User-Agent`; redacted ones no longer match.
     pub user_agent: Option<String>,
+    /// Only events on this resource (for the gateway `METHOD ROUTE KEY`, e.g.
+    /// `POST /payments 8e03978e`).
     pub resource_id: Option<String>,
+    /// Only events with this action (an outcome such as `replayed`, or [`CHAIN_OPENED`]).
     pub action: Option<String>,
 }
 
@@ -190,7 +208,6 @@ pub fn redaction_sql(fields: &[&str]) -> (String, String) {
     (set, format!("({any})"))
 }
 
-/// The columns every backend selects, in [`Row`]'s order.
 /// The trail's schema history, the same steps on every backend in its own SQL dialect:
 /// `v1` creates the table and its guards (only what is absent, so trails created before the
 /// shared migration table adopt it).
@@ -210,28 +227,49 @@ pub(crate) const fn step_1(sql: &'static str) -> [Migration; 1] {
     }]
 }
 
+/// The columns every backend selects, in [`Row`]'s order (each personal value followed by
+/// its commitment).
 pub const COLUMNS: &str = "chain, seq, event_id, timestamp, actor, actor_commitment, actor_type, \
     action, resource_type, resource_id, old_value, new_value, correlation_id, ip_address, \
     ip_address_commitment, user_agent, user_agent_commitment, prev_hash, hash, mac";
 
-/// One stored row, as a backend reads it.
+/// One stored row, as a backend reads it: the `audit_events` columns in their database types,
+/// before [`Row::into_event`] makes an [`Event`] of them.
 pub struct Row {
+    /// The chain's name ([`Event::chain`]).
     pub chain: String,
+    /// The event's place in its chain, as BIGINT ([`Event::seq`]).
     pub seq: i64,
+    /// The event's id ([`Event::event_id`]).
     pub event_id: String,
+    /// The `timestamp` column: milliseconds since the Unix epoch ([`Event::timestamp_ms`]).
     pub timestamp: i64,
+    /// `actor` and `actor_commitment`: the value (NULL once redacted) and its 32-byte
+    /// commitment (NULL if the event named no actor).
     pub actor: (Option<String>, Option<Vec<u8>>),
+    /// What kind of actor ([`Event::actor_type`]).
     pub actor_type: String,
+    /// What happened ([`Event::action`]).
     pub action: String,
+    /// The kind of thing acted on ([`Event::resource_type`]).
     pub resource_type: String,
+    /// Which thing was acted on ([`Event::resource_id`]).
     pub resource_id: String,
+    /// The value before the action ([`Event::old_value`]).
     pub old_value: Option<String>,
+    /// The value after the action ([`Event::new_value`]).
     pub new_value: Option<String>,
+    /// The request the event belongs to ([`Event::correlation_id`]).
     pub correlation_id: Option<String>,
+    /// `ip_address` and `ip_address_commitment`, as for `actor`.
     pub ip_address: (Option<String>, Option<Vec<u8>>),
+    /// `user_agent` and `user_agent_commitment`, as for `actor`.
     pub user_agent: (Option<String>, Option<Vec<u8>>),
+    /// The predecessor's hash, 32 bytes as stored ([`Event::prev_hash`]).
     pub prev_hash: Vec<u8>,
+    /// The event's hash, 32 bytes as stored ([`Event::hash`]).
     pub hash: Vec<u8>,
+    /// The event's MAC, 32 bytes as stored ([`Event::mac`]).
     pub mac: Vec<u8>,
 }
 
@@ -247,6 +285,9 @@ pub fn stored_hash(bytes: &[u8]) -> Hash {
 }
 
 impl Row {
+    /// The event the row holds. It never fails: what only a hand edit can produce (a hash of
+    /// the wrong length, a negative seq, a value without its commitment) is kept in a form
+    /// the verifier names, so reading the trail does not stop at it.
     pub fn into_event(self) -> Event {
         // A value with its commitment, or only the commitment once redacted. A value without
         // a commitment stays a value, which verification reports.

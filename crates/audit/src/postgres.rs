@@ -101,6 +101,7 @@ impl PgAuditLog {
         })
     }
 
+    /// The schema that holds `audit_events`, as the options named it.
     pub fn schema(&self) -> &str {
         &self.schema
     }

@@ -99,6 +99,7 @@ impl SqliteAuditLog {
         })
     }
 
+    /// The file the log was opened on.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -35,9 +35,17 @@ pub const LINGER: Duration = Duration::from_millis(10);
 /// Counters a writer keeps (for metrics).
 #[derive(Debug, Default)]
 pub struct WriterStats {
+    /// Events appended to the chain, the writer's anchor and drop records included
+    /// (the gateway's `oncely_audit_events_total`).
     pub appended: AtomicU64,
+    /// Events lost: refused by a full queue or a closed writer, or by the log together with
+    /// their batch (`oncely_audit_events_dropped_total`).
     pub dropped: AtomicU64,
+    /// Batch appends that failed and were retried after a backoff
+    /// (`oncely_audit_append_failures_total`).
     pub append_failures: AtomicU64,
+    /// Batches sealed again because another process had appended to the same chain first
+    /// (`oncely_audit_chain_conflicts_total`).
     pub conflicts: AtomicU64,
     /// Dropped since the last [`EVENTS_DROPPED`] event was queued.
     unrecorded_drops: AtomicU64,
@@ -135,10 +143,12 @@ impl AuditWriter {
         })
     }
 
+    /// The name of the chain this writer appends to.
     pub fn chain(&self) -> &str {
         &self.chain
     }
 
+    /// The writer's counters, kept up to date by its task (for metrics).
     pub fn stats(&self) -> &WriterStats {
         &self.stats
     }

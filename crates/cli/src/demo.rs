@@ -53,8 +53,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
     let upstream = format!("http://{}", orders.addr)
         .parse()
         .map_err(|e| format!("{e}"))?;
-    let config = Config::new(listen, Some(upstream), store.clone()).apply_toml(
-        r#"
+    let config = Config::new(listen, Some(upstream), store.clone())
+        .apply_toml(
+            r#"
         [defaults]
         tenant = "authorization"
         [[routes]]
@@ -62,7 +63,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
         methods = ["POST"]
         key = "required"
         "#,
-    )?;
+        )
+        .map_err(|e| e.to_string())?;
     let gateway = Gateway::open(config)
         .await
         .map_err(|e| e.to_string())?

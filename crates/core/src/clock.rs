@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
+    /// Milliseconds since the Unix epoch; negative before 1970.
     pub fn as_millis(self) -> i64 {
         self.0
     }
@@ -30,6 +31,8 @@ impl Timestamp {
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + 'static {
+    /// The current instant. It may go backwards between calls (a host's clock can be
+    /// stepped), so decisions compare instants rather than assume they only grow.
     fn now(&self) -> Timestamp;
 }
 
@@ -53,12 +56,15 @@ impl Clock for SystemClock {
 pub struct ManualClock(Arc<AtomicI64>);
 
 impl ManualClock {
+    /// A clock standing at `start` until it is set, advanced or rewound.
     pub fn new(start: Timestamp) -> Self {
         ManualClock(Arc::new(AtomicI64::new(start.0)))
     }
+    /// Jumps to `t`, forwards or backwards; every clone sees the new time.
     pub fn set(&self, t: Timestamp) {
         self.0.store(t.0, Ordering::SeqCst);
     }
+    /// Moves the clock forwards by `d`, in whole milliseconds (a finer rest is dropped).
     pub fn advance(&self, d: Duration) {
         let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         self.0.fetch_add(ms, Ordering::SeqCst);

@@ -1,5 +1,5 @@
 //! Request correlation: the `X-Request-Id` a client or proxy sent, and the W3C Trace Context
-//! `traceparent` (https://www.w3.org/TR/trace-context/), validated as values. Making fresh ones
+//! `traceparent` (<https://www.w3.org/TR/trace-context/>), validated as values. Making fresh ones
 //! needs randomness, which the caller supplies as bytes.
 
 use crate::fingerprint::hex;
@@ -31,8 +31,13 @@ pub fn request_id_from(mut bytes: [u8; 16]) -> String {
 /// A parsed `traceparent` header: `version-traceid-parentid-flags`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceParent {
+    /// The trace's id: 32 lower-case hex digits, never all zeros. Logs and problem bodies
+    /// carry it as `trace_id`.
     pub trace_id: String,
+    /// The id of the caller's span: 16 lower-case hex digits, never all zeros.
     pub parent_id: String,
+    /// The trace flags as two lower-case hex digits: `01` means sampled; a fresh trace gets
+    /// `00`.
     pub flags: String,
 }
 

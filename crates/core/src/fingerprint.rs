@@ -8,10 +8,15 @@
 use sha2::{Digest, Sha256};
 use std::fmt;
 
+/// The SHA-256 digest that tells whether two requests with one key are the same request
+/// (see the module docs for what goes in). A request whose fingerprint differs from the
+/// record's is answered 422 `idempotency-key-reused` and never executes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint(pub [u8; 32]);
 
 impl Fingerprint {
+    /// Hashes a request's method, its path and query as sent, its `Content-Type` value
+    /// (`None` hashes as an empty one) and its whole body. No other header counts.
     pub fn compute(
         method: &str,
         path_and_query: &str,
@@ -42,10 +47,13 @@ impl Fingerprint {
         Fingerprint(h.finalize().into())
     }
 
+    /// The digest as 64 lower-case hex digits, the form stores keep it in.
     pub fn to_hex(&self) -> String {
         hex(&self.0)
     }
 
+    /// Reads back the form of [`to_hex`](Self::to_hex); `None` unless `s` is exactly 64 hex
+    /// digits.
     pub fn from_hex(s: &str) -> Option<Self> {
         let bytes = unhex(s)?;
         Some(Fingerprint(bytes.try_into().ok()?))

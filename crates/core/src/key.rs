@@ -14,6 +14,8 @@ pub const MAX_KEY_LEN: usize = 255;
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
+    /// The key as the client meant it: unquoted and unescaped, so `"abc"` and `abc` both
+    /// read `abc`.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -33,17 +35,26 @@ impl fmt::Display for IdempotencyKey {
     }
 }
 
-/// Why a header value is not a usable key. The message is shown to clients.
+/// Why a header value is not a usable key. The message is shown to clients, in the `detail`
+/// of a 400 `invalid-idempotency-key` problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
+    /// Nothing is left once surrounding whitespace is trimmed, or the quoted string is `""`.
     #[error("the Idempotency-Key header is empty")]
     Empty,
+    /// Longer than [`MAX_KEY_LEN`] once unquoted; carries the length in bytes.
     #[error("the Idempotency-Key is {0} characters long; at most 255 are allowed")]
     TooLong(usize),
+    /// A byte outside visible ASCII (`!` to `~`): a space, a control character, UTF-8, or a
+    /// `"` inside a bare token. Carries the offending byte's offset.
     #[error("the Idempotency-Key contains a character that is not visible ASCII (at byte {0})")]
     InvalidCharacter(usize),
+    /// Starts with `"` but is not one well-formed sf-string: unterminated, an escape other
+    /// than `\"` or `\\`, or anything after the closing quote (parameters included).
     #[error("the Idempotency-Key is a malformed quoted string")]
     MalformedQuoted,
+    /// The request carried several `Idempotency-Key` headers, so it names no single key.
+    /// Reported by whoever reads the header map; [`parse_idempotency_key`] sees one value.
     #[error("more than one Idempotency-Key header was sent")]
     Multiple,
 }

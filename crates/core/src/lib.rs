@@ -7,6 +7,8 @@
 //! Nothing here opens a socket or a file, so all of it is tested with plain values and
 //! property tests.
 
+#![warn(missing_docs)]
+
 pub mod clock;
 pub mod correlation;
 pub mod fingerprint;

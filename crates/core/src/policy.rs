@@ -5,6 +5,9 @@
 //! that mean "try again" (408 timeout, 409 conflict, 425 too early, 429 too many requests):
 //! storing those would poison the key with a transient failure.
 
+/// Which upstream statuses are final for their key, stored and replayed to every retry;
+/// every other status releases the key. The default stores 2xx and 4xx except 408, 409,
+/// 425 and 429 (the `stored_statuses` setting).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusPolicy {
     /// Inclusive ranges of statuses that are stored.
@@ -23,6 +26,8 @@ impl Default for StatusPolicy {
 }
 
 impl StatusPolicy {
+    /// Whether an answer with `status` is stored and replayed, rather than passed on with the
+    /// key released.
     pub fn is_stored(&self, status: u16) -> bool {
         !self.except.contains(&status)
             && self

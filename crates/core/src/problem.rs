@@ -3,21 +3,43 @@
 
 use serde_json::json;
 
+/// A problem oncely answers itself, in place of the upstream's answer. Each kind has a stable
+/// `type` URI and a default status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProblemKind {
+    /// 400 `missing-idempotency-key`: the route requires a key and none was sent.
     MissingKey,
+    /// 400 `invalid-idempotency-key`: the key is empty, too long, has a character outside
+    /// visible ASCII, is badly quoted, or was sent twice.
     InvalidKey,
+    /// 422 (or 409 by configuration) `idempotency-key-reused`: the key was first used with
+    /// another request (another fingerprint); nothing is forwarded.
     KeyReused,
+    /// 409 `request-in-progress`, with `Retry-After`: the first request with the key is
+    /// still running. A retry with the same key after the delay gets its outcome.
     RequestInProgress,
+    /// 503 `idempotency-store-unavailable`, with `Retry-After`: the store could not be
+    /// reached, so the request was not forwarded (fail closed).
     StoreUnavailable,
+    /// 413 `request-body-too-large`: a keyed request's body is longer than the route's
+    /// `max_body`; nothing is claimed or forwarded.
     BodyTooLarge,
+    /// 502 `upstream-unavailable`: the upstream could not be reached before anything was
+    /// sent (the key is released), or the connection failed after sending (outcome unknown).
     UpstreamUnavailable,
+    /// 504 `upstream-timeout`: the upstream did not answer in time after the request was
+    /// sent; whether it acted is unknown.
     UpstreamTimeout,
+    /// 400 `request-body-unreadable`: the request body broke off (the client aborted)
+    /// before it was read whole; nothing is claimed.
     BodyUnreadable,
+    /// 408 `request-timeout`, then the connection closes: the request body stalled, or a
+    /// keyed body was not complete in time. Nothing was claimed, so a retry executes.
     RequestTimeout,
 }
 
 impl ProblemKind {
+    /// Every kind, in declaration order, for code that must cover them all.
     pub const ALL: [ProblemKind; 10] = [
         ProblemKind::MissingKey,
         ProblemKind::InvalidKey,
@@ -31,6 +53,7 @@ impl ProblemKind {
         ProblemKind::RequestTimeout,
     ];
 
+    /// The stable short name, the last part of the `type` URI (`request-in-progress`).
     pub fn slug(self) -> &'static str {
         match self {
             ProblemKind::MissingKey => "missing-idempotency-key",
@@ -46,10 +69,13 @@ impl ProblemKind {
         }
     }
 
+    /// The RFC 9457 `type` member, `urn:oncely:problem:{slug}`: what clients match on,
+    /// rather than the title or the detail.
     pub fn type_uri(self) -> String {
         format!("urn:oncely:problem:{}", self.slug())
     }
 
+    /// The `title` member: a short English summary, the same for every problem of the kind.
     pub fn title(self) -> &'static str {
         match self {
             ProblemKind::MissingKey => "This route requires an Idempotency-Key header",
@@ -107,6 +133,7 @@ impl ProblemKind {
     }
 }
 
+/// The media type of every problem body (RFC 9457).
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 #[cfg(test)]

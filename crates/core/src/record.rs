@@ -28,12 +28,16 @@ use crate::{Fingerprint, Timestamp};
 pub struct LeaseToken(pub u128);
 
 impl LeaseToken {
+    /// A fresh token from the thread's random generator. Stores call it; the transitions
+    /// take the token as an argument and stay deterministic.
     pub fn random() -> Self {
         LeaseToken(rand::random())
     }
+    /// The token as 32 lower-case hex digits, the form stores keep it in.
     pub fn to_hex(self) -> String {
         format!("{:032x}", self.0)
     }
+    /// Reads a token back from hex; `None` if `s` is not a hex number of at most 128 bits.
     pub fn from_hex(s: &str) -> Option<Self> {
         u128::from_str_radix(s, 16).ok().map(LeaseToken)
     }
@@ -48,9 +52,11 @@ impl fmt::Debug for LeaseToken {
 /// A response as it is stored and replayed: status, the headers worth replaying, body bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
+    /// The upstream's status code, replayed as it was.
     pub status: u16,
     /// Header names in lower case, values as raw bytes, in the order received.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The whole response body, replayed byte for byte.
     pub body: Bytes,
 }
 
@@ -85,30 +91,48 @@ impl StoredResponse {
     }
 }
 
+/// Where a live record stands. A released or expired record has no state: it is absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordState {
+    /// Claimed and executing. Only the holder of `token` may complete, release or renew it;
+    /// duplicates get 409 (or wait) until the lease ends, when a retry of the same request
+    /// may take the key over.
     InProgress {
+        /// The current holder's fencing token.
         token: LeaseToken,
+        /// When the lease ends unless renewed, on the store's clock.
         lease_expires_at: Timestamp,
     },
+    /// Finished: every request with the same fingerprint is answered `response` until the
+    /// record expires.
     Completed {
+        /// What every replay answers.
         response: StoredResponse,
     },
 }
 
+/// One idempotency record: the request that claimed its key, and where it stands. Its
+/// instants are on the store's clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// The fingerprint of the request that claimed the key. A request with another one is
+    /// answered 422 and never takes the key over, even after the lease.
     pub fingerprint: Fingerprint,
+    /// When the key was first claimed; a takeover keeps it.
     pub created_at: Timestamp,
     /// After this instant the record no longer exists, whatever its state.
     pub expires_at: Timestamp,
+    /// In progress under a lease, or completed with a response.
     pub state: RecordState,
 }
 
 impl Record {
+    /// Whether the record is gone at `now`. Expiry is inclusive: at `expires_at` itself the
+    /// key is already free.
     pub fn is_expired(&self, now: Timestamp) -> bool {
         self.expires_at <= now
     }
+    /// Whether a response is stored.
     pub fn is_completed(&self) -> bool {
         matches!(self.state, RecordState::Completed { .. })
     }
@@ -117,9 +141,15 @@ impl Record {
 /// What a claim attempt asks for.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
+    /// The fingerprint of the request claiming the key.
     pub fingerprint: Fingerprint,
+    /// The store's current time, at which liveness is decided.
     pub now: Timestamp,
+    /// How long the claimant holds the key without a renewal; after that a retry of the same
+    /// request may take it over (the route's `lease`, default 60 s).
     pub lease: Duration,
+    /// How long the record lives from the claim (the route's `ttl`, default 24 h); a
+    /// completion counts it again from the completion.
     pub ttl: Duration,
     /// The token to install if the claim wins; minted by the caller so the transition stays pure.
     pub token: LeaseToken,
@@ -130,7 +160,9 @@ pub struct ClaimRequest {
 pub enum ClaimOutcome {
     /// The caller holds the key and must execute, then complete or release it.
     Claimed {
+        /// The token to present when completing, releasing or renewing.
         token: LeaseToken,
+        /// When the new lease ends unless renewed, on the store's clock.
         lease_expires_at: Timestamp,
         /// The key was held by a holder whose lease had expired.
         takeover: bool,
@@ -262,11 +294,23 @@ fn check_holder(r: &Record, token: LeaseToken) -> Result<(), Refusal> {
 /// What to answer a request whose claim found someone else's live record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExistingDecision {
+    /// Completed with the same fingerprint: answer the stored response, with
+    /// `Idempotent-Replayed: true`.
     Replay(StoredResponse),
+    /// Claimed with another fingerprint, in progress or completed: answer 422 (or 409)
+    /// `idempotency-key-reused` and never execute.
     KeyReused,
-    InProgress { lease_expires_at: Timestamp },
+    /// The same request is still running under a live lease: answer 409
+    /// `request-in-progress`, or hold the duplicate in `wait` mode.
+    InProgress {
+        /// When the holder's lease ends unless renewed; from then on a claim may take over.
+        lease_expires_at: Timestamp,
+    },
 }
 
+/// Decides the answer to a request with `fingerprint` whose claim found `record` live
+/// ([`ClaimOutcome::Exists`]). The fingerprint is compared first, so a mismatched request
+/// learns nothing of the record's state.
 pub fn decide_existing(record: &Record, fingerprint: Fingerprint) -> ExistingDecision {
     if record.fingerprint != fingerprint {
         return ExistingDecision::KeyReused;

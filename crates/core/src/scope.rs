@@ -12,6 +12,8 @@ use crate::IdempotencyKey;
 pub struct Tenant(String);
 
 impl Tenant {
+    /// The tenant shared by every request without one of its own: the route's source is
+    /// `anonymous`, or the header it names is absent.
     pub fn anonymous() -> Self {
         Tenant("anon".to_owned())
     }
@@ -33,6 +35,8 @@ impl Tenant {
     pub fn from_stored(s: String) -> Self {
         Tenant(s)
     }
+    /// The stored form, with its source's prefix (`auth:`, `hdr:`, `hdrx:`, or `anon`);
+    /// [`from_stored`](Self::from_stored) reads it back.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -47,7 +51,9 @@ impl fmt::Display for Tenant {
 /// (tenant, method, route): the namespace of keys.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Scope {
+    /// Who the request acts for; a stored response is never replayed to another tenant.
     pub tenant: Tenant,
+    /// The request method as sent (`POST`).
     pub method: String,
     /// The request path without its query.
     pub route: String,
@@ -56,11 +62,15 @@ pub struct Scope {
 /// The full identity of one record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RecordKey {
+    /// The namespace the key is looked up in.
     pub scope: Scope,
+    /// The client's key, unique only within `scope`.
     pub key: IdempotencyKey,
 }
 
 impl RecordKey {
+    /// The record of `key` sent by `tenant` with `method` to `route` (the request path
+    /// without its query).
     pub fn new(tenant: Tenant, method: &str, route: &str, key: IdempotencyKey) -> Self {
         RecordKey {
             scope: Scope {

@@ -8,6 +8,8 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+/// Locking a [`Mutex`] without failing on poison, for data that every holder leaves
+/// consistent (see the module docs).
 pub trait LockIgnoringPoison<T: ?Sized> {
     /// The guard, whether or not an earlier holder panicked.
     fn lock_ignoring_poison(&self) -> MutexGuard<'_, T>;

@@ -9,14 +9,34 @@ use std::time::Duration;
 /// what would have been understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnitError {
+    /// The number of a duration is missing or malformed (empty, `.`, two decimal points);
+    /// carries the value as written.
     #[error("`{0}` is not a duration (use e.g. 300ms, 1.5s, 5m, 24h, 7d)")]
     NotADuration(String),
+    /// A duration's number is followed by something other than `ms`, `s`, `m`, `min`, `h`
+    /// or `d` (a sign or an exponent ends up here too).
     #[error("`{text}`: unknown unit `{unit}` (use ms, s, m, min, h or d)")]
-    UnknownDurationUnit { text: String, unit: String },
+    UnknownDurationUnit {
+        /// The value as written.
+        text: String,
+        /// What followed the number.
+        unit: String,
+    },
+    /// A size does not start with a whole number that fits in 64 bits (empty, negative,
+    /// words); carries the value as written.
     #[error("`{0}` is not a size (use e.g. 65536, 512KiB, 1MiB)")]
     NotASize(String),
+    /// A size's number is followed by something other than `B`, `KiB`, `MiB`, `GiB`, `KB`,
+    /// `MB` or `GB` (a fraction such as `1.5MiB` ends up here: sizes are whole numbers).
     #[error("`{text}`: unknown unit `{unit}` (use B, KiB, MiB, GiB, KB, MB or GB)")]
-    UnknownSizeUnit { text: String, unit: String },
+    UnknownSizeUnit {
+        /// The value as written.
+        text: String,
+        /// What followed the number.
+        unit: String,
+    },
+    /// A well-formed value that is too large: a duration above [`MAX_DURATION`], or a size
+    /// beyond `usize`. Carries the value as written.
     #[error("`{0}` is out of range")]
     OutOfRange(String),
 }

@@ -183,6 +183,14 @@ impl MigrationError {
         }
     }
 
+    /// A version read from `oncely_migrations`, refused when it cannot be one.
+    pub(crate) fn checked_version(concern: &'static str, version: i64) -> Result<u32, Self> {
+        u32::try_from(version).map_err(|_| MigrationError::Database {
+            concern,
+            message: format!("oncely_migrations holds an invalid version {version}"),
+        })
+    }
+
     pub(crate) fn failed(
         step: &Migration,
         concern: &'static str,

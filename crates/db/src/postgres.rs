@@ -264,10 +264,7 @@ fn version_of(
     let version: i32 = row
         .and_then(|r| r.try_get(0))
         .map_err(|e| MigrationError::database(concern, &e))?;
-    u32::try_from(version).map_err(|_| MigrationError::Database {
-        concern,
-        message: format!("oncely_migrations holds an invalid version {version}"),
-    })
+    MigrationError::checked_version(concern, version.into())
 }
 
 #[cfg(test)]

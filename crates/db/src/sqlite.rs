@@ -123,10 +123,7 @@ fn applied_version(conn: &Connection, concern: &'static str) -> Result<u32, Migr
             |r| r.get(0),
         )
         .map_err(|e| MigrationError::database(concern, &e))?;
-    u32::try_from(version).map_err(|_| MigrationError::Database {
-        concern,
-        message: format!("oncely_migrations holds an invalid version {version}"),
-    })
+    MigrationError::checked_version(concern, version)
 }
 
 #[cfg(test)]

@@ -29,10 +29,18 @@ pub enum DbUrl {
     /// `sqlite://PATH`
     Sqlite(PathBuf),
     /// `postgres://...?schema=NAME` (default schema `shop`)
-    Postgres { url: String, schema: String },
+    Postgres {
+        /// The connection URL, without the `?schema=` query.
+        url: String,
+        /// The schema of the shop's tables and the journal's `operations` table; the
+        /// layer's records go to `{schema}_keys`.
+        schema: String,
+    },
 }
 
 impl DbUrl {
+    /// Reads `sqlite://PATH`, or `postgres://` (also `postgresql://`) whose only option is
+    /// `schema=NAME`; the error is a message for the command line.
     pub fn parse(s: &str) -> Result<DbUrl, String> {
         if let Some(path) = s.strip_prefix("sqlite://") {
             if path.is_empty() {
@@ -74,19 +82,35 @@ impl DbUrl {
     }
 }
 
+/// The checkout service's settings, one per flag of `oncely-example-checkout checkout`.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The shop's database: its orders, its outbox and the recovery points, all in one place
+    /// so that each atomic phase commits its writes and its point together.
     pub db: DbUrl,
+    /// The idempotency layer's store (by default [`DbUrl::default_keys`]): the layer's
+    /// records stay apart from the shop's tables.
     pub keys: StoreUrl,
+    /// The payment provider's base URL; the charge phase posts to `{provider}/charges`.
     pub provider: String,
+    /// The address to listen on; port 0 takes a free one, shown on the `listening on` line.
     pub listen: SocketAddr,
     /// The layer's lease: how long a crashed request blocks its key.
     pub lease: Duration,
+    /// The bound on one charge request. A timeout interrupts the charge phase (503), and the
+    /// retry calls again with the same derived key, which the provider deduplicates.
     pub provider_timeout: Duration,
     /// Kill the process (SIGKILL) when a run reaches this boundary (crash tests).
     pub crash_at: Option<String>,
+    /// How long a checkout stays untouched before the completer finishes it for a client
+    /// that never came back. Keep it above `provider_timeout`, or the completer repeats a
+    /// charge that is merely slow.
     pub complete_after: Duration,
+    /// How often the completer looks for abandoned checkouts.
     pub complete_every: Duration,
+    /// How long the layer keeps a finished key (its TTL) and the reaper keeps a finished
+    /// operation: one value, so an operation never goes before the key that leads to it.
+    /// Once both are gone, the key starts a new operation.
     pub retention: Duration,
 }
 
@@ -108,9 +132,13 @@ impl Hooks for CrashAt {
     }
 }
 
+/// What the handlers share, built once at start-up for one database.
 pub struct Shop<J: ShopDb> {
+    /// The database: the journal of recovery points, and through it the shop's own tables.
     pub journal: Arc<J>,
+    /// Runs the checkout from its recovery point (with the crash hook under `crash_at`).
     pub recovery: Arc<Recovery<J>>,
+    /// The checkout operation, validated at start-up and registered with the completer.
     pub checkout: Arc<Operation<J, CheckoutState>>,
 }
 
@@ -182,6 +210,11 @@ async fn serve<J: ShopDb>(journal: Arc<J>, cfg: Config) -> Result<(), String> {
     axum::serve(listener, app).await.map_err(|e| e.to_string())
 }
 
+/// `POST /checkout` and `GET /orders` behind the idempotency layer, which decides replays,
+/// 409s and 422s before the handler runs. The checkout answers bad input with 400, an
+/// operation that exists with another input with 409 (a status the layer does not store), a
+/// transient failure with 503 and `Retry-After: 1` (the layer releases the key on a 5xx, so
+/// the retry resumes from the recovery point), and any other failure with 500.
 pub fn router<J: ShopDb>(shop: Arc<Shop<J>>, engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/checkout", post(checkout::<J>))

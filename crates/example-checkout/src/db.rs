@@ -15,10 +15,16 @@ use crate::shop::{self, CheckoutState, Provider};
 /// One order as `GET /orders` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct OrderView {
+    /// `ord_` and the start of the operation id: derived, never a sequence, so every run of
+    /// the checkout inserts and answers the same id.
     pub id: String,
+    /// The receipt's recipient.
     pub email: String,
+    /// The total in cents.
     pub amount: i64,
+    /// `pending` until the last phase commits, then `paid` or `declined`.
     pub status: String,
+    /// The provider's charge, set by the last phase; `None` while pending and if declined.
     pub charge_id: Option<String>,
 }
 
@@ -29,6 +35,7 @@ pub trait ShopDb: Journal + Sized {
     async fn setup(&self) -> Result<(), String>;
     /// The checkout operation with this database's phases.
     fn checkout(&self, provider: Arc<Provider>) -> Operation<Self, CheckoutState>;
+    /// Every order, by id: what `GET /orders` shows and the crash tests count.
     async fn orders(&self) -> Result<Vec<OrderView>, String>;
     /// Receipt emails waiting in the outbox: (order id, recipient).
     async fn outbox(&self) -> Result<Vec<(String, String)>, String>;

@@ -7,10 +7,18 @@
 //! retries, and checks one order, one charge, one email and the response of a run without
 //! crashes, on SQLite and on PostgreSQL.
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod db;
 pub mod payments;
 pub mod shop;
+
+/// The README's Rust snippets, compiled as doctests so that they cannot drift from the API
+/// (this crate depends on everything they use: the layer, `oncely-open`, recovery points).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeSnippets;
 
 use std::sync::Arc;
 

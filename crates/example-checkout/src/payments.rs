@@ -18,10 +18,14 @@ use serde::{Deserialize, Serialize};
 /// The card number the provider always declines.
 pub const DECLINED_CARD: &str = "tok_declined";
 
+/// One charge the provider executed, as `POST /charges` answers it and `GET /charges` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Charge {
+    /// `ch_N`, numbered in the order of execution: a charge made twice shows as two ids.
     pub id: String,
+    /// The amount in cents.
     pub amount: u64,
+    /// The order id the checkout sent, which ties the charge to its order.
     pub reference: String,
 }
 
@@ -35,6 +39,7 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// The charges made, in order; declined and failed requests leave none.
     pub fn charges(&self) -> Vec<Charge> {
         self.charges.lock_ignoring_poison().clone()
     }

@@ -21,34 +21,54 @@ use serde::{Deserialize, Serialize};
 /// Prices in cents; a checkout names items by sku.
 pub const PRICES: &[(&str, u64)] = &[("tea", 450), ("coffee", 380), ("cake", 520)];
 
+/// One line of a checkout.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Item {
+    /// One of the skus in [`PRICES`].
     pub sku: String,
+    /// How many, 1-99.
     pub qty: u32,
 }
 
+/// The JSON body of `POST /checkout`. Unknown fields are a 400, so a misspelt one is never
+/// silently dropped.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
     /// Where the receipt goes.
     pub email: String,
+    /// The card token passed to the provider; [`DECLINED_CARD`](crate::payments::DECLINED_CARD)
+    /// is declined.
     pub card: String,
+    /// 1-50 items.
     pub items: Vec<Item>,
 }
 
 /// The operation's state: its input, then what each phase learned.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CheckoutState {
+    /// Derived from the claimed key (`oncely_recovery::operation_id`): the same on every
+    /// retry, so a retry finds the operation it resumes, and the charge's derived key is the
+    /// same on every attempt.
     pub operation_id: String,
+    /// The receipt's recipient, from the request.
     pub email: String,
+    /// The card token the charge phase sends, from the request.
     pub card: String,
+    /// The items as requested. With the rest of the initial state they make the input
+    /// digest, so a retry of the operation with other items is refused.
     pub items: Vec<Item>,
+    /// The total in cents, priced when the request is checked. The phases charge and report
+    /// this stored value, so a resumed run never prices again.
     pub amount: u64,
     /// Derived from the operation id, never from a database sequence: PostgreSQL sequences
     /// are not transactional, so an insert rolled back by a crash would skip a number and the
     /// retry's response would differ from the first run's.
     pub order_id: String,
+    /// The provider's charge id, learned by the charge phase.
     pub charge_id: Option<String>,
+    /// Set by the charge phase when the provider answers 402. A decline is a final answer
+    /// (stored and replayed, no receipt), not an error to retry.
     pub declined: bool,
 }
 
@@ -90,10 +110,13 @@ impl CheckoutState {
         })
     }
 
+    /// The receipt email's subject, from the state alone (as everything a phase writes must
+    /// be, so a rerun after a crash writes what the first run would have).
     pub fn receipt_subject(&self) -> String {
         format!("Your order {}", self.order_id)
     }
 
+    /// The receipt email's text: order, amount in EUR and charge.
     pub fn receipt_body(&self) -> String {
         format!(
             "Thank you. Order {} for {}.{:02} EUR, paid with charge {}.",
@@ -144,6 +167,8 @@ pub fn final_response(state: &CheckoutState) -> StoredResponse {
     json_response(201, "application/json", &body)
 }
 
+/// A response a phase stores as the operation's answer: `status`, the one header
+/// `content-type`, and `body` serialised.
 pub fn json_response(status: u16, content_type: &str, body: &serde_json::Value) -> StoredResponse {
     StoredResponse {
         status,
@@ -154,12 +179,19 @@ pub fn json_response(status: u16, content_type: &str, body: &serde_json::Value) 
 
 /// The payment provider as the charge phase sees it.
 pub struct Provider {
+    /// The base URL, without a trailing slash.
     pub url: String,
+    /// The merchant's bearer token (the fake provider does not check it). One credential
+    /// serves every tenant, which is why a charge is keyed by the operation id and never by
+    /// the client's raw key.
     pub token: String,
+    /// The HTTP client, whose timeout bounds every charge request.
     pub client: reqwest::Client,
 }
 
 impl Provider {
+    /// A provider at `url`, each request bounded by `timeout`; it fails only if the HTTP
+    /// client cannot be built.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .timeout(timeout)

@@ -28,7 +28,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use oncely_core::{IdempotencyKey, Record, RecordKey, RecordState, Tenant};
+use oncely_core::{IdempotencyKey, KeyError, Record, RecordKey, RecordState, Tenant};
 use oncely_http::{Engine, EngineMetrics};
 use oncely_metrics::Text;
 use oncely_store::{StoreAdmin, StoreError, StoreMetrics};
@@ -40,7 +40,10 @@ use tower_service::Service as _;
 /// What `/metrics` renders.
 #[derive(Clone)]
 pub struct Metrics {
+    /// Requests by outcome, lease takeovers (also the source of `/takeovers`), and the
+    /// upstream's latency.
     pub engine: Arc<EngineMetrics>,
+    /// Latency and failures of each store operation, and the records purged.
     pub store: Arc<StoreMetrics>,
     /// The engine: executions in flight, and the replay cache an eviction clears.
     pub executions: Arc<Engine>,
@@ -51,6 +54,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The `/metrics` page, in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut t = Text::new();
         self.engine.render(&mut t);
@@ -109,11 +113,15 @@ struct Admin {
 /// Why the admin listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
+    /// A non-loopback address without a token: anyone who can reach it could evict keys.
     #[error("admin listener on {0}: reachable from other hosts, so it needs a token")]
     NeedsToken(SocketAddr),
+    /// The address could not be bound.
     #[error("cannot listen on {addr} (admin): {source}")]
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why the system refused it; see [`BindError::is_address_taken`].
         source: std::io::Error,
     },
 }
@@ -280,7 +288,7 @@ async fn keys(State(admin): AdminState, RawQuery(query): RawQuery) -> Response<F
 async fn key_one(State(admin): AdminState, RawQuery(query): RawQuery) -> Response<Full<Bytes>> {
     let key = match key_from_query(query.as_deref().unwrap_or("")) {
         Ok(k) => k,
-        Err(e) => return bad_request(&e),
+        Err(e) => return bad_request(&e.to_string()),
     };
     match admin.store().get(&key).await {
         Ok(Some(r)) => json(StatusCode::OK, record_json(&key, &r)),
@@ -292,7 +300,7 @@ async fn key_one(State(admin): AdminState, RawQuery(query): RawQuery) -> Respons
 async fn evict_one(State(admin): AdminState, RawQuery(query): RawQuery) -> Response<Full<Bytes>> {
     let key = match key_from_query(query.as_deref().unwrap_or("")) {
         Ok(k) => k,
-        Err(e) => return bad_request(&e),
+        Err(e) => return bad_request(&e.to_string()),
     };
     // The store first, then this gateway's replay cache: a request between the two still
     // replays, as it would have just before the eviction, and none after it can.
@@ -430,27 +438,40 @@ fn record_json(k: &RecordKey, r: &Record) -> serde_json::Value {
     v
 }
 
+/// Why a query does not name a record key. Its message is the `detail` of the 400 answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyQueryError {
+    /// A parameter that is needed is absent, or not valid UTF-8 once percent-decoded.
+    #[error("`{name}` is missing (tenant, route and key are needed)")]
+    Missing {
+        /// The parameter: `tenant`, `route` or `key`.
+        name: &'static str,
+    },
+    /// `route` is not a request path.
+    #[error("`route` must be a path starting with `/`, not `{0}`")]
+    Route(String),
+    /// `method` is not upper case, as methods are stored.
+    #[error("`method` must be an upper-case method such as POST, not `{0}`")]
+    Method(String),
+    /// `key` is not a valid Idempotency-Key.
+    #[error("`key`: {0}")]
+    Key(#[source] KeyError),
+}
+
 /// The record key named by a query: `tenant` (as stored: `anon`, `hdr:VALUE`, `auth:HASH`),
 /// `method` (default POST), `route` (the request path) and `key`, percent-encoded.
-pub fn key_from_query(query: &str) -> Result<RecordKey, String> {
-    let need = |name: &str| {
-        param(query, name)
-            .ok_or_else(|| format!("`{name}` is missing (tenant, route and key are needed)"))
-    };
+pub fn key_from_query(query: &str) -> Result<RecordKey, KeyQueryError> {
+    let need = |name: &'static str| param(query, name).ok_or(KeyQueryError::Missing { name });
     let tenant = need("tenant")?;
     let route = need("route")?;
     if !route.starts_with('/') {
-        return Err(format!(
-            "`route` must be a path starting with `/`, not `{route}`"
-        ));
+        return Err(KeyQueryError::Route(route));
     }
     let method = param(query, "method").unwrap_or_else(|| "POST".to_owned());
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(format!(
-            "`method` must be an upper-case method such as POST, not `{method}`"
-        ));
+        return Err(KeyQueryError::Method(method));
     }
-    let key = IdempotencyKey::new(&need("key")?).map_err(|e| format!("`key`: {e}"))?;
+    let key = IdempotencyKey::new(&need("key")?).map_err(KeyQueryError::Key)?;
     Ok(RecordKey::new(
         Tenant::from_stored(tenant),
         &method,
@@ -487,7 +508,7 @@ fn percent_decode(s: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{constant_time_eq, key_from_query, percent_decode};
+    use super::{constant_time_eq, key_from_query, percent_decode, KeyQueryError};
 
     #[test]
     fn keys_come_from_percent_encoded_queries() {
@@ -515,6 +536,19 @@ mod tests {
         ] {
             assert!(key_from_query(bad).is_err(), "{bad}");
         }
+        assert!(matches!(
+            key_from_query("route=/x&key=k"),
+            Err(KeyQueryError::Missing { name: "tenant" })
+        ));
+        let e = key_from_query("tenant=anon&route=x&key=k").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`route` must be a path starting with `/`, not `x`"
+        );
+        assert!(matches!(
+            key_from_query("tenant=anon&route=/x&key="),
+            Err(KeyQueryError::Key(_))
+        ));
         assert_eq!(percent_decode("%e2%82%ac").as_deref(), Some("€"));
         assert_eq!(percent_decode("%ff"), None, "not UTF-8");
         assert_eq!(percent_decode("%4"), None);

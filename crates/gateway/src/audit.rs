@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use oncely_audit::{AuditWriter, Draft};
+use oncely_audit::{AuditError, AuditWriter, Draft};
 use oncely_http::{Answer, Correlation, Outcome, OutcomeObserver};
 pub use oncely_open::AuditUrl;
 
@@ -28,13 +28,10 @@ impl RedactionKey {
     pub const MIN_LEN: usize = 16;
 
     /// A key read from a file or variable: surrounding whitespace dropped, 16 bytes at least.
-    pub fn parse(text: &str) -> Result<RedactionKey, String> {
+    pub fn parse(text: &str) -> Result<RedactionKey, RedactionKeyError> {
         let t = text.trim();
         if t.len() < Self::MIN_LEN {
-            return Err(format!(
-                "the audit redaction key needs at least {} characters (e.g. `openssl rand -hex 32`)",
-                Self::MIN_LEN
-            ));
+            return Err(RedactionKeyError::TooShort);
         }
         Ok(RedactionKey(t.as_bytes().to_vec()))
     }
@@ -44,6 +41,46 @@ impl RedactionKey {
         let id = oncely_audit::writer::new_event_id;
         RedactionKey(format!("{}{}", id(), id()).into_bytes())
     }
+}
+
+/// Why a text is not a usable redaction key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedactionKeyError {
+    /// Fewer than [`RedactionKey::MIN_LEN`] bytes once surrounding whitespace is dropped. A
+    /// shorter secret could be guessed, and with it every commitment checked against guessed
+    /// personal values.
+    #[error(
+        "the audit redaction key needs at least {min} characters (e.g. `openssl rand -hex 32`)",
+        min = RedactionKey::MIN_LEN
+    )]
+    TooShort,
+}
+
+/// Why [`open_writer`] could not open a gateway's audit trail.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditOpenError {
+    /// The log could not be opened at all (a SQLite file that cannot be created, a
+    /// PostgreSQL URL the driver refuses); the message names the log.
+    #[error("{0}")]
+    Open(String),
+    /// The `audit_events` table could not be created or brought up to date.
+    #[error("cannot prepare the audit log {url}: {source}")]
+    Prepare {
+        /// The log, as displayed (passwords masked).
+        url: String,
+        /// What the log answered.
+        source: AuditError,
+    },
+    /// The chain's head could not be read, or its opening event not appended.
+    #[error("cannot open audit chain `{chain}` in {url}: {source}")]
+    Chain {
+        /// The chain this gateway writes to.
+        chain: String,
+        /// The log, as displayed (passwords masked).
+        url: String,
+        /// What the log answered.
+        source: AuditError,
+    },
 }
 
 /// The chain name a gateway writes to when none is given: this host's name, so a restarted
@@ -75,11 +112,20 @@ pub fn default_chain() -> String {
 /// Everything the gateway needs to keep an audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditConfig {
+    /// The log: a SQLite file or a PostgreSQL schema holding the `audit_events` table
+    /// (`audit.url`, `--audit`).
     pub url: AuditUrl,
+    /// The chain this gateway appends to (`audit.chain`, `--audit-chain`; default
+    /// [`default_chain`]): 1 to 64 of `A-Z a-z 0-9 . _ : -`. A chain per gateway keeps
+    /// writers from contending for one last hash; two writers on one chain stay correct but
+    /// reseal batches on conflicts.
     pub chain: String,
-    /// None: a random key for this run (a warning says what that costs).
+    /// The secret keying the personal fields' commitments and sealing every event
+    /// (`audit.key_file`, `--audit-key-file`, `ONCELY_AUDIT_KEY`). None: a random key for
+    /// this run (a warning says what that costs).
     pub key: Option<RedactionKey>,
-    /// Events queued before new ones are dropped (and counted, in the trail too).
+    /// Events queued for the database before new ones are dropped (and counted, in the trail
+    /// too); default 10 000, at least 1.
     pub queue: usize,
 }
 
@@ -132,6 +178,7 @@ pub fn draft_for(answer: &Answer<'_>, event_id: String, now_ms: i64) -> Draft {
 
 /// Records every keyed answer through the writer.
 pub struct AuditObserver {
+    /// The trail's writer; recording only queues, so a request never waits for the log.
     pub writer: Arc<AuditWriter>,
 }
 
@@ -158,11 +205,14 @@ impl OutcomeObserver for AuditObserver {
 pub async fn open_writer(
     config: &AuditConfig,
     clock: Arc<dyn oncely_core::Clock>,
-) -> Result<Arc<AuditWriter>, String> {
-    let log = config.url.open()?;
+) -> Result<Arc<AuditWriter>, AuditOpenError> {
+    let log = config.url.open().map_err(AuditOpenError::Open)?;
     log.migrate()
         .await
-        .map_err(|e| format!("cannot prepare the audit log {}: {e}", config.url))?;
+        .map_err(|source| AuditOpenError::Prepare {
+            url: config.url.to_string(),
+            source,
+        })?;
     let key = match &config.key {
         Some(k) => k.clone(),
         None => {
@@ -172,11 +222,10 @@ pub async fn open_writer(
     };
     let writer = AuditWriter::open(log, &config.chain, key.0, clock, config.queue)
         .await
-        .map_err(|e| {
-            format!(
-                "cannot open audit chain `{}` in {}: {e}",
-                config.chain, config.url
-            )
+        .map_err(|source| AuditOpenError::Chain {
+            chain: config.chain.clone(),
+            url: config.url.to_string(),
+            source,
         })?;
     Ok(Arc::new(writer))
 }

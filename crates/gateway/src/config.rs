@@ -4,7 +4,7 @@
 //! protection) and every error names the field and the file.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,21 +16,144 @@ use oncely_http::{
 };
 use serde::Deserialize;
 
-use crate::audit::{AuditConfig, AuditUrl, RedactionKey};
+use crate::audit::{AuditConfig, AuditUrl, RedactionKey, RedactionKeyError};
 use oncely_open::StoreUrl;
 
+/// Why a configuration could not be loaded, or does not hold together.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read (missing, unreadable, not UTF-8).
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file, as it was given.
         path: String,
+        /// Why the system could not read it.
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
+    /// An error in a config file's text, prefixed with the file's path
+    /// (`oncely.toml: routes[1].lease: ...`).
+    #[error("{path}: {source}")]
+    InFile {
+        /// The file, as it was given.
+        path: String,
+        /// What is wrong with its text: [`ConfigError::Syntax`] or [`ConfigError::Setting`].
+        source: Box<ConfigError>,
+    },
+    /// The text is not TOML, or names a field that does not exist (parsing is strict so that a
+    /// typo never silently turns protection off), or gives one a value of the wrong type.
+    #[error(transparent)]
+    Syntax(#[from] toml::de::Error),
+    /// One setting has a value that is refused.
+    #[error(transparent)]
+    Setting(#[from] SettingError),
+    /// Settings that are each valid but contradict one another, such as a route whose `ttl`
+    /// is shorter than its `lease`.
     #[error("{0}")]
     Invalid(String),
 }
+
+/// A setting whose value is refused, displayed as `setting: reason`
+/// (`routes[0].ttl: `5 parsecs`: unknown unit ...`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct SettingError {
+    /// Where the setting is, spelled as in the file: `server.listen`, `defaults.ttl`,
+    /// `routes[0].methods`.
+    pub setting: String,
+    /// What is wrong with the value, usually with what would be accepted.
+    pub reason: String,
+}
+
+impl SettingError {
+    fn new(setting: impl Into<String>, reason: impl std::fmt::Display) -> SettingError {
+        SettingError {
+            setting: setting.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The same error for a setting inside `section`: `routes[0]` and `ttl` give
+    /// `routes[0].ttl`.
+    fn within(self, section: &str) -> SettingError {
+        SettingError {
+            setting: format!("{section}.{}", self.setting),
+            reason: self.reason,
+        }
+    }
+}
+
+/// Why a redaction key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file, as it was given.
+        path: PathBuf,
+        /// Why the system could not read it.
+        source: std::io::Error,
+    },
+    /// The file was read, but what it holds is not a usable key.
+    #[error("{}: {source}", path.display())]
+    Invalid {
+        /// The file, as it was given.
+        path: PathBuf,
+        /// What is wrong with the key.
+        source: RedactionKeyError,
+    },
+}
+
+/// Why an upstream URL is refused by [`parse_upstream`]. Each variant carries the URL as it
+/// was given.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamUrlError {
+    /// Not a URL at all.
+    #[error("`{url}` is not a URL: {source}")]
+    NotAUrl {
+        /// The text that was given.
+        url: String,
+        /// What the URL parser objected to.
+        source: http::uri::InvalidUri,
+    },
+    /// An `https://` URL: the gateway speaks plain HTTP to its upstream, so TLS has to end in
+    /// front of the upstream (a sidecar) or the link has to be a private network.
+    #[error("`{url}`: https upstreams are not supported yet; use http (for example on a private network or a sidecar)")]
+    Https {
+        /// The URL that was given.
+        url: String,
+    },
+    /// A scheme other than `http://`, or none.
+    #[error("`{url}` must start with http://")]
+    NotHttp {
+        /// The URL that was given.
+        url: String,
+    },
+    /// No host to connect to.
+    #[error("`{url}` has no host")]
+    NoHost {
+        /// The URL that was given.
+        url: String,
+    },
+    /// A query string, which would have to be merged with every request's own.
+    #[error("`{url}`: an upstream URL cannot carry a query")]
+    Query {
+        /// The URL that was given.
+        url: String,
+    },
+}
+
+/// An admin address that is neither `HOST:PORT` nor `off`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}` is not an address like {DEFAULT_ADMIN_LISTEN} (or `off`)")]
+pub struct AdminListenError {
+    /// The text that was given.
+    pub value: String,
+}
+
+/// A method name in `methods` that is not an HTTP method token.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not an HTTP method")]
+struct NotAMethod(String);
 
 /// The shortest lease accepted: renewals run every third of it (at least every 10 ms).
 pub const MIN_LEASE: Duration = Duration::from_millis(50);
@@ -38,26 +161,49 @@ pub const MIN_LEASE: Duration = Duration::from_millis(50);
 /// Everything the gateway needs to run, after defaults and command-line overrides.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where clients connect (`server.listen`, `--listen`; `oncely serve` defaults to
+    /// `127.0.0.1:8080`). Port 0 picks a free port; [`RunningGateway::addr`] tells which.
+    ///
+    /// [`RunningGateway::addr`]: crate::RunningGateway::addr
     pub listen: SocketAddr,
+    /// The protected service, `http://host:port[/prefix]` (see [`parse_upstream`]).
     /// Required before the gateway starts; from the file or the command line.
     pub upstream: Option<http::Uri>,
+    /// Where idempotency records live: SQLite, PostgreSQL, Redis or memory
+    /// (`server.store`, `--store`).
     pub store: StoreUrl,
+    /// How long connecting to the upstream may take (default 2 s). A connect that fails or
+    /// times out sent nothing, so the key is released and a retry executes.
     pub connect_timeout: Duration,
+    /// How long the upstream may take to send its response headers once the request body is
+    /// sent, and the longest silence inside its response body (default 30 s). Past it the
+    /// outcome is unknown. Must be longer than `connect_timeout`.
     pub response_timeout: Duration,
+    /// On shutdown, the time requests in flight, and executions whose client already left,
+    /// get to finish (default 30 s); connections still open then are closed.
     pub shutdown_grace: Duration,
+    /// How often expired records are deleted from the store (default 60 s).
     pub purge_interval: Duration,
+    /// Records deleted per statement when purging (default 1000, at least 1): small batches
+    /// keep each write short, so requests never wait long behind a purge.
     pub purge_batch: usize,
-    /// Bytes of completed responses kept in memory to replay retries without the store.
+    /// Bytes of completed responses kept in memory to replay retries without the store
+    /// (default 64 MiB; 0 turns the cache off). A bound on memory really held, not payload.
     pub replay_cache: usize,
-    /// How long a client may take to send a request's headers.
+    /// How long a client may take to send a request's headers (default 30 s); then the
+    /// connection is closed.
     pub header_timeout: Duration,
-    /// How long a request body may send nothing before the request is cut off with 408.
+    /// How long a request body may send nothing before the request is cut off with 408 and
+    /// its connection closed (default 60 s), keyed or not.
     pub body_idle_timeout: Duration,
-    /// How long a keyed request's whole body may take to arrive.
+    /// How long a keyed request's whole body may take to arrive, however steadily it trickles
+    /// (default 2 min); then 408, with nothing claimed.
     pub body_timeout: Duration,
     /// Client connections served at once; beyond it, new connections wait in the kernel's
     /// accept queue until one closes. `None`: [`Config::connection_limit`] picks one.
     pub max_connections: Option<usize>,
+    /// The policy of each `[[routes]]` entry, first match first, and the `[defaults]`
+    /// policy for the keyed methods no route matches.
     pub routes: Routes,
     /// The admin listener (`/metrics`, ...); `None`: none. `oncely serve` enables it on
     /// [`DEFAULT_ADMIN_LISTEN`] unless told otherwise.
@@ -69,7 +215,10 @@ pub struct Config {
 /// Where the admin listener binds, and the bearer token it requires (if any).
 #[derive(Clone, PartialEq, Eq)]
 pub struct AdminConfig {
+    /// The admin listener's address; without a token only a loopback address is accepted.
     pub listen: SocketAddr,
+    /// The bearer token every admin request must carry (`Authorization: Bearer ...`): at
+    /// least 16 characters, no whitespace. Never logged.
     pub token: Option<String>,
     /// The address is the default, not one asked for: if it is taken (another gateway on
     /// this host), the gateway warns and runs without an admin listener instead of exiting.
@@ -104,13 +253,13 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7979";
 const DEFAULT_ADMIN_PORT: u16 = 7979;
 
 /// Parses an admin address: `HOST:PORT`, or `off` for no admin listener.
-pub fn parse_admin_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+pub fn parse_admin_listen(s: &str) -> Result<Option<SocketAddr>, AdminListenError> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    s.parse()
-        .map(Some)
-        .map_err(|_| format!("`{s}` is not an address like {DEFAULT_ADMIN_LISTEN} (or `off`)"))
+    s.parse().map(Some).map_err(|_| AdminListenError {
+        value: s.to_owned(),
+    })
 }
 
 /// Client connections served at once unless configured, where the open-files limit allows.
@@ -169,27 +318,32 @@ impl Config {
             source,
         })?;
         self.apply_toml(&text)
-            .map_err(|message| ConfigError::Parse {
+            .map_err(|source| ConfigError::InFile {
                 path: path.display().to_string(),
-                message,
+                source: Box::new(source),
             })
     }
 
-    /// Applies the text of a config file.
-    pub fn apply_toml(mut self, text: &str) -> Result<Config, String> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+    /// Applies the text of a config file. Its errors are [`ConfigError::Syntax`] and
+    /// [`ConfigError::Setting`], without the file's path.
+    pub fn apply_toml(mut self, text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text)?;
         if let Some(s) = file.server {
             if let Some(v) = s.listen {
                 self.listen = v.parse().map_err(|_| {
-                    format!("server.listen: `{v}` is not an address like 127.0.0.1:8080")
+                    SettingError::new(
+                        "server.listen",
+                        format!("`{v}` is not an address like 127.0.0.1:8080"),
+                    )
                 })?;
             }
             if let Some(v) = s.upstream {
                 self.upstream =
-                    Some(parse_upstream(&v).map_err(|e| format!("server.upstream: {e}"))?);
+                    Some(parse_upstream(&v).map_err(|e| SettingError::new("server.upstream", e))?);
             }
             if let Some(v) = s.store {
-                self.store = StoreUrl::parse(&v).map_err(|e| format!("server.store: {e}"))?;
+                self.store =
+                    StoreUrl::parse(&v).map_err(|e| SettingError::new("server.store", e))?;
             }
             for (name, value, setting) in [
                 (
@@ -213,7 +367,8 @@ impl Config {
                 ("body_timeout", s.body_timeout, &mut self.body_timeout),
             ] {
                 if let Some(v) = value {
-                    *setting = parse_duration(&v).map_err(|e| format!("server.{name}: {e}"))?;
+                    *setting = parse_duration(&v)
+                        .map_err(|e| SettingError::new(format!("server.{name}"), e))?;
                 }
             }
             if let Some(v) = s.purge_batch {
@@ -221,7 +376,7 @@ impl Config {
             }
             if let Some(v) = s.replay_cache {
                 self.replay_cache =
-                    parse_size(&v).map_err(|e| format!("server.replay_cache: {e}"))?;
+                    parse_size(&v).map_err(|e| SettingError::new("server.replay_cache", e))?;
             }
             if let Some(v) = s.max_connections {
                 self.max_connections = Some(v);
@@ -232,7 +387,7 @@ impl Config {
             let token = a.token.or(before.as_ref().and_then(|b| b.token.clone()));
             self.admin = match a.listen {
                 Some(v) => parse_admin_listen(&v)
-                    .map_err(|e| format!("admin.listen: {e}"))?
+                    .map_err(|e| SettingError::new("admin.listen", e))?
                     .map(|listen| AdminConfig {
                         listen,
                         token,
@@ -245,32 +400,37 @@ impl Config {
             };
         }
         if let Some(a) = file.audit {
-            self.audit = Some(a.apply(self.audit.take())?);
+            self.audit = Some(a.apply(self.audit.take()).map_err(|e| e.within("audit"))?);
         }
         if file.defaults.as_ref().is_some_and(|d| d.path.is_some()) {
-            return Err("defaults.path: `path` belongs in a [[routes]] entry".into());
+            return Err(
+                SettingError::new("defaults.path", "`path` belongs in a [[routes]] entry").into(),
+            );
         }
         let defaults = match &file.defaults {
             Some(d) => d
                 .apply(RoutePolicy::default())
-                .map_err(|e| format!("defaults.{e}"))?,
+                .map_err(|e| e.within("defaults"))?,
             None => RoutePolicy::default(),
         };
         let fallback_methods = match file.defaults.as_ref().and_then(|d| d.methods.clone()) {
-            Some(ms) => parse_methods(&ms).map_err(|e| format!("defaults.methods: {e}"))?,
+            Some(ms) => parse_methods(&ms).map_err(|e| SettingError::new("defaults.methods", e))?,
             None => vec![Method::POST, Method::PATCH],
         };
         let mut routes = Vec::new();
         for (i, r) in file.routes.unwrap_or_default().into_iter().enumerate() {
-            let at = |e: String| format!("routes[{i}].{e}");
+            let section = format!("routes[{i}]");
+            let at = |e: SettingError| e.within(&section);
             let Some(path) = &r.path else {
-                return Err(at(
-                    "path: every route needs a path, e.g. path = \"/orders\"".into(),
-                ));
+                return Err(at(SettingError::new(
+                    "path",
+                    "every route needs a path, e.g. path = \"/orders\"",
+                ))
+                .into());
             };
-            let path = PathPattern::parse(path).map_err(|e| at(format!("path: {e}")))?;
+            let path = PathPattern::parse(path).map_err(|e| at(SettingError::new("path", e)))?;
             let methods = parse_methods(r.methods.as_deref().unwrap_or(&[]))
-                .map_err(|e| at(format!("methods: {e}")))?;
+                .map_err(|e| at(SettingError::new("methods", e)))?;
             let policy = r.apply(defaults.clone()).map_err(at)?;
             routes.push(Route {
                 methods,
@@ -292,27 +452,34 @@ impl Config {
         if let Some(a) = &self.admin {
             match &a.token {
                 Some(t) if t.len() < 16 || t.chars().any(|c| c.is_whitespace()) => {
-                    return Err(ConfigError::Invalid(
-                        "admin.token: use at least 16 characters and no whitespace \
-                         (e.g. `openssl rand -hex 24`)"
-                            .into(),
-                    ));
+                    return Err(SettingError::new(
+                        "admin.token",
+                        "use at least 16 characters and no whitespace \
+                         (e.g. `openssl rand -hex 24`)",
+                    )
+                    .into());
                 }
                 None if !a.listen.ip().is_loopback() => {
-                    return Err(ConfigError::Invalid(format!(
-                        "admin.listen: {} is reachable from other hosts, so the admin listener \
-                         needs a token (admin.token, --admin-token or ONCELY_ADMIN_TOKEN)",
-                        a.listen
-                    )));
+                    return Err(SettingError::new(
+                        "admin.listen",
+                        format!(
+                            "{} is reachable from other hosts, so the admin listener \
+                             needs a token (admin.token, --admin-token or ONCELY_ADMIN_TOKEN)",
+                            a.listen
+                        ),
+                    )
+                    .into());
                 }
                 _ => {}
             }
         }
         if let Some(n) = self.max_connections {
             if !(1..=MAX_CONNECTIONS_LIMIT).contains(&n) {
-                return Err(ConfigError::Invalid(format!(
-                    "server.max_connections: {n} is not between 1 and {MAX_CONNECTIONS_LIMIT}"
-                )));
+                return Err(SettingError::new(
+                    "server.max_connections",
+                    format!("{n} is not between 1 and {MAX_CONNECTIONS_LIMIT}"),
+                )
+                .into());
             }
         }
         for (name, d) in [
@@ -321,9 +488,11 @@ impl Config {
             ("server.body_timeout", self.body_timeout),
         ] {
             if d.is_zero() {
-                return Err(ConfigError::Invalid(format!(
-                    "{name}: must be longer than 0 (it cuts off clients that stall)"
-                )));
+                return Err(SettingError::new(
+                    name,
+                    "must be longer than 0 (it cuts off clients that stall)",
+                )
+                .into());
             }
         }
         if let (Some(n), Some(limit)) = (self.max_connections, crate::server::open_files_limit()) {
@@ -382,27 +551,30 @@ impl Config {
 pub use oncely_core::units::{parse_duration, parse_size};
 
 /// An upstream URL: `http://host:port` with an optional path prefix.
-pub fn parse_upstream(s: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+pub fn parse_upstream(s: &str) -> Result<http::Uri, UpstreamUrlError> {
+    let url = || s.to_owned();
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|source| UpstreamUrlError::NotAUrl { url: url(), source })?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => return Err(format!("`{s}`: https upstreams are not supported yet; use http (for example on a private network or a sidecar)")),
-        _ => return Err(format!("`{s}` must start with http://")),
+        Some("https") => return Err(UpstreamUrlError::Https { url: url() }),
+        _ => return Err(UpstreamUrlError::NotHttp { url: url() }),
     }
     if uri.authority().is_none() {
-        return Err(format!("`{s}` has no host"));
+        return Err(UpstreamUrlError::NoHost { url: url() });
     }
     if uri.query().is_some() {
-        return Err(format!("`{s}`: an upstream URL cannot carry a query"));
+        return Err(UpstreamUrlError::Query { url: url() });
     }
     Ok(uri)
 }
 
-fn parse_methods(ms: &[String]) -> Result<Vec<Method>, String> {
+fn parse_methods(ms: &[String]) -> Result<Vec<Method>, NotAMethod> {
     ms.iter()
         .map(|m| {
             let up = m.trim().to_ascii_uppercase();
-            Method::from_bytes(up.as_bytes()).map_err(|_| format!("`{m}` is not an HTTP method"))
+            Method::from_bytes(up.as_bytes()).map_err(|_| NotAMethod(m.clone()))
         })
         .collect()
 }
@@ -452,19 +624,22 @@ struct AuditSection {
 }
 
 impl AuditSection {
-    /// The `[audit]` section over what is already configured.
-    fn apply(self, before: Option<AuditConfig>) -> Result<AuditConfig, String> {
+    /// The `[audit]` section over what is already configured. Errors name the setting within
+    /// the section (`url`, not `audit.url`).
+    fn apply(self, before: Option<AuditConfig>) -> Result<AuditConfig, SettingError> {
         let url = match (self.url, &before) {
-            (Some(u), _) => AuditUrl::parse(&u).map_err(|e| format!("audit.url: {e}"))?,
+            (Some(u), _) => AuditUrl::parse(&u).map_err(|e| SettingError::new("url", e))?,
             (None, Some(b)) => b.url.clone(),
-            (None, None) => return Err(
-                "audit.url: the [audit] section needs a url (sqlite://PATH or postgres://HOST/DB)"
-                    .into(),
-            ),
+            (None, None) => {
+                return Err(SettingError::new(
+                    "url",
+                    "the [audit] section needs a url (sqlite://PATH or postgres://HOST/DB)",
+                ))
+            }
         };
         let chain = match self.chain {
             Some(c) => {
-                oncely_audit::validate_chain(&c).map_err(|e| format!("audit.chain: {e}"))?;
+                oncely_audit::validate_chain(&c).map_err(|e| SettingError::new("chain", e))?;
                 c
             }
             None => before
@@ -473,7 +648,7 @@ impl AuditSection {
         };
         let key = match self.key_file {
             Some(f) => {
-                Some(read_key_file(Path::new(&f)).map_err(|e| format!("audit.key_file: {e}"))?)
+                Some(read_key_file(Path::new(&f)).map_err(|e| SettingError::new("key_file", e))?)
             }
             None => before.as_ref().and_then(|b| b.key.clone()),
         };
@@ -491,10 +666,15 @@ impl AuditSection {
 }
 
 /// The redaction key kept in `path`.
-pub fn read_key_file(path: &Path) -> Result<RedactionKey, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    RedactionKey::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+pub fn read_key_file(path: &Path) -> Result<RedactionKey, KeyFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    RedactionKey::parse(&text).map_err(|source| KeyFileError::Invalid {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// `[defaults]` and each `[[routes]]` entry: the same policy fields, plus the route's path.
@@ -523,24 +703,27 @@ struct PolicySection {
 }
 
 impl PolicySection {
-    fn apply(&self, mut p: RoutePolicy) -> Result<RoutePolicy, String> {
+    /// This section's fields over `p`. Errors name the field alone (`ttl`); the caller says
+    /// which section it is in.
+    fn apply(&self, mut p: RoutePolicy) -> Result<RoutePolicy, SettingError> {
         if let Some(v) = &self.key {
             p.key = match v.as_str() {
                 "required" => KeyRequirement::Required,
                 "optional" => KeyRequirement::Optional,
                 "ignored" | "off" => KeyRequirement::Ignored,
                 _ => {
-                    return Err(format!(
-                        "key: `{v}` is not one of required, optional, ignored"
+                    return Err(SettingError::new(
+                        "key",
+                        format!("`{v}` is not one of required, optional, ignored"),
                     ))
                 }
             };
         }
         if let Some(v) = &self.ttl {
-            p.ttl = parse_duration(v).map_err(|e| format!("ttl: {e}"))?;
+            p.ttl = parse_duration(v).map_err(|e| SettingError::new("ttl", e))?;
         }
         if let Some(v) = &self.lease {
-            p.lease = parse_duration(v).map_err(|e| format!("lease: {e}"))?;
+            p.lease = parse_duration(v).map_err(|e| SettingError::new("lease", e))?;
         }
         if let Some(v) = self.renew_lease {
             p.renew_lease = v;
@@ -550,20 +733,23 @@ impl PolicySection {
                 "authorization" => TenantSource::Authorization,
                 "anonymous" | "none" => TenantSource::Anonymous,
                 other => match other.strip_prefix("header:") {
-                    Some(h) => TenantSource::Header(
-                        HeaderName::from_bytes(h.trim().as_bytes())
-                            .map_err(|_| format!("tenant: `{h}` is not a header name"))?,
-                    ),
+                    Some(h) => {
+                        let name = HeaderName::from_bytes(h.trim().as_bytes()).map_err(|_| {
+                            SettingError::new("tenant", format!("`{h}` is not a header name"))
+                        })?;
+                        TenantSource::Header(name)
+                    }
                     None => {
-                        return Err(format!(
-                            "tenant: `{v}` is not one of authorization, anonymous, header:NAME"
+                        return Err(SettingError::new(
+                            "tenant",
+                            format!("`{v}` is not one of authorization, anonymous, header:NAME"),
                         ))
                     }
                 },
             };
         }
         let max_wait = match &self.max_wait {
-            Some(v) => Some(parse_duration(v).map_err(|e| format!("max_wait: {e}"))?),
+            Some(v) => Some(parse_duration(v).map_err(|e| SettingError::new("max_wait", e))?),
             None => None,
         };
         match (self.in_flight.as_deref(), max_wait) {
@@ -574,45 +760,53 @@ impl PolicySection {
                 }
             }
             (Some(other), _) => {
-                return Err(format!("in_flight: `{other}` is not one of reject, wait"))
+                return Err(SettingError::new(
+                    "in_flight",
+                    format!("`{other}` is not one of reject, wait"),
+                ))
             }
             (None, Some(w)) => match p.in_flight {
                 InFlightMode::Wait { .. } => p.in_flight = InFlightMode::Wait { max_wait: w },
                 InFlightMode::Reject => {
-                    return Err(
-                        "max_wait: only meaningful with in_flight = \"wait\"; set that too".into(),
-                    )
+                    return Err(SettingError::new(
+                        "max_wait",
+                        "only meaningful with in_flight = \"wait\"; set that too",
+                    ))
                 }
             },
             (None, None) => {}
         }
         if let Some(v) = &self.retry_after {
-            p.retry_after = parse_duration(v).map_err(|e| format!("retry_after: {e}"))?;
+            p.retry_after = parse_duration(v).map_err(|e| SettingError::new("retry_after", e))?;
         }
         if let Some(v) = self.mismatch_status {
             if v != 409 && v != 422 {
-                return Err(format!("mismatch_status: {v} is not 422 or 409"));
+                return Err(SettingError::new(
+                    "mismatch_status",
+                    format!("{v} is not 422 or 409"),
+                ));
             }
             p.mismatch_status =
-                StatusCode::from_u16(v).map_err(|e| format!("mismatch_status: {e}"))?;
+                StatusCode::from_u16(v).map_err(|e| SettingError::new("mismatch_status", e))?;
         }
         if let Some(v) = &self.stored_statuses {
             p.stored_statuses =
-                StatusPolicy::parse(v).map_err(|e| format!("stored_statuses: {e}"))?;
+                StatusPolicy::parse(v).map_err(|e| SettingError::new("stored_statuses", e))?;
         }
         if let Some(v) = &self.max_body {
-            p.max_body = parse_size(v).map_err(|e| format!("max_body: {e}"))?;
+            p.max_body = parse_size(v).map_err(|e| SettingError::new("max_body", e))?;
         }
         if let Some(v) = &self.max_response {
-            p.max_response = parse_size(v).map_err(|e| format!("max_response: {e}"))?;
+            p.max_response = parse_size(v).map_err(|e| SettingError::new("max_response", e))?;
         }
         if let Some(v) = &self.unknown_outcome {
             p.unknown_outcome = match v.as_str() {
                 "hold" => UnknownOutcomePolicy::Hold,
                 "release" => UnknownOutcomePolicy::Release,
                 _ => {
-                    return Err(format!(
-                        "unknown_outcome: `{v}` is not one of hold, release"
+                    return Err(SettingError::new(
+                        "unknown_outcome",
+                        format!("`{v}` is not one of hold, release"),
                     ))
                 }
             };
@@ -622,8 +816,9 @@ impl PolicySection {
                 "fail-closed" => StoreFailureMode::FailClosed,
                 "fail-open" => StoreFailureMode::FailOpen,
                 _ => {
-                    return Err(format!(
-                        "store_unavailable: `{v}` is not one of fail-closed, fail-open"
+                    return Err(SettingError::new(
+                        "store_unavailable",
+                        format!("`{v}` is not one of fail-closed, fail-open"),
                     ))
                 }
             };
@@ -707,20 +902,98 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = base()
-            .apply_toml("[defaults]\nttl = \"5 parsecs\"")
-            .unwrap_err();
-        assert!(e.contains("defaults.ttl"), "{e}");
-        let e = base()
-            .apply_toml("[[routes]]\npath = \"/a\"\nkey = \"maybe\"")
-            .unwrap_err();
-        assert!(e.contains("routes[0].key"), "{e}");
+        let setting = |toml: &str| match base().apply_toml(toml) {
+            Err(ConfigError::Setting(e)) => e,
+            other => panic!("{toml}: {other:?}"),
+        };
+        let e = setting("[defaults]\nttl = \"5 parsecs\"");
+        assert_eq!(e.setting, "defaults.ttl");
+        assert!(
+            e.to_string().starts_with("defaults.ttl: `5 parsecs`"),
+            "{e}"
+        );
+        let e = setting("[[routes]]\npath = \"/a\"\n[[routes]]\npath = \"/b\"\nkey = \"maybe\"");
+        assert_eq!(e.setting, "routes[1].key");
+        assert_eq!(
+            e.to_string(),
+            "routes[1].key: `maybe` is not one of required, optional, ignored"
+        );
+        assert_eq!(setting("[audit]\nchain = \"a\"").setting, "audit.url");
         let e = base().apply_toml("[defaults]\ntll = \"1h\"").unwrap_err();
-        assert!(e.contains("tll"), "unknown fields are refused: {e}");
-        let e = base()
-            .apply_toml("[server]\nupstream = \"https://x\"")
-            .unwrap_err();
-        assert!(e.contains("https"), "{e}");
+        assert!(
+            matches!(e, ConfigError::Syntax(_)) && e.to_string().contains("tll"),
+            "unknown fields are refused: {e}"
+        );
+        let e = setting("[server]\nupstream = \"https://x\"");
+        assert_eq!(e.setting, "server.upstream");
+        assert!(e.reason.contains("https"), "{e}");
+    }
+
+    #[test]
+    fn errors_in_a_file_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("oncely.toml");
+        std::fs::write(&path, "[[routes]]\npath = \"/a\"\nlease = \"q\"").unwrap();
+        let e = base().load_file(&path).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: routes[0].lease: `q`: unknown unit `q` (use ms, s, m, min, h or d)",
+                path.display()
+            )
+        );
+        assert!(
+            matches!(&e, ConfigError::InFile { source, .. } if matches!(**source, ConfigError::Setting(_))),
+            "{e:?}"
+        );
+        let missing = dir.path().join("missing.toml");
+        assert!(matches!(
+            base().load_file(&missing),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn upstream_urls() {
+        assert!(parse_upstream("http://127.0.0.1:3000/api").is_ok());
+        assert!(matches!(
+            parse_upstream("https://x"),
+            Err(UpstreamUrlError::Https { .. })
+        ));
+        assert!(matches!(
+            parse_upstream("ftp://x"),
+            Err(UpstreamUrlError::NotHttp { .. })
+        ));
+        assert!(matches!(
+            parse_upstream("ht tp://x"),
+            Err(UpstreamUrlError::NotAUrl { .. })
+        ));
+        let e = parse_upstream("http://x/?a=b").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`http://x/?a=b`: an upstream URL cannot carry a query"
+        );
+    }
+
+    #[test]
+    fn key_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "abc\n").unwrap();
+        let e = read_key_file(&short).unwrap_err();
+        assert!(matches!(e, KeyFileError::Invalid { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: the audit redaction key needs at least 16 characters (e.g. `openssl rand -hex 32`)",
+                short.display()
+            )
+        );
+        let e = read_key_file(&dir.path().join("missing.key")).unwrap_err();
+        assert!(matches!(e, KeyFileError::Read { .. }), "{e:?}");
+        let good = dir.path().join("good.key");
+        std::fs::write(&good, " 0123456789abcdef\n").unwrap();
+        assert_eq!(read_key_file(&good).unwrap().0, b"0123456789abcdef");
     }
 
     #[test]
@@ -743,10 +1016,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("connect_timeout"));
+        let c = base()
+            .apply_toml("[server]\nbody_idle_timeout = \"0s\"")
+            .unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Setting(SettingError { setting, .. })) if setting == "server.body_idle_timeout"
+        ));
         let e = base()
             .apply_toml("[[routes]]\npath = \"/a\"\nmax_wait = \"2s\"")
             .unwrap_err();
-        assert!(e.contains("max_wait"), "{e}");
+        assert!(e.to_string().contains("max_wait"), "{e}");
         let c = base()
             .apply_toml(
                 "[defaults]\nin_flight = \"wait\"\n[[routes]]\npath = \"/a\"\nmax_wait = \"2s\"",

@@ -25,6 +25,19 @@ use tower_service::Service;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// Why a [`Forwarder`] cannot be built for an upstream URL.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwarderError {
+    /// The URL names no host to connect to.
+    #[error("the upstream URL has no host")]
+    NoHost,
+    /// The URL's host and port cannot be sent as a `Host` header.
+    #[error(transparent)]
+    Host(#[from] http::header::InvalidHeaderValue),
+}
+
+/// The innermost service of the gateway: sends each request on to the one upstream and
+/// classifies failures for the engine. Cheap to clone; clones share the connection pool.
 #[derive(Clone)]
 pub struct Forwarder {
     client: Client<HttpConnector, BoxBody>,
@@ -34,13 +47,19 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
+    /// A forwarder to `upstream` (`http://host:port`, optionally with a path prefix that is
+    /// put in front of every request's path). `connect_timeout` bounds each new connection;
+    /// failing it means nothing was sent. `response_timeout` bounds the wait for the
+    /// response head once the request body is sent, each silence of an upstream that stops
+    /// taking the body, and each silence inside the response body; failing it leaves the
+    /// outcome unknown.
     pub fn new(
         upstream: Uri,
         connect_timeout: Duration,
         response_timeout: Duration,
-    ) -> Result<Self, String> {
-        let authority = upstream.authority().ok_or("the upstream URL has no host")?;
-        let upstream_host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+    ) -> Result<Self, ForwarderError> {
+        let authority = upstream.authority().ok_or(ForwarderError::NoHost)?;
+        let upstream_host = HeaderValue::from_str(authority.as_str())?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);

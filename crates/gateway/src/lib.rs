@@ -5,11 +5,13 @@
 //! configuration file, the listener with its limits and graceful shutdown, the purge of
 //! expired records, the admin listener and the audit trail.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod forward;
 pub mod server;
 
-pub use config::{AdminConfig, Config, ConfigError};
+pub use config::{AdminConfig, Config, ConfigError, SettingError};
 pub use server::{Gateway, GatewayError, RunningGateway};

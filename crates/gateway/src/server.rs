@@ -17,7 +17,7 @@ use oncely_http::body::IdleTimeout;
 use oncely_http::{
     CorrelationLayer, Engine, EngineMetrics, IdempotencyLayer, Observers, OutcomeObserver,
 };
-use oncely_store::{StoreAdmin, StoreMetrics, TimedStore};
+use oncely_store::{StoreAdmin, StoreError, StoreMetrics, TimedStore};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -25,9 +25,12 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::admin;
+use crate::audit::AuditOpenError;
 use crate::config::Config;
-use crate::forward::{ClientAddr, Forwarder};
+use crate::forward::{ClientAddr, Forwarder, ForwarderError};
 
+/// A gateway that has its store but does not listen yet: [`Gateway::open`] or
+/// [`Gateway::with_store`], then [`Gateway::start`].
 pub struct Gateway {
     config: Config,
     store: Arc<dyn StoreAdmin>,
@@ -49,37 +52,53 @@ pub struct RunningGateway {
 /// Why a gateway could not open or start. Each message is one line an operator can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("cannot open the store {store}: {message}")]
-    Store { store: String, message: String },
+    /// The store could not be opened or prepared (unreachable, refused credentials, a schema
+    /// it cannot migrate).
+    #[error("cannot open the store {store}: {source}")]
+    Store {
+        /// The store, as displayed (passwords masked).
+        store: String,
+        /// What the store answered.
+        source: StoreError,
+    },
+    /// The client listener could not bind its address (taken, or not this host's).
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        /// The address asked for (`server.listen`, `--listen`).
         addr: SocketAddr,
+        /// Why the system refused it.
         source: std::io::Error,
     },
+    /// The config names no upstream, so there is nothing to forward to.
     #[error(
         "no upstream: pass --upstream http://HOST:PORT (or set server.upstream in the config)"
     )]
     NoUpstream,
-    #[error("{0}")]
-    Upstream(String),
+    /// The upstream URL cannot be used to reach the upstream.
+    #[error(transparent)]
+    Upstream(#[from] ForwarderError),
+    /// The admin listener could not start on an address that was asked for.
     #[error(transparent)]
     Admin(#[from] admin::BindError),
-    #[error("{0}")]
-    Audit(String),
+    /// The audit trail could not be opened; the gateway does not run without the trail it
+    /// was told to keep.
+    #[error(transparent)]
+    Audit(#[from] AuditOpenError),
 }
 
 impl Gateway {
     /// Opens the store named by the config.
     pub async fn open(config: Config) -> Result<Gateway, GatewayError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let store = config
-            .store
-            .open(clock.clone())
-            .await
-            .map_err(|e| GatewayError::Store {
-                store: config.store.to_string(),
-                message: e.to_string(),
-            })?;
+        let store =
+            config
+                .store
+                .open(clock.clone())
+                .await
+                .map_err(|source| GatewayError::Store {
+                    store: config.store.to_string(),
+                    source,
+                })?;
         Ok(Gateway {
             config,
             store,
@@ -118,19 +137,14 @@ impl Gateway {
             upstream,
             self.config.connect_timeout,
             self.config.response_timeout,
-        )
-        .map_err(GatewayError::Upstream)?;
+        )?;
         // The engine sees the store through a meter, so /metrics shows what each store
         // operation cost the request path, whatever the backend.
         let timed = Arc::new(TimedStore::new(self.store.clone()));
         let store_metrics = timed.metrics().clone();
         let metrics = Arc::new(EngineMetrics::new());
         let audit = match &self.config.audit {
-            Some(a) => Some(
-                crate::audit::open_writer(a, self.clock.clone())
-                    .await
-                    .map_err(GatewayError::Audit)?,
-            ),
+            Some(a) => Some(crate::audit::open_writer(a, self.clock.clone()).await?),
             None => None,
         };
         let mut observers: Vec<Arc<dyn OutcomeObserver>> = vec![metrics.clone()];
@@ -200,10 +214,13 @@ impl Gateway {
 }
 
 impl RunningGateway {
+    /// The address clients reach the gateway on: `server.listen`, with the port the system
+    /// chose when it was 0.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// The idempotency engine serving the requests: executions in flight, the replay cache.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
     }
@@ -213,10 +230,14 @@ impl RunningGateway {
         self.admin_addr
     }
 
+    /// The engine's series: requests by outcome, lease takeovers, refused stale completions,
+    /// the upstream's latency.
     pub fn metrics(&self) -> &Arc<EngineMetrics> {
         &self.metrics
     }
 
+    /// The engine's store operations: their latency and failures by operation, and the
+    /// records purged.
     pub fn store_metrics(&self) -> &Arc<StoreMetrics> {
         &self.store_metrics
     }

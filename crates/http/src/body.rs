@@ -9,19 +9,26 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+/// Any error a body or a service may fail with. The engine looks for [`BodyTimedOut`] and
+/// [`UpstreamError`](crate::UpstreamError) in its source chain to tell the cases apart.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The one body type the engine takes and returns: any body of `Bytes`, boxed. It is not
+/// `Sync`, since hyper's and axum's bodies need not be.
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
+/// A body of exactly `bytes`, in one frame.
 pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
+/// A body with no bytes.
 pub fn empty() -> BoxBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// Boxes any body whose error converts into [`BoxError`].
 pub fn boxed<B>(body: B) -> BoxBody
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -36,7 +43,13 @@ pub enum Buffered<B> {
     Complete(Bytes),
     /// The limit was passed: what was read so far and the unread rest, so a caller can still
     /// stream the whole body on.
-    TooLarge { read: Bytes, rest: B },
+    TooLarge {
+        /// What was read before the limit was passed; empty when the body's declared length
+        /// was already over it.
+        read: Bytes,
+        /// The body, with `read` already taken from it.
+        rest: B,
+    },
 }
 
 /// Reads `body` into memory unless it is longer than `limit` bytes. Trailers are dropped:
@@ -85,6 +98,7 @@ pub struct Prefixed<B> {
 }
 
 impl<B> Prefixed<B> {
+    /// A body of `prefix`, then `rest`: how a [`Buffered::TooLarge`] is put back together.
     pub fn new(prefix: Bytes, rest: B) -> Self {
         Prefixed {
             prefix: Some(prefix).filter(|p| !p.is_empty()),
@@ -129,8 +143,13 @@ where
 /// Found in an error's source chain, it tells a stalled peer from a broken one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BodyTimedOut {
+    /// No data arrived for the duration carried (an [`IdleTimeout`]): 408 for a client's
+    /// body, an unknown outcome for an upstream's.
     #[error("no data arrived for {0:?}")]
     Idle(Duration),
+    /// A keyed request's body was still incomplete after the duration carried
+    /// ([`Engine::with_body_timeout`](crate::Engine::with_body_timeout)): 408, and nothing
+    /// was claimed.
     #[error("the body was not complete after {0:?}")]
     Total(Duration),
 }
@@ -161,6 +180,9 @@ pub struct IdleTimeout<B> {
 }
 
 impl<B> IdleTimeout<B> {
+    /// Wraps `inner` so that it fails with [`BodyTimedOut::Idle`] once it has yielded
+    /// nothing for `idle`; every frame starts the wait again. It must be polled inside a
+    /// Tokio runtime with the time driver enabled.
     pub fn new(inner: B, idle: Duration) -> Self {
         IdleTimeout {
             inner,

@@ -19,14 +19,22 @@ use tracing::Instrument;
 use crate::body::{full, BoxBody};
 use crate::problem::ProblemDetail;
 
+/// The request id: the client's when valid (1 to 200 visible ASCII characters), a fresh UUID
+/// otherwise. It is forwarded and sent back on every response, replays included.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The W3C Trace Context header: the client's when valid, otherwise a new trace (not
+/// sampled). It is forwarded to the wrapped service.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// The W3C vendor trace state: forwarded only when the client's `traceparent` was kept.
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The ids of one request, in its extensions for the services inside.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Correlation {
+    /// The request's `X-Request-Id`: the client's when valid, a fresh UUID otherwise.
     pub request_id: String,
+    /// The request's trace context: the client's when valid, a fresh unsampled trace
+    /// otherwise.
     pub trace: TraceParent,
     /// Whether `trace` is the client's; when it is a new one, the client's `tracestate`
     /// belongs to no trace we forward and is dropped, as Trace Context requires.
@@ -59,6 +67,9 @@ impl Correlation {
     }
 }
 
+/// The tower layer that gives every request its correlation ids (see the module docs). Put it
+/// outside [`IdempotencyLayer`](crate::IdempotencyLayer), so that the engine's answers carry
+/// the ids too.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CorrelationLayer;
 
@@ -69,6 +80,9 @@ impl<S> Layer<S> for CorrelationLayer {
     }
 }
 
+/// The service [`CorrelationLayer`] makes: it sets `X-Request-Id` and `traceparent` on the
+/// request, adds the [`Correlation`] extension, calls the inner service in the request's
+/// tracing span, and puts the ids on the response and into the engine's problem bodies.
 #[derive(Debug, Clone)]
 pub struct CorrelationService<S> {
     inner: S,

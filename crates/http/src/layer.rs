@@ -16,12 +16,16 @@ use crate::body::{boxed, BoxBody, BoxError};
 use crate::engine::{Forward, ForwardFuture};
 use crate::{Engine, UpstreamError, UpstreamErrorKind};
 
+/// The engine as a tower [`Layer`]: wraps any `Service<Request<BoxBody>>` so that its keyed
+/// routes follow the contract. Clones share the engine.
 #[derive(Clone)]
 pub struct IdempotencyLayer {
     engine: Arc<Engine>,
 }
 
 impl IdempotencyLayer {
+    /// A layer answering through `engine`. Layers sharing one engine share its replay cache
+    /// and the executions it drains at shutdown.
     pub fn new(engine: Arc<Engine>) -> Self {
         IdempotencyLayer { engine }
     }
@@ -38,6 +42,9 @@ impl<S> Layer<S> for IdempotencyLayer {
     }
 }
 
+/// The service [`IdempotencyLayer`] makes. It never fails ([`Infallible`]): every failure,
+/// the inner service's included, becomes a response. An error the inner service reports
+/// from `poll_ready` counts as nothing sent: 502 `upstream-unavailable`, key released.
 pub struct IdempotencyService<S> {
     engine: Arc<Engine>,
     inner: S,

@@ -5,6 +5,8 @@
 //! every answer of the contract (docs/contract.md): the pure decisions come from
 //! `oncely_core`, records from an `oncely_store::IdempotencyStore`.
 
+#![warn(missing_docs)]
+
 pub mod body;
 mod cache;
 pub mod correlation;

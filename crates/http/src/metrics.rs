@@ -38,10 +38,16 @@ pub const RECENT_TAKEOVERS: usize = 100;
 /// host's clock).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Takeover {
+    /// The key that was taken over.
     pub key: RecordKey,
+    /// When, in milliseconds since the Unix epoch.
     pub at_ms: i64,
 }
 
+/// The engine's series for `/metrics`: requests by outcome, lease takeovers (and the last
+/// [`RECENT_TAKEOVERS`] of them for the admin API), refused stale completions, and the
+/// wrapped service's latency. Install it with
+/// [`Engine::with_observer`](crate::Engine::with_observer).
 #[derive(Debug, Default)]
 pub struct EngineMetrics {
     requests: [Counter; REQUEST_OUTCOMES.len()],
@@ -53,6 +59,7 @@ pub struct EngineMetrics {
 }
 
 impl EngineMetrics {
+    /// Every series at zero.
     pub fn new() -> Self {
         EngineMetrics::default()
     }
@@ -66,6 +73,7 @@ impl EngineMetrics {
             .unwrap_or(0)
     }
 
+    /// Takeovers since this value was made.
     pub fn takeovers(&self) -> u64 {
         self.takeovers.get()
     }
@@ -76,6 +84,8 @@ impl EngineMetrics {
         q.iter().rev().cloned().collect()
     }
 
+    /// Appends every series in the Prometheus text format, one `oncely_requests_total` per
+    /// outcome, zeros included; a refused stale completion also counts as executed.
     pub fn render(&self, t: &mut Text) {
         t.family(
             "oncely_requests_total",

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use oncely_core::{StatusPolicy, Tenant};
 
+/// Whether a route needs an `Idempotency-Key` (the `key` setting; default `Optional`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyRequirement {
     /// A request without a key is refused with 400 `missing-idempotency-key`.
@@ -16,6 +17,9 @@ pub enum KeyRequirement {
     Ignored,
 }
 
+/// Where a request's tenant comes from (the `tenant` setting; default `Authorization`). A key
+/// names a record only within its tenant, so the source decides which requests share records
+/// and so whose stored responses a request may be answered with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TenantSource {
     /// The value of a header set by a trusted authenticating proxy; absent means anonymous.
@@ -27,6 +31,9 @@ pub enum TenantSource {
 }
 
 impl TenantSource {
+    /// The tenant of a request with these headers. A header that appears several times
+    /// names the tenant by all its values together, so an extra client-sent copy cannot
+    /// borrow another tenant.
     pub fn tenant_of(&self, headers: &http::HeaderMap) -> Tenant {
         let (name, from_header) = match self {
             TenantSource::Header(name) => (name, true),
@@ -53,14 +60,23 @@ impl TenantSource {
     }
 }
 
+/// What a duplicate gets while the first request with its key is still running (the
+/// `in_flight` setting; default `Reject`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InFlightMode {
     /// Answer 409 `request-in-progress` with `Retry-After`.
     Reject,
     /// Hold the duplicate until the first completes (then replay) or `max_wait` passes (409).
-    Wait { max_wait: Duration },
+    Wait {
+        /// The longest a duplicate is held (the `max_wait` setting, 10 s in the gateway's
+        /// defaults); then it gets 409.
+        max_wait: Duration,
+    },
 }
 
+/// What happens to the key when the upstream may or may not have acted: a reset or timeout
+/// after the request was sent, or a response too large to store (the `unknown_outcome`
+/// setting; default `Hold`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnknownOutcomePolicy {
     /// Keep the key held until its lease ends: retries get 409 meanwhile, then execute again
@@ -70,6 +86,8 @@ pub enum UnknownOutcomePolicy {
     Release,
 }
 
+/// What a keyed request gets when the store cannot be reached (the `store_unavailable`
+/// setting; default `FailClosed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreFailureMode {
     /// 503 `idempotency-store-unavailable`: no execution without protection.
@@ -78,22 +96,35 @@ pub enum StoreFailureMode {
     FailOpen,
 }
 
+/// How one route applies the contract: the policy fields of `[defaults]` and `[[routes]]`
+/// (docs/configuration.md). [`Default`] gives the gateway's defaults.
 #[derive(Debug, Clone)]
 pub struct RoutePolicy {
+    /// Whether a key is required, optional or ignored (default optional).
     pub key: KeyRequirement,
+    /// How long a completed key replays, counted from its completion (default 24 h). The
+    /// gateway requires it to be at least `lease`.
     pub ttl: Duration,
+    /// How long a holder that stopped (crashed, frozen) blocks its key before a retry may
+    /// take it over (default 60 s; the gateway requires at least 50 ms).
     pub lease: Duration,
+    /// Where the tenant comes from (default a hash of `Authorization`).
     pub tenant: TenantSource,
+    /// What a duplicate gets while the first request runs (default 409 at once).
     pub in_flight: InFlightMode,
     /// 422 by default; 409 where a client convention needs it.
     pub mismatch_status: http::StatusCode,
+    /// Which upstream statuses are final, stored and replayed (default 2xx and 4xx except
+    /// 408, 409, 425 and 429); any other status releases the key.
     pub stored_statuses: StatusPolicy,
     /// Largest request body buffered for fingerprinting; larger gets 413.
     pub max_body: usize,
     /// Largest response body stored for replay; a larger one is passed on and treated as an
     /// unknown outcome, since it cannot be replayed.
     pub max_response: usize,
+    /// After an unknown outcome: hold the key until its lease ends (default) or release it.
     pub unknown_outcome: UnknownOutcomePolicy,
+    /// After a store failure: answer 503 (default) or forward unprotected.
     pub store_failure: StoreFailureMode,
     /// `Retry-After` seconds sent with 409 `request-in-progress`.
     pub retry_after: Duration,
@@ -138,6 +169,9 @@ enum Segment {
 }
 
 impl PathPattern {
+    /// Reads a pattern such as `/orders/{id}/pay` or `/files/*`. The error says what is
+    /// wrong: no leading `/`, a `*` before the last segment, or a segment mixing a literal
+    /// with `{}` or `*`.
     pub fn parse(source: &str) -> Result<Self, String> {
         if !source.starts_with('/') {
             return Err(format!("path pattern `{source}` must start with `/`"));
@@ -167,10 +201,13 @@ impl PathPattern {
         })
     }
 
+    /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.source
     }
 
+    /// Whether `path` (without its query) matches. A `{name}` segment must not be empty;
+    /// literal segments compare byte for byte, without case folding or percent-decoding.
     pub fn matches(&self, path: &str) -> bool {
         let Some(path) = path.strip_prefix('/') else {
             return false;
@@ -199,7 +236,9 @@ impl PathPattern {
 pub struct Route {
     /// Upper-case methods; empty means any method.
     pub methods: Vec<http::Method>,
+    /// The paths the route applies to.
     pub path: PathPattern,
+    /// The policy of matching requests; with its key `Ignored`, they pass through unkeyed.
     pub policy: Arc<RoutePolicy>,
 }
 
@@ -207,9 +246,12 @@ pub struct Route {
 /// back to `fallback` (if any) or is passed through unkeyed.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
+    /// The configured routes, in order; the first whose methods and path match decides.
     pub routes: Vec<Route>,
     /// Applied to unmatched requests whose method is in `fallback_methods`.
     pub fallback: Option<Arc<RoutePolicy>>,
+    /// The methods `fallback` keys (`[defaults].methods`, POST and PATCH by default); when
+    /// empty, every unmatched request passes through.
     pub fallback_methods: Vec<http::Method>,
 }
 
@@ -223,6 +265,9 @@ impl Routes {
         }
     }
 
+    /// The policy for a request, or `None` when it is not keyed: no route matches and the
+    /// fallback does not cover its method, or the deciding policy ignores keys. Such a
+    /// request is passed through untouched.
     pub fn policy_for(&self, method: &http::Method, path: &str) -> Option<&Arc<RoutePolicy>> {
         for r in &self.routes {
             if (r.methods.is_empty() || r.methods.contains(method)) && r.path.matches(path) {

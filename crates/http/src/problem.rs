@@ -9,10 +9,15 @@ use crate::body::{full, BoxBody};
 /// again with more members (the correlation ids).
 #[derive(Debug, Clone)]
 pub struct ProblemDetail {
+    /// Which problem the response is.
     pub kind: ProblemKind,
+    /// The `detail` member, so that the body can be written again with it.
     pub detail: String,
 }
 
+/// A problem response with `status` (for a kind whose status is configurable, such as a
+/// reused key's 422 or 409), its `application/problem+json` body and the [`ProblemDetail`]
+/// marker.
 pub fn problem(kind: ProblemKind, status: StatusCode, detail: &str) -> Response<BoxBody> {
     let mut resp = Response::new(full(kind.body(status.as_u16(), detail)));
     *resp.status_mut() = status;
@@ -27,12 +32,14 @@ pub fn problem(kind: ProblemKind, status: StatusCode, detail: &str) -> Response<
     resp
 }
 
+/// A problem response with the kind's default status.
 pub fn problem_default(kind: ProblemKind, detail: &str) -> Response<BoxBody> {
     let status =
         StatusCode::from_u16(kind.default_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     problem(kind, status, detail)
 }
 
+/// Adds `Retry-After` in whole seconds, at least 1 so that a client never retries at once.
 pub fn with_retry_after(mut resp: Response<BoxBody>, seconds: u64) -> Response<BoxBody> {
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));

@@ -26,12 +26,16 @@ use oncely_core::sync::LockIgnoringPoison;
 pub struct TestState {
     /// The operation id, so phases can tag the effects they write.
     pub id: String,
+    /// A value of the input: runs of one id with different amounts are different inputs.
     pub amount: u64,
+    /// The charge id the provider answered, once the `charge` phase ran.
     pub charge: Option<String>,
+    /// The phases that ran, in order, each appending its name.
     pub steps: Vec<String>,
 }
 
 impl TestState {
+    /// An input tagged `id` with `amount`: nothing charged, no phase run.
     pub fn new(id: &str, amount: u64) -> Self {
         TestState {
             id: id.to_owned(),
@@ -45,6 +49,7 @@ impl TestState {
 /// What a harness phase does after writing its effect row.
 #[derive(Debug, Clone)]
 pub enum Behaviour {
+    /// Goes on with the next phase.
     Continue,
     /// Responds with the state as JSON.
     Respond,
@@ -75,6 +80,8 @@ pub fn behave(
     }
 }
 
+/// The response of a phase that behaves [`Behaviour::Respond`]: 201, JSON, the state as the
+/// body.
 pub fn response_for(state: &TestState) -> StoredResponse {
     StoredResponse {
         status: 201,
@@ -86,7 +93,10 @@ pub fn response_for(state: &TestState) -> StoredResponse {
 /// A backend under test.
 #[async_trait]
 pub trait Harness: Send + Sync + 'static {
+    /// The backend's journal.
     type J: Journal;
+    /// The journal under test, migrated. Cases tag their ids uniquely, so other cases'
+    /// operations may share its table.
     fn journal(&self) -> Arc<Self::J>;
     /// An atomic phase that inserts (state.id, `name`) into the effects table, then calls
     /// [`behave`]; all in the phase's transaction.
@@ -103,13 +113,17 @@ pub trait Harness: Send + Sync + 'static {
 pub struct Provider {
     calls: Mutex<Vec<String>>,
     charges: Mutex<HashMap<String, String>>,
+    /// How many of the next calls fail (as a provider answering 503 would) before charges
+    /// succeed again; each failure counts one down.
     pub fail_next: AtomicUsize,
 }
 
 impl Provider {
+    /// The idempotency key of every call so far, failed ones included, in order.
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock_ignoring_poison().clone()
     }
+    /// How many charges the provider made: one per distinct key, however often it was called.
     pub fn charges(&self) -> usize {
         self.charges.lock_ignoring_poison().len()
     }
@@ -181,6 +195,8 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::SeqCst))
 }
 
+/// A run goes through every phase once and stores its response; every later run of the id
+/// answers that response without running anything.
 pub async fn runs_every_phase_once_and_replays_the_response<H: Harness>(h: H) {
     let provider = Arc::new(Provider::default());
     let op = checkout(&h, &provider);
@@ -274,6 +290,8 @@ pub async fn resumes_after_a_crash_at_every_boundary<H: Harness>(h: H) {
     assert_eq!(effects.iter().filter(|e| *e == "receipt").count(), runs);
 }
 
+/// Eight runs of one id at once: one response for all, each phase's effect committed once,
+/// one charge.
 pub async fn concurrent_runs_commit_each_phase_once<H: Harness>(h: H) {
     let provider = Arc::new(Provider::default());
     let op = Arc::new(checkout(&h, &provider));
@@ -299,6 +317,8 @@ pub async fn concurrent_runs_commit_each_phase_once<H: Harness>(h: H) {
         .all(|k| k == &format!("{id}/charge")));
 }
 
+/// A finished id run again with another input, or by another operation, is
+/// [`RecoveryError::InputMismatch`], and nothing runs.
 pub async fn another_input_is_refused<H: Harness>(h: H) {
     let provider = Arc::new(Provider::default());
     let op = checkout(&h, &provider);
@@ -321,6 +341,8 @@ pub async fn another_input_is_refused<H: Harness>(h: H) {
     assert_eq!(provider.calls().len(), 1);
 }
 
+/// A failing atomic phase rolls back its effect and keeps the point, with a transient
+/// [`RecoveryError::Interrupted`]; once it stops failing, a retry goes on from there.
 pub async fn a_failed_phase_leaves_no_trace_and_a_retry_resumes<H: Harness>(h: H) {
     let failures = Arc::new(AtomicUsize::new(2));
     let op = Operation::<H::J, TestState>::new("flaky")
@@ -347,6 +369,8 @@ pub async fn a_failed_phase_leaves_no_trace_and_a_retry_resumes<H: Harness>(h: H
     assert_eq!(h.effects(&id).await, ["first", "flaky", "last"]);
 }
 
+/// A failed foreign call records nothing; the retry calls again with the same derived key,
+/// and the provider charges once.
 pub async fn a_failed_foreign_call_records_nothing_and_is_repeated_with_its_key<H: Harness>(h: H) {
     let provider = Arc::new(Provider::default());
     provider.fail_next.store(1, Ordering::SeqCst);
@@ -365,6 +389,7 @@ pub async fn a_failed_foreign_call_records_nothing_and_is_repeated_with_its_key<
     assert_eq!(h.effects(&id).await, ["order", "receipt"]);
 }
 
+/// A phase that responds ends the operation: the phases after it never run.
 pub async fn an_early_response_ends_the_operation<H: Harness>(h: H) {
     let op = Operation::<H::J, TestState>::new("early")
         .atomic_phase("decline", h.phase("decline", Behaviour::Respond))
@@ -377,6 +402,8 @@ pub async fn an_early_response_ends_the_operation<H: Harness>(h: H) {
     assert_eq!(h.effects(&id).await, ["decline"]);
 }
 
+/// A last phase that continues instead of responding is [`RecoveryError::NoResponse`], and
+/// its work is rolled back.
 pub async fn the_last_phase_must_respond<H: Harness>(h: H) {
     let op = Operation::<H::J, TestState>::new("open-ended")
         .atomic_phase("one", h.phase("one", Behaviour::Continue))
@@ -398,6 +425,8 @@ pub async fn the_last_phase_must_respond<H: Harness>(h: H) {
     assert_eq!(h.journal().load(&id).await.unwrap().unwrap().point, "one");
 }
 
+/// A run standing at a phase the code no longer has is [`RecoveryError::UnknownPoint`] and
+/// is left as it is; the code that knows the phase still finishes it.
 pub async fn an_unknown_point_is_reported_not_run<H: Harness>(h: H) {
     let provider = Arc::new(Provider::default());
     let op = checkout(&h, &provider);
@@ -422,6 +451,8 @@ pub async fn an_unknown_point_is_reported_not_run<H: Harness>(h: H) {
     assert_eq!(h.effects(&id).await, ["order", "receipt"]);
 }
 
+/// The completer leaves recent runs alone, finishes idle ones of registered operations
+/// (a late retry then gets the stored response), and reports those it cannot finish.
 pub async fn the_completer_finishes_abandoned_operations<H: Harness>(h: H) {
     let provider = Arc::new(Provider::default());
     let op = Arc::new(checkout(&h, &provider));
@@ -473,6 +504,8 @@ pub async fn the_completer_finishes_abandoned_operations<H: Harness>(h: H) {
     assert_eq!(h.effects(&id).await, ["order", "receipt"]);
 }
 
+/// The reaper deletes finished operations older than the retention, never newer ones, and
+/// never unfinished ones.
 pub async fn the_reaper_removes_only_old_finished_operations<H: Harness>(h: H) {
     let provider = Arc::new(Provider::default());
     let op = checkout(&h, &provider);

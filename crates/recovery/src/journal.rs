@@ -11,6 +11,8 @@ use crate::plan::Flow;
 /// One operation as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperationRow {
+    /// The operation id: 1 to 128 visible ASCII characters, chosen by the caller (behind the
+    /// idempotency layer, [`crate::operation_id`] of the claimed key).
     pub id: String,
     /// The operation's name (`checkout`): the completer finds its phases by it.
     pub operation: String,
@@ -22,6 +24,8 @@ pub struct OperationRow {
     pub state: String,
     /// Set exactly when `point` is finished.
     pub response: Option<StoredResponse>,
+    /// When the operation's first run started, on the clock given to [`crate::Recovery`]
+    /// (milliseconds since the epoch).
     pub created_at: Timestamp,
     /// The last commit: the completer takes rows idle for long as abandoned.
     pub updated_at: Timestamp,
@@ -30,17 +34,24 @@ pub struct OperationRow {
 /// A new operation, inserted unless its id exists.
 #[derive(Debug, Clone)]
 pub struct NewOperation {
+    /// The operation id ([`OperationRow::id`]).
     pub id: String,
+    /// The operation's name ([`OperationRow::operation`]).
     pub operation: String,
+    /// [`crate::plan::input_digest`] of the name and the input.
     pub input_digest: String,
+    /// The input, the operation's initial state, as JSON.
     pub state: String,
+    /// The time recorded as both `created_at` and `updated_at`.
     pub now: Timestamp,
 }
 
 /// What to commit after a phase, decided by [`crate::plan::commit_point`].
 #[derive(Debug, Clone)]
 pub struct Commit {
+    /// The new recovery point: the committed phase's name, or [`crate::FINISHED`].
     pub point: String,
+    /// The operation's response, set exactly when `point` is [`crate::FINISHED`].
     pub response: Option<StoredResponse>,
 }
 
@@ -67,8 +78,13 @@ pub enum Advance {
 /// Errors of the journal itself (the phase's own errors are [`PhaseError`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JournalError {
+    /// The database failed or did not answer within the journal's timeout; the transaction
+    /// did not commit, and a retry may succeed.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A stored row cannot be used (a state that does not decode, a response without
+    /// `finished` or the reverse), or a state does not encode. Such a row is never run;
+    /// fixing it needs a person.
     #[error("corrupt operation row: {0}")]
     Corrupt(String),
     /// A setting is wrong (a bad schema name): fixing it needs a person, retrying does not.
@@ -88,10 +104,15 @@ pub enum Work<P> {
 /// it commits: which point to commit, or that the run stops here.
 pub type Decide = Box<dyn FnOnce(Flow) -> Decision + Send>;
 
+/// The caller's answer to [`Decide`], inside the phase's transaction.
 #[derive(Debug)]
 pub enum Decision {
+    /// Commit the phase's work with this point (and response).
     Commit(Commit),
+    /// The last phase continued instead of responding: roll back and report
+    /// [`Advance::NoResponse`].
     NoResponse,
+    /// A hook stopped the run at `before-commit`: roll back and report [`Advance::Stopped`].
     Stop,
 }
 
@@ -113,6 +134,7 @@ pub trait Journal: Send + Sync + 'static {
     /// Inserts `new` unless a row with its id exists; returns the row as stored.
     async fn begin(&self, new: NewOperation) -> Result<OperationRow, JournalError>;
 
+    /// The row of operation `id`, or None if there is none (never created, or reaped).
     async fn load(&self, id: &str) -> Result<Option<OperationRow>, JournalError>;
 
     /// In one transaction: with `create`, inserts `row` (at `started`) unless its id exists;

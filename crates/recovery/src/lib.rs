@@ -24,6 +24,8 @@
 //!
 //! [`oncely_http::IdempotencyLayer`]: https://docs.rs/oncely-http
 
+#![warn(missing_docs)]
+
 mod journal;
 mod operation;
 pub mod plan;

@@ -16,6 +16,7 @@ use crate::plan::{Flow, PhaseKind, Plan, PlanError};
 pub trait OpState: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> OpState for T {}
 
+/// A boxed `Send` future, as foreign phases and PostgreSQL's atomic phases return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A phase that failed. Its transaction is rolled back and the recovery point stays where it
@@ -26,6 +27,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct PhaseError(pub String);
 
 impl PhaseError {
+    /// A phase error whose reason is `msg`, shown in [`crate::RecoveryError::Interrupted`].
     pub fn new(msg: impl std::fmt::Display) -> Self {
         PhaseError(msg.to_string())
     }
@@ -57,6 +59,7 @@ pub struct ForeignCall<S> {
     /// `{operation id}/{phase}`: the same on every attempt of this phase of this operation,
     /// so the foreign side dedupes a call repeated after a crash.
     pub idempotency_key: String,
+    /// The state as the last committed phase left it; the phase returns the new one.
     pub state: S,
 }
 
@@ -83,7 +86,7 @@ impl<J: Journal, S: OpState> Clone for Phase<J, S> {
 /// with [`crate::Recovery::run`]; the completer resumes abandoned runs of it by its name.
 ///
 /// Atomic phases are added with `atomic` (its signature depends on the database: see
-/// [`crate::sqlite`] and [`crate::postgres`]), foreign phases with [`Operation::foreign`].
+/// the `sqlite` and `postgres` modules), foreign phases with [`Operation::foreign`].
 /// The last phase must respond ([`Flow::Respond`]).
 pub struct Operation<J: Journal, S: OpState> {
     pub(crate) name: String,
@@ -91,6 +94,9 @@ pub struct Operation<J: Journal, S: OpState> {
 }
 
 impl<J: Journal, S: OpState> Operation<J, S> {
+    /// An operation named `name` (1 to 128 bytes), with no phases yet. The name is stored
+    /// with every run and the completer finds the operation by it, so it must stay the same
+    /// across deploys while runs are unfinished.
     pub fn new(name: impl Into<String>) -> Self {
         Operation {
             name: name.into(),
@@ -98,6 +104,7 @@ impl<J: Journal, S: OpState> Operation<J, S> {
         }
     }
 
+    /// The operation's name, as the journal's `operation` column holds it.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -143,6 +150,9 @@ impl<J: Journal, S: OpState> Operation<J, S> {
         self.plan().boundaries()
     }
 
+    /// Checks that the operation can run: a name of 1 to 128 bytes, at least one phase, and
+    /// phase names valid, unique and not reserved ([`crate::STARTED`], [`crate::FINISHED`]).
+    /// [`crate::Recovery::run`] checks it before anything runs.
     pub fn validate(&self) -> Result<(), PlanError> {
         if !(1..=128).contains(&self.name.len()) {
             return Err(PlanError::BadName(self.name.clone()));

@@ -35,6 +35,8 @@ pub enum PhaseKind {
 /// The phases of an operation by name and kind, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
+    /// Each phase's name, which is also the recovery point it commits, and its kind, in the
+    /// order a run takes them.
     pub phases: Vec<(String, PhaseKind)>,
 }
 
@@ -42,7 +44,12 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
     /// Run the phase at this index; commit `next_point` if it continues.
-    Run { index: usize, next_point: String },
+    Run {
+        /// The phase's index in [`Plan::phases`].
+        index: usize,
+        /// The phase's name: the recovery point committed if it continues.
+        next_point: String,
+    },
     /// The operation is finished.
     Finished,
     /// The plan has no phase that ends at this point: the code changed under an unfinished
@@ -53,12 +60,18 @@ pub enum Next {
 /// Why a plan cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
+    /// The operation has no phase.
     #[error("an operation needs at least one phase")]
     Empty,
+    /// Two phases share this name, so a recovery point could not say which one committed.
     #[error("phase name `{0}` is used twice")]
     Duplicate(String),
+    /// A phase is named [`STARTED`] or [`FINISHED`], the points before the first phase and
+    /// after the response.
     #[error("phase name `{0}` is reserved")]
     Reserved(String),
+    /// A phase name that is not 1 to 64 of `A-Z a-z 0-9 _ . -`, or an operation name that is
+    /// empty or longer than 128 bytes.
     #[error("phase name `{0:?}` must be 1-64 characters of [A-Za-z0-9_.-]")]
     BadName(String),
 }

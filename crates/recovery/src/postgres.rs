@@ -116,6 +116,8 @@ impl PgJournal {
         })
     }
 
+    /// The pool the journal's statements and phase transactions take connections from (the
+    /// application's own, given to [`PgJournal::new`]).
     pub fn pool(&self) -> &Pool {
         &self.pool
     }

@@ -21,35 +21,70 @@ pub trait Hooks: Send + Sync + 'static {
     fn reached(&self, operation: &str, boundary: &str) -> bool;
 }
 
+/// Why a run gave no response. [`RecoveryError::is_transient`] tells the errors a retry can
+/// cure from the others; which HTTP status each becomes is the handler's choice.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecoveryError {
     /// The id exists for another operation or another input: it never runs nor answers.
     #[error("operation {id} exists with another input")]
-    InputMismatch { id: String },
+    InputMismatch {
+        /// The operation id asked for.
+        id: String,
+    },
     /// A phase failed; its work was rolled back and the recovery point kept. Retrying resumes.
     #[error("phase `{phase}` failed: {reason}")]
-    Interrupted { phase: String, reason: String },
+    Interrupted {
+        /// The phase that failed.
+        phase: String,
+        /// What it failed with: the [`crate::PhaseError`]'s message.
+        reason: String,
+    },
     /// The stored point is not in this operation's plan (a phase renamed or removed while a
     /// run was unfinished). It stays as it is until code that knows the point resumes it.
     #[error("operation {id} is at `{point}`, which operation `{operation}` does not have")]
     UnknownPoint {
+        /// The operation id.
         id: String,
+        /// The name of the operation that was run on it.
         operation: String,
+        /// The recovery point stored in the row.
         point: String,
     },
     /// The last phase continued instead of responding; rolled back.
     #[error("phase `{phase}` is the last and did not respond")]
-    NoResponse { phase: String },
+    NoResponse {
+        /// The last phase.
+        phase: String,
+    },
+    /// No operation has this id: [`Recovery::resume`] of an id never run, or a row the
+    /// reaper deleted while a run was reading it.
     #[error("no operation {id}")]
-    NotFound { id: String },
+    NotFound {
+        /// The operation id asked for.
+        id: String,
+    },
     /// Operation ids are 1-128 visible ASCII characters.
     #[error("`{id}` is not an operation id (1-128 visible ASCII characters)")]
-    InvalidId { id: String },
+    InvalidId {
+        /// The id given.
+        id: String,
+    },
     /// A hook stopped the run at this boundary.
     #[error("stopped at {boundary}")]
-    Stopped { boundary: String },
+    Stopped {
+        /// The boundary's name: `before:P`, `after-call:P`, `before-commit:P` or `after:P`.
+        boundary: String,
+    },
+    /// The operation itself cannot run (see [`Operation::validate`]); nothing ran, and
+    /// fixing it needs a change of code.
     #[error("operation `{operation}` is not valid: {error}")]
-    InvalidPlan { operation: String, error: PlanError },
+    InvalidPlan {
+        /// The operation's name.
+        operation: String,
+        /// What is wrong with it.
+        error: PlanError,
+    },
+    /// The journal failed: [`JournalError::Unavailable`] is transient, the others are not.
     #[error(transparent)]
     Journal(#[from] JournalError),
 }
@@ -75,6 +110,8 @@ pub struct Recovery<J: Journal> {
 }
 
 impl<J: Journal> Recovery<J> {
+    /// Runs operations on `journal`, with `clock` for the rows' `created_at` and `updated_at`
+    /// (by which the completer and the reaper judge idle time and age).
     pub fn new(journal: Arc<J>, clock: Arc<dyn Clock>) -> Self {
         Recovery {
             journal,
@@ -83,11 +120,13 @@ impl<J: Journal> Recovery<J> {
         }
     }
 
+    /// Calls `hooks` at every crash boundary of every run (for tests; see [`Hooks`]).
     pub fn with_hooks(mut self, hooks: Arc<dyn Hooks>) -> Self {
         self.hooks = Some(hooks);
         self
     }
 
+    /// The journal the operations run on.
     pub fn journal(&self) -> &Arc<J> {
         &self.journal
     }
@@ -385,6 +424,8 @@ pub struct Completer<J: Journal> {
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
 
 impl<J: Journal> Completer<J> {
+    /// A completer for `recovery`'s journal with no operation registered yet, taking
+    /// operations idle for [`DEFAULT_IDLE`], up to 100 per pass.
     pub fn new(recovery: Arc<Recovery<J>>) -> Self {
         Completer {
             recovery,
@@ -400,11 +441,15 @@ impl<J: Journal> Completer<J> {
         self
     }
 
+    /// How long an unfinished operation goes without a commit before the completer takes it
+    /// (default [`DEFAULT_IDLE`]). Keep it above the longest phase, or a run still waiting
+    /// in a slow foreign call has that call repeated.
     pub fn idle_after(mut self, idle: Duration) -> Self {
         self.idle = idle;
         self
     }
 
+    /// How many operations one pass resumes at most (default 100, at least 1).
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
         self
@@ -490,6 +535,9 @@ pub struct Reaper<J: Journal> {
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 impl<J: Journal> Reaper<J> {
+    /// A reaper of finished operations last written more than `retention` ago, 500 per
+    /// batch. Keep `retention` at least as long as the idempotency layer keeps a completed
+    /// key: once both are gone, the same key starts a new operation.
     pub fn new(recovery: Arc<Recovery<J>>, retention: Duration) -> Self {
         Reaper {
             recovery,
@@ -510,6 +558,8 @@ impl<J: Journal> Reaper<J> {
         }
     }
 
+    /// Runs a pass every `every` until the returned handle is aborted; a failed pass is
+    /// logged, and the next one tried as usual.
     pub fn spawn(self, every: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {

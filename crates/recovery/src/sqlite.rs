@@ -85,6 +85,7 @@ impl SqliteJournal {
         })
     }
 
+    /// The database file the journal was opened on.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -3,7 +3,7 @@
 //! - **One hash per record**, named `{prefix}:{<hash tag>}` where the tag is the hex SHA-256
 //!   of the record key's parts (tenant, method, route, key, each length-prefixed, so no two
 //!   keys collide whatever characters they hold). Every transition is one Lua script on that
-//!   one key ([`scripts`]): atomic, and runnable on Redis Cluster as it is.
+//!   one key (`scripts.rs`): atomic, and runnable on Redis Cluster as it is.
 //! - **The server's clock.** By default the scripts read Redis's `TIME`, so gateways whose own
 //!   clocks disagree still agree on every lease and expiry. Tests inject a clock
 //!   ([`TimeSource::Local`]).

@@ -27,7 +27,7 @@ pub(crate) use record_columns;
 
 /// Any I/O-side failure of SQLite: the engine fails closed on it.
 pub(crate) fn unavailable(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(format!("sqlite: {e}"))
+    StoreError::Unavailable(format!("sqlite: {}", oncely_db::describe(&e)))
 }
 
 pub(crate) fn token_bytes(t: LeaseToken) -> [u8; 16] {

@@ -2,7 +2,7 @@
 //!
 //! [`IdempotencyStore`] is the one storage concern of the engine. Each engine implements it
 //! in its own crate (the in-memory backend lives here, for tests and embedding); every
-//! backend runs the shared [`conformance`] suite, which drives it through the transitions of
+//! backend runs the shared `conformance` suite (feature `conformance`), which drives it through the transitions of
 //! [`oncely_core::record`] and compares it with that pure model.
 //!
 //! A store owns its clock: leases and TTLs are decided against the store's notion of now
@@ -88,7 +88,7 @@ pub struct StoreStats {
 
 #[async_trait]
 /// Where records live, as the request path sees them: every transition of
-/// `oncely_core::record` as one atomic operation. Every backend passes [`conformance`].
+/// `oncely_core::record` as one atomic operation. Every backend passes the `conformance` suite.
 ///
 /// This is all an engine needs, so a wrapper on the request path (a meter, a fault injector)
 /// forwards these five calls and nothing else. The operator's calls are [`StoreAdmin`].

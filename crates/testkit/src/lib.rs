@@ -7,6 +7,8 @@
 //! that long after the headers), `x-test-drop: 1` (read the request, then drop the connection
 //! without answering).
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -51,10 +53,15 @@ pub struct CountingUpstream {
 }
 
 impl CountingUpstream {
+    /// Binds an ephemeral port on 127.0.0.1 and serves on a spawned task until the runtime
+    /// ends; it accepts connections as soon as this returns, with every count at zero. Panics
+    /// if it cannot bind.
     pub async fn start() -> CountingUpstream {
         Self::start_on("127.0.0.1:0".parse().expect("literal address")).await
     }
 
+    /// Like [`start`](Self::start), on a given address: for a test that first needs the port
+    /// to be down (an upstream outage) and then brings the upstream up on it.
     pub async fn start_on(addr: SocketAddr) -> CountingUpstream {
         let listener = TcpListener::bind(addr).await.expect("bind test upstream");
         let addr = listener.local_addr().expect("local addr");
@@ -78,10 +85,13 @@ impl CountingUpstream {
         CountingUpstream { addr, shared }
     }
 
+    /// The address it listens on, with the port actually bound.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// `http://ADDR`, without a trailing slash: the base to append request paths to, or the
+    /// upstream to point a gateway at.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -269,18 +279,26 @@ pub struct TestClient {
 /// A response with its body read.
 #[derive(Debug, Clone)]
 pub struct Answer {
+    /// The HTTP status code.
     pub status: u16,
+    /// Every response header, repeated ones included.
     pub headers: http::HeaderMap,
+    /// The whole body, read to its end.
     pub body: Bytes,
 }
 
 impl Answer {
+    /// The first value of header `name`; `None` if it is absent or not visible ASCII.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+    /// The body parsed as JSON, or `Null` if it is not JSON, so that a test asserts on the
+    /// value instead of unwrapping a parse.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
+    /// Whether the answer carries `Idempotent-Replayed: true`, that is, it came from a stored
+    /// record and not from an execution upstream.
     pub fn replayed(&self) -> bool {
         self.header("idempotent-replayed") == Some("true")
     }
@@ -300,6 +318,8 @@ impl Default for TestClient {
 }
 
 impl TestClient {
+    /// A client with `TCP_NODELAY` and up to 1024 idle connections per host, so that a test's
+    /// concurrent requests reuse connections rather than open new ones each time.
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);

@@ -18,7 +18,10 @@ pub const REQUIRE_VAR: &str = "ONCELY_REQUIRE_SERVICES";
 /// A service tests can use, with its URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
+    /// PostgreSQL at `ONCELY_TEST_POSTGRES`, by default
+    /// `postgres://postgres@127.0.0.1:5432/test`.
     Postgres,
+    /// Redis at `ONCELY_TEST_REDIS`, by default `redis://127.0.0.1:6379/`.
     Redis,
 }
 

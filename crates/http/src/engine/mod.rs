@@ -52,6 +52,10 @@ pub use observe::{Answer, Observers, Outcome, OutcomeObserver, RequestFacts};
 use upstream::Upstream;
 pub use upstream::{Forward, ForwardFuture, UpstreamError, UpstreamErrorKind};
 
+/// The idempotency engine: answers every request as the contract says (docs/contract.md),
+/// calls the inner service at most once per request, and never forwards a keyed request it
+/// has not claimed. One engine is shared, behind an `Arc`, by every connection;
+/// [`IdempotencyLayer`](crate::IdempotencyLayer) carries it as a tower layer.
 pub struct Engine {
     store: Arc<dyn IdempotencyStore>,
     clock: Arc<dyn Clock>,
@@ -70,6 +74,11 @@ pub const DEFAULT_REPLAY_CACHE_BYTES: usize = 64 << 20;
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Engine {
+    /// An engine claiming records in `store` for the requests `routes` key. `clock` serves
+    /// only the engine's own decisions (when a replay cache entry expires, when a waiting
+    /// duplicate claims again); leases and retention are decided on the store's clock. The
+    /// replay cache holds [`DEFAULT_REPLAY_CACHE_BYTES`] and the body timeout is
+    /// [`DEFAULT_BODY_TIMEOUT`] until changed.
     pub fn new(store: Arc<dyn IdempotencyStore>, clock: Arc<dyn Clock>, routes: Routes) -> Self {
         Engine {
             store,
@@ -114,11 +123,14 @@ impl Engine {
         }
     }
 
+    /// Reports every outcome to `observer` (use [`Observers`] for several). Without one,
+    /// nothing is reported.
     pub fn with_observer(mut self, observer: Arc<dyn OutcomeObserver>) -> Self {
         self.observer = Some(observer);
         self
     }
 
+    /// The store this engine claims records in.
     pub fn store(&self) -> &Arc<dyn IdempotencyStore> {
         &self.store
     }
@@ -761,7 +773,10 @@ fn unknown_detail(err: &UpstreamError, policy: &RoutePolicy) -> String {
 /// (tenant, method, route, key) and request fingerprint that the layer judged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
+    /// The record the request runs under: tenant, method, path and key.
     pub record_key: RecordKey,
+    /// The fingerprint the request was judged by; a retry with another one never reaches
+    /// the service.
     pub fingerprint: Fingerprint,
 }
 

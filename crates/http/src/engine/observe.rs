@@ -19,8 +19,12 @@ pub enum Outcome {
     InFlightRejected,
     /// 422/409 `idempotency-key-reused`.
     Mismatch,
+    /// 400 `missing-idempotency-key`: the route requires a key and none was sent.
     MissingKey,
+    /// 400 `invalid-idempotency-key`: the key was malformed or sent twice.
     InvalidKey,
+    /// 413 `request-body-too-large`: the keyed body passed the route's `max_body`; nothing
+    /// was claimed.
     BodyTooLarge,
     /// The request body broke off before it was read whole.
     BodyUnreadable,
@@ -32,6 +36,8 @@ pub enum Outcome {
     UnknownOutcome,
     /// The upstream could not be reached before anything was sent: key released.
     UpstreamUnreachable,
+    /// 503 `idempotency-store-unavailable`: the store failed and the request was not
+    /// forwarded (fail closed, or fail open after a live holder of the key was seen).
     StoreUnavailable,
     /// Not a keyed request (or fail-open): forwarded untouched.
     PassedThrough,
@@ -64,7 +70,11 @@ impl Outcome {
     }
 }
 
+/// Learns what the engine does with each request: the gateway's metrics and its audit trail
+/// implement it. Calls are made on the request's task, so they must be quick and must never
+/// block; only [`observe`](Self::observe) must be written, the rest default to nothing.
 pub trait OutcomeObserver: Send + Sync + 'static {
+    /// How one request ended; called once per request.
     fn observe(&self, outcome: Outcome);
     /// How long the wrapped service took to its response head, and whether it answered.
     fn upstream(&self, _elapsed: Duration, _answered: bool) {}
@@ -90,17 +100,23 @@ pub trait OutcomeObserver: Send + Sync + 'static {
 /// correlation ids).
 #[derive(Debug, Clone, Default)]
 pub struct RequestFacts {
+    /// The request's headers as the engine received them, credentials included: an
+    /// observer keeps only what it needs.
     pub headers: http::HeaderMap,
+    /// The request's extensions, such as the [`Correlation`](crate::Correlation) ids.
     pub extensions: http::Extensions,
 }
 
 /// One keyed request's answer, as [`OutcomeObserver::answered`] learns it.
 #[derive(Debug)]
 pub struct Answer<'a> {
+    /// How the request ended, as [`OutcomeObserver::observe`] is also told.
     pub outcome: Outcome,
+    /// The record the request was judged under.
     pub key: &'a RecordKey,
     /// The status the client was answered (or would have been, had it waited).
     pub status: u16,
+    /// The request's headers and extensions.
     pub request: &'a RequestFacts,
 }
 

@@ -11,6 +11,8 @@ use crate::body::{BoxBody, BoxError};
 
 /// The one call to the wrapped service, boxed so the engine is not generic over it.
 pub type Forward = Box<dyn FnOnce(Request<BoxBody>) -> ForwardFuture + Send>;
+/// What a [`Forward`] call returns: the inner service's response, or an error (an
+/// [`UpstreamError`] tells the engine what the failure means for the key).
 pub type ForwardFuture =
     Pin<Box<dyn Future<Output = Result<Response<BoxBody>, BoxError>> + Send + 'static>>;
 
@@ -33,7 +35,9 @@ pub enum UpstreamErrorKind {
 /// error type from an inner service is treated as [`UpstreamErrorKind::Unknown`].
 #[derive(Debug)]
 pub struct UpstreamError {
+    /// What the failure means for the key.
     pub kind: UpstreamErrorKind,
+    /// What went wrong, for the problem's `detail` and the logs.
     pub message: String,
 }
 
@@ -46,6 +50,8 @@ impl std::fmt::Display for UpstreamError {
 impl std::error::Error for UpstreamError {}
 
 impl UpstreamError {
+    /// An error of `kind`. A forwarding service returns it (boxed) so that the engine
+    /// releases or holds the key correctly.
     pub fn new(kind: UpstreamErrorKind, message: impl Into<String>) -> Self {
         UpstreamError {
             kind,
