@@ -42,6 +42,8 @@
 //!
 //! See `docs/retry-client.md` for the policies and the reasons behind them.
 
+#![warn(missing_docs)]
+
 pub mod backoff;
 pub mod budget;
 pub mod client;

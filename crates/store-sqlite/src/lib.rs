@@ -35,6 +35,8 @@
 //! table; a file migrated by a newer build is refused with an error that says so (see
 //! `schema.rs`).
 
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
