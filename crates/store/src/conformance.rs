@@ -694,6 +694,27 @@ pub async fn leases_are_measured_on_the_server_clock<S, F, Fut, N, NFut>(
     );
 }
 
+/// A shared store whose server is not there: `connect` (given the timeout to use) must fail
+/// as [`StoreError::Unavailable`] within a few times that timeout, never hang, so a gateway
+/// starting during an outage says why instead of waiting forever.
+pub async fn an_absent_server_is_unavailable_within_the_timeout<S, Fut>(
+    connect: impl FnOnce(Duration) -> Fut,
+) where
+    Fut: Future<Output = crate::StoreResult<S>>,
+{
+    let timeout = Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    match connect(timeout).await {
+        Err(StoreError::Unavailable(_)) => {}
+        Err(e) => panic!("expected unavailable, got {e}"),
+        Ok(_) => panic!("nothing should have answered"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by the timeout"
+    );
+}
+
 /// Expands to one test per conformance case for the store built by `$factory`, a
 /// `Fn(ManualClock) -> impl Future<Output = impl StoreAdmin>`.
 ///
