@@ -17,6 +17,8 @@ use clap::Parser;
 use oncely_testkit::{CountingUpstream, TestClient};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::process::{memory_of, reset_peak_rss};
+
 #[derive(Parser)]
 #[command(
     name = "oncely-bench",
@@ -29,16 +31,16 @@ pub(crate) struct BenchArgs {
     oncely: Option<PathBuf>,
     /// Seconds of load per scenario and target.
     #[arg(long, default_value_t = 5)]
-    seconds: u64,
+    pub(crate) seconds: u64,
     /// Concurrency levels with unique keys.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
-    concurrency: Vec<usize>,
+    pub(crate) concurrency: Vec<usize>,
     /// Concurrency of the 50%-duplicates scenario (0 skips it).
     #[arg(long, default_value_t = 64)]
     duplicates_at: usize,
     /// Request body size in bytes.
     #[arg(long, default_value_t = 256)]
-    body_bytes: usize,
+    pub(crate) body_bytes: usize,
     /// Store for the gateway [default: a fresh SQLite file in a temporary directory].
     #[arg(long, value_name = "URL")]
     store: Option<String>,
@@ -49,10 +51,10 @@ pub(crate) struct BenchArgs {
     audit: Option<String>,
     /// nginx binary for a plain-proxy reference column [default: `nginx` if on the PATH].
     #[arg(long, value_name = "PATH")]
-    nginx: Option<PathBuf>,
+    pub(crate) nginx: Option<PathBuf>,
     /// Skip the nginx reference even if nginx is installed.
     #[arg(long)]
-    no_nginx: bool,
+    pub(crate) no_nginx: bool,
     /// Compare the stores instead: per store, the raw database limit (plain driver), oncely's
     /// store API and the gateway, at the highest --concurrency (see docs/BENCHMARKS.md).
     #[arg(long)]
@@ -60,11 +62,31 @@ pub(crate) struct BenchArgs {
     /// PostgreSQL for --stores [default: $ONCELY_TEST_POSTGRES or
     /// postgres://postgres@127.0.0.1:5432/postgres]; "none" skips it.
     #[arg(long, value_name = "URL")]
-    postgres: Option<String>,
+    pub(crate) postgres: Option<String>,
     /// Redis for --stores [default: $ONCELY_TEST_REDIS or redis://127.0.0.1:6379/]; "none"
     /// skips it.
     #[arg(long, value_name = "URL")]
-    redis: Option<String>,
+    pub(crate) redis: Option<String>,
+    /// Instead of the scenarios: the cost of one request per target (upstream directly, nginx
+    /// as a reverse proxy, the gateway without a key, keyed on every store), measured with an
+    /// external load generator and upstream where installed: req/s, percentiles, CPU
+    /// microseconds per request of the target's own processes, and peak RSS.
+    #[arg(long)]
+    pub(crate) cost: bool,
+    /// With --cost: the load generator, `wrk` or `builtin` [default: wrk if installed].
+    #[arg(long, value_name = "KIND")]
+    pub(crate) load: Option<String>,
+    /// With --cost: the wrk binary [default: `wrk` on the PATH].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) wrk: Option<PathBuf>,
+    /// With --cost: the upstream, `nginx` (one worker answering a fixed 201) or `builtin`
+    /// [default: nginx if installed].
+    #[arg(long, value_name = "KIND")]
+    pub(crate) upstream: Option<String>,
+    /// With --cost: which targets, comma-separated, from direct, nginx, pass-through, memory,
+    /// sqlite, redis, postgres [default: all].
+    #[arg(long, value_name = "LIST")]
+    pub(crate) targets: Option<String>,
     /// Instead of the scenarios: send N unique keyed requests through the gateway (default
     /// settings, at the highest --concurrency) and report its resident memory as they go.
     #[arg(long, value_name = "N")]
@@ -94,6 +116,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     let tmp = std::env::temp_dir().join(format!("oncely-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
     let oncely = oncely_binary(args.oncely.as_deref())?;
+    if args.cost {
+        let result = crate::cost::run(&args, &oncely, &tmp).await;
+        let _ = std::fs::remove_dir_all(&tmp);
+        return result;
+    }
     if args.stores {
         let result = run_stores(&args, &oncely, &tmp).await;
         let _ = std::fs::remove_dir_all(&tmp);
@@ -348,40 +375,15 @@ async fn run_memory(
     Ok(())
 }
 
-/// A process's resident memory, now and at its peak, in bytes (Linux `/proc`).
-#[derive(Clone, Copy)]
-struct Memory {
-    now: u64,
-    peak: u64,
-}
-
-fn memory_of(pid: u32) -> Option<Memory> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    };
-    Some(Memory {
-        now: field("VmRSS:")?,
-        peak: field("VmHWM:")?,
-    })
-}
-
-/// Starts a new peak for `VmHWM` (Linux >= 4.0), so that each scenario reports its own.
-fn reset_peak_rss(pid: u32) {
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-}
-
-fn mib(bytes: u64) -> String {
+pub(crate) fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
-fn ms(us: u64) -> String {
+pub(crate) fn ms(us: u64) -> String {
     format!("{:.2} ms", us as f64 / 1000.0)
 }
 
-fn bench_body(n: usize) -> String {
+pub(crate) fn bench_body(n: usize) -> String {
     let filler = "x".repeat(n.saturating_sub(40));
     format!(r#"{{"item":"book","quantity":1,"note":"{filler}"}}"#)
 }
@@ -464,7 +466,7 @@ async fn start_reference(
     }
 }
 
-fn find_nginx(explicit: Option<PathBuf>) -> Option<PathBuf> {
+pub(crate) fn find_nginx(explicit: Option<PathBuf>) -> Option<PathBuf> {
     if explicit.is_some() {
         return explicit;
     }
@@ -477,9 +479,21 @@ fn find_nginx(explicit: Option<PathBuf>) -> Option<PathBuf> {
 
 /// A running reference nginx. Dropped, it is stopped through its master (`nginx -s stop`):
 /// killing the master alone would leave its workers running.
-struct Nginx {
+pub(crate) struct Nginx {
     child: tokio::process::Child,
     stop: std::process::Command,
+}
+
+impl Nginx {
+    /// The master and its workers: the processes whose CPU time is the proxy's.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        let Some(master) = self.child.id() else {
+            return Vec::new();
+        };
+        let mut pids = vec![master];
+        pids.extend(crate::process::children_of(master));
+        pids
+    }
 }
 
 impl Drop for Nginx {
@@ -506,25 +520,43 @@ async fn spawn_nginx(
     upstream: SocketAddr,
     dir: &Path,
 ) -> Result<(Nginx, String), String> {
+    spawn_nginx_serving(
+        bin,
+        &dir.join("nginx"),
+        "auto",
+        &format!("upstream up {{ server {upstream}; keepalive 256; }}"),
+        "proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\";",
+    )
+    .await
+}
+
+/// An nginx of its own under `prefix` with `workers` worker processes, whose one server runs
+/// `location` for every path (`http` holds what that needs at the `http` level). Connections
+/// from clients are kept alive for as many requests as they send, as a load generator's are.
+pub(crate) async fn spawn_nginx_serving(
+    bin: &Path,
+    prefix: &Path,
+    workers: &str,
+    http: &str,
+    location: &str,
+) -> Result<(Nginx, String), String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
         .port();
-    let prefix = dir.join("nginx");
     std::fs::create_dir_all(prefix.join("logs")).map_err(|e| e.to_string())?;
     let p = prefix.display();
     let conf = format!(
-        "daemon off;\nworker_processes auto;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\n\
+        "daemon off;\nworker_processes {workers};\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
-         upstream up {{ server {upstream}; keepalive 256; }}\n\
-         server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n"
+         http {{\n  access_log off;\n  keepalive_requests 100000000;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  {http}\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ {location} }} }}\n}}\n"
     );
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
     let child = tokio::process::Command::new(bin)
         .arg("-p")
-        .arg(&prefix)
+        .arg(prefix)
         .arg("-c")
         .arg(&conf_path)
         .stdout(Stdio::null())
@@ -534,7 +566,7 @@ async fn spawn_nginx(
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
     let mut stop = std::process::Command::new(bin);
     stop.arg("-p")
-        .arg(&prefix)
+        .arg(prefix)
         .arg("-c")
         .arg(&conf_path)
         .args(["-s", "stop"]);

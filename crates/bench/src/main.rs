@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cost;
 mod gateway;
+mod process;
 mod stores;
 
 fn main() -> ExitCode {

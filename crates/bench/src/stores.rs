@@ -323,7 +323,7 @@ async fn raw_redis(url: &str, prefix: &str, plan: &StoreBench) -> Result<f64, St
 }
 
 /// Deletes the keys a run left under `prefix`.
-async fn drop_redis_prefix(url: &str, prefix: &str) {
+pub(crate) async fn drop_redis_prefix(url: &str, prefix: &str) {
     let Ok(opts) = oncely_store_redis::RedisOptions::from_url(url) else {
         return;
     };
@@ -354,7 +354,7 @@ async fn drop_redis_prefix(url: &str, prefix: &str) {
     }
 }
 
-async fn drop_postgres_schema(url: &str, schema: &str) {
+pub(crate) async fn drop_postgres_schema(url: &str, schema: &str) {
     let Ok(opts) = oncely_store_postgres::PgOptions::from_url(url) else {
         return;
     };
