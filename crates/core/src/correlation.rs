@@ -17,15 +17,22 @@ pub fn valid_request_id(v: &[u8]) -> bool {
 pub fn request_id_from(mut bytes: [u8; 16]) -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let h = hex(&bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    // Written straight into one allocation: every request without an id of its own gets one.
+    let mut id = String::with_capacity(36);
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            id.push('-');
+        }
+        push_hex(&mut id, *b);
+    }
+    id
+}
+
+/// Appends `b` as two lower-case hex digits.
+fn push_hex(s: &mut String, b: u8) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    s.push(char::from(DIGITS[usize::from(b >> 4)]));
+    s.push(char::from(DIGITS[usize::from(b & 0xf)]));
 }
 
 /// A parsed `traceparent` header: `version-traceid-parentid-flags`.
@@ -98,7 +105,20 @@ impl TraceParent {
 
     /// The header value, always written as version `00`.
     pub fn header_value(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.parent_id, self.flags)
+        let mut v = String::with_capacity(
+            3 + self.trace_id.len() + 1 + self.parent_id.len() + 1 + self.flags.len(),
+        );
+        for part in [
+            "00-",
+            &self.trace_id,
+            "-",
+            &self.parent_id,
+            "-",
+            &self.flags,
+        ] {
+            v.push_str(part);
+        }
+        v
     }
 }
 
@@ -106,6 +126,19 @@ impl TraceParent {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn request_ids_are_uuid_v4_text() {
+        let bytes: [u8; 16] = std::array::from_fn(|i| i as u8);
+        assert_eq!(
+            request_id_from(bytes),
+            "00010203-0405-4607-8809-0a0b0c0d0e0f"
+        );
+        assert_eq!(
+            request_id_from([0xff; 16]),
+            "ffffffff-ffff-4fff-bfff-ffffffffffff"
+        );
+    }
 
     #[test]
     fn traceparents_follow_the_spec() {

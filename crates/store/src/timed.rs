@@ -136,7 +136,7 @@ impl IdempotencyStore for TimedStore {
         ttl: Duration,
     ) -> StoreResult<ClaimOutcome> {
         let t = Instant::now();
-        let r = self.inner.claim(key, fingerprint, lease, ttl).await;
+        let r = (*self.inner).claim(key, fingerprint, lease, ttl).await;
         self.metrics.record(Op::Claim, t, &r);
         r
     }
@@ -148,13 +148,13 @@ impl IdempotencyStore for TimedStore {
         ttl: Duration,
     ) -> StoreResult<()> {
         let t = Instant::now();
-        let r = self.inner.complete(key, token, response, ttl).await;
+        let r = (*self.inner).complete(key, token, response, ttl).await;
         self.metrics.record(Op::Complete, t, &r);
         r
     }
     async fn release(&self, key: &RecordKey, token: LeaseToken) -> StoreResult<()> {
         let t = Instant::now();
-        let r = self.inner.release(key, token).await;
+        let r = (*self.inner).release(key, token).await;
         self.metrics.record(Op::Release, t, &r);
         r
     }
@@ -165,13 +165,13 @@ impl IdempotencyStore for TimedStore {
         lease: Duration,
     ) -> StoreResult<Timestamp> {
         let t = Instant::now();
-        let r = self.inner.renew(key, token, lease).await;
+        let r = (*self.inner).renew(key, token, lease).await;
         self.metrics.record(Op::Renew, t, &r);
         r
     }
     async fn get(&self, key: &RecordKey) -> StoreResult<Option<Record>> {
         let t = Instant::now();
-        let r = self.inner.get(key).await;
+        let r = (*self.inner).get(key).await;
         self.metrics.record(Op::Get, t, &r);
         r
     }
@@ -181,7 +181,7 @@ impl IdempotencyStore for TimedStore {
 impl StoreAdmin for TimedStore {
     async fn purge_expired(&self, batch: usize) -> StoreResult<u64> {
         let t = Instant::now();
-        let r = self.inner.purge_expired(batch).await;
+        let r = (*self.inner).purge_expired(batch).await;
         self.metrics.record(Op::Purge, t, &r);
         if let Ok(n) = &r {
             self.metrics.purged.add(*n);
@@ -190,19 +190,19 @@ impl StoreAdmin for TimedStore {
     }
     async fn stats(&self) -> StoreResult<StoreStats> {
         let t = Instant::now();
-        let r = self.inner.stats().await;
+        let r = (*self.inner).stats().await;
         self.metrics.record(Op::Stats, t, &r);
         r
     }
     async fn evict(&self, key: &RecordKey) -> StoreResult<bool> {
         let t = Instant::now();
-        let r = self.inner.evict(key).await;
+        let r = (*self.inner).evict(key).await;
         self.metrics.record(Op::Evict, t, &r);
         r
     }
     async fn list_in_progress(&self, limit: usize) -> StoreResult<Vec<(RecordKey, Record)>> {
         let t = Instant::now();
-        let r = self.inner.list_in_progress(limit).await;
+        let r = (*self.inner).list_in_progress(limit).await;
         self.metrics.record(Op::List, t, &r);
         r
     }

@@ -130,6 +130,12 @@ impl Engine {
         self
     }
 
+    /// The store as a trait object: calling through `Arc<dyn ...>` directly would pick the
+    /// forwarding impl for `Arc<S>`, one more boxed future per store call.
+    fn records(&self) -> &dyn IdempotencyStore {
+        &*self.store
+    }
+
     /// The store this engine claims records in.
     pub fn store(&self) -> &Arc<dyn IdempotencyStore> {
         &self.store
@@ -305,7 +311,7 @@ impl Engine {
         let mut waited = false;
         loop {
             let claim = self
-                .store
+                .records()
                 .claim(&job.record_key, job.fingerprint, p.lease, p.ttl)
                 .await;
             let existing = match claim {
@@ -365,7 +371,7 @@ impl Engine {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let record = match self.store.get(&job.record_key).await {
+            let record = match self.records().get(&job.record_key).await {
                 Ok(Some(r)) => r,
                 Ok(None) => return WaitEnd::ClaimAgain,
                 Err(e) => return WaitEnd::StoreFailed(e),
@@ -521,7 +527,7 @@ impl Engine {
             let every = (policy.lease / 3).max(Duration::from_millis(10));
             loop {
                 tokio::time::sleep(every).await;
-                match self.store.renew(key, token, policy.lease).await {
+                match self.records().renew(key, token, policy.lease).await {
                     Ok(_) => {}
                     Err(StoreError::Refused(r)) => {
                         tracing::warn!(key = %key, reason = %r, "lease lost while the upstream was working");
@@ -546,7 +552,7 @@ impl Engine {
         let mut attempt = 0;
         let result = loop {
             match self
-                .store
+                .records()
                 .complete(key, token, stored.clone(), policy.ttl)
                 .await
             {
@@ -592,7 +598,7 @@ impl Engine {
     }
 
     async fn release(&self, key: &RecordKey, token: LeaseToken) {
-        if let Err(e) = self.store.release(key, token).await {
+        if let Err(e) = self.records().release(key, token).await {
             // A refused release means someone else holds the key now; an unavailable store
             // means the lease will free it. Neither needs more from us.
             tracing::warn!(key = %key, error = %e, "releasing the key failed");
