@@ -52,6 +52,10 @@ pub(crate) struct ServeArgs {
     /// less where `ulimit -n` cannot hold that many, or server.max_connections].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// Threads serving connections, each with its own runtime and upstream connections
+    /// [default: one per CPU, or server.workers].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
     /// Bearer token the admin listener requires (at least 16 characters); needed to bind it
     /// to a non-loopback address.
     #[arg(
@@ -88,6 +92,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
         .map(|u| u.to_string())
         .unwrap_or_default();
     let store = config.store.clone();
+    let workers = config.worker_count();
     let audit = config
         .audit
         .as_ref()
@@ -98,7 +103,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), String> {
         .start()
         .await
         .map_err(|e| e.to_string())?;
-    tracing::info!(listen = %gateway.addr(), %upstream, %store, audit = audit.as_deref().unwrap_or("off"), "oncely gateway ready");
+    tracing::info!(listen = %gateway.addr(), %upstream, %store, workers, audit = audit.as_deref().unwrap_or("off"), "oncely gateway ready");
     // One plain line on stdout so scripts (and tests) learn the port when listening on :0;
     // the admin listener's, if any, on the next.
     let mut ready = format!("listening on http://{}\n", gateway.addr());
@@ -183,6 +188,9 @@ fn build_config(args: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(n) = args.max_connections {
         config.max_connections = Some(n);
+    }
+    if let Some(n) = args.workers {
+        config.workers = Some(n);
     }
     apply_audit_args(args, &mut config)?;
     if config.upstream.is_none() {

@@ -133,11 +133,17 @@ impl Gateway {
             .upstream
             .clone()
             .ok_or(GatewayError::NoUpstream)?;
-        let forwarder = Forwarder::new(
-            upstream,
-            self.config.connect_timeout,
-            self.config.response_timeout,
-        )?;
+        // One forwarder, so one upstream connection pool, per worker thread: a pooled
+        // connection then lives on the thread whose requests use it.
+        let forwarders = (0..self.config.worker_count())
+            .map(|_| {
+                Forwarder::new(
+                    upstream.clone(),
+                    self.config.connect_timeout,
+                    self.config.response_timeout,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // The engine sees the store through a meter, so /metrics shows what each store
         // operation cost the request path, whatever the backend.
         let timed = Arc::new(TimedStore::new(self.store.clone()));
@@ -191,9 +197,10 @@ impl Gateway {
             }
             None => None,
         };
+        let listener = listener.into_std().map_err(failed)?;
         let task = tokio::spawn(serve(
             listener,
-            forwarder,
+            forwarders,
             engine.clone(),
             timed,
             audit.clone(),
@@ -262,96 +269,83 @@ impl RunningGateway {
     }
 }
 
+/// Runs the workers, the purge and the shutdown: one worker thread per forwarder accepts
+/// and serves connections on a runtime of its own; this task waits for the stop, lets every
+/// worker finish its connections, drains the engine, and only then lets the workers' runtimes
+/// (and any execution still on them) go.
 async fn serve(
-    listener: TcpListener,
-    forwarder: Forwarder,
+    listener: std::net::TcpListener,
+    forwarders: Vec<Forwarder>,
     engine: Arc<Engine>,
     records: Arc<dyn StoreAdmin>,
     audit: Option<Arc<AuditWriter>>,
     config: Config,
     mut stop: watch::Receiver<bool>,
 ) {
-    // Correlation outside the engine: its answers, replays included, carry the ids of the
-    // request that got them.
-    let service = CorrelationLayer.layer(IdempotencyLayer::new(engine.clone()).layer(forwarder));
-    let graceful = GracefulShutdown::new();
     let purger = tokio::spawn(purge_loop(
         records,
         config.purge_interval,
         config.purge_batch,
     ));
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout);
-    let body_idle = config.body_idle_timeout;
-    let max_connections = config.connection_limit();
-    let slots = Arc::new(Semaphore::new(max_connections));
-    let mut full_since_logged: Option<tokio::time::Instant> = None;
-    loop {
-        // A connection slot first: at the limit, new connections wait in the kernel's accept
-        // queue (and are refused by it once that is full) instead of taking descriptors and
-        // memory here.
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                if full_since_logged.is_none_or(|t| t.elapsed() >= CONNECTION_LIMIT_LOG_EVERY) {
-                    tracing::warn!(
-                        max_connections,
-                        "connection limit reached: new connections wait until one closes \
-                         (server.max_connections / --max-connections)"
-                    );
-                    full_since_logged = Some(tokio::time::Instant::now());
-                }
-                tokio::select! {
-                    slot = slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break,
-                    },
-                    _ = stop.changed() => break,
-                }
+    let worker = Worker {
+        engine: engine.clone(),
+        slots: Arc::new(Semaphore::new(config.connection_limit())),
+        config: config.clone(),
+        stop: stop.clone(),
+    };
+    // Dropped (or sent) once the engine has drained: the workers' runtimes end with it.
+    let (release, released) = watch::channel(());
+    let mut running = Vec::new();
+    for (i, forwarder) in forwarders.into_iter().enumerate() {
+        let listener = match listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot share the listener with worker {i}");
+                continue;
             }
         };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let svc = service.clone();
-        let hyper_svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            // A body that stalls is cut off, keyed or not (see `IdleTimeout`).
-            let mut req = req.map(|body| IdleTimeout::new(body, body_idle));
-            req.extensions_mut().insert(ClientAddr(peer));
-            let mut svc = svc.clone();
-            async move {
-                Ok::<_, Infallible>(svc.call(req).await.unwrap_or_else(|never| match never {}))
-            }
-        });
-        let conn = http.serve_connection(TokioIo::new(stream), hyper_svc);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(slot);
-        });
+        let (closed, closed_rx) = tokio::sync::oneshot::channel();
+        let (worker, mut released) = (worker.clone(), released.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("oncely-worker-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "worker {i}: cannot start its runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    worker.accept(listener, forwarder).await;
+                    let _ = closed.send(());
+                    // Executions whose client left may still run here: keep the runtime until
+                    // the engine has drained them.
+                    let _ = released.changed().await;
+                });
+            });
+        match thread {
+            Ok(t) => running.push((t, closed_rx)),
+            Err(e) => tracing::error!(error = %e, "cannot start worker thread {i}"),
+        }
     }
     drop(listener);
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
     purger.abort();
-    // One deadline for the whole stop: connections first, then executions whose client left.
+    // One deadline for the whole stop: connections first (each worker bounds its own by the
+    // same grace), then executions whose client left.
     let deadline = tokio::time::Instant::now() + config.shutdown_grace;
-    if tokio::time::timeout_at(deadline, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the grace period; closing them");
+    let mut threads = Vec::new();
+    for (thread, closed) in running {
+        let _ = closed.await;
+        threads.push(thread);
     }
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     if !engine.drain(left).await {
@@ -364,6 +358,120 @@ async fn serve(
     if let Some(writer) = audit {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         writer.close(left.max(Duration::from_secs(5))).await;
+    }
+    drop(release);
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
+}
+
+/// What every worker thread shares.
+#[derive(Clone)]
+struct Worker {
+    engine: Arc<Engine>,
+    /// Connection slots across all workers (`max_connections`).
+    slots: Arc<Semaphore>,
+    config: Config,
+    stop: watch::Receiver<bool>,
+}
+
+impl Worker {
+    /// Accepts and serves connections until the stop, then closes them gracefully within the
+    /// grace period.
+    async fn accept(mut self, listener: std::net::TcpListener, forwarder: Forwarder) {
+        let listener = match listener
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(listener))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen in this worker");
+                return;
+            }
+        };
+        let config = &self.config;
+        // Correlation outside the engine: its answers, replays included, carry the ids of
+        // the request that got them.
+        let service =
+            CorrelationLayer.layer(IdempotencyLayer::new(self.engine.clone()).layer(forwarder));
+        let graceful = GracefulShutdown::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(config.header_timeout);
+        let body_idle = config.body_idle_timeout;
+        let max_connections = config.connection_limit();
+        let slots = self.slots.clone();
+        let stop = &mut self.stop;
+        let mut full_since_logged: Option<tokio::time::Instant> = None;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            // A connection slot first: at the limit, new connections wait in the kernel's
+            // accept queue (and are refused by it once that is full) instead of taking
+            // descriptors and memory here.
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    if full_since_logged.is_none_or(|t| t.elapsed() >= CONNECTION_LIMIT_LOG_EVERY) {
+                        tracing::warn!(
+                            max_connections,
+                            "connection limit reached: new connections wait until one closes \
+                             (server.max_connections / --max-connections)"
+                        );
+                        full_since_logged = Some(tokio::time::Instant::now());
+                    }
+                    tokio::select! {
+                        slot = slots.clone().acquire_owned() => match slot {
+                            Ok(slot) => slot,
+                            Err(_) => break,
+                        },
+                        _ = stop.changed() => break,
+                    }
+                }
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let svc = service.clone();
+            let hyper_svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                // A body that stalls is cut off, keyed or not (see `IdleTimeout`).
+                let mut req = req.map(|body| IdleTimeout::new(body, body_idle));
+                req.extensions_mut().insert(ClientAddr(peer));
+                let mut svc = svc.clone();
+                async move {
+                    Ok::<_, Infallible>(svc.call(req).await.unwrap_or_else(|never| match never {}))
+                }
+            });
+            let conn = http.serve_connection(TokioIo::new(stream), hyper_svc);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(slot);
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the grace period; closing them");
+        }
     }
 }
 

@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use oncely_core::sync::LockIgnoringPoison;
 use oncely_core::{
     ClaimOutcome, Fingerprint, IdempotencyKey, LeaseToken, Record, RecordKey, RecordState, Refusal,
     StoredResponse, Tenant, Timestamp,
@@ -71,7 +72,13 @@ struct Scripts {
 
 /// Idempotency records in Redis, shared by any number of gateways.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    /// One multiplexed connection per thread that uses the store, made there on first use:
+    /// its driver task then runs on that thread's runtime, so a gateway worker's command and
+    /// its answer never cross threads (measured: sharing one connection across the gateway's
+    /// worker threads cost 40 % more CPU per keyed request).
+    conns: std::sync::Mutex<std::collections::HashMap<std::thread::ThreadId, ConnectionManager>>,
+    client: redis::Client,
+    config: redis::aio::ConnectionManagerConfig,
     prefix: String,
     time: TimeSource,
     timeout: Duration,
@@ -94,7 +101,7 @@ impl RedisStore {
             .set_max_delay(Duration::from_secs(1));
         let conn = tokio::time::timeout(
             opts.timeout,
-            ConnectionManager::new_with_config(client, config),
+            ConnectionManager::new_with_config(client.clone(), config.clone()),
         )
         .await
         .map_err(|_| {
@@ -104,8 +111,11 @@ impl RedisStore {
             ))
         })?
         .map_err(unavailable)?;
+        let conns = std::collections::HashMap::from([(std::thread::current().id(), conn)]);
         Ok(RedisStore {
-            conn,
+            conns: std::sync::Mutex::new(conns),
+            client,
+            config,
             prefix: opts.prefix,
             time,
             timeout: opts.timeout,
@@ -121,6 +131,31 @@ impl RedisStore {
                 in_progress: scripts::script(scripts::IN_PROGRESS),
             },
         })
+    }
+
+    /// This thread's connection, made (within the timeout) if it has none yet.
+    async fn connection(&self) -> StoreResult<ConnectionManager> {
+        let thread = std::thread::current().id();
+        if let Some(c) = self.conns.lock_ignoring_poison().get(&thread) {
+            return Ok(c.clone());
+        }
+        let conn = tokio::time::timeout(
+            self.timeout,
+            ConnectionManager::new_with_config(self.client.clone(), self.config.clone()),
+        )
+        .await
+        .map_err(|_| {
+            unavailable(format!(
+                "no connection within {}ms",
+                self.timeout.as_millis()
+            ))
+        })?
+        .map_err(unavailable)?;
+        self.conns
+            .lock_ignoring_poison()
+            .entry(thread)
+            .or_insert(conn.clone());
+        Ok(conn)
     }
 
     /// The Redis key holding `key`'s record.
@@ -144,7 +179,7 @@ impl RedisStore {
         for a in args {
             invocation.arg(*a);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
             .await
             .map_err(|_| unavailable(format!("no answer within {}ms", self.timeout.as_millis())))?
@@ -153,7 +188,7 @@ impl RedisStore {
 
     /// One `SCAN` step over this store's prefix: the next cursor (0 at the end) and keys.
     async fn scan_step(&self, cursor: u64) -> StoreResult<(u64, Vec<String>)> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         let mut scan = redis::cmd("SCAN");
         scan.arg(cursor)
             .arg("MATCH")

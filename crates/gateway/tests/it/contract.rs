@@ -23,17 +23,31 @@ impl Setup {
         format!("http://{}{}", self.gateway.addr(), path)
     }
 
-    /// Starts a keyed POST in the background (the first of a race, or a slow holder).
-    fn spawn_post(
+    /// Starts a keyed POST in the background and returns once the gateway has claimed its
+    /// key, so that it is the holder whatever comes next: the gateway's worker threads serve
+    /// connections in parallel, and a duplicate sent right after could otherwise be claimed
+    /// first.
+    async fn spawn_post(
         &self,
         key: &str,
         body: &str,
         extra: &[(&str, &str)],
     ) -> tokio::task::JoinHandle<Answer> {
+        let claims = || self.gateway.store_metrics().count("claim");
+        let before = claims();
         let pending = self
             .client
             .spawn_post(&self.url("/orders"), key, body, extra);
-        tokio::spawn(async move { pending.await.expect("task").expect("transport") })
+        let holder = tokio::spawn(async move { pending.await.expect("task").expect("transport") });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while claims() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{key} was never claimed"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        holder
     }
 
     /// Asserts that duplicates keep getting 409 while the first request (already started) is
@@ -190,7 +204,9 @@ async fn hundred_concurrent_duplicates_wait_mode() {
 #[tokio::test]
 async fn wait_mode_gives_up_after_max_wait() {
     let s = setup("[defaults]\nin_flight = \"wait\"\nmax_wait = \"200ms\"").await;
-    let first = s.spawn_post("slow", "{}", &[("x-test-delay-ms", "1000")]);
+    let first = s
+        .spawn_post("slow", "{}", &[("x-test-delay-ms", "1000")])
+        .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
     let dup = s.post("slow", "{}", &[]).await;
@@ -207,7 +223,9 @@ async fn wait_mode_gives_up_after_max_wait() {
 async fn reused_key_with_another_body_never_executes() {
     let s = setup("").await;
     // While the first is still in flight...
-    let first = s.spawn_post("reuse", r#"{"a":1}"#, &[("x-test-delay-ms", "300")]);
+    let first = s
+        .spawn_post("reuse", r#"{"a":1}"#, &[("x-test-delay-ms", "300")])
+        .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let during = s.post("reuse", r#"{"a":2}"#, &[]).await;
     assert_eq!(during.status, 422);
@@ -365,7 +383,9 @@ async fn dropped_connection_with_release_policy_frees_at_once() {
 async fn lease_takeover_fences_the_stale_holder() {
     // A lease shorter than the upstream's work and not renewed: the holder looks dead.
     let s = setup("[defaults]\nlease = \"300ms\"\nrenew_lease = false").await;
-    let slow = s.spawn_post("fence", "{}", &[("x-test-delay-ms", "2000")]);
+    let slow = s
+        .spawn_post("fence", "{}", &[("x-test-delay-ms", "2000")])
+        .await;
     // Retry like a client would until the lease has lapsed and the key is taken over
     // (polling rather than one fixed sleep keeps this independent of machine load).
     let mut taker = s.post("fence", "{}", &[]).await;
@@ -397,7 +417,9 @@ async fn lease_takeover_fences_the_stale_holder() {
 async fn renewed_lease_is_never_taken_over() {
     // Renewed every 200 ms, so a renewal may run 400 ms late before the lease lapses.
     let s = setup("[defaults]\nlease = \"600ms\"").await;
-    let slow = s.spawn_post("renew", "{}", &[("x-test-delay-ms", "1800")]);
+    let slow = s
+        .spawn_post("renew", "{}", &[("x-test-delay-ms", "1800")])
+        .await;
     s.assert_held_meanwhile("renew", "the live holder keeps its key")
         .await;
     assert_eq!(slow.await.unwrap().status, 201);
@@ -608,7 +630,9 @@ async fn unreachable_upstream_releases_the_key() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_requests_in_flight() {
     let s = setup("").await;
-    let in_flight = s.spawn_post("bye", "{}", &[("x-test-delay-ms", "500")]);
+    let in_flight = s
+        .spawn_post("bye", "{}", &[("x-test-delay-ms", "500")])
+        .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let addr = s.gateway.addr();
     s.gateway.shutdown().await;
@@ -626,7 +650,9 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
 #[tokio::test]
 async fn a_client_hanging_up_does_not_abort_the_execution() {
     let s = setup("").await;
-    let impatient = s.spawn_post("hangup", "{}", &[("x-test-delay-ms", "300")]);
+    let impatient = s
+        .spawn_post("hangup", "{}", &[("x-test-delay-ms", "300")])
+        .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     impatient.abort();
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -810,7 +836,9 @@ async fn store_outage_fails_closed_or_open_per_route() {
 #[tokio::test]
 async fn the_lease_is_renewed_while_a_slow_body_arrives() {
     let s = setup("[defaults]\nlease = \"600ms\"").await;
-    let slow = s.spawn_post("slow-body", "{}", &[("x-test-body-delay-ms", "1800")]);
+    let slow = s
+        .spawn_post("slow-body", "{}", &[("x-test-body-delay-ms", "1800")])
+        .await;
     s.assert_held_meanwhile(
         "slow-body",
         "headers arrived, body still coming: still held",
