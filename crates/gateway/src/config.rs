@@ -1071,6 +1071,22 @@ mod tests {
     }
 
     #[test]
+    fn workers_default_to_the_cpus_and_are_bounded() {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(base().worker_count(), cpus.clamp(1, MAX_WORKERS));
+        let four = base().apply_toml("[server]\nworkers = 4\n").unwrap();
+        assert_eq!(four.worker_count(), 4);
+        assert!(four.validate().is_ok());
+        for bad in [0, MAX_WORKERS + 1] {
+            let c = base()
+                .apply_toml(&format!("[server]\nworkers = {bad}\n"))
+                .unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with("server.workers: "), "{e}");
+        }
+    }
+
+    #[test]
     fn the_default_admin_address_is_one_address() {
         let listener = AdminConfig::default_listener();
         assert_eq!(listener.listen.to_string(), DEFAULT_ADMIN_LISTEN);

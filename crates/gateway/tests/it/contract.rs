@@ -185,6 +185,21 @@ async fn hundred_concurrent_duplicates_reject_mode() {
     assert_eq!(s.upstream.executions("race-reject"), 1);
 }
 
+/// Eight worker threads, each with its own runtime and upstream pool, share one engine and
+/// store: a hundred concurrent duplicates spread over them still execute once, and every
+/// waiting duplicate gets that one answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_duplicates_across_eight_workers() {
+    let s =
+        setup("[server]\nworkers = 8\n[defaults]\nin_flight = \"wait\"\nmax_wait = \"5s\"").await;
+    let answers = hundred_concurrent(&s, "race-workers").await;
+    assert!(answers.iter().all(|a| a.status == 201));
+    assert!(answers.iter().all(|a| a.body == answers[0].body));
+    assert_eq!(answers.iter().filter(|a| a.replayed()).count(), 99);
+    assert_eq!(s.upstream.executions("race-workers"), 1);
+    assert_eq!(s.upstream.max_overlap("race-workers"), 1);
+}
+
 #[tokio::test]
 async fn hundred_concurrent_duplicates_wait_mode() {
     let s = setup("[defaults]\nin_flight = \"wait\"\nmax_wait = \"5s\"").await;
