@@ -28,7 +28,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-const HOP_BY_HOP: [HeaderName; 9] = [
+// A `static`, not a `const`: a `const` array would be built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
     http::header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
