@@ -204,12 +204,9 @@ impl AuditLog for PgAuditLog {
                 .map_err(db_unavailable)?;
             if !guarded {
                 let tx = client.transaction().await.map_err(db_unavailable)?;
-                tx.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext('oncely migrate ' || $1::text))",
-                    &[&self.schema],
-                )
-                .await
-                .map_err(db_unavailable)?;
+                oncely_db::postgres::lock_schema(&tx, &self.schema)
+                    .await
+                    .map_err(db_unavailable)?;
                 tx.batch_execute(&SCHEMA_V1.replace("{schema}", &self.schema))
                     .await
                     .map_err(db_unavailable)?;

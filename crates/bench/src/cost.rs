@@ -75,6 +75,13 @@ impl Upstream {
 
 pub(crate) async fn run(args: &BenchArgs, oncely: &Path, tmp: &Path) -> Result<(), String> {
     let wanted = wanted_targets(args.targets.as_deref())?;
+    if let Some(kind) = args
+        .load
+        .as_deref()
+        .filter(|k| !matches!(*k, "wrk" | "builtin"))
+    {
+        return Err(format!("--load: `{kind}` is not wrk or builtin"));
+    }
     let loader = match find_on_path("wrk", args.wrk.clone()) {
         Some(wrk) if args.load.as_deref() != Some("builtin") => Loader::Wrk(wrk),
         _ if args.load.as_deref() == Some("wrk") => {

@@ -217,14 +217,7 @@ pub async fn migrate(
         }
     }
     let tx = client.transaction().await.map_err(db)?;
-    // One lock per schema, held until commit: concurrent starters wait, then find the work
-    // done. The same key older builds of the idempotency store took.
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('oncely migrate ' || $1::text))",
-        &[&schema],
-    )
-    .await
-    .map_err(db)?;
+    lock_schema(&tx, schema).await.map_err(db)?;
     tx.batch_execute(&format!(
         // Quiet the "already exists, skipping" notices every start would log.
         "SET LOCAL client_min_messages = warning;
@@ -255,6 +248,22 @@ pub async fn migrate(
     }
     tx.commit().await.map_err(db)?;
     Ok(migrations.report(from, pending))
+}
+
+/// Takes the schema's migration lock until `tx` ends: whoever changes a schema's objects
+/// (a migration, or a concern putting back a dropped trigger) holds it, so concurrent starters
+/// wait for one another and then find the work done. The key is the one older builds of the
+/// idempotency store took.
+pub async fn lock_schema(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('oncely migrate ' || $1::text))",
+        &[&schema],
+    )
+    .await
+    .map(|_| ())
 }
 
 fn version_of(

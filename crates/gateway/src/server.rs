@@ -197,10 +197,16 @@ impl Gateway {
             }
             None => None,
         };
+        // Every worker accepts on the same socket, so a failure to share it is a start error.
         let listener = listener.into_std().map_err(failed)?;
+        let workers = forwarders
+            .into_iter()
+            .map(|f| Ok((listener.try_clone()?, f)))
+            .collect::<Result<Vec<_>, std::io::Error>>()
+            .map_err(failed)?;
+        drop(listener);
         let task = tokio::spawn(serve(
-            listener,
-            forwarders,
+            workers,
             engine.clone(),
             timed,
             audit.clone(),
@@ -274,8 +280,7 @@ impl RunningGateway {
 /// worker finish its connections, drains the engine, and only then lets the workers' runtimes
 /// (and any execution still on them) go.
 async fn serve(
-    listener: std::net::TcpListener,
-    forwarders: Vec<Forwarder>,
+    workers: Vec<(std::net::TcpListener, Forwarder)>,
     engine: Arc<Engine>,
     records: Arc<dyn StoreAdmin>,
     audit: Option<Arc<AuditWriter>>,
@@ -296,14 +301,7 @@ async fn serve(
     // Dropped (or sent) once the engine has drained: the workers' runtimes end with it.
     let (release, released) = watch::channel(());
     let mut running = Vec::new();
-    for (i, forwarder) in forwarders.into_iter().enumerate() {
-        let listener = match listener.try_clone() {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot share the listener with worker {i}");
-                continue;
-            }
-        };
+    for (i, (listener, forwarder)) in workers.into_iter().enumerate() {
         let (closed, closed_rx) = tokio::sync::oneshot::channel();
         let (worker, mut released) = (worker.clone(), released.clone());
         let thread = std::thread::Builder::new()
@@ -332,7 +330,6 @@ async fn serve(
             Err(e) => tracing::error!(error = %e, "cannot start worker thread {i}"),
         }
     }
-    drop(listener);
     while !*stop.borrow_and_update() {
         if stop.changed().await.is_err() {
             break;

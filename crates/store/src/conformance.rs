@@ -694,6 +694,27 @@ pub async fn leases_are_measured_on_the_server_clock<S, F, Fut, N, NFut>(
     );
 }
 
+/// A request in flight that an older build stored with `fingerprint` under `key`, read back
+/// after the store adopted the old schema: the record is there, still in progress, and its
+/// lease still fences a retry of the same request.
+pub async fn assert_adopted_in_flight<S: IdempotencyStore>(
+    store: &S,
+    key: &RecordKey,
+    fingerprint: Fingerprint,
+) {
+    let record = store
+        .get(key)
+        .await
+        .unwrap()
+        .expect("the old record is kept");
+    assert_eq!(record.fingerprint, fingerprint);
+    assert!(matches!(record.state, RecordState::InProgress { .. }));
+    assert!(matches!(
+        store.claim(key, fingerprint, LEASE, TTL).await.unwrap(),
+        ClaimOutcome::Exists(_)
+    ));
+}
+
 /// A shared store whose server is not there: `connect` (given the timeout to use) must fail
 /// as [`StoreError::Unavailable`] within a few times that timeout, never hang, so a gateway
 /// starting during an outage says why instead of waiting forever.

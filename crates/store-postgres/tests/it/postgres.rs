@@ -134,25 +134,7 @@ async fn a_schema_from_before_the_migration_table_is_adopted() {
         .unwrap();
     assert_eq!((report.from, report.to), (0, 1), "{report}");
     let store = schema.store(TimeSource::Server).await;
-    let record = store
-        .get(&k)
-        .await
-        .unwrap()
-        .expect("the old record is kept");
-    assert_eq!(record.fingerprint, fp(b"a"));
-    // Its lease still counts: a retry of the same request finds it held.
-    assert!(matches!(
-        store
-            .claim(
-                &k,
-                fp(b"a"),
-                Duration::from_secs(10),
-                Duration::from_secs(60)
-            )
-            .await
-            .unwrap(),
-        ClaimOutcome::Exists(_)
-    ));
+    oncely_store::conformance::assert_adopted_in_flight(&store, &k, fp(b"a")).await;
     let again = oncely_store_postgres::migrate(&crate::common::options(s))
         .await
         .unwrap();

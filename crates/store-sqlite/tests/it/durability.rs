@@ -174,18 +174,7 @@ async fn a_file_from_before_the_migration_table_is_adopted() {
     }
     let clock = ManualClock::new(START);
     let store = open(&path, &clock);
-    let record = store
-        .get(&k)
-        .await
-        .unwrap()
-        .expect("the old record is kept");
-    assert_eq!(record.fingerprint, fp(b"a"));
-    assert!(matches!(record.state, RecordState::InProgress { .. }));
-    // Its lease still counts: a retry of the same request finds it held.
-    assert!(matches!(
-        store.claim(&k, fp(b"a"), LEASE, TTL).await.unwrap(),
-        ClaimOutcome::Exists(_)
-    ));
+    oncely_store::conformance::assert_adopted_in_flight(&store, &k, fp(b"a")).await;
     drop(store);
     let raw = rusqlite::Connection::open(&path).unwrap();
     let version: u32 = raw
