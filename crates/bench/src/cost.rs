@@ -9,20 +9,23 @@
 //! output says so.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use oncely_testkit::CountingUpstream;
 
 use crate::gateway::{
-    bench_body, find_nginx, load, mib, ms, spawn_gateway, spawn_nginx_serving, BenchArgs, Load,
-    Nginx, Stats,
+    bench_body, find_nginx, load, mib, ms, spawn_gateway_under, spawn_nginx_serving, BenchArgs,
+    Load, Nginx, Stats,
 };
 use crate::process::{cpu_seconds, memory_of, reset_peak_rss};
+use crate::profile::{Profile, Profiler};
 
 /// The targets, in the order they are measured and printed.
-const TARGETS: [&str; 7] = [
+const TARGETS: [&str; 8] = [
     "direct",
     "nginx",
+    "hyper",
     "pass-through",
     "memory",
     "sqlite",
@@ -114,6 +117,28 @@ pub(crate) async fn run(args: &BenchArgs, oncely: &Path, tmp: &Path) -> Result<(
         (_, None | Some("builtin")) => Upstream::Builtin(CountingUpstream::start().await),
         (_, Some(other)) => return Err(format!("--upstream: `{other}` is not nginx or builtin")),
     };
+    let profiler = args.profile.as_deref().map(Profiler::parse).transpose()?;
+    let profile_dir = args.profile_dir.clone();
+    if let Some(p) = profiler {
+        p.check_installed()?;
+        std::fs::create_dir_all(&profile_dir)
+            .map_err(|e| format!("cannot create {}: {e}", profile_dir.display()))?;
+        eprintln!(
+            "profiling with {p:?}: the raw profiles go to {}",
+            profile_dir.display()
+        );
+    }
+    // One event loop per gateway under a profiler, so that its profile is one thread's.
+    let gateway_flags: Vec<String> = match profiler {
+        Some(_) => vec!["--workers".into(), "1".into()],
+        None => Vec::new(),
+    };
+    let spawn = |target: &str, store: String| {
+        let wrapper = profiler.map_or_else(Vec::new, |p| p.wrapper(&profile_dir, target));
+        let upstream = upstream.url();
+        let flags = gateway_flags.clone();
+        async move { spawn_gateway_under(&wrapper, oncely, &upstream, &store, &flags).await }
+    };
     let body = bench_body(args.body_bytes);
     let duration = Duration::from_secs(args.seconds.max(1));
     let mut concurrency = args.concurrency.clone();
@@ -137,6 +162,9 @@ pub(crate) async fn run(args: &BenchArgs, oncely: &Path, tmp: &Path) -> Result<(
         duration,
         concurrency,
         dir: tmp.to_owned(),
+        profiler,
+        profiles: Mutex::new(Vec::new()),
+        profile_dir: profile_dir.clone(),
     };
 
     let mut rows = Vec::new();
@@ -150,7 +178,14 @@ pub(crate) async fn run(args: &BenchArgs, oncely: &Path, tmp: &Path) -> Result<(
                 };
                 rows.extend(
                     bench
-                        .measure("upstream directly", &upstream.url(), &pids, false, note)
+                        .measure(
+                            "upstream directly",
+                            &upstream.url(),
+                            &pids,
+                            false,
+                            note,
+                            false,
+                        )
                         .await,
                 );
             }
@@ -175,35 +210,56 @@ pub(crate) async fn run(args: &BenchArgs, oncely: &Path, tmp: &Path) -> Result<(
                                 &proxy.pids(),
                                 false,
                                 "",
+                                false,
                             )
                             .await,
                     );
                 }
                 None => eprintln!("skipped nginx: not installed (apt-get install -y nginx-light)"),
             },
+            "hyper" => {
+                let (mut proxy, url) = spawn_bare_proxy(&upstream.url()).await?;
+                let pids: Vec<u32> = proxy.id().into_iter().collect();
+                rows.extend(
+                    bench
+                        .measure(
+                            "bare hyper proxy, no oncely code",
+                            &url,
+                            &pids,
+                            false,
+                            "",
+                            false,
+                        )
+                        .await,
+                );
+                let _ = proxy.kill().await;
+            }
             "pass-through" | "memory" => {
                 let keyed = target == "memory";
-                let (mut gw, url) =
-                    spawn_gateway(oncely, &upstream.url(), "memory://", &[]).await?;
+                let (mut gw, url) = spawn(target, "memory://".into()).await?;
                 let pids: Vec<u32> = gw.id().into_iter().collect();
                 let name = if keyed {
                     "keyed, memory:// store"
                 } else {
                     "oncely serve, no key (pass-through)"
                 };
-                rows.extend(bench.measure(name, &url, &pids, keyed, "").await);
+                rows.extend(bench.measure(name, &url, &pids, keyed, "", true).await);
                 let _ = gw.kill().await;
             }
             "sqlite" => {
                 let store = format!("sqlite://{}", tmp.join("cost.db").display());
-                let (mut gw, url) = spawn_gateway(oncely, &upstream.url(), &store, &[]).await?;
+                let (mut gw, url) = spawn(target, store).await?;
                 let pids: Vec<u32> = gw.id().into_iter().collect();
-                rows.extend(bench.measure("keyed, SQLite", &url, &pids, true, "").await);
+                rows.extend(
+                    bench
+                        .measure("keyed, SQLite", &url, &pids, true, "", true)
+                        .await,
+                );
                 let _ = gw.kill().await;
             }
             "redis" | "postgres" => {
                 let shared = SharedStore::for_target(target, args);
-                match spawn_gateway(oncely, &upstream.url(), &shared.url, &[]).await {
+                match spawn(target, shared.url.clone()).await {
                     Ok((mut gw, url)) => {
                         let pids: Vec<u32> = gw.id().into_iter().collect();
                         let name = if target == "redis" {
@@ -213,7 +269,7 @@ pub(crate) async fn run(args: &BenchArgs, oncely: &Path, tmp: &Path) -> Result<(
                         };
                         rows.extend(
                             bench
-                                .measure(name, &url, &pids, true, " (gateway side only)")
+                                .measure(name, &url, &pids, true, " (gateway side only)", true)
                                 .await,
                         );
                         let _ = gw.kill().await;
@@ -227,7 +283,34 @@ pub(crate) async fn run(args: &BenchArgs, oncely: &Path, tmp: &Path) -> Result<(
     }
     drop(upstream);
     print_tables(&rows, &bench);
+    crate::profile::print(&bench.profiles.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(())
+}
+
+/// This program again, as the bare hyper proxy of [`crate::bare`], in a process of its own.
+async fn spawn_bare_proxy(upstream: &str) -> Result<(tokio::process::Child, String), String> {
+    use tokio::io::AsyncBufReadExt as _;
+    let me = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let mut child = tokio::process::Command::new(me)
+        .args(["--bare-proxy", upstream])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the bare proxy: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout from the bare proxy")?;
+    let line = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::BufReader::new(stdout).lines().next_line(),
+    )
+    .await
+    .map_err(|_| "the bare proxy did not start within 10 s".to_owned())?
+    .map_err(|e| e.to_string())?
+    .ok_or("the bare proxy exited before listening")?;
+    let url = line
+        .strip_prefix("listening on ")
+        .ok_or(format!("unexpected bare proxy output: {line}"))?
+        .to_owned();
+    Ok((child, url))
 }
 
 /// What every measurement shares.
@@ -238,11 +321,17 @@ struct Bench {
     /// Highest first.
     concurrency: Vec<usize>,
     dir: PathBuf,
+    profiler: Option<Profiler>,
+    /// Target, concurrency and profile of each profiled measurement.
+    profiles: Mutex<Vec<(String, usize, Profile)>>,
+    /// Where the profilers write (kept after the run, for `callgrind_annotate`).
+    profile_dir: PathBuf,
 }
 
 impl Bench {
     /// Loads `url` at every concurrency (after a one-second warm-up at that concurrency),
-    /// charging the CPU and peak memory of `pids`.
+    /// charging the CPU and peak memory of `pids`, and profiling them if asked (a `gateway`
+    /// runs under callgrind; strace attaches to anything).
     async fn measure(
         &self,
         name: &str,
@@ -250,17 +339,34 @@ impl Bench {
         pids: &[u32],
         keyed: bool,
         cpu_note: &'static str,
+        gateway: bool,
     ) -> Vec<Row> {
+        let profiler = self.profiler.filter(|p| gateway || p.profiles_references());
         let mut rows = Vec::new();
         for &c in &self.concurrency {
             eprintln!("running: {name}, c={c} ...");
             let tag = format!("{}-{c}", name.split_whitespace().last().unwrap_or("t"));
+            if let (Some(p), Some(&pid)) = (profiler, pids.first()) {
+                if let Err(e) = p.prepare(pid).await {
+                    eprintln!("  {name}, c={c}: {e}");
+                }
+            }
             let _ = self
                 .once(url, keyed, c, Duration::from_secs(1), &format!("w{tag}"))
                 .await;
             for &pid in pids {
                 reset_peak_rss(pid);
             }
+            let session = match profiler {
+                Some(p) => match p.start(pids, &self.profile_dir).await {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        eprintln!("  {name}, c={c}: {e}");
+                        None
+                    }
+                },
+                None => None,
+            };
             let before = cpu_seconds(pids);
             let stats = match self
                 .once(url, keyed, c, self.duration, &format!("m{tag}"))
@@ -274,6 +380,16 @@ impl Bench {
             };
             let used = cpu_seconds(pids) - before;
             let served = (stats.rps * self.duration.as_secs_f64()).max(1.0);
+            if let Some(session) = session {
+                match session.finish(served, &self.profile_dir).await {
+                    Ok(profile) => self
+                        .profiles
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((name.to_owned(), c, profile)),
+                    Err(e) => eprintln!("  {name}, c={c}: {e}"),
+                }
+            }
             let peak = pids
                 .iter()
                 .filter_map(|&p| memory_of(p))
@@ -448,7 +564,7 @@ fn wanted_targets(list: Option<&str>) -> Result<Vec<&'static str>, String> {
         .collect())
 }
 
-fn find_on_path(name: &str, explicit: Option<PathBuf>) -> Option<PathBuf> {
+pub(crate) fn find_on_path(name: &str, explicit: Option<PathBuf>) -> Option<PathBuf> {
     if explicit.is_some() {
         return explicit;
     }

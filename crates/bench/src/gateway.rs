@@ -83,10 +83,24 @@ pub(crate) struct BenchArgs {
     /// [default: nginx if installed].
     #[arg(long, value_name = "KIND")]
     pub(crate) upstream: Option<String>,
-    /// With --cost: which targets, comma-separated, from direct, nginx, pass-through, memory,
-    /// sqlite, redis, postgres [default: all].
+    /// With --cost: which targets, comma-separated, from direct, nginx, hyper (a bare hyper
+    /// proxy: the HTTP stack alone), pass-through, memory, sqlite, redis, postgres [default:
+    /// all].
     #[arg(long, value_name = "LIST")]
     pub(crate) targets: Option<String>,
+    /// With --cost: profile each target instead of only timing it, `callgrind` (instructions
+    /// and allocations per request, top functions; gateways only, each with one worker) or
+    /// `strace` (system calls per request, every target). Use a low --concurrency (8) and
+    /// --seconds 15 under callgrind, which runs the gateway about 50 times slower.
+    #[arg(long, value_name = "KIND")]
+    pub(crate) profile: Option<String>,
+    /// With --profile: where the raw profiles are written and kept (callgrind dumps for
+    /// `callgrind_annotate --inclusive=yes FILE`, strace summaries).
+    #[arg(long, value_name = "DIR", default_value = "oncely-profile")]
+    pub(crate) profile_dir: PathBuf,
+    /// Run as the bare hyper proxy to URL that --cost measures as its `hyper` target.
+    #[arg(long, value_name = "URL", hide = true)]
+    pub(crate) bare_proxy: Option<String>,
     /// Instead of the scenarios: send N unique keyed requests through the gateway (default
     /// settings, at the highest --concurrency) and report its resident memory as they go.
     #[arg(long, value_name = "N")]
@@ -411,7 +425,28 @@ pub(crate) async fn spawn_gateway(
     store: &str,
     extra: &[String],
 ) -> Result<(tokio::process::Child, String), String> {
-    let mut child = tokio::process::Command::new(oncely)
+    spawn_gateway_under(&[], oncely, upstream, store, extra).await
+}
+
+/// [`spawn_gateway`] with `wrapper` (a profiler's command line) in front of `oncely`.
+pub(crate) async fn spawn_gateway_under(
+    wrapper: &[std::ffi::OsString],
+    oncely: &Path,
+    upstream: &str,
+    store: &str,
+    extra: &[String],
+) -> Result<(tokio::process::Child, String), String> {
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(args).arg(oncely);
+            c
+        }
+        None => tokio::process::Command::new(oncely),
+    };
+    // Under a profiler the start is many times slower.
+    let start_within = Duration::from_secs(if wrapper.is_empty() { 20 } else { 120 });
+    let mut child = command
         .args([
             "--log-level",
             "warn",
@@ -433,9 +468,9 @@ pub(crate) async fn spawn_gateway(
         .map_err(|e| format!("cannot start the gateway {}: {e}", oncely.display()))?;
     let stdout = child.stdout.take().ok_or("no stdout from the gateway")?;
     let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+    let line = tokio::time::timeout(start_within, lines.next_line())
         .await
-        .map_err(|_| "the gateway did not start within 20 s".to_owned())?
+        .map_err(|_| format!("the gateway did not start within {start_within:?}"))?
         .map_err(|e| e.to_string())?
         .ok_or("the gateway exited before listening")?;
     let url = line

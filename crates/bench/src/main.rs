@@ -6,13 +6,24 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod bare;
 mod cost;
 mod gateway;
 mod process;
+mod profile;
 mod stores;
 
 fn main() -> ExitCode {
     let args = gateway::BenchArgs::parse();
+    if let Some(upstream) = &args.bare_proxy {
+        return match bare::run(upstream) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("oncely-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

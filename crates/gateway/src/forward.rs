@@ -4,9 +4,11 @@
 //! `X-Forwarded-*` headers, and tells the engine how a failure happened: nothing sent
 //! (connect failed) versus outcome unknown (reset or timeout after sending).
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use oncely_http::body::{boxed, BodyTimedOut, IdleTimeout};
 use oncely_http::headers::strip_hop_by_hop;
 use oncely_http::{BoxBody, UpstreamError, UpstreamErrorKind};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tower_service::Service;
 
 /// The address of the client a request came from, set by the listener.
@@ -40,8 +43,17 @@ pub enum ForwarderError {
 /// classifies failures for the engine. Cheap to clone; clones share the connection pool.
 #[derive(Clone)]
 pub struct Forwarder {
+    // One reference count per request instead of one per field (the client alone holds
+    // several).
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     client: Client<HttpConnector, BoxBody>,
     upstream: Uri,
+    /// The upstream URL's path without its trailing `/`; empty when it has none, the common
+    /// case, in which a request's path goes on unchanged.
+    prefix: String,
     upstream_host: HeaderValue,
     response_timeout: Duration,
 }
@@ -67,21 +79,33 @@ impl Forwarder {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
+        let prefix = upstream.path().trim_end_matches('/').to_owned();
         Ok(Forwarder {
-            client,
-            upstream,
-            upstream_host,
-            response_timeout,
+            shared: Arc::new(Shared {
+                client,
+                upstream,
+                prefix,
+                upstream_host,
+                response_timeout,
+            }),
         })
     }
+}
 
+impl Shared {
     fn target(&self, original: &Uri) -> Result<Uri, UpstreamError> {
-        let base = self.upstream.path().trim_end_matches('/');
-        let pq = original.path_and_query().map_or("/", |p| p.as_str());
+        let path_and_query = match original.path_and_query() {
+            // No prefix: the parsed path is shared as it is, not formatted and parsed again.
+            Some(pq) if self.prefix.is_empty() => pq.clone(),
+            pq => {
+                let pq = pq.map_or("/", |p| p.as_str());
+                format!("{}{pq}", self.prefix).parse().map_err(|e| {
+                    UpstreamError::new(UpstreamErrorKind::NotSent, format!("bad target path: {e}"))
+                })?
+            }
+        };
         let mut parts = self.upstream.clone().into_parts();
-        parts.path_and_query = Some(format!("{base}{pq}").parse().map_err(|e| {
-            UpstreamError::new(UpstreamErrorKind::NotSent, format!("bad target path: {e}"))
-        })?);
+        parts.path_and_query = Some(path_and_query);
         Uri::from_parts(parts)
             .map_err(|e| UpstreamError::new(UpstreamErrorKind::NotSent, format!("bad target: {e}")))
     }
@@ -98,7 +122,7 @@ impl Service<Request<BoxBody>> for Forwarder {
     }
 
     fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
-        let this = self.clone();
+        let this = Arc::clone(&self.shared);
         Box::pin(async move {
             *req.uri_mut() = this.target(req.uri())?;
             let client_addr = req.extensions().get::<ClientAddr>().copied();
@@ -111,15 +135,17 @@ impl Service<Request<BoxBody>> for Forwarder {
             }
             headers.insert(HOST, this.upstream_host.clone());
             if let Some(ClientAddr(addr)) = client_addr {
-                let ip = addr.ip().to_string();
+                let mut value = String::with_capacity(64);
                 // Earlier proxies' entries, from every X-Forwarded-For line, then this client.
-                let mut hops: Vec<&str> = headers
+                for hop in headers
                     .get_all("x-forwarded-for")
                     .iter()
                     .filter_map(|v| v.to_str().ok())
-                    .collect();
-                hops.push(&ip);
-                let value = hops.join(", ");
+                {
+                    value.push_str(hop);
+                    value.push_str(", ");
+                }
+                let _ = write!(value, "{}", addr.ip());
                 if let Ok(v) = HeaderValue::from_str(&value) {
                     headers.insert("x-forwarded-for", v);
                 }
@@ -213,6 +239,10 @@ async fn answer_within<F: Future>(
     timeout: Duration,
 ) -> Result<F::Output, Stalled> {
     tokio::pin!(request);
+    // One timer for the whole exchange, moved forward on each sign of progress, rather than
+    // a new one per step.
+    let silence = tokio::time::sleep(timeout);
+    tokio::pin!(silence);
     loop {
         let state = *upload.borrow_and_update();
         if state == Upload::Sent {
@@ -221,18 +251,23 @@ async fn answer_within<F: Future>(
         let waiting_on_upstream = !matches!(state, Upload::WaitingForClient(_));
         tokio::select! {
             answer = request.as_mut() => return Ok(answer),
-            changed = upload.changed() => if changed.is_err() {
-                // The body is gone (sent, or dropped with the request).
-                break;
+            changed = upload.changed() => {
+                if changed.is_err() {
+                    // The body is gone (sent, or dropped with the request).
+                    break;
+                }
+                silence.as_mut().reset(Instant::now() + timeout);
             },
-            _ = tokio::time::sleep(timeout), if waiting_on_upstream => {
+            () = silence.as_mut(), if waiting_on_upstream => {
                 return Err(Stalled::TakingTheBody);
             }
         }
     }
-    tokio::time::timeout(timeout, request)
-        .await
-        .map_err(|_| Stalled::Answering)
+    silence.as_mut().reset(Instant::now() + timeout);
+    tokio::select! {
+        answer = request => Ok(answer),
+        () = silence => Err(Stalled::Answering),
+    }
 }
 
 /// Passes a request body on and reports its progress to [`answer_within`].
