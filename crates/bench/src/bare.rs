@@ -20,7 +20,7 @@ type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, hyper::Erro
 
 /// Runs the proxy until the process is killed. Prints `listening on http://ADDR` first, as
 /// `oncely serve` does.
-pub(crate) fn run(upstream: &str) -> Result<(), String> {
+pub(crate) fn run(upstream: &str, workers: Option<usize>) -> Result<(), String> {
     let upstream: Uri = upstream
         .parse()
         .map_err(|e| format!("--bare-proxy: `{upstream}` is not a URL: {e}"))?;
@@ -37,7 +37,9 @@ pub(crate) fn run(upstream: &str) -> Result<(), String> {
         .local_addr()
         .map_err(|e| format!("cannot listen: {e}"))?;
     println!("listening on http://{addr}");
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
     let threads: Vec<_> = (0..workers)
         .map(|_| {
             let listener = listener.try_clone();

@@ -218,7 +218,9 @@ pub(crate) async fn run(args: &BenchArgs, oncely: &Path, tmp: &Path) -> Result<(
                 None => eprintln!("skipped nginx: not installed (apt-get install -y nginx-light)"),
             },
             "hyper" => {
-                let (mut proxy, url) = spawn_bare_proxy(&upstream.url()).await?;
+                let wrapper = profiler.map_or_else(Vec::new, |p| p.wrapper(&profile_dir, target));
+                let (mut proxy, url) =
+                    spawn_bare_proxy(&wrapper, &upstream.url(), profiler.is_some()).await?;
                 let pids: Vec<u32> = proxy.id().into_iter().collect();
                 rows.extend(
                     bench
@@ -228,7 +230,7 @@ pub(crate) async fn run(args: &BenchArgs, oncely: &Path, tmp: &Path) -> Result<(
                             &pids,
                             false,
                             "",
-                            false,
+                            true,
                         )
                         .await,
                 );
@@ -287,11 +289,28 @@ pub(crate) async fn run(args: &BenchArgs, oncely: &Path, tmp: &Path) -> Result<(
     Ok(())
 }
 
-/// This program again, as the bare hyper proxy of [`crate::bare`], in a process of its own.
-async fn spawn_bare_proxy(upstream: &str) -> Result<(tokio::process::Child, String), String> {
+/// This program again, as the bare hyper proxy of [`crate::bare`], in a process of its own
+/// (under `wrapper`, a profiler's command line, when there is one; then with one event loop,
+/// as the gateways get).
+async fn spawn_bare_proxy(
+    wrapper: &[std::ffi::OsString],
+    upstream: &str,
+    one_worker: bool,
+) -> Result<(tokio::process::Child, String), String> {
     use tokio::io::AsyncBufReadExt as _;
     let me = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
-    let mut child = tokio::process::Command::new(me)
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(args).arg(me);
+            c
+        }
+        None => tokio::process::Command::new(me),
+    };
+    if one_worker {
+        command.args(["--bare-workers", "1"]);
+    }
+    let mut child = command
         .args(["--bare-proxy", upstream])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -299,11 +318,11 @@ async fn spawn_bare_proxy(upstream: &str) -> Result<(tokio::process::Child, Stri
         .map_err(|e| format!("cannot start the bare proxy: {e}"))?;
     let stdout = child.stdout.take().ok_or("no stdout from the bare proxy")?;
     let line = tokio::time::timeout(
-        Duration::from_secs(10),
+        Duration::from_secs(if wrapper.is_empty() { 10 } else { 120 }),
         tokio::io::BufReader::new(stdout).lines().next_line(),
     )
     .await
-    .map_err(|_| "the bare proxy did not start within 10 s".to_owned())?
+    .map_err(|_| "the bare proxy did not start in time".to_owned())?
     .map_err(|e| e.to_string())?
     .ok_or("the bare proxy exited before listening")?;
     let url = line
@@ -330,8 +349,8 @@ struct Bench {
 
 impl Bench {
     /// Loads `url` at every concurrency (after a one-second warm-up at that concurrency),
-    /// charging the CPU and peak memory of `pids`, and profiling them if asked (a `gateway`
-    /// runs under callgrind; strace attaches to anything).
+    /// charging the CPU and peak memory of `pids`, and profiling them if asked (a `wrapped`
+    /// target was started under callgrind; strace attaches to anything).
     async fn measure(
         &self,
         name: &str,
@@ -339,9 +358,9 @@ impl Bench {
         pids: &[u32],
         keyed: bool,
         cpu_note: &'static str,
-        gateway: bool,
+        wrapped: bool,
     ) -> Vec<Row> {
-        let profiler = self.profiler.filter(|p| gateway || p.profiles_references());
+        let profiler = self.profiler.filter(|p| wrapped || p.profiles_references());
         let mut rows = Vec::new();
         for &c in &self.concurrency {
             eprintln!("running: {name}, c={c} ...");

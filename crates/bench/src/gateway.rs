@@ -101,6 +101,9 @@ pub(crate) struct BenchArgs {
     /// Run as the bare hyper proxy to URL that --cost measures as its `hyper` target.
     #[arg(long, value_name = "URL", hide = true)]
     pub(crate) bare_proxy: Option<String>,
+    /// Event-loop threads of the bare proxy (default: one per CPU).
+    #[arg(long, value_name = "N", hide = true)]
+    pub(crate) bare_workers: Option<usize>,
     /// Instead of the scenarios: send N unique keyed requests through the gateway (default
     /// settings, at the highest --concurrency) and report its resident memory as they go.
     #[arg(long, value_name = "N")]

@@ -16,7 +16,7 @@ mod stores;
 fn main() -> ExitCode {
     let args = gateway::BenchArgs::parse();
     if let Some(upstream) = &args.bare_proxy {
-        return match bare::run(upstream) {
+        return match bare::run(upstream, args.bare_workers) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("oncely-bench: {e}");
