@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod conditional;
 pub mod correlation;
 pub mod fingerprint;
 pub mod jcs;

@@ -36,11 +36,21 @@ pub enum ProblemKind {
     /// 408 `request-timeout`, then the connection closes: the request body stalled, or a
     /// keyed body was not complete in time. Nothing was claimed, so a retry executes.
     RequestTimeout,
+    /// 412 (or 409 by policy) `precondition-failed`: an `If-Match`, `If-None-Match` or
+    /// `If-Unmodified-Since` did not hold, so the write was not performed. The body carries
+    /// the current representation where the service knows it.
+    PreconditionFailed,
+    /// 428 `precondition-required` (RFC 6585): the route accepts writes only when they say
+    /// which version they were based on (`If-Match`), and none was sent.
+    PreconditionRequired,
+    /// 400 `invalid-precondition`: an `If-Match` or `If-None-Match` header is not a list of
+    /// entity tags or `*`.
+    InvalidPrecondition,
 }
 
 impl ProblemKind {
     /// Every kind, in declaration order, for code that must cover them all.
-    pub const ALL: [ProblemKind; 10] = [
+    pub const ALL: [ProblemKind; 13] = [
         ProblemKind::MissingKey,
         ProblemKind::InvalidKey,
         ProblemKind::KeyReused,
@@ -51,6 +61,9 @@ impl ProblemKind {
         ProblemKind::UpstreamTimeout,
         ProblemKind::BodyUnreadable,
         ProblemKind::RequestTimeout,
+        ProblemKind::PreconditionFailed,
+        ProblemKind::PreconditionRequired,
+        ProblemKind::InvalidPrecondition,
     ];
 
     /// The stable short name, the last part of the `type` URI (`request-in-progress`).
@@ -66,6 +79,9 @@ impl ProblemKind {
             ProblemKind::UpstreamTimeout => "upstream-timeout",
             ProblemKind::BodyUnreadable => "request-body-unreadable",
             ProblemKind::RequestTimeout => "request-timeout",
+            ProblemKind::PreconditionFailed => "precondition-failed",
+            ProblemKind::PreconditionRequired => "precondition-required",
+            ProblemKind::InvalidPrecondition => "invalid-precondition",
         }
     }
 
@@ -92,13 +108,26 @@ impl ProblemKind {
             ProblemKind::UpstreamTimeout => "The upstream service did not answer in time",
             ProblemKind::BodyUnreadable => "The request body could not be read",
             ProblemKind::RequestTimeout => "The request body did not arrive in time",
+            ProblemKind::PreconditionFailed => {
+                "The resource has changed since the version this request was based on"
+            }
+            ProblemKind::PreconditionRequired => {
+                "This route requires an If-Match header naming the version being changed"
+            }
+            ProblemKind::InvalidPrecondition => "A precondition header is not valid",
         }
     }
 
-    /// The default status; `KeyReused` may be configured to 409 instead.
+    /// The default status; `KeyReused` may be configured to 409 instead, and
+    /// `PreconditionFailed` answered as 409 by a service's policy.
     pub fn default_status(self) -> u16 {
         match self {
-            ProblemKind::MissingKey | ProblemKind::InvalidKey | ProblemKind::BodyUnreadable => 400,
+            ProblemKind::MissingKey
+            | ProblemKind::InvalidKey
+            | ProblemKind::BodyUnreadable
+            | ProblemKind::InvalidPrecondition => 400,
+            ProblemKind::PreconditionFailed => 412,
+            ProblemKind::PreconditionRequired => 428,
             ProblemKind::KeyReused => 422,
             ProblemKind::RequestInProgress => 409,
             ProblemKind::StoreUnavailable => 503,

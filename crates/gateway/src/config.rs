@@ -11,8 +11,8 @@ use std::time::Duration;
 use http::{HeaderName, Method, StatusCode};
 use oncely_core::StatusPolicy;
 use oncely_http::{
-    InFlightMode, KeyRequirement, PathPattern, Route, RoutePolicy, Routes, StoreFailureMode,
-    TenantSource, UnknownOutcomePolicy,
+    InFlightMode, KeyRequirement, PathPattern, PreconditionRequirement, Route, RoutePolicy, Routes,
+    StoreFailureMode, TenantSource, UnknownOutcomePolicy,
 };
 use serde::Deserialize;
 
@@ -727,6 +727,8 @@ struct PolicySection {
     max_response: Option<String>,
     unknown_outcome: Option<String>,
     store_unavailable: Option<String>,
+    precondition: Option<String>,
+    precondition_methods: Option<Vec<String>>,
     /// In a route: the methods it matches (all if absent). In `[defaults]`: the methods keyed
     /// when no route matches.
     methods: Option<Vec<String>>,
@@ -852,6 +854,45 @@ impl PolicySection {
                     ))
                 }
             };
+        }
+        let methods = match &self.precondition_methods {
+            Some(ms) => {
+                Some(parse_methods(ms).map_err(|e| SettingError::new("precondition_methods", e))?)
+            }
+            None => None,
+        };
+        match (self.precondition.as_deref(), methods) {
+            (Some("required"), ms) => {
+                p.precondition = match ms {
+                    Some(ms) => PreconditionRequirement::Required(ms),
+                    None => PreconditionRequirement::required_for_updates(),
+                }
+            }
+            (Some("optional"), None) => p.precondition = PreconditionRequirement::Optional,
+            (Some("optional"), Some(_)) => {
+                return Err(SettingError::new(
+                    "precondition_methods",
+                    "only meaningful with precondition = \"required\"",
+                ))
+            }
+            (Some(other), _) => {
+                return Err(SettingError::new(
+                    "precondition",
+                    format!("`{other}` is not one of required, optional"),
+                ))
+            }
+            (None, Some(ms)) => match p.precondition {
+                PreconditionRequirement::Required(_) => {
+                    p.precondition = PreconditionRequirement::Required(ms)
+                }
+                PreconditionRequirement::Optional => {
+                    return Err(SettingError::new(
+                        "precondition_methods",
+                        "only meaningful with precondition = \"required\"; set that too",
+                    ))
+                }
+            },
+            (None, None) => {}
         }
         Ok(p)
     }

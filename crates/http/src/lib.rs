@@ -28,8 +28,8 @@ pub use engine::{
 pub use layer::{IdempotencyLayer, IdempotencyService};
 pub use metrics::EngineMetrics;
 pub use policy::{
-    InFlightMode, KeyRequirement, PathPattern, Route, RoutePolicy, Routes, StoreFailureMode,
-    TenantSource, UnknownOutcomePolicy,
+    InFlightMode, KeyRequirement, PathPattern, PreconditionRequirement, Route, RoutePolicy, Routes,
+    StoreFailureMode, TenantSource, UnknownOutcomePolicy,
 };
 
 /// The header that names the key, in lower case as `http` stores names.

@@ -13,7 +13,7 @@ use crate::{Outcome, OutcomeObserver};
 use oncely_core::sync::LockIgnoringPoison;
 
 /// Outcomes that end a request, each counted under its name.
-const REQUEST_OUTCOMES: [Outcome; 15] = [
+const REQUEST_OUTCOMES: [Outcome; 17] = [
     Outcome::Executed,
     Outcome::Replayed,
     Outcome::WaitedThenReplayed,
@@ -21,6 +21,8 @@ const REQUEST_OUTCOMES: [Outcome; 15] = [
     Outcome::Mismatch,
     Outcome::MissingKey,
     Outcome::InvalidKey,
+    Outcome::PreconditionRequired,
+    Outcome::InvalidPrecondition,
     Outcome::BodyTooLarge,
     Outcome::BodyUnreadable,
     Outcome::BodyTimedOut,

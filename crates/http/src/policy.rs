@@ -17,6 +17,38 @@ pub enum KeyRequirement {
     Ignored,
 }
 
+/// Whether a route's writes must say which version they change (the `precondition` setting;
+/// default `Optional`). Checked at the edge, before a key is claimed, so that a write that
+/// could lose an update never reaches the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreconditionRequirement {
+    /// Precondition headers are passed through untouched; the service decides.
+    Optional,
+    /// A request with one of these methods and no `If-Match`, `If-None-Match` or
+    /// `If-Unmodified-Since` is refused with 428 `precondition-required`, and one whose
+    /// `If-Match` or `If-None-Match` is not a valid list with 400 `invalid-precondition`.
+    Required(Vec<http::Method>),
+}
+
+impl PreconditionRequirement {
+    /// `Required` for the methods that change a resource in place: PUT, PATCH and DELETE.
+    pub fn required_for_updates() -> Self {
+        PreconditionRequirement::Required(vec![
+            http::Method::PUT,
+            http::Method::PATCH,
+            http::Method::DELETE,
+        ])
+    }
+
+    /// Whether a request with `method` must carry a precondition.
+    pub fn applies_to(&self, method: &http::Method) -> bool {
+        match self {
+            PreconditionRequirement::Optional => false,
+            PreconditionRequirement::Required(methods) => methods.contains(method),
+        }
+    }
+}
+
 /// Where a request's tenant comes from (the `tenant` setting; default `Authorization`). A key
 /// names a record only within its tenant, so the source decides which requests share records
 /// and so whose stored responses a request may be answered with.
@@ -131,6 +163,9 @@ pub struct RoutePolicy {
     /// Renew the lease while the upstream works (every third of the lease), so that only a
     /// holder that stopped (crashed, frozen) is ever taken over.
     pub renew_lease: bool,
+    /// Whether writes must carry `If-Match` (or another precondition); default optional.
+    /// Applies even where `key` is ignored.
+    pub precondition: PreconditionRequirement,
 }
 
 impl Default for RoutePolicy {
@@ -149,6 +184,7 @@ impl Default for RoutePolicy {
             store_failure: StoreFailureMode::FailClosed,
             retry_after: Duration::from_secs(1),
             renew_lease: true,
+            precondition: PreconditionRequirement::Optional,
         }
     }
 }
@@ -269,15 +305,21 @@ impl Routes {
     /// fallback does not cover its method, or the deciding policy ignores keys. Such a
     /// request is passed through untouched.
     pub fn policy_for(&self, method: &http::Method, path: &str) -> Option<&Arc<RoutePolicy>> {
+        self.route_for(method, path)
+            .filter(|p| p.key != KeyRequirement::Ignored)
+    }
+
+    /// The policy of the route a request matches, even one whose key is ignored (its other
+    /// settings, such as `precondition`, still apply).
+    pub fn route_for(&self, method: &http::Method, path: &str) -> Option<&Arc<RoutePolicy>> {
         for r in &self.routes {
             if (r.methods.is_empty() || r.methods.contains(method)) && r.path.matches(path) {
-                return Some(&r.policy).filter(|p| p.key != KeyRequirement::Ignored);
+                return Some(&r.policy);
             }
         }
         self.fallback
             .as_ref()
             .filter(|_| self.fallback_methods.contains(method))
-            .filter(|p| p.key != KeyRequirement::Ignored)
     }
 }
 

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
+use oncely_core::conditional::Preconditions;
 use oncely_core::record::{decide_existing, ExistingDecision};
 use oncely_core::{
     parse_idempotency_key, ClaimOutcome, Clock, Fingerprint, IdempotencyKey, KeyError, LeaseToken,
@@ -213,6 +214,33 @@ impl Engine {
         resp
     }
 
+    /// 428 for a write without a precondition, 400 for a malformed one; `None` when the
+    /// request may go on.
+    fn refuse_unconditional(&self, req: &Request<BoxBody>) -> Option<Response<BoxBody>> {
+        match Preconditions::from_headers(req.headers()) {
+            Err(e) => {
+                self.observe(Outcome::InvalidPrecondition, None);
+                Some(problem_default(
+                    ProblemKind::InvalidPrecondition,
+                    &e.to_string(),
+                ))
+            }
+            Ok(p) if !p.guards_a_write() => {
+                self.observe(Outcome::PreconditionRequired, None);
+                Some(problem_default(
+                    ProblemKind::PreconditionRequired,
+                    &format!(
+                        "{} {} changes a resource only with If-Match naming the version it \
+                         was based on (its ETag); read it first",
+                        req.method(),
+                        req.uri().path()
+                    ),
+                ))
+            }
+            Ok(_) => None,
+        }
+    }
+
     /// Answers one request, calling `inner` at most once.
     pub async fn handle(
         self: Arc<Self>,
@@ -221,11 +249,21 @@ impl Engine {
     ) -> Response<BoxBody> {
         let Some(policy) = self
             .routes
-            .policy_for(req.method(), req.uri().path())
+            .route_for(req.method(), req.uri().path())
             .cloned()
         else {
             return self.pass_through(inner, req).await;
         };
+        // Before the key: a write that names no version is refused whether or not it is a
+        // retry, so the answer is the same on every attempt and nothing is claimed for it.
+        if policy.precondition.applies_to(req.method()) {
+            if let Some(refusal) = self.refuse_unconditional(&req) {
+                return refusal;
+            }
+        }
+        if policy.key == KeyRequirement::Ignored {
+            return self.pass_through(inner, req).await;
+        }
         let key = match key_of(req.headers()) {
             None if policy.key == KeyRequirement::Required => {
                 self.observe(Outcome::MissingKey, None);

@@ -23,6 +23,12 @@ pub enum Outcome {
     MissingKey,
     /// 400 `invalid-idempotency-key`: the key was malformed or sent twice.
     InvalidKey,
+    /// 428 `precondition-required`: the route requires a precondition on this method and
+    /// none was sent; nothing was claimed or forwarded.
+    PreconditionRequired,
+    /// 400 `invalid-precondition`: `If-Match` or `If-None-Match` is malformed on a route that
+    /// requires a precondition.
+    InvalidPrecondition,
     /// 413 `request-body-too-large`: the keyed body passed the route's `max_body`; nothing
     /// was claimed.
     BodyTooLarge,
@@ -57,6 +63,8 @@ impl Outcome {
             Outcome::Mismatch => "mismatch",
             Outcome::MissingKey => "missing_key",
             Outcome::InvalidKey => "invalid_key",
+            Outcome::PreconditionRequired => "precondition_required",
+            Outcome::InvalidPrecondition => "invalid_precondition",
             Outcome::BodyTooLarge => "body_too_large",
             Outcome::BodyUnreadable => "body_unreadable",
             Outcome::BodyTimedOut => "body_timeout",
