@@ -414,7 +414,10 @@ impl WriteGuard {
             None => !self.must_exist,
             Some((version, changed_at)) => {
                 !self.must_be_absent
-                    && self.version_in.as_ref().is_none_or(|vs| vs.contains(&version))
+                    && self
+                        .version_in
+                        .as_ref()
+                        .is_none_or(|vs| vs.contains(&version))
                     && !self.version_not_in.contains(&version)
                     && self.changed_before.is_none_or(|t| changed_at < t)
             }
@@ -892,7 +895,7 @@ mod tests {
                 if_modified_since: whole(ims),
                 if_unmodified_since: whole(ius),
             };
-            let current = exists.then(|| Validators { etag, last_modified: modified });
+            let current = exists.then_some(Validators { etag, last_modified: modified });
             let decision = p.evaluate(&method, current.as_ref());
             prop_assert_eq!(decision, reference(&p, &method, current.as_ref()));
             // What must hold whatever the inputs:
