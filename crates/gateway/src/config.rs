@@ -1001,6 +1001,41 @@ mod tests {
     }
 
     #[test]
+    fn preconditions_per_route() {
+        let c = base()
+            .apply_toml(
+                "[[routes]]\npath = \"/docs/{id}\"\nprecondition = \"required\"\n\
+                 [[routes]]\npath = \"/x\"\nprecondition = \"required\"\n\
+                 precondition_methods = [\"post\"]",
+            )
+            .unwrap();
+        let docs = c.routes.route_for(&Method::PUT, "/docs/1").unwrap();
+        assert_eq!(
+            docs.precondition,
+            PreconditionRequirement::required_for_updates()
+        );
+        let x = c.routes.route_for(&Method::POST, "/x").unwrap();
+        assert_eq!(
+            x.precondition,
+            PreconditionRequirement::Required(vec![Method::POST])
+        );
+        let setting = |toml: &str| match base().apply_toml(toml) {
+            Err(ConfigError::Setting(e)) => e.to_string(),
+            other => panic!("{toml}: {other:?}"),
+        };
+        assert_eq!(
+            setting("[defaults]\nprecondition = \"always\""),
+            "defaults.precondition: `always` is not one of required, optional"
+        );
+        assert!(setting("[defaults]\nprecondition_methods = [\"PUT\"]")
+            .starts_with("defaults.precondition_methods: only meaningful"));
+        assert!(setting(
+            "[defaults]\nprecondition = \"required\"\nprecondition_methods = [\"P UT\"]"
+        )
+        .starts_with("defaults.precondition_methods:"));
+    }
+
+    #[test]
     fn errors_in_a_file_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("oncely.toml");

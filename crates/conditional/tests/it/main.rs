@@ -5,4 +5,5 @@
 mod answers;
 mod app;
 mod layer;
+mod pessimistic;
 mod races;

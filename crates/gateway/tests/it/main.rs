@@ -2,5 +2,6 @@
 
 mod admin;
 mod audit;
+mod conditional;
 mod contract;
 mod correlation;
