@@ -73,6 +73,14 @@ pub(crate) struct BenchArgs {
     /// microseconds per request of the target's own processes, and peak RSS.
     #[arg(long)]
     pub(crate) cost: bool,
+    /// Instead of the scenarios: what optimistic concurrency costs (a guarded update against
+    /// a blind one) and buys (writers on one row: attempts, goodput, refused as stale), on
+    /// SQLite and PostgreSQL (--postgres). Needs no gateway.
+    #[arg(long)]
+    conditional: bool,
+    /// Writer counts for --conditional's contention table.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+    writers: Vec<usize>,
     /// With --cost: the load generator, `wrk` or `builtin` [default: wrk if installed].
     #[arg(long, value_name = "KIND")]
     pub(crate) load: Option<String>,
@@ -132,6 +140,22 @@ pub(crate) struct Stats {
 pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     let tmp = std::env::temp_dir().join(format!("oncely-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    if args.conditional {
+        let postgres = args
+            .postgres
+            .clone()
+            .or_else(|| std::env::var("ONCELY_TEST_POSTGRES").ok())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let result = crate::conditional::run(crate::conditional::Plan {
+            duration: Duration::from_secs(args.seconds.max(1)),
+            writers: args.writers.clone(),
+            postgres: (postgres != "none").then_some(postgres),
+            dir: tmp.clone(),
+        })
+        .await;
+        let _ = std::fs::remove_dir_all(&tmp);
+        return result;
+    }
     let oncely = oncely_binary(args.oncely.as_deref())?;
     if args.cost {
         let result = crate::cost::run(&args, &oncely, &tmp).await;

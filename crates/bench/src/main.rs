@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod bare;
+mod conditional;
 mod cost;
 mod gateway;
 mod process;

@@ -209,13 +209,15 @@ fn current<T>(
     row: &Row,
     map: &impl Fn(&Row) -> std::result::Result<T, tokio_postgres::Error>,
 ) -> std::result::Result<Current<T>, tokio_postgres::Error> {
-    let version: i64 = row.try_get("version")?;
+    // Every statement here ends its columns with version, changed_at, changed_by.
+    let at = row.len().saturating_sub(3);
+    let version: i64 = row.try_get(at)?;
     Ok(Current {
         value: map(row)?,
         revision: Revision {
             version: u64::try_from(version).unwrap_or(0),
-            changed_at: Timestamp(row.try_get("changed_at")?),
-            changed_by: row.try_get("changed_by")?,
+            changed_at: Timestamp(row.try_get(at + 1)?),
+            changed_by: row.try_get(at + 2)?,
         },
     })
 }
