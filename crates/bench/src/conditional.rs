@@ -212,6 +212,14 @@ fn sqlite_contention(
     writers: usize,
     d: Duration,
 ) -> Result<Contention, String> {
+    let version = |conn: &rusqlite::Connection| -> Result<u64, String> {
+        Ok(sqlite::read(conn, &DOCS, &"d0", sqlite_title)
+            .map_err(|e| e.to_string())?
+            .ok_or("the row is missing")?
+            .revision
+            .version)
+    };
+    let before = version(&open_sqlite(path)?)?;
     let counts = Arc::new(Counts::default());
     let deadline = Instant::now() + d;
     let threads: Vec<_> = (0..writers)
@@ -246,7 +254,22 @@ fn sqlite_contention(
     for t in threads {
         t.join().map_err(|_| "a writer panicked".to_owned())??;
     }
-    Ok(counts.take())
+    let counted = counts.take();
+    no_write_lost(before, version(&open_sqlite(path)?)?, &counted)?;
+    Ok(counted)
+}
+
+/// Every successful write moved the version by exactly one: none overwrote another.
+fn no_write_lost(before: u64, after: u64, counted: &Contention) -> Result<(), String> {
+    let moved = after.checked_sub(before);
+    if moved == Some(counted.writes) {
+        Ok(())
+    } else {
+        Err(format!(
+            "lost update: the version went from {before} to {after} but {} writes succeeded",
+            counted.writes
+        ))
+    }
 }
 
 async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, String> {
@@ -385,6 +408,18 @@ async fn pg_contention(
     writers: usize,
     d: Duration,
 ) -> Result<Contention, String> {
+    let probe = pg_connect(url).await?;
+    let version = || async {
+        Ok::<u64, String>(
+            postgres::read(&probe, table, &"d0", pg_title)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the row is missing")?
+                .revision
+                .version,
+        )
+    };
+    let before = version().await?;
     let counts = Arc::new(Counts::default());
     let deadline = Instant::now() + d;
     let mut tasks = tokio::task::JoinSet::new();
@@ -421,5 +456,7 @@ async fn pg_contention(
     while let Some(r) = tasks.join_next().await {
         r.map_err(|e| e.to_string())??;
     }
-    Ok(counts.take())
+    let counted = counts.take();
+    no_write_lost(before, version().await?, &counted)?;
+    Ok(counted)
 }
