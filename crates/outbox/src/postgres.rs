@@ -1,0 +1,393 @@
+//! The outbox in PostgreSQL: its tables live in a schema of the application's own database,
+//! and [`PgOutbox::enqueue`] writes into the application's own transaction.
+//!
+//! Claims take rows `FOR UPDATE SKIP LOCKED`, so relays never wait for each other or for
+//! the application's transactions, and times are the server's clock, so relays on hosts with
+//! skewed clocks agree on leases. Every enqueue also notifies the channel
+//! [`PgOutbox::channel`], delivered when its transaction commits: a relay listening there
+//! wakes at once instead of at its next poll.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use oncely_core::{Clock, Timestamp};
+use oncely_db::migrate::{Migration, Migrations};
+
+use crate::event::{EventId, NewEvent, OutboxEvent};
+use crate::store::{
+    settled_failure, validate, Claim, Failure, OutboxError, OutboxStats, OutboxStore, Settled,
+};
+
+/// The outbox's history, `{schema}` the quoted schema. The DDL is also what applications in
+/// other languages create (docs/outbox.md).
+const MIGRATIONS: Migrations = Migrations {
+    concern: "outbox",
+    steps: &[Migration {
+        version: 1,
+        description: "the outbox and its per-aggregate sequences",
+        sql: "
+CREATE TABLE IF NOT EXISTS {schema}.outbox (
+    id             text  PRIMARY KEY,
+    aggregate_type text  NOT NULL,
+    aggregate_id   text  NOT NULL,
+    sequence       int8  NOT NULL,
+    event_type     text  NOT NULL,
+    payload        jsonb NOT NULL,
+    headers        jsonb NOT NULL,
+    created_at     int8  NOT NULL,
+    status         text  NOT NULL DEFAULT 'pending',
+    attempts       int4  NOT NULL DEFAULT 0,
+    available_at   int8  NOT NULL,
+    lease_token    int8,
+    lease_until    int8,
+    last_error     text,
+    delivered_at   int8,
+    UNIQUE (aggregate_type, aggregate_id, sequence)
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON {schema}.outbox (created_at)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS outbox_delivered ON {schema}.outbox (delivered_at)
+    WHERE status = 'delivered';
+CREATE TABLE IF NOT EXISTS {schema}.outbox_sequences (
+    aggregate_type text NOT NULL,
+    aggregate_id   text NOT NULL,
+    last           int8 NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id)
+);
+",
+    }],
+};
+
+/// The server's clock in milliseconds since the epoch.
+const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::int8";
+
+const COLUMNS: &str = "o.id, o.aggregate_type, o.aggregate_id, o.sequence, o.event_type, \
+                       o.payload::text, o.headers::text, o.created_at, o.attempts, o.last_error";
+
+/// The outbox in one schema of the database behind a pool.
+pub struct PgOutbox {
+    pool: Pool,
+    schema: String,
+    channel: String,
+    clock: Arc<dyn Clock>,
+    sql: Statements,
+}
+
+struct Statements {
+    enqueue: String,
+    claim: String,
+    delivered: String,
+    failed: String,
+    purge: String,
+    stats: String,
+    dead_letters: String,
+    retry: String,
+}
+
+impl Statements {
+    fn new(schema: &str) -> Statements {
+        let t = format!("\"{schema}\".outbox");
+        let seq = format!("\"{schema}\".outbox_sequences");
+        Statements {
+            // One round trip: the aggregate's next number (its counter row stays locked
+            // until the transaction ends), the row, and the wake-up.
+            enqueue: format!(
+                "WITH s AS (INSERT INTO {seq} AS q (aggregate_type, aggregate_id, last) \
+                   VALUES ($2, $3, 1) ON CONFLICT (aggregate_type, aggregate_id) \
+                   DO UPDATE SET last = q.last + 1 RETURNING last) \
+                 INSERT INTO {t} (id, aggregate_type, aggregate_id, sequence, event_type, payload, \
+                   headers, created_at, available_at) \
+                 SELECT $1, $2, $3, s.last, $4, $5::text::jsonb, $6::text::jsonb, {NOW_MS}, {NOW_MS} \
+                 FROM s CROSS JOIN (SELECT pg_notify($7, '')) AS wake"
+            ),
+            claim: format!(
+                "WITH now AS (SELECT {NOW_MS} AS ms), picked AS ( \
+                   SELECT o.id FROM {t} o, now \
+                   WHERE o.status = 'pending' AND o.available_at <= now.ms \
+                     AND (o.lease_until IS NULL OR o.lease_until <= now.ms) \
+                     AND NOT EXISTS (SELECT 1 FROM {t} p \
+                         WHERE p.aggregate_type = o.aggregate_type \
+                           AND p.aggregate_id = o.aggregate_id \
+                           AND p.sequence < o.sequence AND p.status <> 'delivered') \
+                   ORDER BY o.created_at, o.id LIMIT $1 \
+                   FOR UPDATE OF o SKIP LOCKED) \
+                 UPDATE {t} o SET lease_token = $2, lease_until = now.ms + $3, \
+                   attempts = o.attempts + 1 \
+                 FROM picked, now WHERE o.id = picked.id RETURNING {COLUMNS}"
+            ),
+            delivered: format!(
+                "UPDATE {t} SET status = 'delivered', delivered_at = {NOW_MS}, \
+                 lease_token = NULL, lease_until = NULL \
+                 WHERE id = $1 AND lease_token = $2 AND status = 'pending'"
+            ),
+            failed: format!(
+                "UPDATE {t} SET lease_token = NULL, lease_until = NULL, last_error = $1, \
+                 available_at = {NOW_MS} + $2, \
+                 status = CASE WHEN attempts >= $3 THEN 'dead' ELSE 'pending' END \
+                 WHERE id = $4 AND lease_token = $5 AND status = 'pending' RETURNING status"
+            ),
+            purge: format!(
+                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE status = 'delivered' \
+                 ORDER BY delivered_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+            ),
+            stats: format!(
+                "SELECT count(*) FILTER (WHERE status = 'pending'), \
+                   count(*) FILTER (WHERE status = 'dead'), \
+                   count(*) FILTER (WHERE status = 'delivered'), \
+                   min(created_at) FILTER (WHERE status = 'pending') FROM {t}"
+            ),
+            dead_letters: format!(
+                "SELECT {COLUMNS} FROM {t} o WHERE o.status = 'dead' \
+                 ORDER BY o.created_at, o.id LIMIT $1"
+            ),
+            retry: format!(
+                "UPDATE {t} SET status = 'pending', attempts = 0, available_at = {NOW_MS} \
+                 WHERE id = $1 AND status = 'dead'"
+            ),
+        }
+    }
+}
+
+impl PgOutbox {
+    /// The outbox in schema `schema` of the database behind `pool` (the application's own),
+    /// created or brought up to date. `clock` only dates the event ids; leases and times
+    /// are the server's.
+    pub async fn open(
+        pool: Pool,
+        schema: &str,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, OutboxError> {
+        oncely_db::postgres::validate_schema(schema)
+            .map_err(|e| OutboxError::Invalid(format!("schema: {e}")))?;
+        let mut client = pool.get().await.map_err(unavailable)?;
+        oncely_db::postgres::migrate(&mut client, schema, &MIGRATIONS)
+            .await
+            .map_err(|e| OutboxError::Unavailable(e.to_string()))?;
+        Ok(PgOutbox {
+            pool,
+            channel: channel_of(schema),
+            schema: schema.to_owned(),
+            clock,
+            sql: Statements::new(schema),
+        })
+    }
+
+    /// The schema holding the outbox.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The `LISTEN` channel every enqueue notifies when its transaction commits.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Enqueues `event` in the application's transaction `tx` (a tokio-postgres
+    /// transaction; a deadpool one derefs to it): it commits or rolls back with the business write. The
+    /// aggregate's counter row stays locked until `tx` ends, so a concurrent transaction on
+    /// the same aggregate waits, and the sequence follows commits.
+    pub async fn enqueue(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        event: &NewEvent,
+    ) -> Result<EventId, OutboxError> {
+        validate(event)?;
+        let id = EventId::new(self.clock.now());
+        let headers = serde_json::to_string(&event.headers)
+            .map_err(|e| OutboxError::Invalid(format!("headers: {e}")))?;
+        tx.execute(
+            &self.sql.enqueue,
+            &[
+                &id.to_string(),
+                &event.aggregate_type,
+                &event.aggregate_id,
+                &event.event_type,
+                &event.payload.to_string(),
+                &headers,
+                &self.channel,
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(id)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, OutboxError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+}
+
+/// `oncely_outbox_{schema}`, cut to PostgreSQL's 63-byte identifier limit. Two long schema
+/// names that share a prefix share a channel; their relays then wake for each other's
+/// events too, which costs a claim that finds nothing, never a missed event.
+fn channel_of(schema: &str) -> String {
+    let mut channel = format!("oncely_outbox_{schema}");
+    // Schema names are validated ASCII, so any byte is a char boundary.
+    channel.truncate(63);
+    channel
+}
+
+fn unavailable(e: impl std::error::Error) -> OutboxError {
+    OutboxError::Unavailable(oncely_db::describe(&e))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn read_event(r: &tokio_postgres::Row) -> Result<OutboxEvent, OutboxError> {
+    let id: String = r.try_get(0).map_err(unavailable)?;
+    let corrupt = |reason: String| OutboxError::Corrupt {
+        id: id.clone(),
+        reason,
+    };
+    let get_text = |i: usize| -> Result<String, OutboxError> {
+        r.try_get(i).map_err(|e| corrupt(e.to_string()))
+    };
+    let attempts: i32 = r.try_get(8).map_err(|e| corrupt(e.to_string()))?;
+    Ok(OutboxEvent {
+        id: EventId::parse(&id).ok_or_else(|| corrupt("the id is not a UUID".into()))?,
+        aggregate_type: get_text(1)?,
+        aggregate_id: get_text(2)?,
+        sequence: r.try_get(3).map_err(|e| corrupt(e.to_string()))?,
+        event_type: get_text(4)?,
+        payload: serde_json::from_str(&get_text(5)?)
+            .map_err(|e| corrupt(format!("payload: {e}")))?,
+        headers: serde_json::from_str(&get_text(6)?)
+            .map_err(|e| corrupt(format!("headers: {e}")))?,
+        created_at: Timestamp(r.try_get(7).map_err(|e| corrupt(e.to_string()))?),
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        last_error: r.try_get(9).map_err(|e| corrupt(e.to_string()))?,
+    })
+}
+
+#[async_trait]
+impl OutboxStore for PgOutbox {
+    async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Claim>, OutboxError> {
+        let client = self.client().await?;
+        let token: i64 = rand::random::<i64>() & i64::MAX;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let stmt = client
+            .prepare_cached(&self.sql.claim)
+            .await
+            .map_err(unavailable)?;
+        let rows = client
+            .query(&stmt, &[&limit, &token, &millis(lease)])
+            .await
+            .map_err(unavailable)?;
+        let mut claims = rows
+            .iter()
+            .map(|r| read_event(r).map(|event| Claim { event, token }))
+            .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING has no order of its own.
+        claims.sort_by(|a, b| {
+            (a.event.created_at, a.event.id).cmp(&(b.event.created_at, b.event.id))
+        });
+        Ok(claims)
+    }
+
+    async fn delivered(&self, id: EventId, token: i64) -> Result<Settled, OutboxError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.sql.delivered)
+            .await
+            .map_err(unavailable)?;
+        let n = client
+            .execute(&stmt, &[&id.to_string(), &token])
+            .await
+            .map_err(unavailable)?;
+        Ok(if n == 1 {
+            Settled::Delivered
+        } else {
+            Settled::LeaseLost
+        })
+    }
+
+    async fn failed(
+        &self,
+        id: EventId,
+        token: i64,
+        failure: &Failure,
+    ) -> Result<Settled, OutboxError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.sql.failed)
+            .await
+            .map_err(unavailable)?;
+        let dead_after = i32::try_from(failure.dead_after).unwrap_or(i32::MAX);
+        let row = client
+            .query_opt(
+                &stmt,
+                &[
+                    &failure.error,
+                    &millis(failure.retry_in),
+                    &dead_after,
+                    &id.to_string(),
+                    &token,
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        match row {
+            Some(r) => Ok(settled_failure(
+                &r.try_get::<_, String>(0).map_err(unavailable)?,
+            )),
+            None => Ok(Settled::LeaseLost),
+        }
+    }
+
+    async fn purge_delivered(&self, limit: usize) -> Result<u64, OutboxError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.sql.purge)
+            .await
+            .map_err(unavailable)?;
+        client
+            .execute(&stmt, &[&i64::try_from(limit).unwrap_or(i64::MAX)])
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn stats(&self) -> Result<OutboxStats, OutboxError> {
+        let client = self.client().await?;
+        let r = client
+            .query_one(&self.sql.stats, &[])
+            .await
+            .map_err(unavailable)?;
+        let count = |i: usize| -> Result<u64, OutboxError> {
+            Ok(r.try_get::<_, i64>(i).map_err(unavailable)?.max(0) as u64)
+        };
+        Ok(OutboxStats {
+            pending: count(0)?,
+            dead: count(1)?,
+            delivered: count(2)?,
+            oldest_pending: r
+                .try_get::<_, Option<i64>>(3)
+                .map_err(unavailable)?
+                .map(Timestamp),
+        })
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<OutboxEvent>, OutboxError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &self.sql.dead_letters,
+                &[&i64::try_from(limit).unwrap_or(i64::MAX)],
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(read_event).collect()
+    }
+
+    async fn retry(&self, id: EventId) -> Result<bool, OutboxError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(&self.sql.retry, &[&id.to_string()])
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+}

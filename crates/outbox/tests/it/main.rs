@@ -1,0 +1,5 @@
+//! The integration tests of this crate, in one binary: the conformance suite on SQLite and
+//! PostgreSQL, and what only PostgreSQL can show (transactions that overlap).
+
+mod postgres;
+mod sqlite;
