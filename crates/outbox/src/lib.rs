@@ -23,12 +23,13 @@
 //!   since publishing them would break the order.
 //! - **Delivered rows** are removed in small batches ([`OutboxStore::purge_delivered`]).
 //!
-//! The relay process, the publishers (NATS JetStream, RabbitMQ, webhooks) and the inbox
-//! build on this concern.
+//! [`Relay`] runs the claims against a [`Publisher`]. The broker publishers (NATS
+//! JetStream, RabbitMQ, webhooks), the `oncely relay` process and the inbox build on it.
 
 #![warn(missing_docs)]
 
 mod event;
+pub mod relay;
 mod store;
 
 #[cfg(feature = "conformance")]
@@ -39,4 +40,5 @@ pub mod postgres;
 pub mod sqlite;
 
 pub use event::{EventId, NewEvent, OutboxEvent};
+pub use relay::{PublishError, Publisher, Relay, RelayConfig};
 pub use store::{Claim, Failure, OutboxError, OutboxStats, OutboxStore, Settled};

@@ -2,4 +2,5 @@
 //! PostgreSQL, and what only PostgreSQL can show (transactions that overlap).
 
 mod postgres;
+mod relay;
 mod sqlite;

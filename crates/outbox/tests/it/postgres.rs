@@ -12,7 +12,7 @@ use oncely_outbox::postgres::PgOutbox;
 use oncely_outbox::{EventId, NewEvent, OutboxStore, Settled};
 use oncely_testkit::services::{unique_name, Service};
 
-struct Pg {
+pub(crate) struct Pg {
     store: Arc<PgOutbox>,
     pool: deadpool_postgres::Pool,
     schema: String,
@@ -28,7 +28,7 @@ impl Drop for Pg {
     }
 }
 
-async fn fixture(url: &str) -> Pg {
+pub(crate) async fn fixture(url: &str) -> Pg {
     let schema = unique_name("oncely_outbox");
     let pool = oncely_db::postgres::pool(&oncely_db::postgres::PgOptions::new(url)).unwrap();
     let store = PgOutbox::open(pool.clone(), &schema, Arc::new(SystemClock))

@@ -10,13 +10,13 @@ use oncely_outbox::conformance::{run_all, Fixture};
 use oncely_outbox::sqlite::SqliteOutbox;
 use oncely_outbox::{EventId, NewEvent, OutboxError, OutboxStore};
 
-struct Sqlite {
+pub(crate) struct Sqlite {
     store: Arc<SqliteOutbox>,
     app: Mutex<rusqlite::Connection>,
     _dir: tempfile::TempDir,
 }
 
-fn fixture() -> Sqlite {
+pub(crate) fn fixture() -> Sqlite {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.db");
     let store = SqliteOutbox::open(&path, Duration::from_secs(10), Arc::new(SystemClock)).unwrap();

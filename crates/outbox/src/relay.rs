@@ -1,0 +1,240 @@
+//! The relay: claims events, hands them to a [`Publisher`], and settles each with the
+//! result. At least once: an event is marked delivered only after the publisher confirmed
+//! it, so a crash anywhere before that publishes it again (after its lease), and the
+//! broker's dedupe (the event id as message id) and the consumer's inbox absorb the repeat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use crate::{Failure, OutboxError, OutboxEvent, OutboxStore, Settled};
+
+/// Why a publish failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PublishError {
+    /// What the broker or the connection said.
+    pub message: String,
+}
+
+impl PublishError {
+    /// A failure with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        PublishError {
+            message: message.into(),
+        }
+    }
+}
+
+/// Where events go: a broker, a webhook. `publish` returns only once the destination has
+/// taken responsibility for the event (a JetStream ack, a RabbitMQ confirm, a 2xx), and
+/// sends the event id as the message id so that the destination can drop a repeat.
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// A short name for logs and metrics (`nats`, `amqp`, `webhook`).
+    fn name(&self) -> &str;
+    /// Publishes one event.
+    async fn publish(&self, event: &OutboxEvent) -> Result<(), PublishError>;
+}
+
+/// How a relay works (the defaults suit most).
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Events claimed at once (default 64).
+    pub batch: usize,
+    /// How long a claim holds its events (default 30 s): a relay that dies leaves them to
+    /// another after this. Longer than any publish may take.
+    pub lease: Duration,
+    /// After this many attempts an event becomes a dead letter (default 20).
+    pub dead_after: u32,
+    /// The first retry waits up to this long (default 500 ms)...
+    pub backoff_base: Duration,
+    /// ...and no retry waits longer than this (default 5 min).
+    pub backoff_cap: Duration,
+    /// How often an idle relay looks for events without being woken (default 1 s).
+    pub poll: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch: 64,
+            lease: Duration::from_secs(30),
+            dead_after: 20,
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(300),
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The wait before retry number `attempt` (1 for the first retry): "full jitter", uniform
+/// between zero and `min(cap, base * 2^(attempt - 1))`, so that many failed events do not
+/// retry in step. `unit` is a uniform sample in `[0, 1)`.
+pub fn backoff(attempt: u32, base: Duration, cap: Duration, unit: f64) -> Duration {
+    let exp = attempt.saturating_sub(1).min(32);
+    let ceiling = base
+        .checked_mul(1u32 << exp.min(31))
+        .unwrap_or(cap)
+        .min(cap);
+    ceiling.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// What one pass of the relay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Events claimed.
+    pub claimed: usize,
+    /// Published and recorded as delivered.
+    pub delivered: usize,
+    /// Failed and left for a retry.
+    pub retrying: usize,
+    /// Failed for the last allowed time.
+    pub dead: usize,
+    /// Settled too late: another relay had taken them over.
+    pub lease_lost: usize,
+}
+
+/// A relay over one outbox and one publisher. Several may share an outbox, in one process
+/// or many.
+pub struct Relay {
+    store: Arc<dyn OutboxStore>,
+    publisher: Arc<dyn Publisher>,
+    config: RelayConfig,
+    wake: Arc<Notify>,
+}
+
+impl Relay {
+    /// A relay of `store`'s events to `publisher`.
+    pub fn new(
+        store: Arc<dyn OutboxStore>,
+        publisher: Arc<dyn Publisher>,
+        config: RelayConfig,
+    ) -> Self {
+        Relay {
+            store,
+            publisher,
+            config,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Wakes the relay at once (an in-process enqueue, a PostgreSQL notification) instead
+    /// of at its next poll.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// One pass: claims a batch and publishes it, each aggregate's event on its own task
+    /// (at most one per aggregate is claimed, so that is never two of one aggregate at
+    /// once), then settles each with its result.
+    pub async fn pass(&self) -> Result<Pass, OutboxError> {
+        let claims = self
+            .store
+            .claim(self.config.batch, self.config.lease)
+            .await?;
+        let mut pass = Pass {
+            claimed: claims.len(),
+            ..Pass::default()
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for claim in claims {
+            let publisher = self.publisher.clone();
+            tasks.spawn(async move {
+                let result = publisher.publish(&claim.event).await;
+                (claim, result)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((claim, result)) = joined else {
+                // A publisher that panicked leaves its event to the lease: it is published
+                // again after it, like after a crash.
+                continue;
+            };
+            let settled = match result {
+                Ok(()) => self.store.delivered(claim.event.id, claim.token).await?,
+                Err(e) => {
+                    let failure = Failure {
+                        error: e.message,
+                        retry_in: backoff(
+                            claim.event.attempts,
+                            self.config.backoff_base,
+                            self.config.backoff_cap,
+                            rand::random::<f64>(),
+                        ),
+                        dead_after: self.config.dead_after,
+                    };
+                    self.store
+                        .failed(claim.event.id, claim.token, &failure)
+                        .await?
+                }
+            };
+            match settled {
+                Settled::Delivered => pass.delivered += 1,
+                Settled::WillRetry => pass.retrying += 1,
+                Settled::Dead => pass.dead += 1,
+                Settled::LeaseLost => pass.lease_lost += 1,
+            }
+        }
+        Ok(pass)
+    }
+
+    /// Runs passes until `stop` completes: at once again while passes find work, else after
+    /// a wake-up or the poll interval. A pass that fails (the database is down) is retried
+    /// after the poll interval; the error is handed to `on_error`.
+    pub async fn run(
+        &self,
+        stop: impl std::future::Future<Output = ()>,
+        mut on_error: impl FnMut(&OutboxError),
+    ) {
+        tokio::pin!(stop);
+        loop {
+            let busy = match self.pass().await {
+                Ok(p) => p.claimed > 0,
+                Err(e) => {
+                    on_error(&e);
+                    false
+                }
+            };
+            if busy {
+                continue;
+            }
+            tokio::select! {
+                () = &mut stop => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.config.poll) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn backoff_stays_within_its_ceiling(attempt in 0u32..200, unit in 0.0f64..1.0) {
+            let base = Duration::from_millis(500);
+            let cap = Duration::from_secs(300);
+            let d = backoff(attempt, base, cap, unit);
+            prop_assert!(d <= cap);
+            let ceiling = base.saturating_mul(1 << attempt.saturating_sub(1).min(20)).min(cap);
+            prop_assert!(d <= ceiling);
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_then_caps() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(1);
+        let top = |a| backoff(a, base, cap, 0.999_999);
+        assert!(top(1) <= base && top(1) > base * 9 / 10);
+        assert!(top(2) > base * 19 / 10 && top(2) <= base * 2);
+        assert!(top(10) <= cap && top(10) > cap * 9 / 10);
+        assert_eq!(backoff(3, base, cap, 0.0), Duration::ZERO);
+    }
+}
