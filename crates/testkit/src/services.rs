@@ -8,6 +8,7 @@
 //! machines run:
 //! - `ONCELY_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`)
 //! - `ONCELY_TEST_REDIS` (default `redis://127.0.0.1:6379/`)
+//! - `ONCELY_TEST_NATS` (default `nats://127.0.0.1:4222`, with JetStream)
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -23,6 +24,8 @@ pub enum Service {
     Postgres,
     /// Redis at `ONCELY_TEST_REDIS`, by default `redis://127.0.0.1:6379/`.
     Redis,
+    /// NATS with JetStream at `ONCELY_TEST_NATS`, by default `nats://127.0.0.1:4222`.
+    Nats,
 }
 
 impl Service {
@@ -30,18 +33,21 @@ impl Service {
         match self {
             Service::Postgres => "ONCELY_TEST_POSTGRES",
             Service::Redis => "ONCELY_TEST_REDIS",
+            Service::Nats => "ONCELY_TEST_NATS",
         }
     }
     fn default_url(self) -> &'static str {
         match self {
             Service::Postgres => "postgres://postgres@127.0.0.1:5432/test",
             Service::Redis => "redis://127.0.0.1:6379/",
+            Service::Nats => "nats://127.0.0.1:4222",
         }
     }
     fn name(self) -> &'static str {
         match self {
             Service::Postgres => "PostgreSQL",
             Service::Redis => "Redis",
+            Service::Nats => "NATS",
         }
     }
 
@@ -88,6 +94,7 @@ fn host_port(url: &str) -> Result<(String, u16), String> {
     let hostport = authority.rsplit('@').next().unwrap_or(authority);
     let default_port = match scheme {
         "redis" | "rediss" => 6379,
+        "nats" | "tls" => 4222,
         _ => 5432,
     };
     let (host, port) = match hostport.strip_prefix('[') {
