@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 mod event;
+pub mod inbox;
 pub mod relay;
 mod store;
 
