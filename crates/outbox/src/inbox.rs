@@ -23,7 +23,7 @@ pub enum Receipt {
     Duplicate,
 }
 
-/// What [`sqlite::apply_once`] did.
+/// What `sqlite::apply_once` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied<T> {
     /// The effect ran and committed with the message id; its result.
