@@ -33,6 +33,8 @@ pub mod inbox;
 pub mod relay;
 mod store;
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 #[cfg(feature = "nats")]

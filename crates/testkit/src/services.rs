@@ -9,6 +9,7 @@
 //! - `ONCELY_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`)
 //! - `ONCELY_TEST_REDIS` (default `redis://127.0.0.1:6379/`)
 //! - `ONCELY_TEST_NATS` (default `nats://127.0.0.1:4222`, with JetStream)
+//! - `ONCELY_TEST_AMQP` (default `amqp://guest:guest@127.0.0.1:5672/%2f`, RabbitMQ)
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub enum Service {
     Redis,
     /// NATS with JetStream at `ONCELY_TEST_NATS`, by default `nats://127.0.0.1:4222`.
     Nats,
+    /// RabbitMQ at `ONCELY_TEST_AMQP`, by default `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    Amqp,
 }
 
 impl Service {
@@ -34,6 +37,7 @@ impl Service {
             Service::Postgres => "ONCELY_TEST_POSTGRES",
             Service::Redis => "ONCELY_TEST_REDIS",
             Service::Nats => "ONCELY_TEST_NATS",
+            Service::Amqp => "ONCELY_TEST_AMQP",
         }
     }
     fn default_url(self) -> &'static str {
@@ -41,6 +45,7 @@ impl Service {
             Service::Postgres => "postgres://postgres@127.0.0.1:5432/test",
             Service::Redis => "redis://127.0.0.1:6379/",
             Service::Nats => "nats://127.0.0.1:4222",
+            Service::Amqp => "amqp://guest:guest@127.0.0.1:5672/%2f",
         }
     }
     fn name(self) -> &'static str {
@@ -48,6 +53,7 @@ impl Service {
             Service::Postgres => "PostgreSQL",
             Service::Redis => "Redis",
             Service::Nats => "NATS",
+            Service::Amqp => "RabbitMQ",
         }
     }
 
@@ -95,6 +101,7 @@ fn host_port(url: &str) -> Result<(String, u16), String> {
     let default_port = match scheme {
         "redis" | "rediss" => 6379,
         "nats" | "tls" => 4222,
+        "amqp" => 5672,
         _ => 5432,
     };
     let (host, port) = match hostport.strip_prefix('[') {

@@ -1,6 +1,8 @@
 //! The integration tests of this crate, in one binary: the conformance suite on SQLite and
-//! PostgreSQL, and what only PostgreSQL can show (transactions that overlap).
+//! PostgreSQL, what only PostgreSQL can show (transactions that overlap), the relay, the
+//! inbox, and the publishers against the machine's NATS and RabbitMQ.
 
+mod amqp;
 mod inbox;
 mod nats;
 mod postgres;
