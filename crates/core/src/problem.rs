@@ -46,11 +46,14 @@ pub enum ProblemKind {
     /// 400 `invalid-precondition`: an `If-Match` or `If-None-Match` header is not a list of
     /// entity tags or `*`.
     InvalidPrecondition,
+    /// 401 `webhook-refused`: a webhook whose signature does not verify, whose timestamp is
+    /// outside the tolerance, or which lacks the Standard Webhooks headers; nothing applied.
+    WebhookRefused,
 }
 
 impl ProblemKind {
     /// Every kind, in declaration order, for code that must cover them all.
-    pub const ALL: [ProblemKind; 13] = [
+    pub const ALL: [ProblemKind; 14] = [
         ProblemKind::MissingKey,
         ProblemKind::InvalidKey,
         ProblemKind::KeyReused,
@@ -64,6 +67,7 @@ impl ProblemKind {
         ProblemKind::PreconditionFailed,
         ProblemKind::PreconditionRequired,
         ProblemKind::InvalidPrecondition,
+        ProblemKind::WebhookRefused,
     ];
 
     /// The stable short name, the last part of the `type` URI (`request-in-progress`).
@@ -82,6 +86,7 @@ impl ProblemKind {
             ProblemKind::PreconditionFailed => "precondition-failed",
             ProblemKind::PreconditionRequired => "precondition-required",
             ProblemKind::InvalidPrecondition => "invalid-precondition",
+            ProblemKind::WebhookRefused => "webhook-refused",
         }
     }
 
@@ -115,6 +120,7 @@ impl ProblemKind {
                 "This route requires an If-Match header naming the version being changed"
             }
             ProblemKind::InvalidPrecondition => "A precondition header is not valid",
+            ProblemKind::WebhookRefused => "The webhook could not be verified",
         }
     }
 
@@ -128,6 +134,7 @@ impl ProblemKind {
             | ProblemKind::InvalidPrecondition => 400,
             ProblemKind::PreconditionFailed => 412,
             ProblemKind::PreconditionRequired => 428,
+            ProblemKind::WebhookRefused => 401,
             ProblemKind::KeyReused => 422,
             ProblemKind::RequestInProgress => 409,
             ProblemKind::StoreUnavailable => 503,

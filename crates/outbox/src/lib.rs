@@ -32,6 +32,8 @@ mod event;
 pub mod inbox;
 pub mod relay;
 mod store;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
