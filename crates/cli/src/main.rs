@@ -9,6 +9,7 @@ mod demo;
 mod keys;
 mod logging;
 mod migrate;
+mod outbox;
 mod serve;
 
 #[derive(Parser)]
@@ -39,6 +40,11 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Verify, list or redact the audit trail (in its database).
     Audit(audit::AuditArgs),
+    /// Publish the outbox's events to NATS JetStream, RabbitMQ or a webhook, at least once,
+    /// in per-aggregate order (docs/outbox.md).
+    Relay(outbox::RelayArgs),
+    /// The outbox's status, dead letters, and retrying one.
+    Outbox(outbox::OutboxArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +74,8 @@ fn main() -> ExitCode {
             Command::Migrate(args) => migrate::run(args).await,
             Command::Keys(args) => keys::run(args).await,
             Command::Audit(args) => audit::run(args).await,
+            Command::Relay(args) => outbox::relay(args).await,
+            Command::Outbox(args) => outbox::run(args).await,
             Command::Send(_) => Ok(()), // handled above
         }
     });

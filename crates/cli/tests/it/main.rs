@@ -4,4 +4,5 @@ mod audit;
 mod common;
 mod outage;
 mod process;
+mod relay;
 mod shared_store;

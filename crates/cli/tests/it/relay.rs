@@ -1,0 +1,171 @@
+//! `oncely relay` as a process: SIGKILLed while it publishes to the machine's JetStream and
+//! started again, every event ends up in the stream exactly once (the duplicate window takes
+//! the repeats) and the outbox is drained; `oncely outbox` reports it, and lists and
+//! retries dead letters.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oncely_core::{Clock, SystemClock};
+use oncely_outbox::sqlite::SqliteOutbox;
+use oncely_outbox::{NewEvent, OutboxStore};
+use oncely_testkit::services::{unique_name, Service};
+
+use crate::common::{oncely, signal, KillOnDrop};
+
+fn enqueue(path: &std::path::Path, aggregates: usize, per: usize) {
+    let mut conn = rusqlite::Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    for round in 0..per {
+        let tx = conn.transaction().unwrap();
+        for a in 0..aggregates {
+            let e = NewEvent::new(
+                "order",
+                format!("k{a}"),
+                "order.changed",
+                serde_json::json!({ "round": round }),
+            );
+            SqliteOutbox::enqueue(&tx, &e, SystemClock.now()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+}
+
+fn start_relay(db: &str, nats: &str, name: &str) -> KillOnDrop {
+    KillOnDrop(
+        oncely()
+            .args([
+                "relay",
+                "--db",
+                db,
+                "--to",
+                nats,
+                "--subject-prefix",
+                name,
+                "--stream",
+                name,
+            ])
+            .args(["--batch", "8", "--lease", "1s", "--poll", "50ms"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start oncely relay"),
+    )
+}
+
+fn outbox_cli(db: &str, args: &[&str]) -> (bool, String) {
+    let out = oncely()
+        .args(["outbox", "--db", db])
+        .args(args)
+        .output()
+        .expect("run oncely outbox");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_mid_run_and_restarted_delivers_every_event_once() {
+    let Some(nats) =
+        Service::Nats.available("a_relay_killed_mid_run_and_restarted_delivers_every_event_once")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let store = Arc::new(
+        SqliteOutbox::open(&path, Duration::from_secs(10), Arc::new(SystemClock)).unwrap(),
+    );
+    enqueue(&path, 30, 20);
+    let db = format!("sqlite://{}", path.display());
+    let name = unique_name("oncely_relay");
+    let js = oncely_outbox::nats::NatsPublisher::connect(&nats, &name)
+        .await
+        .unwrap();
+
+    let relay = start_relay(&db, &nats, &name);
+    // Wait until it is well into the work, then kill it without warning.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let delivered = store.stats().await.unwrap().delivered;
+        if delivered >= 100 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay delivered only {delivered}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(relay.0.id(), libc::SIGKILL);
+    drop(relay);
+    let after_kill = store.stats().await.unwrap();
+    assert!(
+        after_kill.pending > 0,
+        "killed before it finished: {after_kill:?}"
+    );
+
+    let relay = start_relay(&db, &nats, &name);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.stats().await.unwrap().pending > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted relay did not drain the outbox"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.stop();
+
+    let mut stream = js.jetstream().get_stream(&name).await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        600,
+        "every event in the stream exactly once"
+    );
+    let (ok, status) = outbox_cli(&db, &["status"]);
+    assert!(ok, "{status}");
+    assert!(status.contains("pending    0"), "{status}");
+    assert!(status.contains("dead       0"), "{status}");
+    js.jetstream().delete_stream(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_and_retried_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let store = SqliteOutbox::open(&path, Duration::from_secs(10), Arc::new(SystemClock)).unwrap();
+    enqueue(&path, 1, 1);
+    let db = format!("sqlite://{}", path.display());
+    let c = store
+        .claim(1, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .remove(0);
+    let failure = oncely_outbox::Failure {
+        error: "the broker said no".into(),
+        retry_in: Duration::ZERO,
+        dead_after: 1,
+    };
+    store.failed(c.event.id, c.token, &failure).await.unwrap();
+
+    let (ok, listed) = outbox_cli(&db, &["dead-letters"]);
+    assert!(ok, "{listed}");
+    assert!(
+        listed.contains(&c.event.id.to_string()) && listed.contains("the broker said no"),
+        "{listed}"
+    );
+    let (ok, out) = outbox_cli(&db, &["retry", &c.event.id.to_string()]);
+    assert!(ok, "{out}");
+    assert_eq!(store.stats().await.unwrap().pending, 1);
+    let (ok, out) = outbox_cli(&db, &["retry", &c.event.id.to_string()]);
+    assert!(!ok && out.contains("is not a dead letter"), "{out}");
+    let (ok, out) = outbox_cli(&db, &["retry", "nonsense"]);
+    assert!(!ok && out.contains("is not an event id"), "{out}");
+    let (ok, out) = outbox_cli("mysql://x", &["status"]);
+    assert!(!ok && out.lines().count() == 1, "one line: {out}");
+}
