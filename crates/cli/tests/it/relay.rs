@@ -169,3 +169,83 @@ async fn dead_letters_are_listed_and_retried_from_the_command_line() {
     let (ok, out) = outbox_cli("mysql://x", &["status"]);
     assert!(!ok && out.lines().count() == 1, "one line: {out}");
 }
+
+/// On PostgreSQL the relay listens: with a poll interval of a minute, events enqueued after
+/// it started are still published within seconds of their commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_commit_wakes_the_relay() {
+    let test = "on_postgres_a_commit_wakes_the_relay";
+    let (Some(pg), Some(nats)) = (
+        Service::Postgres.available(test),
+        Service::Nats.available(test),
+    ) else {
+        return;
+    };
+    let schema = unique_name("oncely_relay");
+    let pool = oncely_db::postgres::pool(&oncely_db::postgres::PgOptions::new(&pg)).unwrap();
+    let store =
+        oncely_outbox::postgres::PgOutbox::open(pool.clone(), &schema, Arc::new(SystemClock))
+            .await
+            .unwrap();
+    let db = format!(
+        "{pg}{}schema={schema}",
+        if pg.contains('?') { '&' } else { '?' }
+    );
+    let name = unique_name("oncely_relay");
+    let js = oncely_outbox::nats::NatsPublisher::connect(&nats, &name)
+        .await
+        .unwrap();
+    let relay = KillOnDrop(
+        oncely()
+            .args([
+                "relay",
+                "--db",
+                &db,
+                "--to",
+                &nats,
+                "--subject-prefix",
+                &name,
+                "--stream",
+                &name,
+            ])
+            .args(["--poll", "60s"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start oncely relay"),
+    );
+    // Started once it announces itself; its first pass found nothing.
+    let mut relay = relay;
+    let mut out = std::io::BufReader::new(relay.0.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.starts_with("relaying "), "{line}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut client = pool.get().await.unwrap();
+    for i in 0..5 {
+        let tx = client.transaction().await.unwrap();
+        for a in 0..10 {
+            let e = NewEvent::new(
+                "order",
+                format!("p{a}"),
+                "order.changed",
+                serde_json::json!({ "i": i }),
+            );
+            store.enqueue(&tx, &e).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let started = Instant::now();
+    while store.stats().await.unwrap().pending > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not woken by the commits (the poll is a minute)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.stop();
+    let mut stream = js.jetstream().get_stream(&name).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 50);
+    js.jetstream().delete_stream(&name).await.unwrap();
+    oncely_testkit::services::drop_postgres_schemas(&pg, &[schema]);
+}
