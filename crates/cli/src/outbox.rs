@@ -229,10 +229,8 @@ pub(crate) async fn relay(args: RelayArgs) -> Result<(), String> {
     );
     let mut total = Pass::default();
     let mut reported = Instant::now();
-    let stop = crate::serve::shutdown_signal();
-    tokio::pin!(stop);
-    loop {
-        let busy = match relay.pass().await {
+    let observe = |result: &Result<Pass, oncely_outbox::OutboxError>| {
+        match result {
             Ok(p) => {
                 total.delivered += p.delivered;
                 total.retrying += p.retrying;
@@ -241,13 +239,9 @@ pub(crate) async fn relay(args: RelayArgs) -> Result<(), String> {
                 if p.dead > 0 {
                     tracing::warn!(dead = p.dead, "events moved to the dead letters");
                 }
-                p.claimed > 0
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "outbox unavailable; retrying");
-                false
-            }
-        };
+            Err(e) => tracing::warn!(error = %e, "outbox unavailable; retrying"),
+        }
         if reported.elapsed() >= Duration::from_secs(10) {
             tracing::info!(
                 delivered = total.delivered,
@@ -259,16 +253,8 @@ pub(crate) async fn relay(args: RelayArgs) -> Result<(), String> {
             total = Pass::default();
             reported = Instant::now();
         }
-        if busy {
-            continue;
-        }
-        let wake = relay.waker();
-        tokio::select! {
-            () = &mut stop => break,
-            () = wake.notified() => {}
-            () = tokio::time::sleep(config.poll) => {}
-        }
-    }
+    };
+    relay.run(crate::serve::shutdown_signal(), observe).await;
     println!("relay stopped");
     Ok(())
 }

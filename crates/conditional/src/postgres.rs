@@ -77,14 +77,7 @@ pub async fn update<T>(
     all.push(&change.by);
     all.push(id);
     all.extend(guard_params.iter().map(|p| p as Param<'_>));
-    match client
-        .query_opt(&sql, &all)
-        .await
-        .map_err(WriteError::Database)?
-    {
-        Some(row) => current(&row, &map).map_err(WriteError::Database),
-        None => refused(client, table, id, &map).await,
-    }
+    returning(client, table, id, &sql, &all, &map).await
 }
 
 /// Inserts the row at version 1 unless one with its key exists (create-if-absent, what
@@ -116,14 +109,7 @@ pub async fn create<T>(
     all.push(&change.at.0);
     all.push(&change.by);
     all.push(id);
-    match client
-        .query_opt(&sql, &all)
-        .await
-        .map_err(WriteError::Database)?
-    {
-        Some(row) => current(&row, &map).map_err(WriteError::Database),
-        None => refused(client, table, id, &map).await,
-    }
+    returning(client, table, id, &sql, &all, &map).await
 }
 
 /// Deletes the row if `guard` admits it, answering what it was.
@@ -145,14 +131,7 @@ pub async fn delete<T>(
     );
     let mut all: Vec<Param<'_>> = vec![id];
     all.extend(guard_params.iter().map(|p| p as Param<'_>));
-    match client
-        .query_opt(&sql, &all)
-        .await
-        .map_err(WriteError::Database)?
-    {
-        Some(row) => current(&row, &map).map_err(WriteError::Database),
-        None => refused(client, table, id, &map).await,
-    }
+    returning(client, table, id, &sql, &all, &map).await
 }
 
 /// Pessimistic concurrency, for the rows where conflicts are the rule rather than the
@@ -188,6 +167,26 @@ pub async fn lock<T>(
 /// Whether `e` is PostgreSQL giving up on a lock after `lock_timeout`.
 pub fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+}
+
+/// Runs a write that returns the row it wrote. One that matched no row is answered with the
+/// row as it is now (stale), or gone.
+async fn returning<T>(
+    client: &impl GenericClient,
+    table: &Table,
+    id: Param<'_>,
+    sql: &str,
+    params: &[Param<'_>],
+    map: &impl Fn(&Row) -> std::result::Result<T, tokio_postgres::Error>,
+) -> Result<T> {
+    match client
+        .query_opt(sql, params)
+        .await
+        .map_err(WriteError::Database)?
+    {
+        Some(row) => current(&row, map).map_err(WriteError::Database),
+        None => refused(client, table, id, map).await,
+    }
 }
 
 async fn refused<T>(

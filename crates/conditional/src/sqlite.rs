@@ -78,17 +78,7 @@ pub fn update<T>(
     all.push(&change.by);
     all.push(id);
     all.extend(guard_params.iter().map(|p| p as &dyn ToSql));
-    let written = conn
-        .prepare_cached(&sql)
-        .and_then(|mut s| {
-            s.query_row(all.as_slice(), |row| current(row, &map))
-                .optional()
-        })
-        .map_err(WriteError::Database)?;
-    match written {
-        Some(c) => Ok(c),
-        None => refused(conn, table, id, &map),
-    }
+    returning(conn, table, id, &sql, &all, &map)
 }
 
 /// Inserts the row at version 1 unless one with its key exists (create-if-absent, what
@@ -120,17 +110,7 @@ pub fn create<T>(
     all.push(&change.at.0);
     all.push(&change.by);
     all.push(id);
-    let written = conn
-        .prepare_cached(&sql)
-        .and_then(|mut s| {
-            s.query_row(all.as_slice(), |row| current(row, &map))
-                .optional()
-        })
-        .map_err(WriteError::Database)?;
-    match written {
-        Some(c) => Ok(c),
-        None => refused(conn, table, id, &map),
-    }
+    returning(conn, table, id, &sql, &all, &map)
 }
 
 /// Deletes the row if `guard` admits it, answering what it was.
@@ -152,17 +132,7 @@ pub fn delete<T>(
     );
     let mut all: Vec<&dyn ToSql> = vec![id];
     all.extend(guard_params.iter().map(|p| p as &dyn ToSql));
-    let deleted = conn
-        .prepare_cached(&sql)
-        .and_then(|mut s| {
-            s.query_row(all.as_slice(), |row| current(row, &map))
-                .optional()
-        })
-        .map_err(WriteError::Database)?;
-    match deleted {
-        Some(c) => Ok(c),
-        None => refused(conn, table, id, &map),
-    }
+    returning(conn, table, id, &sql, &all, &map)
 }
 
 /// Pessimistic concurrency, for the rows where conflicts are the rule rather than the
@@ -178,6 +148,26 @@ pub fn immediate<R, E: From<rusqlite::Error>>(
     let r = work(&tx)?;
     tx.commit()?;
     Ok(r)
+}
+
+/// Runs a write that returns the row it wrote. One that matched no row is answered with the
+/// row as it is now (stale), or gone.
+fn returning<T>(
+    conn: &Connection,
+    table: &Table,
+    id: &dyn ToSql,
+    sql: &str,
+    params: &[&dyn ToSql],
+    map: &impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<T> {
+    let written = conn
+        .prepare_cached(sql)
+        .and_then(|mut s| s.query_row(params, |row| current(row, map)).optional())
+        .map_err(WriteError::Database)?;
+    match written {
+        Some(c) => Ok(c),
+        None => refused(conn, table, id, map),
+    }
 }
 
 /// After a write matched no row: the row as it is now (stale), or gone.

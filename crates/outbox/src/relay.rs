@@ -182,23 +182,18 @@ impl Relay {
     }
 
     /// Runs passes until `stop` completes: at once again while passes find work, else after
-    /// a wake-up or the poll interval. A pass that fails (the database is down) is retried
-    /// after the poll interval; the error is handed to `on_error`.
+    /// a wake-up or the poll interval. Each pass's result goes to `observe` (a pass that
+    /// failed, the database being down, is retried after the poll interval).
     pub async fn run(
         &self,
         stop: impl std::future::Future<Output = ()>,
-        mut on_error: impl FnMut(&OutboxError),
+        mut observe: impl FnMut(&Result<Pass, OutboxError>),
     ) {
         tokio::pin!(stop);
         loop {
-            let busy = match self.pass().await {
-                Ok(p) => p.claimed > 0,
-                Err(e) => {
-                    on_error(&e);
-                    false
-                }
-            };
-            if busy {
+            let result = self.pass().await;
+            observe(&result);
+            if matches!(result, Ok(p) if p.claimed > 0) {
                 continue;
             }
             tokio::select! {
