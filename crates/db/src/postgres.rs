@@ -1,5 +1,6 @@
-//! PostgreSQL: `postgres://` URLs (where the database is, plus oncely's own options) and the
-//! connection pool every concern connects with.
+//! PostgreSQL: `postgres://` URLs (where the database is, plus oncely's own options), the
+//! connection pool every concern connects with, and the bound on each operation
+//! ([`bounded`]).
 //!
 //! The URL is a libpq-style connection URL as `tokio-postgres` understands it
 //! (`postgres://user[:password]@host[:port]/database?sslmode=disable&application_name=...`);
@@ -11,6 +12,7 @@
 //! - `timeout=DURATION`: the bound on every store operation, connecting included (default
 //!   `5s`); past it the store counts as unavailable and the gateway fails closed.
 
+use std::future::Future;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -182,6 +184,31 @@ pub fn pool(opts: &PgOptions) -> Result<Pool, String> {
         .map_err(|e| format!("postgres pool: {e}"))
 }
 
+/// A database operation that ran past its bound: the server may be down, stuck or waiting on
+/// a lock, and whether the operation took effect is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("postgres did not answer within {}ms", .limit.as_millis())]
+pub struct NoAnswer {
+    /// The bound that ran out.
+    pub limit: Duration,
+}
+
+/// Runs `op` for at most `limit`, so that a server that stopped answering (a vanished host, a
+/// lock that is never released) fails the caller instead of hanging it; `no_answer` makes the
+/// caller's error from what ran out. The statement may still be running on the server, and on
+/// the connection, when this returns: a connection whose statement was abandoned is busy until
+/// the server finishes it.
+pub async fn bounded<T, E>(
+    limit: Duration,
+    op: impl Future<Output = Result<T, E>>,
+    no_answer: impl FnOnce(NoAnswer) -> E,
+) -> Result<T, E> {
+    match tokio::time::timeout(limit, op).await {
+        Ok(done) => done,
+        Err(_) => Err(no_answer(NoAnswer { limit })),
+    }
+}
+
 /// Brings `migrations` up to date in `schema` (created if absent) and reports what it did.
 ///
 /// A database already current is only read: no lock, no DDL, so a role that may read
@@ -317,6 +344,20 @@ mod tests {
         assert!(err("postgres://h/db?timeout=0s").contains("timeout"));
         assert!(err("postgres://h/db?frobnicate=1").contains("schema=NAME"));
         assert!(err("mysql://h/db").contains("not a postgres"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_answers_or_says_it_did_not() {
+        let limit = Duration::from_millis(100);
+        let quick = bounded(limit, async { Ok::<_, String>(7) }, |e| e.to_string());
+        assert_eq!(quick.await, Ok(7));
+        let stuck = bounded(limit, std::future::pending::<Result<(), String>>(), |e| {
+            e.to_string()
+        });
+        assert_eq!(
+            stuck.await,
+            Err("postgres did not answer within 100ms".to_owned())
+        );
     }
 
     #[test]

@@ -167,6 +167,73 @@ pub async fn an_expired_lease_is_taken_over_and_fenced(f: &impl Fixture) {
     );
 }
 
+/// Settling a batch at once answers each entry as settling it alone would: live tokens are
+/// delivered, a stale token and an event delivered already are refused, a repeated entry is
+/// delivered once.
+pub async fn delivered_all_answers_each_entry_like_delivered(f: &impl Fixture) {
+    let store = f.store();
+    assert_eq!(
+        store.delivered_all(&[]).await.unwrap(),
+        Vec::new(),
+        "nothing to settle"
+    );
+    f.commit(vec![event("stale", 1)]).await;
+    let stale = store.claim(1, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(stale.len(), 1);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    f.commit(vec![event("b1", 1), event("b2", 1), event("done", 1)])
+        .await;
+    let claims = store.claim(10, LEASE).await.unwrap();
+    assert_eq!(claims.len(), 4, "the stale one taken over, and three new");
+    let token_of = |aggregate: &str| {
+        let c = claims
+            .iter()
+            .find(|c| c.event.aggregate_id == aggregate)
+            .unwrap();
+        (c.event.id, c.token)
+    };
+    let (b1, b2, done, live) = (
+        token_of("b1"),
+        token_of("b2"),
+        token_of("done"),
+        token_of("stale"),
+    );
+    assert_eq!(live.0, stale[0].event.id);
+    assert_eq!(
+        store.delivered(done.0, done.1).await.unwrap(),
+        Settled::Delivered
+    );
+    let stale_entry = (stale[0].event.id, stale[0].token);
+    assert_eq!(
+        store
+            .delivered_all(&[b1, stale_entry, done, b2, b1])
+            .await
+            .unwrap(),
+        vec![
+            Settled::Delivered,
+            Settled::LeaseLost,
+            Settled::LeaseLost,
+            Settled::Delivered,
+            Settled::LeaseLost,
+        ],
+        "b1, the stale token, done already, b2, b1 again"
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.delivered, stats.dead),
+        (1, 3, 0),
+        "the stale entry left its event to the live lease"
+    );
+    assert_eq!(
+        store.delivered_all(&[stale_entry, live]).await.unwrap(),
+        vec![Settled::LeaseLost, Settled::Delivered],
+        "the live token settles it, in the same batch as the stale one"
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.delivered, stats.dead), (0, 4, 0));
+    assert!(store.claim(10, LEASE).await.unwrap().is_empty());
+}
+
 /// Failures wait for their retry time, become dead letters after the allowed attempts, hold
 /// their aggregate back, and come back when retried.
 pub async fn failures_wait_then_dead_letter_then_retry(f: &impl Fixture) {
@@ -296,6 +363,7 @@ pub async fn run_all<F: Fixture, Fut: std::future::Future<Output = F>>(make: imp
     committed_events_are_claimed_and_rolled_back_ones_never(&make().await).await;
     each_aggregate_in_order_one_at_a_time(&make().await).await;
     an_expired_lease_is_taken_over_and_fenced(&make().await).await;
+    delivered_all_answers_each_entry_like_delivered(&make().await).await;
     failures_wait_then_dead_letter_then_retry(&make().await).await;
     purge_removes_delivered_events_in_batches(&make().await).await;
     concurrent_relays_deliver_each_event_once_in_order(&make().await).await;

@@ -155,7 +155,10 @@ CREATE INDEX IF NOT EXISTS oncely_inbox_age ON oncely_inbox (received_at);
 /// The inbox on PostgreSQL, in a schema of the consumer's own database.
 #[cfg(feature = "postgres")]
 pub mod postgres {
+    use std::time::Duration;
+
     use oncely_db::migrate::{Migration, Migrations};
+    use oncely_db::postgres::{NoAnswer, DEFAULT_TIMEOUT};
 
     use super::{validate, InboxError, Receipt};
     use oncely_core::Timestamp;
@@ -181,23 +184,33 @@ CREATE INDEX IF NOT EXISTS inbox_age ON {schema}.inbox (received_at);
     pub struct PgInbox {
         receive: String,
         purge: String,
+        timeout: Duration,
     }
 
     fn unavailable(e: impl std::error::Error) -> InboxError {
         InboxError::Unavailable(oncely_db::describe(&e))
     }
 
+    /// A database that does not answer in time is unavailable: the consumer tries again.
+    fn no_answer(e: NoAnswer) -> InboxError {
+        InboxError::Unavailable(e.to_string())
+    }
+
     impl PgInbox {
-        /// The inbox in `schema`, created or brought up to date through `client`.
+        /// The inbox in `schema`, created or brought up to date through `client`, within the
+        /// default bound of 5 s.
         pub async fn open(
             client: &mut tokio_postgres::Client,
             schema: &str,
         ) -> Result<PgInbox, InboxError> {
             oncely_db::postgres::validate_schema(schema)
                 .map_err(|e| InboxError::Invalid(format!("schema: {e}")))?;
-            oncely_db::postgres::migrate(client, schema, &MIGRATIONS)
-                .await
-                .map_err(|e| InboxError::Unavailable(e.to_string()))?;
+            let migrated = async {
+                oncely_db::postgres::migrate(client, schema, &MIGRATIONS)
+                    .await
+                    .map_err(|e| InboxError::Unavailable(e.to_string()))
+            };
+            oncely_db::postgres::bounded(DEFAULT_TIMEOUT, migrated, no_answer).await?;
             let t = format!("\"{schema}\".inbox");
             Ok(PgInbox {
                 receive: format!(
@@ -209,12 +222,26 @@ CREATE INDEX IF NOT EXISTS inbox_age ON {schema}.inbox (received_at);
                     "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} WHERE received_at < $1 \
                      ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
                 ),
+                timeout: DEFAULT_TIMEOUT,
             })
+        }
+
+        /// Bounds [`PgInbox::purge`] by `timeout` (longer than zero) instead of 5 s: past it,
+        /// it answers [`InboxError::Unavailable`], and the abandoned statement may still be
+        /// running on the client it was given.
+        #[must_use]
+        pub fn with_timeout(mut self, timeout: Duration) -> Self {
+            self.timeout = timeout;
+            self
         }
 
         /// Records `message_id` for `consumer` in the consumer's transaction `tx`. Apply the
         /// effect in `tx` only for [`Receipt::First`]. A concurrent delivery of the same
         /// message waits here until the first transaction ends.
+        ///
+        /// Not bounded by [`PgInbox::with_timeout`]: the transaction is the consumer's, and
+        /// so is how long it may wait (a `statement_timeout`, or a timeout around the whole
+        /// transaction).
         pub async fn receive(
             &self,
             tx: &tokio_postgres::Transaction<'_>,
@@ -234,20 +261,21 @@ CREATE INDEX IF NOT EXISTS inbox_age ON {schema}.inbox (received_at);
         }
 
         /// Forgets up to `limit` ids received before `cutoff` (server clock, ms since the
-        /// epoch), without waiting for rows other transactions hold.
+        /// epoch), without waiting for rows other transactions hold, within the bound.
         pub async fn purge(
             &self,
             client: &tokio_postgres::Client,
             cutoff: Timestamp,
             limit: usize,
         ) -> Result<u64, InboxError> {
-            client
-                .execute(
-                    &self.purge,
-                    &[&cutoff.0, &i64::try_from(limit).unwrap_or(i64::MAX)],
-                )
-                .await
-                .map_err(unavailable)
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let purged = async {
+                client
+                    .execute(&self.purge, &[&cutoff.0, &limit])
+                    .await
+                    .map_err(unavailable)
+            };
+            oncely_db::postgres::bounded(self.timeout, purged, no_answer).await
         }
     }
 }

@@ -6,7 +6,13 @@
 //! skewed clocks agree on leases. Every enqueue also notifies the channel
 //! [`PgOutbox::channel`], delivered when its transaction commits: a relay listening there
 //! wakes at once instead of at its next poll.
+//!
+//! Every call of the outbox's own is bounded ([`PgOutbox::with_timeout`], 5 s unless set), so
+//! a database that stopped answering fails the relay's pass instead of hanging it. Enqueue
+//! runs in the application's transaction and is the application's to bound.
 
+use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +20,9 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use oncely_core::{Clock, Timestamp};
 use oncely_db::migrate::{Migration, Migrations};
+use oncely_db::postgres::{NoAnswer, DEFAULT_TIMEOUT};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
 use crate::event::{EventId, NewEvent, OutboxEvent};
 use crate::store::{
@@ -73,12 +82,14 @@ pub struct PgOutbox {
     channel: String,
     clock: Arc<dyn Clock>,
     sql: Statements,
+    timeout: Duration,
 }
 
 struct Statements {
     enqueue: String,
     claim: String,
     delivered: String,
+    delivered_all: String,
     failed: String,
     purge: String,
     stats: String,
@@ -122,6 +133,16 @@ impl Statements {
                  lease_token = NULL, lease_until = NULL \
                  WHERE id = $1 AND lease_token = $2 AND status = 'pending'"
             ),
+            // `delivered` for a whole batch in one statement, under the same conditions.
+            // The token comes back with the id so that an entry with a stale token is told
+            // apart from one of the same id with the live token.
+            delivered_all: format!(
+                "UPDATE {t} o SET status = 'delivered', delivered_at = {NOW_MS}, \
+                 lease_token = NULL, lease_until = NULL \
+                 FROM unnest($1::text[], $2::int8[]) AS s(id, token) \
+                 WHERE o.id = s.id AND o.lease_token = s.token AND o.status = 'pending' \
+                 RETURNING o.id, s.token"
+            ),
             failed: format!(
                 "UPDATE {t} SET lease_token = NULL, lease_until = NULL, last_error = $1, \
                  available_at = {NOW_MS} + $2, \
@@ -152,8 +173,8 @@ impl Statements {
 
 impl PgOutbox {
     /// The outbox in schema `schema` of the database behind `pool` (the application's own),
-    /// created or brought up to date. `clock` only dates the event ids; leases and times
-    /// are the server's.
+    /// created or brought up to date, within the default bound of 5 s. `clock` only dates
+    /// the event ids; leases and times are the server's.
     pub async fn open(
         pool: Pool,
         schema: &str,
@@ -161,17 +182,33 @@ impl PgOutbox {
     ) -> Result<Self, OutboxError> {
         oncely_db::postgres::validate_schema(schema)
             .map_err(|e| OutboxError::Invalid(format!("schema: {e}")))?;
-        let mut client = pool.get().await.map_err(unavailable)?;
-        oncely_db::postgres::migrate(&mut client, schema, &MIGRATIONS)
-            .await
-            .map_err(|e| OutboxError::Unavailable(e.to_string()))?;
+        let migrated = async {
+            let mut client = pool.get().await.map_err(unavailable)?;
+            oncely_db::postgres::migrate(&mut client, schema, &MIGRATIONS)
+                .await
+                .map_err(|e| OutboxError::Unavailable(e.to_string()))
+        };
+        oncely_db::postgres::bounded(DEFAULT_TIMEOUT, migrated, no_answer).await?;
         Ok(PgOutbox {
             pool,
             channel: channel_of(schema),
             schema: schema.to_owned(),
             clock,
             sql: Statements::new(schema),
+            timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// Bounds each call of the outbox's own (claims, settling, purge, stats, dead letters,
+    /// retry), waiting for a pooled connection included, by `timeout` (longer than zero)
+    /// instead of 5 s: past it the call answers [`OutboxError::Unavailable`]. What the
+    /// abandoned statement does is then unknown, as after any lost connection: a claim may
+    /// still take its events, which come back when their lease ends; a settle may still be
+    /// recorded.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The schema holding the outbox.
@@ -188,6 +225,10 @@ impl PgOutbox {
     /// transaction; a deadpool one derefs to it): it commits or rolls back with the business write. The
     /// aggregate's counter row stays locked until `tx` ends, so a concurrent transaction on
     /// the same aggregate waits, and the sequence follows commits.
+    ///
+    /// Not bounded by [`PgOutbox::with_timeout`]: the transaction is the application's, and
+    /// so is how long its statements may take (a `statement_timeout`, or a timeout around
+    /// the whole transaction, which abandoning one statement in it would not end).
     pub async fn enqueue(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
@@ -214,8 +255,37 @@ impl PgOutbox {
         Ok(id)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, OutboxError> {
-        self.pool.get().await.map_err(unavailable)
+    /// Runs `op` within the outbox's bound.
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, OutboxError>>,
+    ) -> Result<T, OutboxError> {
+        oncely_db::postgres::bounded(self.timeout, op, no_answer).await
+    }
+
+    /// Runs `sql`, prepared once per connection, with `params` on a pooled connection,
+    /// within the bound; the rows it returns.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, OutboxError> {
+        self.bounded(async {
+            let client = self.pool.get().await.map_err(unavailable)?;
+            let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
+            client.query(&stmt, params).await.map_err(unavailable)
+        })
+        .await
+    }
+
+    /// Like [`PgOutbox::query`], for a write: how many rows it touched.
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, OutboxError> {
+        self.bounded(async {
+            let client = self.pool.get().await.map_err(unavailable)?;
+            let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
+            client.execute(&stmt, params).await.map_err(unavailable)
+        })
+        .await
     }
 }
 
@@ -231,6 +301,12 @@ fn channel_of(schema: &str) -> String {
 
 fn unavailable(e: impl std::error::Error) -> OutboxError {
     OutboxError::Unavailable(oncely_db::describe(&e))
+}
+
+/// A database that does not answer in time is unavailable: the relay tries again at its
+/// next pass.
+fn no_answer(e: NoAnswer) -> OutboxError {
+    OutboxError::Unavailable(e.to_string())
 }
 
 fn millis(d: Duration) -> i64 {
@@ -266,17 +342,11 @@ fn read_event(r: &tokio_postgres::Row) -> Result<OutboxEvent, OutboxError> {
 #[async_trait]
 impl OutboxStore for PgOutbox {
     async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Claim>, OutboxError> {
-        let client = self.client().await?;
         let token: i64 = rand::random::<i64>() & i64::MAX;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let stmt = client
-            .prepare_cached(&self.sql.claim)
-            .await
-            .map_err(unavailable)?;
-        let rows = client
-            .query(&stmt, &[&limit, &token, &millis(lease)])
-            .await
-            .map_err(unavailable)?;
+        let rows = self
+            .query(&self.sql.claim, &[&limit, &token, &millis(lease)])
+            .await?;
         let mut claims = rows
             .iter()
             .map(|r| read_event(r).map(|event| Claim { event, token }))
@@ -289,20 +359,44 @@ impl OutboxStore for PgOutbox {
     }
 
     async fn delivered(&self, id: EventId, token: i64) -> Result<Settled, OutboxError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.delivered)
-            .await
-            .map_err(unavailable)?;
-        let n = client
-            .execute(&stmt, &[&id.to_string(), &token])
-            .await
-            .map_err(unavailable)?;
+        let n = self
+            .execute(&self.sql.delivered, &[&id.to_string(), &token])
+            .await?;
         Ok(if n == 1 {
             Settled::Delivered
         } else {
             Settled::LeaseLost
         })
+    }
+
+    async fn delivered_all(&self, settled: &[(EventId, i64)]) -> Result<Vec<Settled>, OutboxError> {
+        if settled.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = settled.iter().map(|(id, _)| id.to_string()).collect();
+        let tokens: Vec<i64> = settled.iter().map(|&(_, token)| token).collect();
+        let rows = self
+            .query(&self.sql.delivered_all, &[&ids, &tokens])
+            .await?;
+        let mut updated = HashSet::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.try_get(0).map_err(unavailable)?;
+            let token: i64 = r.try_get(1).map_err(unavailable)?;
+            updated.insert((id, token));
+        }
+        // Each updated row answers its first entry only: a repeat of it would have found
+        // the event delivered already, as `delivered` one after another would.
+        Ok(ids
+            .into_iter()
+            .zip(tokens)
+            .map(|entry| {
+                if updated.remove(&entry) {
+                    Settled::Delivered
+                } else {
+                    Settled::LeaseLost
+                }
+            })
+            .collect())
     }
 
     async fn failed(
@@ -311,15 +405,10 @@ impl OutboxStore for PgOutbox {
         token: i64,
         failure: &Failure,
     ) -> Result<Settled, OutboxError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.failed)
-            .await
-            .map_err(unavailable)?;
         let dead_after = i32::try_from(failure.dead_after).unwrap_or(i32::MAX);
-        let row = client
-            .query_opt(
-                &stmt,
+        let rows = self
+            .query(
+                &self.sql.failed,
                 &[
                     &failure.error,
                     &millis(failure.retry_in),
@@ -328,9 +417,8 @@ impl OutboxStore for PgOutbox {
                     &token,
                 ],
             )
-            .await
-            .map_err(unavailable)?;
-        match row {
+            .await?;
+        match rows.first() {
             Some(r) => Ok(settled_failure(
                 &r.try_get::<_, String>(0).map_err(unavailable)?,
             )),
@@ -339,23 +427,19 @@ impl OutboxStore for PgOutbox {
     }
 
     async fn purge_delivered(&self, limit: usize) -> Result<u64, OutboxError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.purge)
-            .await
-            .map_err(unavailable)?;
-        client
-            .execute(&stmt, &[&i64::try_from(limit).unwrap_or(i64::MAX)])
-            .await
-            .map_err(unavailable)
+        self.execute(
+            &self.sql.purge,
+            &[&i64::try_from(limit).unwrap_or(i64::MAX)],
+        )
+        .await
     }
 
     async fn stats(&self) -> Result<OutboxStats, OutboxError> {
-        let client = self.client().await?;
-        let r = client
-            .query_one(&self.sql.stats, &[])
-            .await
-            .map_err(unavailable)?;
+        let rows = self.query(&self.sql.stats, &[]).await?;
+        // An aggregate without GROUP BY always answers one row.
+        let r = rows
+            .first()
+            .ok_or_else(|| OutboxError::Unavailable("stats: no row came back".into()))?;
         let count = |i: usize| -> Result<u64, OutboxError> {
             Ok(r.try_get::<_, i64>(i).map_err(unavailable)?.max(0) as u64)
         };
@@ -371,23 +455,17 @@ impl OutboxStore for PgOutbox {
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<OutboxEvent>, OutboxError> {
-        let client = self.client().await?;
-        let rows = client
+        let rows = self
             .query(
                 &self.sql.dead_letters,
                 &[&i64::try_from(limit).unwrap_or(i64::MAX)],
             )
-            .await
-            .map_err(unavailable)?;
+            .await?;
         rows.iter().map(read_event).collect()
     }
 
     async fn retry(&self, id: EventId) -> Result<bool, OutboxError> {
-        let client = self.client().await?;
-        let n = client
-            .execute(&self.sql.retry, &[&id.to_string()])
-            .await
-            .map_err(unavailable)?;
+        let n = self.execute(&self.sql.retry, &[&id.to_string()]).await?;
         Ok(n == 1)
     }
 }

@@ -129,8 +129,17 @@ impl Relay {
 
     /// One pass: claims a batch and publishes it, each aggregate's event on its own task
     /// (at most one per aggregate is claimed, so that is never two of one aggregate at
-    /// once), then settles each with its result.
+    /// once), then settles each with its result: a failure as it comes back, the published
+    /// events all together at the end, in one call.
     pub async fn pass(&self) -> Result<Pass, OutboxError> {
+        fn tally(pass: &mut Pass, settled: Settled) {
+            match settled {
+                Settled::Delivered => pass.delivered += 1,
+                Settled::WillRetry => pass.retrying += 1,
+                Settled::Dead => pass.dead += 1,
+                Settled::LeaseLost => pass.lease_lost += 1,
+            }
+        }
         let claims = self
             .store
             .claim(self.config.batch, self.config.lease)
@@ -147,14 +156,17 @@ impl Relay {
                 (claim, result)
             });
         }
+        // Settling the published events one by one, a transaction each, would cost more than
+        // publishing them: they are settled together once every publish has answered.
+        let mut published = Vec::with_capacity(pass.claimed);
         while let Some(joined) = tasks.join_next().await {
             let Ok((claim, result)) = joined else {
                 // A publisher that panicked leaves its event to the lease: it is published
                 // again after it, like after a crash.
                 continue;
             };
-            let settled = match result {
-                Ok(()) => self.store.delivered(claim.event.id, claim.token).await?,
+            match result {
+                Ok(()) => published.push((claim.event.id, claim.token)),
                 Err(e) => {
                     let failure = Failure {
                         error: e.message,
@@ -166,17 +178,16 @@ impl Relay {
                         ),
                         dead_after: self.config.dead_after,
                     };
-                    self.store
+                    let settled = self
+                        .store
                         .failed(claim.event.id, claim.token, &failure)
-                        .await?
+                        .await?;
+                    tally(&mut pass, settled);
                 }
-            };
-            match settled {
-                Settled::Delivered => pass.delivered += 1,
-                Settled::WillRetry => pass.retrying += 1,
-                Settled::Dead => pass.dead += 1,
-                Settled::LeaseLost => pass.lease_lost += 1,
             }
+        }
+        for settled in self.store.delivered_all(&published).await? {
+            tally(&mut pass, settled);
         }
         Ok(pass)
     }

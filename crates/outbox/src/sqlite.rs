@@ -63,6 +63,20 @@ CREATE TABLE IF NOT EXISTS oncely_outbox_sequences (
 const COLUMNS: &str = "id, aggregate_type, aggregate_id, sequence, event_type, payload, headers, \
                        created_at, attempts, last_error";
 
+/// Settles one claimed event (`?1` now, `?2` id, `?3` token): only under its live lease, and
+/// only once.
+const DELIVERED: &str = "UPDATE oncely_outbox SET status = 'delivered', delivered_at = ?1, \
+                         lease_token = NULL, lease_until = NULL \
+                         WHERE id = ?2 AND lease_token = ?3 AND status = 'pending'";
+
+fn delivered_answer(updated: usize) -> Settled {
+    if updated == 1 {
+        Settled::Delivered
+    } else {
+        Settled::LeaseLost
+    }
+}
+
 /// The outbox on one SQLite file.
 pub struct SqliteOutbox {
     conn: Arc<Mutex<Connection>>,
@@ -239,18 +253,37 @@ impl OutboxStore for SqliteOutbox {
     async fn delivered(&self, id: EventId, token: i64) -> Result<Settled, OutboxError> {
         self.run(move |conn, now| {
             let n = conn
-                .prepare_cached(
-                    "UPDATE oncely_outbox SET status = 'delivered', delivered_at = ?1, \
-                     lease_token = NULL, lease_until = NULL \
-                     WHERE id = ?2 AND lease_token = ?3 AND status = 'pending'",
-                )
+                .prepare_cached(DELIVERED)
                 .and_then(|mut s| s.execute(params![now.0, id.to_string(), token]))
                 .map_err(unavailable)?;
-            Ok(if n == 1 {
-                Settled::Delivered
-            } else {
-                Settled::LeaseLost
-            })
+            Ok(delivered_answer(n))
+        })
+        .await
+    }
+
+    async fn delivered_all(&self, settled: &[(EventId, i64)]) -> Result<Vec<Settled>, OutboxError> {
+        if settled.is_empty() {
+            return Ok(Vec::new());
+        }
+        let settled = settled.to_vec();
+        self.run(move |conn, now| {
+            // One write transaction for the batch: one fsync instead of one per event, and
+            // the entries are applied in order, so each answer is what `delivered` would say.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let mut answers = Vec::with_capacity(settled.len());
+            {
+                let mut s = tx.prepare_cached(DELIVERED).map_err(unavailable)?;
+                for (id, token) in settled {
+                    let n = s
+                        .execute(params![now.0, id.to_string(), token])
+                        .map_err(unavailable)?;
+                    answers.push(delivered_answer(n));
+                }
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(answers)
         })
         .await
     }

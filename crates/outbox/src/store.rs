@@ -13,9 +13,9 @@ use crate::event::{EventId, OutboxEvent};
 pub struct Claim {
     /// The event.
     pub event: OutboxEvent,
-    /// The lease's fencing token: [`OutboxStore::delivered`] and [`OutboxStore::failed`]
-    /// are refused with any other, so a relay whose lease ran out cannot settle an event
-    /// another relay now holds.
+    /// The lease's fencing token: [`OutboxStore::delivered`], [`OutboxStore::delivered_all`]
+    /// and [`OutboxStore::failed`] are refused with any other, so a relay whose lease ran
+    /// out cannot settle an event another relay now holds.
     pub token: i64,
 }
 
@@ -90,6 +90,20 @@ pub trait OutboxStore: Send + Sync + 'static {
 
     /// Records a claimed event as delivered (the broker acknowledged it).
     async fn delivered(&self, id: EventId, token: i64) -> Result<Settled, OutboxError>;
+
+    /// Records each claimed event of `settled` (id and token) as delivered: one answer per
+    /// entry, in order, each what [`OutboxStore::delivered`] would have answered had the
+    /// entries been settled one after another (so an entry repeated is `LeaseLost` the
+    /// second time). The SQLite and PostgreSQL outboxes settle them all in one transaction,
+    /// which is what lets a relay keep up with its broker; this default settles them one by
+    /// one.
+    async fn delivered_all(&self, settled: &[(EventId, i64)]) -> Result<Vec<Settled>, OutboxError> {
+        let mut answers = Vec::with_capacity(settled.len());
+        for &(id, token) in settled {
+            answers.push(self.delivered(id, token).await?);
+        }
+        Ok(answers)
+    }
 
     /// Records a failed attempt: the event is retried after `failure.retry_in`, or becomes
     /// a dead letter after `failure.dead_after` attempts.

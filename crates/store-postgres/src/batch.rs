@@ -20,7 +20,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::codec::unavailable;
+use crate::codec::{no_answer, unavailable};
 use crate::schema::quoted;
 use oncely_store::{StoreError, StoreResult};
 
@@ -143,10 +143,9 @@ impl Batcher {
             Ok(Err(_)) => Err(StoreError::Unavailable(
                 "postgres: the batch worker stopped".into(),
             )),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "postgres: no answer within {}ms",
-                (self.timeout * 2).as_millis()
-            ))),
+            Err(_) => Err(no_answer(oncely_db::postgres::NoAnswer {
+                limit: self.timeout * 2,
+            })),
         }
     }
 }
@@ -191,14 +190,9 @@ async fn worker(
             }
             Ok::<(), StoreError>(())
         };
-        let failed = match tokio::time::timeout(timeout, run).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e),
-            Err(_) => Some(StoreError::Unavailable(format!(
-                "postgres: no answer within {}ms",
-                timeout.as_millis()
-            ))),
-        };
+        let failed = oncely_db::postgres::bounded(timeout, run, no_answer)
+            .await
+            .err();
         // Whoever was not answered (the connection or the timeout failed) hears why.
         if let Some(e) = failed {
             for (_, reply) in claims {

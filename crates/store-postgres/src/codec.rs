@@ -23,6 +23,12 @@ pub(crate) fn unavailable(e: impl std::error::Error) -> StoreError {
     StoreError::Unavailable(format!("postgres: {}", oncely_db::describe(&e)))
 }
 
+/// An operation past its bound counts as the store being unavailable too: the gateway fails
+/// closed rather than hang.
+pub(crate) fn no_answer(e: oncely_db::postgres::NoAnswer) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
 pub(crate) fn token_bytes(t: LeaseToken) -> Vec<u8> {
     // Big-endian so the bytea reads like the hex form in logs.
     t.0.to_be_bytes().to_vec()

@@ -38,7 +38,7 @@ use oncely_core::{
 use oncely_store::{IdempotencyStore, StoreAdmin, StoreError, StoreResult, StoreStats, TimeSource};
 use tokio_postgres::types::ToSql;
 
-use codec::{millis, record_from_row, token_bytes, unavailable, STATE_COMPLETED};
+use codec::{millis, no_answer, record_from_row, token_bytes, unavailable, STATE_COMPLETED};
 pub use oncely_db::describe as describe_error;
 pub use oncely_db::migrate::MigrationReport;
 pub use oncely_db::postgres::{hide_password, validate_schema, PgOptions};
@@ -77,12 +77,7 @@ pub async fn migrate(opts: &PgOptions) -> StoreResult<MigrationReport> {
 }
 
 async fn bounded<T>(limit: Duration, op: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
-    tokio::time::timeout(limit, op).await.unwrap_or_else(|_| {
-        Err(StoreError::Unavailable(format!(
-            "postgres: no answer within {}ms",
-            limit.as_millis()
-        )))
-    })
+    oncely_db::postgres::bounded(limit, op, no_answer).await
 }
 
 impl PgStore {

@@ -1,15 +1,18 @@
 //! The conformance suite on PostgreSQL, each fixture in a schema of its own (dropped at the
-//! end), and the interleavings only a database with concurrent writers has: a long
-//! transaction committing after short ones, and two transactions on one aggregate.
+//! end), the interleavings only a database with concurrent writers has: a long
+//! transaction committing after short ones, and two transactions on one aggregate, and the
+//! bound on every call of the outbox's own while another transaction holds its table.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use oncely_core::SystemClock;
+use oncely_core::{SystemClock, Timestamp};
 use oncely_outbox::conformance::{run_all, Fixture};
+use oncely_outbox::inbox::postgres::PgInbox;
+use oncely_outbox::inbox::InboxError;
 use oncely_outbox::postgres::PgOutbox;
-use oncely_outbox::{EventId, NewEvent, OutboxStore, Settled};
+use oncely_outbox::{EventId, NewEvent, OutboxError, OutboxStore, Settled};
 use oncely_testkit::services::{unique_name, Service};
 
 pub(crate) struct Pg {
@@ -224,4 +227,72 @@ async fn enqueue_notifies_at_commit() {
         .unwrap()
         .unwrap();
     assert_eq!(channel, f.store.channel());
+}
+
+/// A transaction that holds the outbox's and the inbox's tables locked (a migration, an
+/// operator's `LOCK TABLE`, a server that stopped answering all look alike from here): a
+/// claim and an inbox purge give up within their bound instead of waiting for it, and the
+/// outbox answers again once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_behind_a_held_lock_give_up_within_their_bound() {
+    let Some(url) =
+        Service::Postgres.available("calls_behind_a_held_lock_give_up_within_their_bound")
+    else {
+        return;
+    };
+    let f = fixture(&url).await;
+    f.commit(vec![ev("held", 1)]).await;
+    let bound = Duration::from_millis(100);
+    let quick = PgOutbox::open(f.pool.clone(), &f.schema, Arc::new(SystemClock))
+        .await
+        .unwrap()
+        .with_timeout(bound);
+    let mut inbox_client = f.pool.get().await.unwrap();
+    let inbox = PgInbox::open(&mut inbox_client, &f.schema)
+        .await
+        .unwrap()
+        .with_timeout(bound);
+
+    let mut holder = f.pool.get().await.unwrap();
+    let lock = holder.transaction().await.unwrap();
+    lock.batch_execute(&format!(
+        "LOCK TABLE \"{0}\".outbox, \"{0}\".inbox IN ACCESS EXCLUSIVE MODE",
+        f.schema
+    ))
+    .await
+    .unwrap();
+
+    let started = Instant::now();
+    let claimed = tokio::time::timeout(
+        Duration::from_secs(1),
+        quick.claim(10, Duration::from_secs(30)),
+    )
+    .await;
+    match claimed {
+        Ok(Err(OutboxError::Unavailable(why))) => {
+            assert!(why.contains("did not answer within 100ms"), "{why}")
+        }
+        other => panic!("a claim behind the lock answered {other:?}, not Unavailable"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    let started = Instant::now();
+    let purged = tokio::time::timeout(
+        Duration::from_secs(1),
+        inbox.purge(&inbox_client, Timestamp(i64::MAX), 10),
+    )
+    .await;
+    match purged {
+        Ok(Err(InboxError::Unavailable(why))) => {
+            assert!(why.contains("did not answer within 100ms"), "{why}")
+        }
+        other => panic!("an inbox purge behind the lock answered {other:?}, not Unavailable"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // Once the lock is gone the outbox answers again (the abandoned claim may have taken the
+    // event meanwhile: it stays pending either way).
+    lock.rollback().await.unwrap();
+    let stats = f.store.stats().await.unwrap();
+    assert_eq!(stats.pending, 1);
 }
