@@ -78,6 +78,32 @@ pub(crate) struct BenchArgs {
     /// SQLite and PostgreSQL (--postgres). Needs no gateway.
     #[arg(long)]
     conditional: bool,
+    /// Instead of the scenarios: the transactional outbox, relay throughput against
+    /// publishing straight to the broker, commit-to-consumer latency, and the cost of
+    /// enqueueing in a transaction; SQLite and PostgreSQL (--postgres), NATS (--nats) and
+    /// RabbitMQ (--amqp). Needs no gateway.
+    #[arg(long)]
+    outbox: bool,
+    /// With --outbox: events per throughput measurement.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// With --outbox: the relay's batch (events claimed at once).
+    #[arg(long, default_value_t = 256)]
+    relay_batch: usize,
+    /// With --outbox: the relay's passes in flight.
+    #[arg(long, default_value_t = 2)]
+    relay_passes: usize,
+    /// With --outbox: events per second in the end-to-end measurement (for --seconds).
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// With --outbox: NATS with JetStream [default: $ONCELY_TEST_NATS or
+    /// nats://127.0.0.1:4222; `none` to skip].
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// With --outbox: RabbitMQ [default: $ONCELY_TEST_AMQP or
+    /// amqp://guest:guest@127.0.0.1:5672/%2f; `none` to skip].
+    #[arg(long, value_name = "URL")]
+    amqp: Option<String>,
     /// Writer counts for --conditional's contention table.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
     writers: Vec<usize>,
@@ -150,6 +176,37 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
             duration: Duration::from_secs(args.seconds.max(1)),
             writers: args.writers.clone(),
             postgres: (postgres != "none").then_some(postgres),
+            dir: tmp.clone(),
+        })
+        .await;
+        let _ = std::fs::remove_dir_all(&tmp);
+        return result;
+    }
+    if args.outbox {
+        let pick = |given: &Option<String>, var: &str, default: &str| {
+            let url = given
+                .clone()
+                .or_else(|| std::env::var(var).ok())
+                .unwrap_or_else(|| default.to_owned());
+            (url != "none").then_some(url)
+        };
+        let result = crate::outbox::run(crate::outbox::Plan {
+            events: args.events.max(1),
+            batch: args.relay_batch.max(1),
+            passes: args.relay_passes.max(1),
+            rate: args.rate.max(1),
+            seconds: args.seconds.max(1),
+            nats: pick(&args.nats, "ONCELY_TEST_NATS", "nats://127.0.0.1:4222"),
+            amqp: pick(
+                &args.amqp,
+                "ONCELY_TEST_AMQP",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+            ),
+            postgres: pick(
+                &args.postgres,
+                "ONCELY_TEST_POSTGRES",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            ),
             dir: tmp.clone(),
         })
         .await;

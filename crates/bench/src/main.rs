@@ -10,6 +10,7 @@ mod bare;
 mod conditional;
 mod cost;
 mod gateway;
+mod outbox;
 mod process;
 mod profile;
 mod stores;

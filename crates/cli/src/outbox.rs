@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use oncely_core::{parse_duration, Clock, SystemClock};
+use oncely_outbox::metrics::RelayMetrics;
 use oncely_outbox::relay::Pass;
 use oncely_outbox::{EventId, OutboxStore, Publisher, Relay, RelayConfig};
 use tokio::sync::Notify;
@@ -58,6 +59,13 @@ pub(crate) struct RelayArgs {
     /// How often an idle relay looks for events (PostgreSQL also wakes it at each commit).
     #[arg(long, value_name = "DURATION", default_value = "1s")]
     poll: String,
+    /// Passes kept going at once, so that claiming, publishing and settling overlap.
+    #[arg(long, default_value_t = 2)]
+    passes_in_flight: usize,
+    /// Serve Prometheus metrics (GET /metrics) and GET /healthz on this address, such as
+    /// 127.0.0.1:7980.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -117,7 +125,8 @@ async fn open(db: &OutboxDb) -> Result<Opened, String> {
     let pool = oncely_db::postgres::pool(&opts).map_err(|e| format!("--db: {e}"))?;
     let store = oncely_outbox::postgres::PgOutbox::open(pool, &opts.schema, clock)
         .await
-        .map_err(|e| format!("--db {}: {e}", oncely_db::postgres::hide_password(&db.db)))?;
+        .map_err(|e| format!("--db {}: {e}", oncely_db::postgres::hide_password(&db.db)))?
+        .with_timeout(opts.timeout);
     Ok(Opened::Postgres(Arc::new(store), opts))
 }
 
@@ -207,12 +216,18 @@ pub(crate) async fn relay(args: RelayArgs) -> Result<(), String> {
         lease: duration("lease", &args.lease)?,
         dead_after: args.dead_after.max(1),
         poll: duration("poll", &args.poll)?,
+        passes_in_flight: args.passes_in_flight.max(1),
         ..RelayConfig::default()
     };
     let opened = open(&args.db).await?;
     let publisher = publisher(&args).await?;
     let store = opened.store();
     let relay = Relay::new(store.clone(), publisher.clone(), config.clone());
+    let metrics = Arc::new(RelayMetrics::new(publisher.name()));
+    if let Some(addr) = args.metrics {
+        serve_metrics(addr, store.clone(), metrics.clone()).await?;
+        println!("metrics on http://{addr}/metrics");
+    }
     if let Opened::Postgres(pg, opts) = &opened {
         listen(
             opts.clone(),
@@ -230,6 +245,7 @@ pub(crate) async fn relay(args: RelayArgs) -> Result<(), String> {
     let mut total = Pass::default();
     let mut reported = Instant::now();
     let observe = |result: &Result<Pass, oncely_outbox::OutboxError>| {
+        metrics.observe(result);
         match result {
             Ok(p) => {
                 total.delivered += p.delivered;
@@ -256,6 +272,59 @@ pub(crate) async fn relay(args: RelayArgs) -> Result<(), String> {
     };
     relay.run(crate::serve::shutdown_signal(), observe).await;
     println!("relay stopped");
+    Ok(())
+}
+
+/// Serves `/metrics` (the outbox's gauges, read at each scrape, and the relay's counters)
+/// and `/healthz` on `addr`.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    store: Arc<dyn OutboxStore>,
+    metrics: Arc<RelayMetrics>,
+) -> Result<(), String> {
+    use http_body_util::Full;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (store, metrics) = (store.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (store, metrics) = (store.clone(), metrics.clone());
+                        async move {
+                            let (status, kind, body) = match req.uri().path() {
+                                "/metrics" => {
+                                    // A database that cannot be read leaves its gauges out; the
+                                    // counters still say what the relay did.
+                                    let stats = store.stats().await.ok();
+                                    let mut text = oncely_metrics::Text::new();
+                                    metrics.render(stats.as_ref(), SystemClock.now(), &mut text);
+                                    (200, oncely_metrics::CONTENT_TYPE, text.finish())
+                                }
+                                "/healthz" => (200, "text/plain", "ok\n".to_owned()),
+                                _ => (404, "text/plain", "not found\n".to_owned()),
+                            };
+                            let mut resp = http::Response::new(Full::new(bytes::Bytes::from(body)));
+                            *resp.status_mut() = http::StatusCode::from_u16(status)
+                                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+                            resp.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static(kind),
+                            );
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
     Ok(())
 }
 

@@ -49,11 +49,17 @@ pub enum ProblemKind {
     /// 401 `webhook-refused`: a webhook whose signature does not verify, whose timestamp is
     /// outside the tolerance, or which lacks the Standard Webhooks headers; nothing applied.
     WebhookRefused,
+    /// 422 `message-rejected`: a verified message (a webhook) that its consumer can never
+    /// apply, such as a body that does not parse; nothing applied, and a retry will not help.
+    MessageRejected,
+    /// 503 `consumer-unavailable`, with `Retry-After`: the consumer could not apply a
+    /// verified message now (its database is down); nothing applied, so the sender retries.
+    ConsumerUnavailable,
 }
 
 impl ProblemKind {
     /// Every kind, in declaration order, for code that must cover them all.
-    pub const ALL: [ProblemKind; 14] = [
+    pub const ALL: [ProblemKind; 16] = [
         ProblemKind::MissingKey,
         ProblemKind::InvalidKey,
         ProblemKind::KeyReused,
@@ -68,6 +74,8 @@ impl ProblemKind {
         ProblemKind::PreconditionRequired,
         ProblemKind::InvalidPrecondition,
         ProblemKind::WebhookRefused,
+        ProblemKind::MessageRejected,
+        ProblemKind::ConsumerUnavailable,
     ];
 
     /// The stable short name, the last part of the `type` URI (`request-in-progress`).
@@ -87,6 +95,8 @@ impl ProblemKind {
             ProblemKind::PreconditionRequired => "precondition-required",
             ProblemKind::InvalidPrecondition => "invalid-precondition",
             ProblemKind::WebhookRefused => "webhook-refused",
+            ProblemKind::MessageRejected => "message-rejected",
+            ProblemKind::ConsumerUnavailable => "consumer-unavailable",
         }
     }
 
@@ -121,6 +131,8 @@ impl ProblemKind {
             }
             ProblemKind::InvalidPrecondition => "A precondition header is not valid",
             ProblemKind::WebhookRefused => "The webhook could not be verified",
+            ProblemKind::MessageRejected => "The message can never be applied",
+            ProblemKind::ConsumerUnavailable => "The consumer cannot apply the message now",
         }
     }
 
@@ -135,9 +147,9 @@ impl ProblemKind {
             ProblemKind::PreconditionFailed => 412,
             ProblemKind::PreconditionRequired => 428,
             ProblemKind::WebhookRefused => 401,
-            ProblemKind::KeyReused => 422,
+            ProblemKind::KeyReused | ProblemKind::MessageRejected => 422,
             ProblemKind::RequestInProgress => 409,
-            ProblemKind::StoreUnavailable => 503,
+            ProblemKind::StoreUnavailable | ProblemKind::ConsumerUnavailable => 503,
             ProblemKind::BodyTooLarge => 413,
             ProblemKind::UpstreamUnavailable => 502,
             ProblemKind::UpstreamTimeout => 504,

@@ -5,27 +5,74 @@
 //! `mandatory` on a channel in confirm mode. `publish` returns only after the broker's
 //! confirm. A message no queue would take comes back, and counts as a failure, not a
 //! delivery: the relay retries it until a queue is bound, or dead-letters it.
+//!
+//! [`AmqpConsumer`] is the other end: a queue consumer with manual acknowledgement that hands
+//! each delivery to a [`Handler`] and acknowledges it only after the handler's transaction
+//! committed. RabbitMQ has no dedupe of its own: a confirm lost on the way back makes the
+//! relay publish again, and the consumer's inbox absorbs the copy.
 
 use std::time::Duration;
 
+use std::future::Future;
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use futures_util::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+};
 
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 
+use crate::consume::{ConsumeError, HandleError, Handler, Message, Outcome};
+use crate::metrics::ConsumerMetrics;
 use crate::relay::{PublishError, Publisher};
 use crate::OutboxEvent;
 
 /// Publishes events to a RabbitMQ exchange.
 pub struct AmqpPublisher {
+    url: String,
+    exchange: String,
+    link: tokio::sync::Mutex<Option<Link>>,
+    confirm_timeout: Duration,
+}
+
+/// One connection and its channel in confirm mode. A connection that broke is replaced by
+/// a new one at the next publish: the relay retries what failed meanwhile.
+struct Link {
     // Kept so that the connection lives as long as its channel.
     _connection: Connection,
     channel: Channel,
-    exchange: String,
-    confirm_timeout: Duration,
+}
+
+impl Link {
+    async fn open(url: &str, confirms: bool) -> Result<Link, PublishError> {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(|e| PublishError::new(format!("cannot connect to RabbitMQ: {e}")))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(failed("open a channel"))?;
+        if confirms {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(failed("enable publisher confirms"))?;
+        }
+        Ok(Link {
+            _connection: connection,
+            channel,
+        })
+    }
+
+    fn usable(&self) -> bool {
+        self.channel.status().connected()
+    }
 }
 
 fn failed(what: &str) -> impl Fn(lapin::Error) -> PublishError + '_ {
@@ -34,35 +81,49 @@ fn failed(what: &str) -> impl Fn(lapin::Error) -> PublishError + '_ {
 
 impl AmqpPublisher {
     /// Connects to `url` (`amqp://user:pass@host:5672/%2f`) and opens a channel in confirm
-    /// mode for `exchange`.
+    /// mode for `exchange`. Connecting again after a broken connection is automatic.
     pub async fn connect(url: &str, exchange: &str) -> Result<Self, PublishError> {
-        let connection = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .map_err(|e| PublishError::new(format!("cannot connect to RabbitMQ: {e}")))?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(failed("open a channel"))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(failed("enable publisher confirms"))?;
+        let link = Link::open(url, true).await?;
         Ok(AmqpPublisher {
-            _connection: connection,
-            channel,
+            url: url.to_owned(),
             exchange: exchange.to_owned(),
+            link: tokio::sync::Mutex::new(Some(link)),
             confirm_timeout: Duration::from_secs(10),
         })
     }
 
-    /// The channel, for declaring queues and bindings.
-    pub fn channel(&self) -> &Channel {
-        &self.channel
+    /// How long a publish (and a reconnect) waits for the broker before it counts as
+    /// failed (default 10 s). Shorter than the relay's lease.
+    pub fn with_confirm_timeout(mut self, timeout: Duration) -> Self {
+        self.confirm_timeout = timeout;
+        self
+    }
+
+    /// The channel (connecting again if the connection broke), for declaring queues and
+    /// bindings.
+    pub async fn channel(&self) -> Result<Channel, PublishError> {
+        let mut link = self.link.lock().await;
+        if let Some(l) = link.as_ref().filter(|l| l.usable()) {
+            return Ok(l.channel.clone());
+        }
+        *link = None;
+        let fresh = tokio::time::timeout(self.confirm_timeout, Link::open(&self.url, true))
+            .await
+            .map_err(|_| {
+                PublishError::new(format!(
+                    "cannot connect to RabbitMQ within {:?}",
+                    self.confirm_timeout
+                ))
+            })??;
+        let channel = fresh.channel.clone();
+        *link = Some(fresh);
+        Ok(channel)
     }
 
     /// Declares the exchange as a durable topic exchange if it does not exist.
     pub async fn declare_exchange(&self) -> Result<(), PublishError> {
-        self.channel
+        self.channel()
+            .await?
             .exchange_declare(
                 self.exchange.as_str().into(),
                 ExchangeKind::Topic,
@@ -99,6 +160,10 @@ impl Publisher for AmqpPublisher {
         put("oncely-aggregate-type", event.aggregate_type.clone());
         put("oncely-aggregate-id", event.aggregate_id.clone());
         put("oncely-sequence", event.sequence.to_string());
+        put(
+            "oncely-created-at",
+            event.created_at.as_millis().to_string(),
+        );
         let properties = BasicProperties::default()
             .with_message_id(event.id.to_string().into())
             .with_type(event.event_type.as_str().into())
@@ -107,7 +172,8 @@ impl Publisher for AmqpPublisher {
             .with_headers(headers);
         let payload = event.payload.to_string();
         let publish = async {
-            self.channel
+            self.channel()
+                .await?
                 .basic_publish(
                     self.exchange.as_str().into(),
                     Self::routing_key_of(event).as_str().into(),
@@ -142,5 +208,160 @@ impl Publisher for AmqpPublisher {
                 self.confirm_timeout
             ))),
         }
+    }
+}
+
+/// A consumer of one RabbitMQ queue feeding a [`Handler`]: deliveries one at a time, each
+/// acknowledged only after the handler returned. A delivery the handler wants again goes back
+/// to the queue after a pause; one it rejects is rejected without requeueing (to the queue's
+/// dead-letter exchange, if it has one). A broken connection is opened again, after a
+/// pause, until `stop`; the deliveries it had not acknowledged come again.
+pub struct AmqpConsumer {
+    url: String,
+    queue: String,
+    prefetch: u16,
+    retry_delay: Duration,
+    metrics: Arc<ConsumerMetrics>,
+}
+
+impl AmqpConsumer {
+    /// A consumer named `name` (its inbox name and consumer tag) of `queue` at `url`.
+    pub fn new(url: &str, queue: &str, name: &str) -> Self {
+        AmqpConsumer {
+            url: url.to_owned(),
+            queue: queue.to_owned(),
+            prefetch: 32,
+            retry_delay: Duration::from_secs(1),
+            metrics: Arc::new(ConsumerMetrics::new(name)),
+        }
+    }
+
+    /// How long to pause before a message the handler wants again goes back, and before
+    /// connecting again (default 1 s).
+    pub fn with_retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+
+    /// This consumer's counts, for `/metrics`.
+    pub fn metrics(&self) -> Arc<ConsumerMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Hands deliveries to `handler` until `stop` completes. Fails at once only when the
+    /// first connection is refused or the queue does not exist; later breaks are connected
+    /// again.
+    pub async fn run(
+        &self,
+        handler: impl Handler,
+        stop: impl Future<Output = ()>,
+    ) -> Result<(), ConsumeError> {
+        tokio::pin!(stop);
+        let mut first = true;
+        loop {
+            let consumer = match self.subscribe().await {
+                Ok(c) => c,
+                Err(e) if first => return Err(e),
+                Err(_) => {
+                    tokio::select! {
+                        () = &mut stop => return Ok(()),
+                        () = tokio::time::sleep(self.retry_delay) => continue,
+                    }
+                }
+            };
+            first = false;
+            let (_link, mut deliveries) = consumer;
+            loop {
+                let next = tokio::select! {
+                    () = &mut stop => return Ok(()),
+                    next = deliveries.next() => next,
+                };
+                match next {
+                    Some(Ok(delivery)) => self.handle(&handler, delivery).await,
+                    // The connection broke: open another.
+                    Some(Err(_)) | None => break,
+                }
+            }
+        }
+    }
+
+    async fn subscribe(&self) -> Result<(Link, lapin::Consumer), ConsumeError> {
+        let link = Link::open(&self.url, false)
+            .await
+            .map_err(|e| ConsumeError(e.message))?;
+        link.channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| ConsumeError(format!("prefetch: {e}")))?;
+        let deliveries = link
+            .channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| ConsumeError(format!("consume {}: {e}", self.queue)))?;
+        Ok((link, deliveries))
+    }
+
+    async fn handle(&self, handler: &impl Handler, delivery: lapin::message::Delivery) {
+        let props = &delivery.properties;
+        let mut headers = Vec::new();
+        if let Some(table) = props.headers() {
+            for (name, value) in table.inner() {
+                let text = match value {
+                    AMQPValue::LongString(s) => s.to_string(),
+                    AMQPValue::ShortString(s) => s.to_string(),
+                    other => format!("{other:?}"),
+                };
+                headers.push((name.to_string(), text));
+            }
+        }
+        let result = match props.message_id() {
+            Some(id) => {
+                let mut message =
+                    Message::from_parts(id.to_string(), delivery.data.clone(), headers);
+                if message.event_type.is_empty() {
+                    if let Some(kind) = props.kind() {
+                        message.event_type = kind.to_string();
+                    }
+                }
+                let created_at = message.created_at;
+                let result = handler.handle(message).await;
+                self.metrics.record(
+                    &result,
+                    created_at,
+                    oncely_core::Clock::now(&oncely_core::SystemClock),
+                );
+                result
+            }
+            // Nothing to dedupe by: applying it could apply it twice.
+            None => {
+                let result = Err(HandleError::Reject("the message has no message_id".into()));
+                self.metrics
+                    .record(&result, None, oncely_core::Timestamp(0));
+                result
+            }
+        };
+        // A lost acknowledgement is a redelivery later, which the inbox absorbs.
+        let _ = match result {
+            Ok(Outcome::Applied | Outcome::Duplicate) => {
+                delivery.ack(BasicAckOptions::default()).await
+            }
+            Err(HandleError::Retry(_)) => {
+                tokio::time::sleep(self.retry_delay).await;
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await
+            }
+            Err(HandleError::Reject(_)) => {
+                delivery.reject(BasicRejectOptions { requeue: false }).await
+            }
+        };
     }
 }

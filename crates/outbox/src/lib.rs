@@ -28,8 +28,10 @@
 
 #![warn(missing_docs)]
 
+pub mod consume;
 mod event;
 pub mod inbox;
+pub mod metrics;
 pub mod relay;
 mod store;
 #[cfg(feature = "webhook")]
@@ -46,6 +48,7 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+pub use consume::{handler_fn, HandleError, Handler, Message, Outcome};
 pub use event::{EventId, NewEvent, OutboxEvent};
 pub use relay::{PublishError, Publisher, Relay, RelayConfig};
 pub use store::{Claim, Failure, OutboxError, OutboxStats, OutboxStore, Settled};

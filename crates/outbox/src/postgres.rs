@@ -33,10 +33,11 @@ use crate::store::{
 /// other languages create (docs/outbox.md).
 const MIGRATIONS: Migrations = Migrations {
     concern: "outbox",
-    steps: &[Migration {
-        version: 1,
-        description: "the outbox and its per-aggregate sequences",
-        sql: "
+    steps: &[
+        Migration {
+            version: 1,
+            description: "the outbox and its per-aggregate sequences",
+            sql: "
 CREATE TABLE IF NOT EXISTS {schema}.outbox (
     id             text  PRIMARY KEY,
     aggregate_type text  NOT NULL,
@@ -66,7 +67,22 @@ CREATE TABLE IF NOT EXISTS {schema}.outbox_sequences (
     PRIMARY KEY (aggregate_type, aggregate_id)
 );
 ",
-    }],
+        },
+        Migration {
+            version: 2,
+            description: "pending events in claim order; room in each page for updates in place",
+            // A claim reads pending events in (created_at, id) order: with the id in the index
+            // it stops after its batch instead of sorting every event of one millisecond. Free
+            // room in each page lets a claim's lease update stay on its page without touching
+            // the indexes (a HOT update), which is most of a claim's cost.
+            sql: "
+CREATE INDEX IF NOT EXISTS outbox_pending_order ON {schema}.outbox (created_at, id)
+    WHERE status = 'pending';
+DROP INDEX IF EXISTS {schema}.outbox_pending;
+ALTER TABLE {schema}.outbox SET (fillfactor = 50);
+",
+        },
+    ],
 };
 
 /// The server's clock in milliseconds since the epoch.
@@ -113,6 +129,10 @@ impl Statements {
                  SELECT $1, $2, $3, s.last, $4, $5::text::jsonb, $6::text::jsonb, {NOW_MS}, {NOW_MS} \
                  FROM s CROSS JOIN (SELECT pg_notify($7, '')) AS wake"
             ),
+            // `= ANY (ARRAY (...))` and not a join with `picked`: once the statement runs
+            // as a generic plan, the planner no longer knows the LIMIT and hashes the whole
+            // table to join the picked ids back, several times slower per claim and growing
+            // with the table.
             claim: format!(
                 "WITH now AS (SELECT {NOW_MS} AS ms), picked AS ( \
                    SELECT o.id FROM {t} o, now \
@@ -126,7 +146,7 @@ impl Statements {
                    FOR UPDATE OF o SKIP LOCKED) \
                  UPDATE {t} o SET lease_token = $2, lease_until = now.ms + $3, \
                    attempts = o.attempts + 1 \
-                 FROM picked, now WHERE o.id = picked.id RETURNING {COLUMNS}"
+                 FROM now WHERE o.id = ANY (ARRAY (SELECT id FROM picked)) RETURNING {COLUMNS}"
             ),
             delivered: format!(
                 "UPDATE {t} SET status = 'delivered', delivered_at = {NOW_MS}, \
@@ -234,12 +254,41 @@ impl PgOutbox {
         tx: &tokio_postgres::Transaction<'_>,
         event: &NewEvent,
     ) -> Result<EventId, OutboxError> {
+        self.insert_event(tx, self.sql.enqueue.as_str(), event)
+            .await
+    }
+
+    /// [`PgOutbox::enqueue`] on a transaction of a deadpool connection: the statement is
+    /// prepared once per connection (its statement cache) instead of at every call, which
+    /// saves a round trip per event.
+    pub async fn enqueue_cached(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        event: &NewEvent,
+    ) -> Result<EventId, OutboxError> {
+        let statement = tx
+            .prepare_cached(&self.sql.enqueue)
+            .await
+            .map_err(unavailable)?;
+        self.insert_event(tx, &statement, event).await
+    }
+
+    /// The enqueue statement (as text or prepared) with `event`'s values, in `tx`.
+    async fn insert_event<S>(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        statement: &S,
+        event: &NewEvent,
+    ) -> Result<EventId, OutboxError>
+    where
+        S: tokio_postgres::ToStatement + ?Sized + Sync,
+    {
         validate(event)?;
         let id = EventId::new(self.clock.now());
         let headers = serde_json::to_string(&event.headers)
             .map_err(|e| OutboxError::Invalid(format!("headers: {e}")))?;
         tx.execute(
-            &self.sql.enqueue,
+            statement,
             &[
                 &id.to_string(),
                 &event.aggregate_type,

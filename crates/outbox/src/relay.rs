@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use oncely_core::sync::LockIgnoringPoison as _;
 use tokio::sync::Notify;
 
 use crate::{Failure, OutboxError, OutboxEvent, OutboxStore, Settled};
@@ -55,6 +56,12 @@ pub struct RelayConfig {
     pub backoff_cap: Duration,
     /// How often an idle relay looks for events without being woken (default 1 s).
     pub poll: Duration,
+    /// Passes that [`Relay::run`] keeps going at once (default 2): while one batch is being
+    /// published, the next is claimed and the last settled, so the database's round trips
+    /// and the broker's overlap instead of adding up. Safe for any number: claims never
+    /// take an event another holds, nor an aggregate's event before its predecessor is
+    /// delivered.
+    pub passes_in_flight: usize,
 }
 
 impl Default for RelayConfig {
@@ -66,6 +73,7 @@ impl Default for RelayConfig {
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(300),
             poll: Duration::from_secs(1),
+            passes_in_flight: 2,
         }
     }
 }
@@ -192,23 +200,55 @@ impl Relay {
         Ok(pass)
     }
 
-    /// Runs passes until `stop` completes: at once again while passes find work, else after
-    /// a wake-up or the poll interval. Each pass's result goes to `observe` (a pass that
-    /// failed, the database being down, is retried after the poll interval).
+    /// Runs passes until `stop` completes, [`RelayConfig::passes_in_flight`] at a time: a
+    /// pass starts again at once while passes find work, else after a wake-up or the poll
+    /// interval. Each pass's result goes to `observe` (a pass that failed, the database
+    /// being down, is retried after the poll interval). `stop` lets the passes under way
+    /// finish (their events settle) before this returns.
     pub async fn run(
         &self,
         stop: impl std::future::Future<Output = ()>,
-        mut observe: impl FnMut(&Result<Pass, OutboxError>),
+        observe: impl FnMut(&Result<Pass, OutboxError>) + Send,
     ) {
+        // The passes run in this one task, so the lock is never contended; it only makes the
+        // shared `observe` Sync, which a spawned `run` needs.
+        let observe = std::sync::Mutex::new(observe);
+        let (stopping, stopped) = tokio::sync::watch::channel(false);
+        let lanes =
+            (0..self.config.passes_in_flight.max(1)).map(|_| self.lane(&observe, stopped.clone()));
+        let mut lanes = std::pin::pin!(futures_util::future::join_all(lanes));
         tokio::pin!(stop);
+        tokio::select! {
+            _ = &mut lanes => return,
+            () = &mut stop => {}
+        }
+        let _ = stopping.send(true);
+        lanes.await;
+    }
+
+    /// One of the passes in flight.
+    async fn lane(
+        &self,
+        observe: &std::sync::Mutex<impl FnMut(&Result<Pass, OutboxError>) + Send>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
         loop {
+            if *stopped.borrow() {
+                return;
+            }
             let result = self.pass().await;
-            observe(&result);
-            if matches!(result, Ok(p) if p.claimed > 0) {
-                continue;
+            (observe.lock_ignoring_poison())(&result);
+            match result {
+                // A full batch: there is likely more, so wake an idle pass to help.
+                Ok(p) if p.claimed >= self.config.batch => {
+                    self.wake.notify_one();
+                    continue;
+                }
+                Ok(p) if p.claimed > 0 => continue,
+                _ => {}
             }
             tokio::select! {
-                () = &mut stop => return,
+                _ = stopped.changed() => return,
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(self.config.poll) => {}
             }

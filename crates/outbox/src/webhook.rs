@@ -7,6 +7,10 @@
 //! refuses a signature that does not verify and a timestamp outside its tolerance (a
 //! replayed old request), then dedupes by `webhook-id` in its inbox and answers 2xx to a
 //! duplicate, so that the sender stops retrying it.
+//!
+//! [`WebhookReceiver`] is that receiver, ready for an axum router: verification, then the
+//! application's [`Handler`] (which applies the effect once through its inbox), then the
+//! answer the sender needs.
 
 use std::time::Duration;
 
@@ -20,6 +24,8 @@ use hyper_util::rt::TokioExecutor;
 use oncely_core::problem::ProblemKind;
 use sha2::{Digest as _, Sha256};
 
+use crate::consume::{HandleError, Handler, Message, Outcome};
+use crate::metrics::ConsumerMetrics;
 use crate::relay::{PublishError, Publisher};
 use crate::OutboxEvent;
 
@@ -224,7 +230,11 @@ impl Publisher for WebhookPublisher {
             .header("webhook-id", &id)
             .header("webhook-timestamp", now.to_string())
             .header("webhook-signature", sign(&self.secret, &id, now, &body))
-            .header("idempotency-key", &id);
+            .header("idempotency-key", &id)
+            .header(
+                crate::consume::header::CREATED_AT,
+                event.created_at.as_millis().to_string(),
+            );
         for (name, value) in &event.headers {
             req = req.header(name.as_str(), value.as_str());
         }
@@ -252,6 +262,171 @@ impl Publisher for WebhookPublisher {
                 PublishError::new(format!("no webhook answer within {:?}", self.timeout))
             })?
     }
+}
+
+/// A webhook endpoint for an axum router: verifies each request (signature under any of its
+/// secrets, timestamp within the tolerance), hands the event to a [`Handler`], and answers:
+///
+/// | What happened | Answer |
+/// |---|---|
+/// | applied now | 204 |
+/// | applied before (a repeat) | 200, so that the sender stops |
+/// | not verified | 401 `webhook-refused` |
+/// | verified, but the body is not a webhook envelope, or the handler rejects it | 422 `message-rejected` |
+/// | the handler cannot apply it now | 503 `consumer-unavailable`, `Retry-After: 1` |
+pub struct WebhookReceiver<H> {
+    secrets: Vec<WebhookSecret>,
+    tolerance: Duration,
+    handler: H,
+    metrics: std::sync::Arc<ConsumerMetrics>,
+}
+
+impl<H: Handler> WebhookReceiver<H> {
+    /// A receiver named `name` (its inbox name) checking signatures with `secret`, with the
+    /// specification's tolerance of five minutes.
+    pub fn new(name: &str, secret: WebhookSecret, handler: H) -> Self {
+        WebhookReceiver {
+            secrets: vec![secret],
+            tolerance: Duration::from_secs(300),
+            handler,
+            metrics: std::sync::Arc::new(ConsumerMetrics::new(name)),
+        }
+    }
+
+    /// Also accepts signatures made with `secret`: during a rotation, the old secret and the
+    /// new one both verify.
+    pub fn also_accepting(mut self, secret: WebhookSecret) -> Self {
+        self.secrets.push(secret);
+        self
+    }
+
+    /// How far a request's timestamp may be from now (default 5 min).
+    pub fn with_tolerance(mut self, tolerance: Duration) -> Self {
+        self.tolerance = tolerance;
+        self
+    }
+
+    /// This receiver's counts, for `/metrics`.
+    pub fn metrics(&self) -> std::sync::Arc<ConsumerMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Answers one request.
+    pub async fn receive(
+        &self,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> http::Response<Full<Bytes>> {
+        let now = oncely_core::Clock::now(&oncely_core::SystemClock);
+        let mut verdict = Err(WebhookError::BadSignature);
+        for secret in &self.secrets {
+            verdict = verify(
+                secret,
+                headers,
+                body,
+                now.0.div_euclid(1000),
+                self.tolerance,
+            );
+            if !matches!(verdict, Err(WebhookError::BadSignature)) {
+                break;
+            }
+        }
+        let id = match verdict {
+            Ok(id) => id,
+            Err(e) => {
+                let (status, problem) = e.problem();
+                return problem_response(status, problem);
+            }
+        };
+        let result = match message_of(id, headers, body) {
+            Ok(message) => {
+                let created_at = message.created_at;
+                let result = self.handler.handle(message).await;
+                self.metrics.record(&result, created_at, now);
+                result
+            }
+            Err(e) => {
+                let result = Err(e);
+                self.metrics.record(&result, None, now);
+                result
+            }
+        };
+        match result {
+            Ok(Outcome::Applied) => empty(http::StatusCode::NO_CONTENT),
+            Ok(Outcome::Duplicate) => empty(http::StatusCode::OK),
+            Err(HandleError::Reject(detail)) => {
+                let kind = ProblemKind::MessageRejected;
+                problem_response(
+                    kind.default_status(),
+                    kind.body(kind.default_status(), &detail),
+                )
+            }
+            Err(HandleError::Retry(detail)) => {
+                let kind = ProblemKind::ConsumerUnavailable;
+                let mut r = problem_response(
+                    kind.default_status(),
+                    kind.body(kind.default_status(), &detail),
+                );
+                r.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                r
+            }
+        }
+    }
+
+    /// The receiver as an axum `POST` route: `Router::new().route("/hooks", receiver.into_route())`.
+    pub fn into_route<S: Clone + Send + Sync + 'static>(self) -> axum::routing::MethodRouter<S> {
+        let receiver = std::sync::Arc::new(self);
+        axum::routing::post(move |headers: http::HeaderMap, body: Bytes| async move {
+            receiver.receive(&headers, &body).await
+        })
+    }
+}
+
+/// The event in a verified request: the envelope [`WebhookPublisher::body_of`] writes.
+fn message_of(id: String, headers: &http::HeaderMap, body: &[u8]) -> Result<Message, HandleError> {
+    let envelope: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| HandleError::Reject(format!("the body is not JSON: {e}")))?;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let aggregate = &envelope["aggregate"];
+    let passed = headers.iter().filter_map(|(name, value)| {
+        let name = name.as_str();
+        let skip = name.starts_with("webhook-")
+            || matches!(
+                name,
+                "content-type" | "content-length" | "host" | "idempotency-key"
+            );
+        (!skip).then(|| Some((name.to_owned(), value.to_str().ok()?.to_owned())))?
+    });
+    let mut message = Message::from_parts(id, Vec::new(), passed.collect::<Vec<_>>());
+    message.event_type = text(&envelope["type"]);
+    message.aggregate_type = text(&aggregate["type"]);
+    message.aggregate_id = text(&aggregate["id"]);
+    message.sequence = aggregate["sequence"].as_i64();
+    message.payload = match envelope.get("data") {
+        Some(data) => serde_json::to_vec(data).unwrap_or_default(),
+        None => return Err(HandleError::Reject("the body has no `data`".into())),
+    };
+    Ok(message)
+}
+
+fn problem_response(status: u16, body: Vec<u8>) -> http::Response<Full<Bytes>> {
+    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(oncely_core::problem::PROBLEM_CONTENT_TYPE),
+    );
+    r
+}
+
+fn empty(status: http::StatusCode) -> http::Response<Full<Bytes>> {
+    let mut r = http::Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    r
 }
 
 #[cfg(test)]

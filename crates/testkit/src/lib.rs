@@ -30,6 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use oncely_core::sync::LockIgnoringPoison;
 use tokio::net::TcpListener;
 
+pub mod fault;
 pub mod services;
 
 #[derive(Default)]

@@ -1,6 +1,7 @@
-//! `oncely relay` as a process: SIGKILLed while it publishes to the machine's JetStream and
-//! started again, every event ends up in the stream exactly once (the duplicate window takes
-//! the repeats) and the outbox is drained; `oncely outbox` reports it, and lists and
+//! `oncely relay` as a process: an axum service writes orders and their events in one
+//! transaction; the relay, SIGKILLed while it publishes to the machine's JetStream and
+//! started again, leaves every event in the stream exactly once (the duplicate window takes
+//! the repeats), a consumer applies each once through its inbox, and `/metrics` says so; `oncely outbox` reports it, and lists and
 //! retries dead letters.
 
 use std::process::Stdio;
@@ -32,7 +33,7 @@ fn enqueue(path: &std::path::Path, aggregates: usize, per: usize) {
     }
 }
 
-fn start_relay(db: &str, nats: &str, name: &str) -> KillOnDrop {
+fn start_relay(db: &str, nats: &str, name: &str, extra: &[&str]) -> KillOnDrop {
     KillOnDrop(
         oncely()
             .args([
@@ -47,6 +48,7 @@ fn start_relay(db: &str, nats: &str, name: &str) -> KillOnDrop {
                 name,
             ])
             .args(["--batch", "8", "--lease", "1s", "--poll", "50ms"])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("start oncely relay"),
@@ -69,6 +71,42 @@ fn outbox_cli(db: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// The application: an axum service whose `POST /orders/{id}` writes the order and its
+/// `order.placed` event in one SQLite transaction.
+fn orders_app(path: std::path::PathBuf) -> axum::Router {
+    use axum::extract::{Path, State};
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, total INTEGER NOT NULL)",
+    )
+    .unwrap();
+    let db = Arc::new(std::sync::Mutex::new(conn));
+    axum::Router::new()
+        .route(
+            "/orders/{id}",
+            axum::routing::post(
+                |State(db): State<Arc<std::sync::Mutex<rusqlite::Connection>>>,
+                 Path(id): Path<String>| async move {
+                    let mut conn = db.lock().unwrap();
+                    let tx = conn.transaction().unwrap();
+                    tx.execute("INSERT INTO orders (id, total) VALUES (?1, 100)", [&id])
+                        .unwrap();
+                    let event = NewEvent::new(
+                        "order",
+                        &id,
+                        "order.placed",
+                        serde_json::json!({ "order": id, "total": 100 }),
+                    );
+                    SqliteOutbox::enqueue(&tx, &event, SystemClock.now()).unwrap();
+                    tx.commit().unwrap();
+                    axum::http::StatusCode::CREATED
+                },
+            ),
+        )
+        .with_state(db)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_killed_mid_run_and_restarted_delivers_every_event_once() {
     let Some(nats) =
@@ -76,19 +114,36 @@ async fn a_relay_killed_mid_run_and_restarted_delivers_every_event_once() {
     else {
         return;
     };
+    const ORDERS: usize = 600;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.db");
     let store = Arc::new(
         SqliteOutbox::open(&path, Duration::from_secs(10), Arc::new(SystemClock)).unwrap(),
     );
-    enqueue(&path, 30, 20);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    let app = orders_app(path.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = oncely_testkit::TestClient::new();
+    for n in 0..ORDERS {
+        let a = client
+            .send(
+                "POST",
+                &format!("http://{app_addr}/orders/o{n}"),
+                &[],
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.status, 201);
+    }
     let db = format!("sqlite://{}", path.display());
     let name = unique_name("oncely_relay");
     let js = oncely_outbox::nats::NatsPublisher::connect(&nats, &name)
         .await
         .unwrap();
 
-    let relay = start_relay(&db, &nats, &name);
+    let relay = start_relay(&db, &nats, &name, &[]);
     // Wait until it is well into the work, then kill it without warning.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -110,7 +165,11 @@ async fn a_relay_killed_mid_run_and_restarted_delivers_every_event_once() {
         "killed before it finished: {after_kill:?}"
     );
 
-    let relay = start_relay(&db, &nats, &name);
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let relay = start_relay(&db, &nats, &name, &["--metrics", &metrics_addr.to_string()]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while store.stats().await.unwrap().pending > 0 {
         assert!(
@@ -119,14 +178,101 @@ async fn a_relay_killed_mid_run_and_restarted_delivers_every_event_once() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let page = client
+        .send(
+            "GET",
+            &format!("http://{metrics_addr}/metrics"),
+            &[],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.body).into_owned();
+    assert!(page.contains("oncely_outbox_pending 0"), "{page}");
+    assert!(page.contains("oncely_outbox_lag_seconds 0"), "{page}");
+    assert!(
+        page.contains("oncely_outbox_delivered_total{publisher=\"nats\"}"),
+        "{page}"
+    );
     relay.stop();
 
     let mut stream = js.jetstream().get_stream(&name).await.unwrap();
     assert_eq!(
         stream.info().await.unwrap().state.messages,
-        600,
+        ORDERS as u64,
         "every event in the stream exactly once"
     );
+
+    // A consumer applies each order once through its inbox, in its own database.
+    let consumer_db = Arc::new(std::sync::Mutex::new(
+        rusqlite::Connection::open(dir.path().join("billing.db")).unwrap(),
+    ));
+    {
+        let mut c = consumer_db.lock().unwrap();
+        c.execute_batch("CREATE TABLE invoices (order_id TEXT NOT NULL, total INTEGER NOT NULL)")
+            .unwrap();
+        oncely_outbox::inbox::sqlite::migrate(&mut c).unwrap();
+    }
+    let consumer = oncely_outbox::nats::NatsConsumer::durable(
+        js.jetstream(),
+        &name,
+        "billing",
+        oncely_outbox::nats::ConsumerConfig::default(),
+    )
+    .await
+    .unwrap();
+    let handler = {
+        let db = consumer_db.clone();
+        oncely_outbox::handler_fn(move |m: oncely_outbox::Message| {
+            let db = db.clone();
+            async move {
+                let order: serde_json::Value = m.json()?;
+                let mut c = db.lock().unwrap();
+                let applied = oncely_outbox::inbox::sqlite::apply_once(
+                    &mut c,
+                    "billing",
+                    &m.id,
+                    SystemClock.now(),
+                    |tx| {
+                        tx.execute(
+                            "INSERT INTO invoices (order_id, total) VALUES (?1, ?2)",
+                            rusqlite::params![order["order"].as_str(), order["total"].as_i64()],
+                        )
+                        .map_err(|e| oncely_outbox::inbox::InboxError::Unavailable(e.to_string()))
+                    },
+                )?;
+                Ok(applied.into())
+            }
+        })
+    };
+    let metrics = consumer.metrics();
+    let consuming =
+        tokio::spawn(async move { consumer.run(handler, std::future::pending()).await });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.applied() < ORDERS as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the consumer applied {}",
+            metrics.applied()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    consuming.abort();
+    let (invoices, distinct): (i64, i64) = consumer_db
+        .lock()
+        .unwrap()
+        .query_row(
+            "SELECT count(*), count(DISTINCT order_id) FROM invoices",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (invoices, distinct),
+        (ORDERS as i64, ORDERS as i64),
+        "one invoice per order"
+    );
+
     let (ok, status) = outbox_cli(&db, &["status"]);
     assert!(ok, "{status}");
     assert!(status.contains("pending    0"), "{status}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
-use oncely_outbox::amqp::AmqpPublisher;
+use oncely_outbox::amqp::{AmqpConsumer, AmqpPublisher};
 use oncely_outbox::conformance::Fixture;
 use oncely_outbox::{NewEvent, Relay, RelayConfig};
 use oncely_testkit::services::{unique_name, Service};
@@ -19,6 +19,29 @@ fn quick() -> RelayConfig {
         backoff_cap: Duration::from_millis(10),
         ..RelayConfig::default()
     }
+}
+
+/// A durable queue `name` bound to the exchange `name` for every order event.
+async fn declare_bound_queue(ch: &lapin::Channel, name: &str) {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        name.into(),
+        name.into(),
+        "order.#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,26 +71,8 @@ async fn the_relay_to_rabbitmq_confirms_each_event() {
     );
     assert_eq!(f.store().stats().await.unwrap().pending, 1);
 
-    let ch = publisher.channel();
-    ch.queue_declare(
-        name.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        name.as_str().into(),
-        name.as_str().into(),
-        "order.#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let ch = publisher.channel().await.unwrap();
+    declare_bound_queue(&ch, &name).await;
     let mut ids = Vec::new();
     for round in 0..5 {
         let events = (0..20)
@@ -122,6 +127,92 @@ async fn the_relay_to_rabbitmq_confirms_each_event() {
     for (aggregate, seqs) in per_aggregate {
         assert_eq!(seqs, (1..=5).collect::<Vec<i64>>(), "{aggregate} in order");
     }
+    ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    ch.exchange_delete(name.as_str().into(), Default::default())
+        .await
+        .unwrap();
+}
+
+/// 10 000 events from a SQLite outbox to RabbitMQ and into a consumer's inbox, while the
+/// relay's connection is cut mid-publish and restored, and the consumer dies after a commit
+/// and before its ack. RabbitMQ keeps no dedupe, so the queue may hold repeats; the inbox
+/// absorbs them: each event has its effect once, in its aggregate's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_survive_a_cut_connection_and_a_consumer_killed_before_its_ack() {
+    let Some(url) = Service::Amqp.available(
+        "ten_thousand_events_survive_a_cut_connection_and_a_consumer_killed_before_its_ack",
+    ) else {
+        return;
+    };
+    const AGGREGATES: usize = 100;
+    const PER_AGGREGATE: usize = 100;
+    const TOTAL: usize = AGGREGATES * PER_AGGREGATE;
+    let name = unique_name("oncely_outbox");
+    // amqp://user:pass@host:port/vhost: the proxy takes the place of host:port.
+    let (head, rest) = url
+        .split_once('@')
+        .expect("an amqp:// URL with credentials");
+    let (host_port, vhost) = rest.split_once('/').unwrap_or((rest, "%2f"));
+    let broker: std::net::SocketAddr = host_port.parse().expect("ip:port in the AMQP URL");
+    let proxy = oncely_testkit::fault::FaultProxy::start(broker).await;
+    let proxied = format!("{head}@{}/{vhost}", proxy.addr());
+
+    let setup = AmqpPublisher::connect(&url, &name).await.unwrap();
+    setup.declare_exchange().await.unwrap();
+    let ch = setup.channel().await.unwrap();
+    declare_bound_queue(&ch, &name).await;
+
+    let f = crate::sqlite::fixture();
+    crate::consume::commit_rounds(&f, "o", AGGREGATES, PER_AGGREGATE).await;
+    let publisher = Arc::new(
+        AmqpPublisher::connect(&proxied, &name)
+            .await
+            .unwrap()
+            .with_confirm_timeout(Duration::from_secs(2)),
+    );
+    let running = crate::consume::Running::start(f.store(), publisher.clone());
+
+    let effects = crate::consume::Effects::new();
+    let dying = effects.handler("billing", Some(3_000));
+    let first =
+        AmqpConsumer::new(&url, &name, "billing").with_retry_delay(Duration::from_millis(100));
+    let first_run = {
+        let dying = dying.clone();
+        tokio::spawn(async move { first.run(dying, std::future::pending()).await })
+    };
+
+    // Cut the relay's connection once a fifth is through, for two seconds.
+    crate::consume::cut_after(&*f.store(), &proxy, (TOTAL / 5) as u64).await;
+
+    crate::consume::kill_when_dead(&dying, first_run).await;
+    let second =
+        AmqpConsumer::new(&url, &name, "billing").with_retry_delay(Duration::from_millis(100));
+    let metrics = second.metrics();
+    let second_run = tokio::spawn({
+        let handler = effects.handler("billing", None);
+        async move { second.run(handler, std::future::pending()).await }
+    });
+    effects.wait_for(TOTAL, Duration::from_secs(180)).await;
+    running.stop().await;
+
+    assert_eq!(
+        effects.assert_once_in_order(),
+        TOTAL,
+        "every event applied once"
+    );
+    assert_eq!(f.store().stats().await.unwrap().pending, 0);
+    assert!(
+        proxy.accepted() >= 2,
+        "the relay connected again after the cut"
+    );
+    assert!(
+        metrics.duplicates() >= 1,
+        "the redelivery after the consumer died was absorbed by the inbox"
+    );
+    second_run.abort();
+    let _ = second_run.await;
     ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();

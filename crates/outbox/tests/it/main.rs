@@ -3,6 +3,7 @@
 //! inbox, and the publishers against the machine's NATS and RabbitMQ.
 
 mod amqp;
+mod consume;
 mod inbox;
 mod nats;
 mod postgres;

@@ -23,6 +23,8 @@ struct Recorder {
     fail_first: u32,
     always_fail: bool,
     hang: bool,
+    /// Each publish takes this long.
+    delay: Duration,
 }
 
 #[async_trait]
@@ -31,6 +33,7 @@ impl Publisher for Recorder {
         "recorder"
     }
     async fn publish(&self, e: &OutboxEvent) -> Result<(), PublishError> {
+        tokio::time::sleep(self.delay).await;
         let n = {
             let mut a = self.attempts.lock().unwrap();
             let n = a.entry(e.id).or_default();
@@ -59,6 +62,7 @@ fn quick() -> RelayConfig {
         backoff_base: Duration::from_millis(1),
         backoff_cap: Duration::from_millis(20),
         poll: Duration::from_millis(20),
+        passes_in_flight: 1,
     }
 }
 
@@ -213,11 +217,79 @@ async fn events_that_always_fail_become_dead_letters(f: impl Fixture) {
     assert!(dead.iter().all(|d| ids.contains(&d.id)));
 }
 
+/// `Relay::run` with four passes in flight: every event once, each aggregate in order; and a
+/// stop while passes still find work returns promptly, with the passes under way settled.
+async fn passes_in_flight_keep_order_and_stop_under_load(f: impl Fixture) {
+    let ids = enqueue_many(&f, 40, 10).await;
+    let recorder = Arc::new(Recorder {
+        fail_first: 1,
+        delay: Duration::from_millis(2),
+        ..Recorder::default()
+    });
+    let config = RelayConfig {
+        batch: 8,
+        passes_in_flight: 4,
+        ..quick()
+    };
+    let relay = Relay::new(f.store(), recorder.clone(), config.clone());
+    let (done, finished) = tokio::sync::watch::channel(false);
+    let mut delivered = 0;
+    let mut most_at_once = 0;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        relay.run(
+            async move {
+                let mut finished = finished;
+                let _ = finished.wait_for(|d| *d).await;
+            },
+            |pass| {
+                let p = pass.as_ref().unwrap();
+                delivered += p.delivered;
+                most_at_once = most_at_once.max(p.claimed);
+                if delivered == ids.len() {
+                    let _ = done.send(true);
+                }
+            },
+        ),
+    )
+    .await
+    .expect("the relay delivered everything and stopped");
+    let published = recorder.published.lock().unwrap().clone();
+    assert_eq!(published.len(), ids.len(), "each event once");
+    in_order(&published, 10);
+    assert_eq!(f.store().stats().await.unwrap().pending, 0);
+
+    // A long backlog and a slow broker: every pass finds work, and the stop still ends it.
+    enqueue_many(&f, 50, 20).await;
+    let slow = Arc::new(Recorder {
+        delay: Duration::from_millis(20),
+        ..Recorder::default()
+    });
+    let relay = Relay::new(f.store(), slow.clone(), config);
+    let started = std::time::Instant::now();
+    relay
+        .run(tokio::time::sleep(Duration::from_millis(200)), |_| {})
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "stopped while busy, after {:?}",
+        started.elapsed()
+    );
+    let stats = f.store().stats().await.unwrap();
+    assert!(stats.pending > 0, "stopped before the backlog was done");
+    assert_eq!(
+        stats.delivered as usize,
+        ids.len() + slow.published.lock().unwrap().len(),
+        "what the stopped passes published was settled"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_on_sqlite() {
     flaky_publishes_are_retried_until_all_are_through(crate::sqlite::fixture()).await;
     a_relay_that_dies_mid_batch_is_replaced(crate::sqlite::fixture()).await;
     events_that_always_fail_become_dead_letters(crate::sqlite::fixture()).await;
+    passes_in_flight_keep_order_and_stop_under_load(crate::sqlite::fixture()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,4 +300,5 @@ async fn the_relay_on_postgres() {
     flaky_publishes_are_retried_until_all_are_through(crate::postgres::fixture(&url).await).await;
     a_relay_that_dies_mid_batch_is_replaced(crate::postgres::fixture(&url).await).await;
     events_that_always_fail_become_dead_letters(crate::postgres::fixture(&url).await).await;
+    passes_in_flight_keep_order_and_stop_under_load(crate::postgres::fixture(&url).await).await;
 }

@@ -1,28 +1,16 @@
-//! Webhooks end to end: the relay POSTs signed events to a receiver that is down at first;
-//! they arrive once it is up, each applied once through the receiver's inbox; a repeat is
+//! Webhooks end to end: the relay POSTs 10 000 signed events to a receiver that is down for
+//! the first 30 s; they arrive once it is up, each applied once through the receiver's inbox; a repeat is
 //! answered 2xx and applies nothing; a bad signature or an old timestamp is refused with a
-//! problem answer and applies nothing.
+//! problem answer and applies nothing; a verified body that is not an event is a 422.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use axum::Router;
 use oncely_core::Timestamp;
 use oncely_outbox::conformance::Fixture;
-use oncely_outbox::inbox::{sqlite as inbox, Applied, InboxError};
-use oncely_outbox::webhook::{sign, verify, WebhookPublisher, WebhookSecret};
-use oncely_outbox::{NewEvent, Publisher, Relay, RelayConfig};
-
-#[derive(Clone)]
-struct Receiver {
-    secret: WebhookSecret,
-    db: Arc<Mutex<rusqlite::Connection>>,
-}
+use oncely_outbox::webhook::{sign, WebhookPublisher, WebhookReceiver, WebhookSecret};
+use oncely_outbox::Publisher;
 
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
@@ -31,70 +19,15 @@ fn now_secs() -> i64 {
         .as_secs() as i64
 }
 
-async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
-    let id = match verify(
-        &r.secret,
-        &headers,
-        &body,
-        now_secs(),
-        Duration::from_secs(300),
-    ) {
-        Ok(id) => id,
-        Err(e) => {
-            let (status, problem) = e.problem();
-            return (
-                StatusCode::from_u16(status).unwrap(),
-                [("content-type", "application/problem+json")],
-                problem,
-            )
-                .into_response();
-        }
-    };
-    let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let mut conn = r.db.lock().unwrap();
-    let applied = inbox::apply_once(&mut conn, "hooks", &id, Timestamp(0), |tx| {
-        tx.execute(
-            "INSERT INTO effects (message_id, aggregate, sequence) VALUES (?1, ?2, ?3)",
-            rusqlite::params![
-                id,
-                event["aggregate"]["id"].as_str().unwrap(),
-                event["aggregate"]["sequence"].as_i64().unwrap()
-            ],
-        )
-        .map_err(|e| InboxError::Unavailable(e.to_string()))
-    })
-    .unwrap();
-    match applied {
-        Applied::Now(_) => StatusCode::NO_CONTENT.into_response(),
-        Applied::Before => StatusCode::OK.into_response(),
-    }
-}
-
-fn effects(db: &Mutex<rusqlite::Connection>) -> Vec<(String, i64)> {
-    let conn = db.lock().unwrap();
-    let mut s = conn
-        .prepare("SELECT aggregate, sequence FROM effects ORDER BY rowid")
-        .unwrap();
-    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_webhooks_arrive_once_after_the_receiver_comes_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut conn = rusqlite::Connection::open(dir.path().join("receiver.db")).unwrap();
-    conn.execute_batch(
-        "CREATE TABLE effects (message_id TEXT NOT NULL, aggregate TEXT NOT NULL, sequence INTEGER NOT NULL)",
-    )
-    .unwrap();
-    inbox::migrate(&mut conn).unwrap();
+    const AGGREGATES: usize = 100;
+    const PER_AGGREGATE: usize = 100;
+    const TOTAL: usize = AGGREGATES * PER_AGGREGATE;
+    let effects = crate::consume::Effects::new();
     let secret = WebhookSecret::from_bytes(b"a shared secret of 32 bytes!!!!!");
-    let receiver = Receiver {
-        secret: secret.clone(),
-        db: Arc::new(Mutex::new(conn)),
-    };
+    let receiver = WebhookReceiver::new("hooks", secret.clone(), effects.handler("hooks", None));
+    let metrics = receiver.metrics();
 
     // A free port, with nothing listening on it yet: the receiver is down.
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
@@ -105,80 +38,33 @@ async fn signed_webhooks_arrive_once_after_the_receiver_comes_up() {
     let publisher =
         Arc::new(WebhookPublisher::new(&url, secret.clone(), Duration::from_secs(5)).unwrap());
     let f = crate::sqlite::fixture();
-    for round in 0..3 {
-        let events = (0..5)
-            .map(|a| {
-                NewEvent::new(
-                    "order",
-                    format!("w{a}"),
-                    "order.changed",
-                    serde_json::json!({ "round": round }),
-                )
-            })
-            .collect();
-        f.commit(events).await;
-    }
-    let relay = Relay::new(
-        f.store(),
-        publisher.clone(),
-        RelayConfig {
-            backoff_base: Duration::from_millis(50),
-            backoff_cap: Duration::from_millis(200),
-            // Many quick failures while the receiver is down; none may go dead meanwhile.
-            dead_after: 1000,
-            ..RelayConfig::default()
-        },
-    );
-    let started = std::time::Instant::now();
-    while started.elapsed() < Duration::from_secs(2) {
-        relay.pass().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::consume::commit_rounds(&f, "w", AGGREGATES, PER_AGGREGATE).await;
+    let running = crate::consume::Running::start(f.store(), publisher.clone());
+    tokio::time::sleep(Duration::from_secs(30)).await;
     let stats = f.store().stats().await.unwrap();
     assert_eq!(
-        (stats.pending, stats.delivered),
-        (15, 0),
-        "nothing delivered while down"
+        (stats.pending, stats.delivered, stats.dead),
+        (TOTAL as u64, 0, 0),
+        "nothing delivered while down, nothing given up"
     );
 
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let app = Router::new()
-        .route("/hooks", post(receive))
-        .with_state(receiver.clone());
+    let app = Router::new().route("/hooks", receiver.into_route());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    for _ in 0..500 {
-        if f.store().stats().await.unwrap().pending == 0 {
-            break;
-        }
-        relay.pass().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let applied = effects(&receiver.db);
-    assert_eq!(applied.len(), 15, "every event applied once");
-    for a in 0..5 {
-        let seqs: Vec<i64> = applied
-            .iter()
-            .filter(|(agg, _)| *agg == format!("w{a}"))
-            .map(|(_, s)| *s)
-            .collect();
-        assert_eq!(seqs, vec![1, 2, 3], "w{a} in order");
-    }
+    effects.wait_for(TOTAL, Duration::from_secs(180)).await;
+    running.stop().await;
+    assert_eq!(
+        effects.assert_once_in_order(),
+        TOTAL,
+        "every event applied once"
+    );
+    assert_eq!(f.store().stats().await.unwrap().pending, 0);
+    assert_eq!(metrics.applied(), TOTAL as u64);
 
     // A repeat (the sender never saw the answer): 2xx, nothing applied.
-    let first = f.store().dead_letters(1).await.unwrap();
-    assert!(first.is_empty());
+    assert!(f.store().dead_letters(1).await.unwrap().is_empty());
     let event = oncely_outbox::OutboxEvent {
-        id: oncely_outbox::EventId::parse(
-            &receiver
-                .db
-                .lock()
-                .unwrap()
-                .query_row("SELECT message_id FROM effects LIMIT 1", [], |r| {
-                    r.get::<_, String>(0)
-                })
-                .unwrap(),
-        )
-        .unwrap(),
+        id: oncely_outbox::EventId::parse(&effects.all()[0].0).unwrap(),
         aggregate_type: "order".into(),
         aggregate_id: "w0".into(),
         sequence: 1,
@@ -190,11 +76,8 @@ async fn signed_webhooks_arrive_once_after_the_receiver_comes_up() {
         last_error: None,
     };
     publisher.publish(&event).await.unwrap();
-    assert_eq!(
-        effects(&receiver.db).len(),
-        15,
-        "the repeat applied nothing"
-    );
+    assert_eq!(effects.count(), TOTAL, "the repeat applied nothing");
+    assert_eq!(metrics.duplicates(), 1, "the repeat was answered as one");
 
     // Forged and stale requests: refused with a problem, nothing applied.
     let client = oncely_testkit::TestClient::new();
@@ -226,5 +109,29 @@ async fn signed_webhooks_arrive_once_after_the_receiver_comes_up() {
             "{id}"
         );
     }
-    assert_eq!(effects(&receiver.db).len(), 15, "nothing applied");
+    assert_eq!(effects.count(), TOTAL, "nothing applied");
+
+    // Verified, but not an envelope: 422, nothing applied.
+    let ts = now_secs();
+    let junk = b"not json";
+    let a = client
+        .send(
+            "POST",
+            &url,
+            &[
+                ("content-type", "application/json"),
+                ("webhook-id", "junk"),
+                ("webhook-timestamp", &ts.to_string()),
+                ("webhook-signature", &sign(&secret, "junk", ts, junk)),
+            ],
+            junk.to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 422);
+    assert_eq!(
+        a.problem_type().as_deref(),
+        Some("urn:oncely:problem:message-rejected")
+    );
+    assert_eq!(effects.count(), TOTAL, "nothing applied");
 }
