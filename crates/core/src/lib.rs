@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod clock;
 pub mod conditional;
 pub mod correlation;
@@ -18,6 +19,7 @@ pub mod key;
 pub mod policy;
 pub mod problem;
 pub mod record;
+pub mod saga;
 pub mod scope;
 pub mod sync;
 pub mod units;

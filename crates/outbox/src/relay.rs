@@ -79,16 +79,9 @@ impl Default for RelayConfig {
 }
 
 /// The wait before retry number `attempt` (1 for the first retry): "full jitter", uniform
-/// between zero and `min(cap, base * 2^(attempt - 1))`, so that many failed events do not
-/// retry in step. `unit` is a uniform sample in `[0, 1)`.
-pub fn backoff(attempt: u32, base: Duration, cap: Duration, unit: f64) -> Duration {
-    let exp = attempt.saturating_sub(1).min(32);
-    let ceiling = base
-        .checked_mul(1u32 << exp.min(31))
-        .unwrap_or(cap)
-        .min(cap);
-    ceiling.mul_f64(unit.clamp(0.0, 1.0))
-}
+/// between zero and `min(cap, base * 2^(attempt - 1))`; `unit` is a uniform sample in
+/// `[0, 1)`.
+pub use oncely_core::backoff::full_jitter as backoff;
 
 /// What one pass of the relay did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
