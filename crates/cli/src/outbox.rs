@@ -160,7 +160,7 @@ async fn publisher(args: &RelayArgs) -> Result<Arc<dyn Publisher>, String> {
             .map_err(|e| format!("--webhook-secret-file {}: {e}", file.display()))?;
         let secret = oncely_outbox::webhook::WebhookSecret::parse(text.trim())
             .map_err(|e| format!("--webhook-secret-file {}: {e}", file.display()))?;
-        let p = oncely_outbox::webhook::WebhookPublisher::new(to, secret, Duration::from_secs(30))
+        let p = oncely_outbox::webhook::WebhookPublisher::new(to, secret, Duration::from_secs(10))
             .map_err(|e| format!("--to: {e}"))?;
         Ok(Arc::new(p))
     } else {
@@ -289,6 +289,8 @@ async fn serve_metrics(
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors, say: wait instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
             let (store, metrics) = (store.clone(), metrics.clone());

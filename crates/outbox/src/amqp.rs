@@ -189,7 +189,13 @@ impl Publisher for AmqpPublisher {
                 .await
                 .map_err(failed("no confirm"))
         };
-        match tokio::time::timeout(self.confirm_timeout, publish).await {
+        let result = tokio::time::timeout(self.confirm_timeout, publish).await;
+        if matches!(result, Err(_) | Ok(Err(_)) | Ok(Ok(Confirmation::Nack(_)))) {
+            // The channel may be dead while it still reports itself connected (a half-open
+            // connection lapin's heartbeat has not noticed yet): open a new one next time.
+            *self.link.lock().await = None;
+        }
+        match result {
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::new(format!(
                 "no queue takes routing key {}: {}",
@@ -234,6 +240,14 @@ impl AmqpConsumer {
             retry_delay: Duration::from_secs(1),
             metrics: Arc::new(ConsumerMetrics::new(name)),
         }
+    }
+
+    /// Deliveries the broker sends ahead of their acks (default 32). With 1, deliveries are
+    /// handled strictly in the queue's order, retries included; with more, a delivery the
+    /// handler wants again is requeued after later ones have been handled.
+    pub fn with_prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
     }
 
     /// How long to pause before a message the handler wants again goes back, and before

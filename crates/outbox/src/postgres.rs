@@ -85,6 +85,9 @@ ALTER TABLE {schema}.outbox SET (fillfactor = 50);
     ],
 };
 
+/// How long `open` waits for the migrations.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The server's clock in milliseconds since the epoch.
 const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::int8";
 
@@ -208,7 +211,9 @@ impl PgOutbox {
                 .await
                 .map_err(|e| OutboxError::Unavailable(e.to_string()))
         };
-        oncely_db::postgres::bounded(DEFAULT_TIMEOUT, migrated, no_answer).await?;
+        // A migration may build an index over a large outbox: it gets minutes, not the
+        // seconds an ordinary call gets.
+        oncely_db::postgres::bounded(MIGRATION_TIMEOUT, migrated, no_answer).await?;
         Ok(PgOutbox {
             pool,
             channel: channel_of(schema),

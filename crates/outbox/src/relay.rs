@@ -18,13 +18,25 @@ use crate::{Failure, OutboxError, OutboxEvent, OutboxStore, Settled};
 pub struct PublishError {
     /// What the broker or the connection said.
     pub message: String,
+    /// No retry can change it (a webhook receiver's 4xx refusal): the event becomes a dead
+    /// letter at once instead of holding its aggregate back through every retry.
+    pub permanent: bool,
 }
 
 impl PublishError {
-    /// A failure with this message.
+    /// A failure with this message, worth retrying.
     pub fn new(message: impl Into<String>) -> Self {
         PublishError {
             message: message.into(),
+            permanent: false,
+        }
+    }
+
+    /// A failure no retry can change.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        PublishError {
+            message: message.into(),
+            permanent: true,
         }
     }
 }
@@ -46,7 +58,7 @@ pub struct RelayConfig {
     /// Events claimed at once (default 64).
     pub batch: usize,
     /// How long a claim holds its events (default 30 s): a relay that dies leaves them to
-    /// another after this. Longer than any publish may take.
+    /// another after this. Each publish is given at most half of it.
     pub lease: Duration,
     /// After this many attempts an event becomes a dead letter (default 20).
     pub dead_after: u32,
@@ -149,17 +161,28 @@ impl Relay {
             claimed: claims.len(),
             ..Pass::default()
         };
+        // Every publish is bounded by half the lease, so that the pass settles before its
+        // lease ends: one slow broker or receiver must not let another relay take the whole
+        // batch over and publish it again.
+        let bound = self.config.lease / 2;
         let mut tasks = tokio::task::JoinSet::new();
         for claim in claims {
             let publisher = self.publisher.clone();
             tasks.spawn(async move {
-                let result = publisher.publish(&claim.event).await;
+                let result =
+                    match tokio::time::timeout(bound, publisher.publish(&claim.event)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(PublishError::new(format!(
+                            "no answer within {bound:?} (half the lease)"
+                        ))),
+                    };
                 (claim, result)
             });
         }
         // Settling the published events one by one, a transaction each, would cost more than
         // publishing them: they are settled together once every publish has answered.
         let mut published = Vec::with_capacity(pass.claimed);
+        let mut failed = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             let Ok((claim, result)) = joined else {
                 // A publisher that panicked leaves its event to the lease: it is published
@@ -168,29 +191,46 @@ impl Relay {
             };
             match result {
                 Ok(()) => published.push((claim.event.id, claim.token)),
+                Err(e) => failed.push((claim, e)),
+            }
+        }
+        // The deliveries first: a database error on a failure must not cost them.
+        let mut error = None;
+        match self.store.delivered_all(&published).await {
+            Ok(settled) => settled.into_iter().for_each(|s| tally(&mut pass, s)),
+            Err(e) => error = Some(e),
+        }
+        for (claim, e) in failed {
+            let failure = Failure {
+                retry_in: backoff(
+                    claim.event.attempts,
+                    self.config.backoff_base,
+                    self.config.backoff_cap,
+                    rand::random::<f64>(),
+                ),
+                // A refusal that no retry can change is a dead letter at once.
+                dead_after: if e.permanent {
+                    claim.event.attempts
+                } else {
+                    self.config.dead_after
+                },
+                error: e.message,
+            };
+            match self
+                .store
+                .failed(claim.event.id, claim.token, &failure)
+                .await
+            {
+                Ok(settled) => tally(&mut pass, settled),
                 Err(e) => {
-                    let failure = Failure {
-                        error: e.message,
-                        retry_in: backoff(
-                            claim.event.attempts,
-                            self.config.backoff_base,
-                            self.config.backoff_cap,
-                            rand::random::<f64>(),
-                        ),
-                        dead_after: self.config.dead_after,
-                    };
-                    let settled = self
-                        .store
-                        .failed(claim.event.id, claim.token, &failure)
-                        .await?;
-                    tally(&mut pass, settled);
+                    error.get_or_insert(e);
                 }
             }
         }
-        for settled in self.store.delivered_all(&published).await? {
-            tally(&mut pass, settled);
+        match error {
+            Some(e) => Err(e),
+            None => Ok(pass),
         }
-        Ok(pass)
     }
 
     /// Runs passes until `stop` completes, [`RelayConfig::passes_in_flight`] at a time: a

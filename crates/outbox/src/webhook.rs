@@ -252,6 +252,15 @@ impl Publisher for WebhookPublisher {
             let _ = resp.into_body().collect().await;
             if status.is_success() {
                 Ok(())
+            } else if status.is_client_error()
+                && status != http::StatusCode::REQUEST_TIMEOUT
+                && status != http::StatusCode::TOO_MANY_REQUESTS
+            {
+                // The receiver refused this event for good (a bad signature, a body it can
+                // never apply): retrying would only hold its aggregate back.
+                Err(PublishError::permanent(format!(
+                    "webhook answered {status}"
+                )))
             } else {
                 Err(PublishError::new(format!("webhook answered {status}")))
             }
@@ -342,7 +351,9 @@ impl<H: Handler> WebhookReceiver<H> {
             Ok(message) => {
                 let created_at = message.created_at;
                 let result = self.handler.handle(message).await;
-                self.metrics.record(&result, created_at, now);
+                // The latency ends at the handler's commit, not at the request's arrival.
+                let committed = oncely_core::Clock::now(&oncely_core::SystemClock);
+                self.metrics.record(&result, created_at, committed);
                 result
             }
             Err(e) => {

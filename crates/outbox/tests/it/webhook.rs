@@ -75,9 +75,14 @@ async fn signed_webhooks_arrive_once_after_the_receiver_comes_up() {
         attempts: 1,
         last_error: None,
     };
+    let before = metrics.duplicates();
     publisher.publish(&event).await.unwrap();
     assert_eq!(effects.count(), TOTAL, "the repeat applied nothing");
-    assert_eq!(metrics.duplicates(), 1, "the repeat was answered as one");
+    assert_eq!(
+        metrics.duplicates(),
+        before + 1,
+        "the repeat was answered as one"
+    );
 
     // Forged and stale requests: refused with a problem, nothing applied.
     let client = oncely_testkit::TestClient::new();
@@ -134,4 +139,60 @@ async fn signed_webhooks_arrive_once_after_the_receiver_comes_up() {
         Some("urn:oncely:problem:message-rejected")
     );
     assert_eq!(effects.count(), TOTAL, "nothing applied");
+}
+
+/// A receiver that refuses an event for good (a 4xx other than 408 and 429) makes it a dead
+/// letter at once, while a 503 is retried: a refusal holds its aggregate back no longer
+/// than it must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_webhook_is_a_dead_letter_at_once_and_a_503_is_retried() {
+    use axum::http::StatusCode;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route(
+            "/refuse",
+            axum::routing::post(|| async { StatusCode::UNPROCESSABLE_ENTITY }),
+        )
+        .route(
+            "/busy",
+            axum::routing::post(|| async { StatusCode::SERVICE_UNAVAILABLE }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let secret = WebhookSecret::from_bytes(b"a shared secret of 32 bytes!!!!!");
+    for (path, dead) in [("refuse", 1), ("busy", 0)] {
+        let f = crate::sqlite::fixture();
+        crate::consume::commit_rounds(&f, path, 1, 1).await;
+        let publisher = Arc::new(
+            WebhookPublisher::new(
+                &format!("http://{addr}/{path}"),
+                secret.clone(),
+                Duration::from_secs(5),
+            )
+            .unwrap(),
+        );
+        let relay = oncely_outbox::Relay::new(
+            f.store(),
+            publisher,
+            oncely_outbox::RelayConfig {
+                dead_after: 20,
+                ..oncely_outbox::RelayConfig::default()
+            },
+        );
+        let pass = relay.pass().await.unwrap();
+        assert_eq!((pass.claimed, pass.dead), (1, dead), "{path}");
+        let stats = f.store().stats().await.unwrap();
+        assert_eq!(
+            (stats.dead, stats.pending),
+            (dead as u64, 1 - dead as u64),
+            "{path}"
+        );
+        if dead == 1 {
+            let letter = &f.store().dead_letters(1).await.unwrap()[0];
+            assert!(
+                letter.last_error.as_deref().unwrap_or("").contains("422"),
+                "{letter:?}"
+            );
+        }
+    }
 }
