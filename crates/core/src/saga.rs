@@ -256,7 +256,8 @@ pub fn decide(
                     };
                     return (state, Action::Finish);
                 }
-                return turn_back(plan, saga_id, state, step, why, now);
+                // Its attempts may have acted (a timeout is no answer): it is compensated too.
+                return turn_back(plan, saga_id, state, step + 1, why, now);
             }
             let wait = full_jitter(state.attempt, plan.backoff_base, plan.backoff_cap, jitter);
             state.attempt += 1;
@@ -305,10 +306,14 @@ pub fn decide(
             )
         }
         (&Phase::Forward { step }, Input::Resume) => {
-            // Between attempts: a cancel or the saga's deadline may turn it back before
-            // the next attempt begins.
-            if let Some(reason) = turn_back_reason(plan, &state, step, now) {
-                return turn_back(plan, saga_id, state, step, reason, now);
+            // Between attempts: a cancel or the saga's deadline may turn it back before the
+            // next attempt begins. The current step may have acted already (its last attempt
+            // had no answer), so it is compensated too. Not at the pivot: if it acted, the
+            // saga may not turn back, and only another attempt (same key) can tell.
+            if plan.pivot != Some(step) {
+                if let Some(reason) = turn_back_reason(plan, &state, step, now) {
+                    return turn_back(plan, saga_id, state, step + 1, reason, now);
+                }
             }
             let action = current_action(plan, saga_id, &state);
             (state, action)
@@ -346,20 +351,20 @@ fn turn_back_reason(
         .then(|| "the saga's deadline passed".to_owned())
 }
 
-/// Turns back from step `failed` (which did not complete): compensates the completed steps
-/// before it, the last first.
+/// Turns back: compensates the steps before `undo_before` (those that completed, and one
+/// whose attempts may have acted), the last first.
 fn turn_back(
     plan: &SagaPlan,
     saga_id: &str,
     mut state: SagaState,
-    failed: usize,
+    undo_before: usize,
     reason: String,
     now: Timestamp,
 ) -> (SagaState, Action) {
     state.failure = Some(reason);
     state.attempt = 1;
     state.step_started_at = now;
-    match previous_compensable(plan, failed) {
+    match previous_compensable(plan, undo_before) {
         Some(step) => {
             state.phase = Phase::Compensating { step };
             let action = current_action(plan, saga_id, &state);
@@ -562,8 +567,8 @@ mod tests {
     }
 
     #[test]
-    fn the_saga_deadline_turns_it_back_between_attempts() {
-        let p = checkout();
+    fn the_saga_deadline_turns_it_back_between_attempts_undoing_the_step_that_may_have_acted() {
+        let p = plan(3, Some(2), &[true, true, true]);
         let (s, _) = run(
             &p,
             SagaState::start(Timestamp(0)),
@@ -577,8 +582,49 @@ mod tests {
             5_000,
         );
         let (s, a) = run(&p, s, Input::Resume, 61_000);
-        assert!(matches!(a, Action::Undo { step: 0, .. }), "{a:?}");
+        assert!(matches!(a, Action::Undo { step: 1, .. }), "{a:?}");
         assert_eq!(s.failure.as_deref(), Some("the saga's deadline passed"));
+        let (_, a) = run(&p, s, Input::Outcome(Outcome::Done), 61_000);
+        assert!(matches!(a, Action::Undo { step: 0, .. }), "{a:?}");
+    }
+
+    #[test]
+    fn a_cancel_while_the_pivot_is_retried_waits_for_its_answer() {
+        let p = checkout();
+        let (s, _) = run(
+            &p,
+            SagaState::start(Timestamp(0)),
+            Input::Outcome(Outcome::Done),
+            0,
+        );
+        let (s, _) = run(
+            &p,
+            s,
+            Input::Outcome(Outcome::Retryable("timeout".into())),
+            10,
+        );
+        let (s, _) = run(&p, s, Input::Cancel, 20);
+        let (s, a) = run(&p, s, Input::Resume, 500);
+        assert!(
+            matches!(
+                a,
+                Action::Run {
+                    step: 1,
+                    attempt: 2,
+                    ..
+                }
+            ),
+            "{a:?}"
+        );
+        // The pivot says it did not charge: now the cancel can turn the saga back.
+        let (s, a) = run(
+            &p,
+            s,
+            Input::Outcome(Outcome::Failed("declined".into())),
+            600,
+        );
+        assert!(matches!(a, Action::Undo { step: 0, .. }), "{a:?}");
+        assert!(s.cancel_requested);
     }
 
     #[test]
@@ -628,6 +674,8 @@ mod tests {
             let mut action = current_action(&p, "s", &state);
             let mut done_steps: Vec<usize> = Vec::new();
             let mut undone: Vec<usize> = Vec::new();
+            // Steps whose attempt got no definite answer: they may have acted.
+            let mut attempted: Vec<usize> = Vec::new();
             // After the random events, every attempt succeeds: the saga must then end.
             let tail = std::iter::repeat_n(Event::Done, 4 * n + 40);
             for e in events.into_iter().chain(tail) {
@@ -636,10 +684,12 @@ mod tests {
                 }
                 let input = match (&action, e) {
                     (_, Event::Cancel) => Input::Cancel,
+                    (Action::Run { step, .. }, Event::Crash) => { attempted.push(*step); Input::Resume }
                     (_, Event::Crash) => Input::Resume,
                     (_, Event::Sleep(ms)) => { now += i64::from(ms); continue; }
                     (Action::Wait { until }, _) => { now = now.max(until.0); Input::Resume }
                     (Action::Run { step, .. }, Event::Done) => { done_steps.push(*step); Input::Outcome(Outcome::Done) }
+                    (Action::Run { step, .. }, Event::Retryable) => { attempted.push(*step); Input::Outcome(Outcome::Retryable("r".into())) }
                     (Action::Undo { step, .. }, Event::Done) => { undone.push(*step); Input::Outcome(Outcome::Done) }
                     (_, Event::Retryable) => Input::Outcome(Outcome::Retryable("r".into())),
                     (_, Event::Failed) => Input::Outcome(Outcome::Failed("f".into())),
@@ -665,7 +715,15 @@ mod tests {
                 Phase::Compensated => {
                     let expected: Vec<usize> =
                         sorted.iter().rev().copied().filter(|&i| p.compensates(i)).collect();
-                    prop_assert_eq!(&undone, &expected, "reverse order, compensable only");
+                    // The step it turned back at is undone too when it may have acted.
+                    let turned_at = sorted.len();
+                    let mut with_current = vec![turned_at];
+                    with_current.extend(&expected);
+                    prop_assert!(
+                        undone == expected
+                            || (p.compensates(turned_at) && attempted.contains(&turned_at) && undone == with_current),
+                        "undone {:?}, completed {:?}", undone, sorted
+                    );
                     prop_assert!(pivot.is_none_or(|pv| !sorted.contains(&pv)), "the pivot never completed");
                 }
                 Phase::Stuck { .. } => {
@@ -673,7 +731,8 @@ mod tests {
                     for w in undone.windows(2) {
                         prop_assert!(w[0] > w[1]);
                     }
-                    prop_assert!(undone.iter().all(|&i| p.compensates(i) && sorted.contains(&i)));
+                    prop_assert!(undone.iter().all(|&i| p.compensates(i)
+                        && (sorted.contains(&i) || (i == sorted.len() && attempted.contains(&i)))));
                 }
                 _ => unreachable!(),
             }

@@ -40,6 +40,9 @@ impl FaultProxy {
         let s = shared.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                // `down` is read and the link registered under the one lock `cut` drains,
+                // so no connection slips through a cut.
+                let mut links = s.links.lock_ignoring_poison();
                 if s.down.load(Ordering::SeqCst) {
                     // Refused: the connection closes at once, as to a server that is away.
                     drop(client);
@@ -54,7 +57,6 @@ impl FaultProxy {
                     let mut client = client;
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                 });
-                let mut links = s.links.lock_ignoring_poison();
                 links.retain(|l| !l.is_finished());
                 links.push(link.abort_handle());
             }
@@ -74,8 +76,9 @@ impl FaultProxy {
     /// Drops every open connection and refuses new ones until [`FaultProxy::restore`]:
     /// bytes in flight are lost, as when a network path breaks.
     pub fn cut(&self) {
+        let mut links = self.shared.links.lock_ignoring_poison();
         self.shared.down.store(true, Ordering::SeqCst);
-        for link in self.shared.links.lock_ignoring_poison().drain(..) {
+        for link in links.drain(..) {
             link.abort();
         }
     }
