@@ -1,0 +1,247 @@
+//! The suite every saga store backend must pass (feature `conformance`). A backend's test
+//! gives a [`Fixture`]: a fresh, empty store on a [`ManualClock`] the suite moves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oncely_core::saga::{Phase, SagaState};
+use oncely_core::{Clock, ManualClock, Timestamp};
+
+use crate::{Created, Direction, LogEntry, NewSaga, Recorded, SagaError, SagaStore, Transition};
+
+/// A fresh store and the clock it reads.
+pub trait Fixture {
+    /// The store.
+    fn store(&self) -> Arc<dyn SagaStore>;
+    /// Its clock.
+    fn clock(&self) -> &ManualClock;
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn saga(id: &str) -> NewSaga {
+    NewSaga {
+        id: id.into(),
+        kind: "checkout".into(),
+        input: serde_json::json!({ "order": id, "total": 1999 }),
+    }
+}
+
+fn step_done(state: SagaState, next: usize, now: Timestamp, keep: bool) -> Transition {
+    Transition {
+        state: SagaState {
+            phase: Phase::Forward { step: next },
+            attempt: 1,
+            step_started_at: now,
+            ..state
+        },
+        due_at: now,
+        output: Some((format!("s{}", next - 1), serde_json::json!({ "ref": next }))),
+        log: LogEntry {
+            step: Some(format!("s{}", next - 1)),
+            direction: Direction::Do,
+            attempt: 1,
+            outcome: "done".into(),
+            at: now,
+        },
+        keep_lease: keep,
+    }
+}
+
+/// Starting a saga twice is a no-op; with another input it is a conflict; bad ids are
+/// refused.
+pub async fn create_is_idempotent(f: &impl Fixture) {
+    let s = f.store();
+    assert_eq!(s.create(&saga("o-1")).await.unwrap(), Created::New);
+    match s.create(&saga("o-1")).await.unwrap() {
+        Created::Exists(existing) => {
+            assert_eq!(existing.state.phase, Phase::Forward { step: 0 });
+            assert_eq!(existing.input["total"], 1999);
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut other = saga("o-1");
+    other.input["total"] = 1.into();
+    assert_eq!(
+        s.create(&other).await,
+        Err(SagaError::Conflict("o-1".into()))
+    );
+    let mut bad = saga("o 2");
+    bad.id = "has space".into();
+    assert!(matches!(s.create(&bad).await, Err(SagaError::Invalid(_))));
+    let (_, log) = s.get("o-1").await.unwrap().unwrap();
+    assert_eq!(log.len(), 1, "started once: {log:?}");
+}
+
+/// A due saga is claimed once; its runner records transitions with its token, keeping the
+/// lease or handing the saga back; a stale token is refused; an expired lease is taken over.
+pub async fn claims_are_leased_and_fenced(f: &impl Fixture) {
+    let s = f.store();
+    s.create(&saga("o-1")).await.unwrap();
+    s.create(&saga("o-2")).await.unwrap();
+    let first = s.claim_due(10, LEASE).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert!(s.claim_due(10, LEASE).await.unwrap().is_empty(), "leased");
+
+    let c = first.iter().find(|c| c.saga.id == "o-1").unwrap();
+    let now = f.clock().now();
+    let t = step_done(c.saga.state.clone(), 1, now, true);
+    assert_eq!(
+        s.record("o-1", c.token, &t, LEASE).await.unwrap(),
+        Recorded::Recorded
+    );
+    assert_eq!(
+        s.record("o-1", c.token ^ 1, &t, LEASE).await.unwrap(),
+        Recorded::LeaseLost,
+        "another token"
+    );
+    assert!(
+        s.claim_due(10, LEASE).await.unwrap().is_empty(),
+        "the lease was kept"
+    );
+
+    // The lease runs out: another runner takes the saga over, the first one is fenced off.
+    f.clock().advance(LEASE + Duration::from_secs(1));
+    let taken = s.claim_due(10, LEASE).await.unwrap();
+    assert_eq!(taken.len(), 2, "both leases ran out");
+    let again = taken.iter().find(|c| c.saga.id == "o-1").unwrap();
+    assert_ne!(again.token, c.token);
+    assert_eq!(again.saga.state.phase, Phase::Forward { step: 1 });
+    assert_eq!(again.saga.outputs["s0"]["ref"], 1);
+    assert_eq!(
+        s.record("o-1", c.token, &t, LEASE).await.unwrap(),
+        Recorded::LeaseLost,
+        "the stale runner's late record"
+    );
+}
+
+/// A wait hands the saga back until its due time (a durable timer); an ended saga is never
+/// claimed; the log keeps every transition in order.
+pub async fn waits_are_durable_timers_and_ended_sagas_rest(f: &impl Fixture) {
+    let s = f.store();
+    s.create(&saga("o-1")).await.unwrap();
+    let c = s.claim_due(1, LEASE).await.unwrap().remove(0);
+    let now = f.clock().now();
+    let wait = Transition {
+        state: SagaState {
+            attempt: 2,
+            ..c.saga.state.clone()
+        },
+        due_at: now.plus(Duration::from_secs(5)),
+        output: None,
+        log: LogEntry {
+            step: Some("s0".into()),
+            direction: Direction::Do,
+            attempt: 1,
+            outcome: "retryable: 503".into(),
+            at: now,
+        },
+        keep_lease: false,
+    };
+    assert_eq!(
+        s.record("o-1", c.token, &wait, LEASE).await.unwrap(),
+        Recorded::Recorded
+    );
+    assert!(
+        s.claim_due(1, LEASE).await.unwrap().is_empty(),
+        "not due yet"
+    );
+    f.clock().advance(Duration::from_secs(5));
+    let c = s.claim_due(1, LEASE).await.unwrap().remove(0);
+    assert_eq!(c.saga.state.attempt, 2);
+
+    let done = Transition {
+        state: SagaState {
+            phase: Phase::Compensated,
+            failure: Some("declined".into()),
+            ..c.saga.state.clone()
+        },
+        due_at: f.clock().now(),
+        output: None,
+        log: LogEntry {
+            step: Some("s0".into()),
+            direction: Direction::Undo,
+            attempt: 1,
+            outcome: "done".into(),
+            at: f.clock().now(),
+        },
+        keep_lease: true,
+    };
+    s.record("o-1", c.token, &done, LEASE).await.unwrap();
+    f.clock().advance(LEASE * 2);
+    assert!(s.claim_due(1, LEASE).await.unwrap().is_empty(), "ended");
+    let (record, log) = s.get("o-1").await.unwrap().unwrap();
+    assert_eq!(record.state.phase, Phase::Compensated);
+    assert_eq!(record.state.failure.as_deref(), Some("declined"));
+    let outcomes: Vec<(&str, &str)> = log
+        .iter()
+        .map(|l| (l.direction.as_str(), l.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("saga", "started"),
+            ("do", "retryable: 503"),
+            ("undo", "done")
+        ]
+    );
+    assert!(s.get("nope").await.unwrap().is_none());
+}
+
+/// A cancel request flags an active saga and makes it due now; an ended or unknown one
+/// says no. Listing filters by phase; stats count per phase.
+pub async fn cancel_list_and_stats(f: &impl Fixture) {
+    let s = f.store();
+    for id in ["o-1", "o-2", "o-3"] {
+        s.create(&saga(id)).await.unwrap();
+        f.clock().advance(Duration::from_millis(10));
+    }
+    let claimed = s.claim_due(10, LEASE).await.unwrap();
+    let c3 = claimed.iter().find(|c| c.saga.id == "o-3").unwrap();
+    let stuck = Transition {
+        state: SagaState {
+            phase: Phase::Stuck {
+                reason: "refund refused".into(),
+            },
+            ..c3.saga.state.clone()
+        },
+        due_at: f.clock().now(),
+        output: None,
+        log: LogEntry {
+            step: Some("s0".into()),
+            direction: Direction::Undo,
+            attempt: 5,
+            outcome: "failed: refund refused".into(),
+            at: f.clock().now(),
+        },
+        keep_lease: false,
+    };
+    s.record("o-3", c3.token, &stuck, LEASE).await.unwrap();
+
+    assert!(s.request_cancel("o-1").await.unwrap());
+    assert!(!s.request_cancel("o-3").await.unwrap(), "ended");
+    assert!(!s.request_cancel("nope").await.unwrap());
+    let (o1, log) = s.get("o-1").await.unwrap().unwrap();
+    assert!(o1.cancel_requested);
+    assert!(
+        !o1.state.cancel_requested,
+        "the machine has not seen it yet"
+    );
+    assert_eq!(log.last().unwrap().outcome, "cancel requested");
+
+    let ids = |v: Vec<crate::SagaRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.list(None, 10).await.unwrap()), ["o-3", "o-2", "o-1"]);
+    assert_eq!(ids(s.list(Some("stuck"), 10).await.unwrap()), ["o-3"]);
+    assert_eq!(ids(s.list(Some("running"), 1).await.unwrap()), ["o-2"]);
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.running, stats.stuck, stats.completed), (2, 1, 0));
+    assert_eq!(stats.oldest_active, Some(o1.created_at));
+}
+
+/// Runs the whole suite, each case on a fresh fixture.
+pub async fn run_all<F: Fixture, Fut: std::future::Future<Output = F>>(make: impl Fn() -> Fut) {
+    create_is_idempotent(&make().await).await;
+    claims_are_leased_and_fenced(&make().await).await;
+    waits_are_durable_timers_and_ended_sagas_rest(&make().await).await;
+    cancel_list_and_stats(&make().await).await;
+}

@@ -1,0 +1,21 @@
+//! Sagas with compensation, persisted. The decisions are `oncely_core::saga`'s pure state
+//! machine; this crate keeps what a runner needs to carry them out across crashes and
+//! processes: the saga store (state, step outputs, a log of every transition, leases with
+//! fencing tokens, due times as durable timers).
+//!
+//! Status: the store on SQLite and its conformance suite. The PostgreSQL backend, the
+//! runner, `oncely saga` and the checkout saga are still to come (docs/sagas.md).
+
+#![warn(missing_docs)]
+
+mod store;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+pub use store::{
+    phase_name, Claimed, Created, Direction, LogEntry, NewSaga, Recorded, SagaError, SagaRecord,
+    SagaStats, SagaStore, Transition,
+};
