@@ -209,6 +209,45 @@ pub async fn bounded<T, E>(
     }
 }
 
+/// Runs `sql` with `params` on a connection from `pool`, the statement prepared once per
+/// connection (its statement cache), all within `limit` (see [`bounded`]); the rows it
+/// returns, or what failed, described.
+pub async fn query_prepared(
+    pool: &Pool,
+    limit: Duration,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, String> {
+    let run = async {
+        let client = pool.get().await.map_err(|e| crate::describe(&e))?;
+        let stmt = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| crate::describe(&e))?;
+        client
+            .query(&stmt, params)
+            .await
+            .map_err(|e| crate::describe(&e))
+    };
+    bounded(limit, run, |e| e.to_string()).await
+}
+
+/// [`migrate`] on a connection from `pool`, within `limit`; what failed, described.
+pub async fn migrate_pooled(
+    pool: &Pool,
+    schema: &str,
+    migrations: &Migrations,
+    limit: Duration,
+) -> Result<MigrationReport, String> {
+    let run = async {
+        let mut client = pool.get().await.map_err(|e| crate::describe(&e))?;
+        migrate(&mut client, schema, migrations)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    bounded(limit, run, |e| e.to_string()).await
+}
+
 /// Brings `migrations` up to date in `schema` (created if absent) and reports what it did.
 ///
 /// A database already current is only read: no lock, no DDL, so a role that may read

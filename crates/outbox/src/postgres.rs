@@ -205,15 +205,11 @@ impl PgOutbox {
     ) -> Result<Self, OutboxError> {
         oncely_db::postgres::validate_schema(schema)
             .map_err(|e| OutboxError::Invalid(format!("schema: {e}")))?;
-        let migrated = async {
-            let mut client = pool.get().await.map_err(unavailable)?;
-            oncely_db::postgres::migrate(&mut client, schema, &MIGRATIONS)
-                .await
-                .map_err(|e| OutboxError::Unavailable(e.to_string()))
-        };
         // A migration may build an index over a large outbox: it gets minutes, not the
         // seconds an ordinary call gets.
-        oncely_db::postgres::bounded(MIGRATION_TIMEOUT, migrated, no_answer).await?;
+        oncely_db::postgres::migrate_pooled(&pool, schema, &MIGRATIONS, MIGRATION_TIMEOUT)
+            .await
+            .map_err(OutboxError::Unavailable)?;
         Ok(PgOutbox {
             pool,
             channel: channel_of(schema),
@@ -324,12 +320,9 @@ impl PgOutbox {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, OutboxError> {
-        self.bounded(async {
-            let client = self.pool.get().await.map_err(unavailable)?;
-            let stmt = client.prepare_cached(sql).await.map_err(unavailable)?;
-            client.query(&stmt, params).await.map_err(unavailable)
-        })
-        .await
+        oncely_db::postgres::query_prepared(&self.pool, self.timeout, sql, params)
+            .await
+            .map_err(OutboxError::Unavailable)
     }
 
     /// Like [`PgOutbox::query`], for a write: how many rows it touched.

@@ -238,10 +238,40 @@ pub async fn cancel_list_and_stats(f: &impl Fixture) {
     assert_eq!(stats.oldest_active, Some(o1.created_at));
 }
 
+/// Runners claiming at the same time never get the same saga.
+pub async fn concurrent_claims_never_share_a_saga(f: &impl Fixture) {
+    let s = f.store();
+    for n in 0..60 {
+        s.create(&saga(&format!("o-{n}"))).await.unwrap();
+    }
+    let claims = (0..4).map(|_| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = s.claim_due(7, LEASE).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|c| c.saga.id));
+            }
+        })
+    });
+    let mut all = Vec::new();
+    for c in claims {
+        all.extend(c.await.unwrap());
+    }
+    all.sort();
+    let claimed = all.len();
+    all.dedup();
+    assert_eq!((claimed, all.len()), (60, 60), "each saga claimed once");
+}
+
 /// Runs the whole suite, each case on a fresh fixture.
 pub async fn run_all<F: Fixture, Fut: std::future::Future<Output = F>>(make: impl Fn() -> Fut) {
     create_is_idempotent(&make().await).await;
     claims_are_leased_and_fenced(&make().await).await;
     waits_are_durable_timers_and_ended_sagas_rest(&make().await).await;
     cancel_list_and_stats(&make().await).await;
+    concurrent_claims_never_share_a_saga(&make().await).await;
 }

@@ -3,8 +3,9 @@
 //! processes: the saga store (state, step outputs, a log of every transition, leases with
 //! fencing tokens, due times as durable timers).
 //!
-//! Status: the store on SQLite and its conformance suite. The PostgreSQL backend, the
-//! runner, `oncely saga` and the checkout saga are still to come (docs/sagas.md).
+//! Status: the store on SQLite and PostgreSQL (features `sqlite`, `postgres`) and its
+//! conformance suite. The runner, `oncely saga` and the checkout saga are still to come
+//! (docs/sagas.md).
 
 #![warn(missing_docs)]
 
@@ -12,6 +13,8 @@ mod store;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

@@ -427,20 +427,7 @@ impl SagaStore for SqliteSagas {
                 })
                 .map_err(unavailable)?;
             for (phase, n, oldest) in rows {
-                let n = u64::try_from(n).unwrap_or(0);
-                let slot = match phase.as_str() {
-                    "running" => &mut stats.running,
-                    "compensating" => &mut stats.compensating,
-                    "completed" => &mut stats.completed,
-                    "compensated" => &mut stats.compensated,
-                    _ => &mut stats.stuck,
-                };
-                *slot += n;
-                if matches!(phase.as_str(), "running" | "compensating") {
-                    if let Some(t) = oldest.map(Timestamp) {
-                        stats.oldest_active = Some(stats.oldest_active.map_or(t, |o| o.min(t)));
-                    }
-                }
+                crate::store::count_phase(&mut stats, &phase, n, oldest);
             }
             Ok(stats)
         })

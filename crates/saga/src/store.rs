@@ -218,7 +218,7 @@ pub fn phase_name(phase: &Phase) -> &'static str {
 }
 
 /// The columns a state is stored in: phase name, step, reason.
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn phase_columns(phase: &Phase) -> (&'static str, Option<i64>, Option<&str>) {
     let step = match phase {
         Phase::Forward { step } | Phase::Compensating { step } => i64::try_from(*step).ok(),
@@ -232,7 +232,7 @@ pub(crate) fn phase_columns(phase: &Phase) -> (&'static str, Option<i64>, Option
 }
 
 /// A phase from its columns.
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn phase_from(
     id: &str,
     name: &str,
@@ -260,7 +260,7 @@ pub(crate) fn phase_from(
 }
 
 /// A direction from its stored name.
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn direction_from(id: &str, s: &str) -> Result<Direction, SagaError> {
     Direction::parse(s).ok_or_else(|| SagaError::Corrupt {
         id: id.to_owned(),
@@ -268,8 +268,27 @@ pub(crate) fn direction_from(id: &str, s: &str) -> Result<Direction, SagaError> 
     })
 }
 
+/// Adds `n` sagas in `phase`, the oldest of them started at `oldest`, to `stats`.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) fn count_phase(stats: &mut SagaStats, phase: &str, n: i64, oldest: Option<i64>) {
+    let n = u64::try_from(n).unwrap_or(0);
+    let slot = match phase {
+        "running" => &mut stats.running,
+        "compensating" => &mut stats.compensating,
+        "completed" => &mut stats.completed,
+        "compensated" => &mut stats.compensated,
+        _ => &mut stats.stuck,
+    };
+    *slot += n;
+    if matches!(phase, "running" | "compensating") {
+        if let Some(t) = oldest.map(Timestamp) {
+            stats.oldest_active = Some(stats.oldest_active.map_or(t, |o| o.min(t)));
+        }
+    }
+}
+
 /// Checks a new saga's id and kind.
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn validate(saga: &NewSaga) -> Result<(), SagaError> {
     let ok = |s: &str| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
     if !ok(&saga.id) || !ok(&saga.kind) {

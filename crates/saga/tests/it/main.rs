@@ -1,3 +1,5 @@
-//! The saga store's integration tests, in one binary: the conformance suite on SQLite files.
+//! The saga store's integration tests, in one binary: the conformance suite on SQLite files and
+//! on PostgreSQL.
 
+mod postgres;
 mod sqlite;
