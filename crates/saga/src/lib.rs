@@ -3,12 +3,14 @@
 //! processes: the saga store (state, step outputs, a log of every transition, leases with
 //! fencing tokens, due times as durable timers).
 //!
-//! Status: the store on SQLite and PostgreSQL (features `sqlite`, `postgres`) and its
-//! conformance suite. The runner, `oncely saga` and the checkout saga are still to come
-//! (docs/sagas.md).
+//! Status: the store on SQLite and PostgreSQL (features `sqlite`, `postgres`) with its
+//! conformance suite, and the [`Runner`] that carries out the state machine's actions
+//! (tested in process, with runners dropped at every boundary). `oncely saga`, the metrics,
+//! the checkout saga over HTTP and the process-kill tests are still to come (docs/sagas.md).
 
 #![warn(missing_docs)]
 
+pub mod runner;
 mod store;
 
 #[cfg(feature = "conformance")]
@@ -18,6 +20,7 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+pub use runner::{Runner, RunnerConfig, SagaDefinition, Step, StepContext, StepError};
 pub use store::{
     phase_name, Claimed, Created, Direction, LogEntry, NewSaga, Recorded, SagaError, SagaRecord,
     SagaStats, SagaStore, Transition,

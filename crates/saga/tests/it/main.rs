@@ -2,4 +2,5 @@
 //! on PostgreSQL.
 
 mod postgres;
+mod runner;
 mod sqlite;

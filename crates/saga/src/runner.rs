@@ -1,0 +1,321 @@
+//! The runner: claims due sagas and carries out what `oncely_core::saga::decide` says, one
+//! transition at a time, each recorded (with the lease's fencing token) before the next
+//! action begins. A runner that dies anywhere leaves the saga to another after its lease;
+//! that one resumes with the same attempt and the same idempotency key, so a step whose
+//! answer was lost is repeated safely, never doubled.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use oncely_core::saga::{decide, Action, Input, Outcome, SagaPlan, SagaState};
+use oncely_core::Clock;
+
+use crate::{
+    Claimed, Created, Direction, LogEntry, NewSaga, Recorded, SagaError, SagaStore, Transition,
+};
+
+/// What a step's action or compensation is given.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    /// The saga's id.
+    pub saga_id: String,
+    /// The saga's input.
+    pub input: serde_json::Value,
+    /// The outputs of the steps completed so far, by step name.
+    pub outputs: serde_json::Map<String, serde_json::Value>,
+    /// The idempotency key to send: `{saga id}/{step}/do` or `/undo`, the same on every
+    /// attempt.
+    pub key: String,
+    /// The attempt, from 1.
+    pub attempt: u32,
+}
+
+/// Why a step's action or compensation did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// It may succeed if tried again (a timeout, a 503): retried with the same key.
+    #[error("retryable: {0}")]
+    Retryable(String),
+    /// It failed for good (a declined card): before the pivot, the saga turns back.
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
+/// One step of a saga: an action, and the compensation that undoes it.
+#[async_trait]
+pub trait Step: Send + Sync + 'static {
+    /// Does the step; its output is kept for the later steps and the compensations.
+    async fn run(&self, cx: &StepContext) -> Result<serde_json::Value, StepError>;
+    /// Undoes it. Must succeed when there is nothing to undo (the action's answer may have
+    /// been lost before it acted).
+    async fn undo(&self, cx: &StepContext) -> Result<(), StepError>;
+}
+
+/// A saga definition: its plan and a [`Step`] for each of the plan's steps.
+pub struct SagaDefinition {
+    /// The kind of saga it runs ([`NewSaga::kind`]).
+    pub kind: String,
+    /// The plan the state machine follows.
+    pub plan: SagaPlan,
+    /// The steps, in the plan's order.
+    pub steps: Vec<Arc<dyn Step>>,
+}
+
+/// How a runner works.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// How long a claim holds a saga (default 30 s); each step attempt is given at most half
+    /// of it, so the transition is recorded before the lease ends.
+    pub lease: Duration,
+    /// Sagas claimed at once (default 16).
+    pub batch: usize,
+    /// How often an idle runner looks for due sagas (default 1 s).
+    pub poll: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            lease: Duration::from_secs(30),
+            batch: 16,
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Runs sagas of the kinds it knows from one store. Several may share a store, in one
+/// process or many.
+pub struct Runner {
+    store: Arc<dyn SagaStore>,
+    definitions: HashMap<String, Arc<SagaDefinition>>,
+    clock: Arc<dyn Clock>,
+    config: RunnerConfig,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunnerPass {
+    /// Sagas claimed.
+    pub claimed: usize,
+    /// Transitions recorded.
+    pub transitions: usize,
+    /// Sagas found taken over by another runner.
+    pub lease_lost: usize,
+}
+
+impl Runner {
+    /// A runner of `definitions` over `store`.
+    pub fn new(
+        store: Arc<dyn SagaStore>,
+        definitions: Vec<SagaDefinition>,
+        clock: Arc<dyn Clock>,
+        config: RunnerConfig,
+    ) -> Self {
+        Runner {
+            store,
+            definitions: definitions
+                .into_iter()
+                .map(|d| (d.kind.clone(), Arc::new(d)))
+                .collect(),
+            clock,
+            config,
+        }
+    }
+
+    /// Starts a saga (a no-op when one with its id exists with the same kind and input).
+    pub async fn start(&self, saga: &NewSaga) -> Result<Created, SagaError> {
+        let Some(def) = self.definitions.get(&saga.kind) else {
+            return Err(SagaError::Invalid(format!(
+                "no saga definition for kind {}",
+                saga.kind
+            )));
+        };
+        if def.steps.len() != def.plan.steps.len() {
+            return Err(SagaError::Invalid(format!(
+                "saga {} has {} steps for a plan of {}",
+                saga.kind,
+                def.steps.len(),
+                def.plan.steps.len()
+            )));
+        }
+        self.store.create(saga).await
+    }
+
+    /// One pass: claims due sagas and drives each until it waits, ends, or is lost.
+    pub async fn pass(&self) -> Result<RunnerPass, SagaError> {
+        let claims = self
+            .store
+            .claim_due(self.config.batch, self.config.lease)
+            .await?;
+        let mut pass = RunnerPass {
+            claimed: claims.len(),
+            ..RunnerPass::default()
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for claim in claims {
+            let Some(def) = self.definitions.get(&claim.saga.kind).cloned() else {
+                // A kind another runner knows: its lease ends and that runner takes it.
+                continue;
+            };
+            let (store, clock, lease) = (self.store.clone(), self.clock.clone(), self.config.lease);
+            tasks.spawn(async move { drive(store, clock, lease, def, claim).await });
+        }
+        let mut error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok((transitions, lost))) => {
+                    pass.transitions += transitions;
+                    pass.lease_lost += usize::from(lost);
+                }
+                Ok(Err(e)) => {
+                    error.get_or_insert(e);
+                }
+                // A step that panicked leaves its saga to the lease, like a crash.
+                Err(_) => {}
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(pass),
+        }
+    }
+
+    /// Runs passes until `stop` completes: again at once while passes find sagas, else after
+    /// the poll interval.
+    pub async fn run(&self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            let busy = matches!(self.pass().await, Ok(p) if p.claimed > 0);
+            if busy {
+                continue;
+            }
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(self.config.poll) => {}
+            }
+        }
+    }
+}
+
+/// The log line for what the last action produced.
+fn log_line(
+    def: &SagaDefinition,
+    last: Option<&Action>,
+    input: &Input,
+    at: oncely_core::Timestamp,
+) -> LogEntry {
+    let (step, direction, attempt) = match last {
+        Some(Action::Run { step, attempt, .. }) => (Some(*step), Direction::Do, *attempt),
+        Some(Action::Undo { step, attempt, .. }) => (Some(*step), Direction::Undo, *attempt),
+        _ => (None, Direction::Saga, 1),
+    };
+    let outcome = match input {
+        Input::Outcome(Outcome::Done) => "done".to_owned(),
+        Input::Outcome(Outcome::Retryable(e)) => format!("retryable: {e}"),
+        Input::Outcome(Outcome::Failed(e)) => format!("failed: {e}"),
+        Input::Resume => "resumed".to_owned(),
+        Input::Cancel => "cancel taken".to_owned(),
+    };
+    LogEntry {
+        step: step
+            .and_then(|i| def.plan.steps.get(i))
+            .map(|s| s.name.clone()),
+        direction: if matches!(input, Input::Outcome(_)) {
+            direction
+        } else {
+            Direction::Saga
+        },
+        attempt,
+        outcome,
+        at,
+    }
+}
+
+/// Drives one claimed saga: decide, record, act, until it waits, ends, or its lease is
+/// lost. The number of transitions recorded, and whether the lease was lost.
+async fn drive(
+    store: Arc<dyn SagaStore>,
+    clock: Arc<dyn Clock>,
+    lease: Duration,
+    def: Arc<SagaDefinition>,
+    claim: Claimed,
+) -> Result<(usize, bool), SagaError> {
+    let Claimed { saga, token } = claim;
+    let mut state: SagaState = saga.state;
+    let mut outputs = saga.outputs;
+    let mut input = if saga.cancel_requested && !state.cancel_requested {
+        Input::Cancel
+    } else {
+        Input::Resume
+    };
+    let mut last: Option<Action> = None;
+    let mut output: Option<(String, serde_json::Value)> = None;
+    let mut transitions = 0;
+    loop {
+        let now = clock.now();
+        let log = log_line(&def, last.as_ref(), &input, now);
+        let (next, action) = decide(&def.plan, &saga.id, state, input, now, rand::random());
+        let due_at = match &action {
+            Action::Wait { until } => *until,
+            _ => now,
+        };
+        let transition = Transition {
+            state: next.clone(),
+            due_at,
+            output: output.take(),
+            log,
+            keep_lease: matches!(action, Action::Run { .. } | Action::Undo { .. }),
+        };
+        if store.record(&saga.id, token, &transition, lease).await? == Recorded::LeaseLost {
+            return Ok((transitions, true));
+        }
+        transitions += 1;
+        if let Some((step, value)) = transition.output {
+            outputs.insert(step, value);
+        }
+        state = next;
+        let (step, key, attempt, undo) = match &action {
+            Action::Run { step, key, attempt } => (*step, key.clone(), *attempt, false),
+            Action::Undo { step, key, attempt } => (*step, key.clone(), *attempt, true),
+            Action::Wait { .. } | Action::Finish => return Ok((transitions, false)),
+        };
+        let cx = StepContext {
+            saga_id: saga.id.clone(),
+            input: saga.input.clone(),
+            outputs: outputs.clone(),
+            key,
+            attempt,
+        };
+        let Some(body) = def.steps.get(step).cloned() else {
+            return Err(SagaError::Invalid(format!(
+                "saga {} has no step {step}",
+                def.kind
+            )));
+        };
+        // Each attempt gets half the lease, so its outcome is recorded before the lease ends.
+        let bound = lease / 2;
+        let result = if undo {
+            tokio::time::timeout(bound, body.undo(&cx))
+                .await
+                .map(|r| r.map(|()| None))
+        } else {
+            tokio::time::timeout(bound, body.run(&cx))
+                .await
+                .map(|r| r.map(Some))
+        };
+        input = Input::Outcome(match result {
+            Ok(Ok(value)) => {
+                if let Some(value) = value {
+                    output = Some((def.plan.steps[step].name.clone(), value));
+                }
+                Outcome::Done
+            }
+            Ok(Err(StepError::Retryable(e))) => Outcome::Retryable(e),
+            Ok(Err(StepError::Failed(e))) => Outcome::Failed(e),
+            Err(_) => Outcome::Retryable(format!("no answer within {bound:?}")),
+        });
+        last = Some(action);
+    }
+}

@@ -1,0 +1,317 @@
+//! The runner in process, against services of the test's own whose ledgers honour the
+//! step keys: a declined card releases the stock; a runner dropped right after a step acted
+//! (before its outcome was recorded), at every such boundary in turn, is replaced after its
+//! lease by another, and the saga still ends done or undone with each effect once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use oncely_core::saga::{Phase, SagaPlan, StepPlan};
+use oncely_core::{ManualClock, Timestamp};
+use oncely_saga::sqlite::SqliteSagas;
+use oncely_saga::{
+    NewSaga, Runner, RunnerConfig, SagaDefinition, SagaStore, Step, StepContext, StepError,
+};
+
+/// A service's ledger, by idempotency key: a repeated key acts no more (the service
+/// honours `Idempotency-Key`), and its calls are counted.
+#[derive(Default)]
+struct Ledger {
+    calls: Mutex<HashMap<String, u32>>,
+}
+
+impl Ledger {
+    fn apply(&self, key: &str) {
+        *self
+            .calls
+            .lock()
+            .unwrap()
+            .entry(key.to_owned())
+            .or_default() += 1;
+    }
+    fn has(&self, key: &str) -> bool {
+        self.calls.lock().unwrap().contains_key(key)
+    }
+    /// The keys that acted: one effect each.
+    fn keys(&self) -> Vec<String> {
+        let mut k: Vec<String> = self.calls.lock().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    }
+    fn most_calls(&self) -> u32 {
+        self.calls
+            .lock()
+            .unwrap()
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Counts step calls across runners; the one numbered `crash_at` acts and then never
+/// returns (its runner is dropped by the test: a crash between acting and recording).
+struct Crash {
+    calls: AtomicUsize,
+    crash_at: usize,
+}
+
+impl Crash {
+    async fn maybe(&self) {
+        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.crash_at {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+struct ServiceStep {
+    ledger: Arc<Ledger>,
+    crash: Arc<Crash>,
+    /// The input field that makes the action fail for good.
+    fails_when: Option<&'static str>,
+}
+
+#[async_trait]
+impl Step for ServiceStep {
+    async fn run(&self, cx: &StepContext) -> Result<serde_json::Value, StepError> {
+        if let Some(field) = self.fails_when {
+            if cx.input[field] == true {
+                self.crash.maybe().await;
+                return Err(StepError::Failed(field.to_string()));
+            }
+        }
+        self.ledger.apply(&cx.key);
+        self.crash.maybe().await;
+        Ok(serde_json::json!({ "ref": cx.key }))
+    }
+    async fn undo(&self, cx: &StepContext) -> Result<(), StepError> {
+        self.ledger.apply(&cx.key);
+        self.crash.maybe().await;
+        Ok(())
+    }
+}
+
+struct Shop {
+    stock: Arc<Ledger>,
+    payments: Arc<Ledger>,
+    orders: Arc<Ledger>,
+    crash: Arc<Crash>,
+}
+
+fn plan() -> SagaPlan {
+    let step = |name: &str, compensable| StepPlan {
+        name: name.into(),
+        compensable,
+        deadline: Duration::from_secs(60),
+    };
+    SagaPlan {
+        steps: vec![
+            step("reserve", true),
+            step("charge", false),
+            step("confirm", false),
+        ],
+        pivot: Some(1),
+        deadline: None,
+        backoff_base: Duration::from_millis(10),
+        backoff_cap: Duration::from_millis(100),
+        compensation_attempts: 10,
+    }
+}
+
+fn shop(crash_at: usize) -> Shop {
+    Shop {
+        stock: Arc::default(),
+        payments: Arc::default(),
+        orders: Arc::default(),
+        crash: Arc::new(Crash {
+            calls: AtomicUsize::new(0),
+            crash_at,
+        }),
+    }
+}
+
+fn definition(shop: &Shop) -> SagaDefinition {
+    let step = |ledger: &Arc<Ledger>, fails_when| -> Arc<dyn Step> {
+        Arc::new(ServiceStep {
+            ledger: ledger.clone(),
+            crash: shop.crash.clone(),
+            fails_when,
+        })
+    };
+    SagaDefinition {
+        kind: "checkout".into(),
+        plan: plan(),
+        steps: vec![
+            step(&shop.stock, None),
+            step(&shop.payments, Some("decline")),
+            step(&shop.orders, None),
+        ],
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn runner(store: &Arc<SqliteSagas>, shop: &Shop, clock: &ManualClock) -> Runner {
+    Runner::new(
+        store.clone(),
+        vec![definition(shop)],
+        Arc::new(clock.clone()),
+        RunnerConfig {
+            lease: LEASE,
+            ..RunnerConfig::default()
+        },
+    )
+}
+
+/// Runs passes (dropping a pass that hangs: the crash) until the saga ends.
+async fn until_ended(
+    store: &Arc<SqliteSagas>,
+    shop: &Shop,
+    clock: &ManualClock,
+    id: &str,
+) -> Phase {
+    for _ in 0..100 {
+        let r = runner(store, shop, clock);
+        match tokio::time::timeout(Duration::from_millis(500), r.pass()).await {
+            Ok(pass) => {
+                pass.unwrap();
+            }
+            // The runner died mid-step: another takes over once the lease has run out.
+            Err(_) => clock.advance(LEASE + Duration::from_secs(1)),
+        }
+        let (saga, _) = store.get(id).await.unwrap().unwrap();
+        if saga.state.phase.is_final() {
+            return saga.state.phase;
+        }
+        clock.advance(Duration::from_millis(200));
+    }
+    panic!("saga {id} did not end");
+}
+
+fn store(dir: &tempfile::TempDir, clock: &ManualClock) -> Arc<SqliteSagas> {
+    Arc::new(
+        SqliteSagas::open(
+            dir.path().join("sagas.db"),
+            Duration::from_secs(5),
+            Arc::new(clock.clone()),
+        )
+        .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_card_releases_the_stock_and_a_good_one_confirms() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+    let store = store(&dir, &clock);
+    let shop = shop(usize::MAX);
+    let r = runner(&store, &shop, &clock);
+    for (id, decline) in [("o-paid", false), ("o-declined", true)] {
+        r.start(&NewSaga {
+            id: id.into(),
+            kind: "checkout".into(),
+            input: serde_json::json!({ "decline": decline }),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        until_ended(&store, &shop, &clock, "o-paid").await,
+        Phase::Completed
+    );
+    assert_eq!(
+        until_ended(&store, &shop, &clock, "o-declined").await,
+        Phase::Compensated
+    );
+    assert_eq!(
+        shop.stock.keys(),
+        [
+            "o-declined/reserve/do",
+            "o-declined/reserve/undo",
+            "o-paid/reserve/do"
+        ]
+    );
+    assert_eq!(shop.payments.keys(), ["o-paid/charge/do"]);
+    assert_eq!(shop.orders.keys(), ["o-paid/confirm/do"]);
+    let (saga, log) = store.get("o-declined").await.unwrap().unwrap();
+    assert_eq!(saga.state.failure.as_deref(), Some("decline"));
+    assert!(saga.outputs.contains_key("reserve"));
+    let outcomes: Vec<String> = log
+        .iter()
+        .filter(|l| l.step.is_some())
+        .map(|l| {
+            format!(
+                "{} {} {}",
+                l.step.as_deref().unwrap(),
+                l.direction.as_str(),
+                l.outcome
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "reserve do done",
+            "charge do failed: decline",
+            "reserve undo done"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_dropped_after_any_step_acted_leaves_each_effect_once() {
+    // Paid: reserve, charge, confirm are calls 1-3; declined: reserve, charge, undo.
+    for decline in [false, true] {
+        for crash_at in 1..=3 {
+            let dir = tempfile::tempdir().unwrap();
+            let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+            let store = store(&dir, &clock);
+            let shop = shop(crash_at);
+            runner(&store, &shop, &clock)
+                .start(&NewSaga {
+                    id: "o-1".into(),
+                    kind: "checkout".into(),
+                    input: serde_json::json!({ "decline": decline }),
+                })
+                .await
+                .unwrap();
+            let phase = until_ended(&store, &shop, &clock, "o-1").await;
+            let case = format!("decline {decline}, crash at call {crash_at}");
+            assert!(
+                shop.crash.calls.load(Ordering::SeqCst) > crash_at,
+                "{case}: it crashed and went on"
+            );
+            let repeated = [&shop.stock, &shop.payments, &shop.orders]
+                .iter()
+                .map(|l| l.most_calls())
+                .max();
+            // A declined charge acts on nothing: its repeat shows in no ledger.
+            if !(decline && crash_at == 2) {
+                assert_eq!(
+                    repeated,
+                    Some(2),
+                    "{case}: the crashed call was repeated with its key"
+                );
+            }
+            if decline {
+                assert_eq!(phase, Phase::Compensated, "{case}");
+                assert!(
+                    shop.stock.has("o-1/reserve/do") && shop.stock.has("o-1/reserve/undo"),
+                    "{case}"
+                );
+                assert!(
+                    shop.payments.keys().is_empty() && shop.orders.keys().is_empty(),
+                    "{case}"
+                );
+            } else {
+                assert_eq!(phase, Phase::Completed, "{case}");
+                assert_eq!(shop.stock.keys(), ["o-1/reserve/do"], "{case}");
+                assert_eq!(shop.payments.keys(), ["o-1/charge/do"], "{case}");
+                assert_eq!(shop.orders.keys(), ["o-1/confirm/do"], "{case}");
+            }
+        }
+    }
+}
