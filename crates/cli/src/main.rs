@@ -10,6 +10,7 @@ mod keys;
 mod logging;
 mod migrate;
 mod outbox;
+mod saga;
 mod serve;
 
 #[derive(Parser)]
@@ -45,6 +46,8 @@ enum Command {
     Relay(outbox::RelayArgs),
     /// The outbox's status, dead letters, and retrying one.
     Outbox(outbox::OutboxArgs),
+    /// List sagas, show one with its log, ask one to cancel (docs/sagas.md).
+    Saga(saga::SagaArgs),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
             Command::Audit(args) => audit::run(args).await,
             Command::Relay(args) => outbox::relay(args).await,
             Command::Outbox(args) => outbox::run(args).await,
+            Command::Saga(args) => saga::run(args).await,
             Command::Send(_) => Ok(()), // handled above
         }
     });

@@ -10,6 +10,19 @@ pub(crate) fn oncely() -> Command {
     Command::new(env!("CARGO_BIN_EXE_oncely"))
 }
 
+/// Runs `oncely` with `args` to its end: whether it succeeded, and its stdout and stderr.
+pub(crate) fn oncely_output(args: &[&str]) -> (bool, String) {
+    let out = oncely().args(args).output().expect("run oncely");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Kills the child when dropped, so a failing assertion never leaves a gateway running
 /// (holding the test harness's stderr open).
 pub(crate) struct KillOnDrop(pub Child);

@@ -5,4 +5,5 @@ mod common;
 mod outage;
 mod process;
 mod relay;
+mod saga;
 mod shared_store;

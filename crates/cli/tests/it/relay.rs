@@ -13,7 +13,7 @@ use oncely_outbox::sqlite::SqliteOutbox;
 use oncely_outbox::{NewEvent, OutboxStore};
 use oncely_testkit::services::{unique_name, Service};
 
-use crate::common::{oncely, signal, KillOnDrop};
+use crate::common::{oncely, oncely_output, signal, KillOnDrop};
 
 fn enqueue(path: &std::path::Path, aggregates: usize, per: usize) {
     let mut conn = rusqlite::Connection::open(path).unwrap();
@@ -56,19 +56,7 @@ fn start_relay(db: &str, nats: &str, name: &str, extra: &[&str]) -> KillOnDrop {
 }
 
 fn outbox_cli(db: &str, args: &[&str]) -> (bool, String) {
-    let out = oncely()
-        .args(["outbox", "--db", db])
-        .args(args)
-        .output()
-        .expect("run oncely outbox");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    oncely_output(&[&["outbox", "--db", db][..], args].concat())
 }
 
 /// The application: an axum service whose `POST /orders/{id}` writes the order and its
