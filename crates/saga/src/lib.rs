@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod metrics;
 pub mod runner;
 mod store;
 

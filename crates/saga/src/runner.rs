@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use oncely_core::saga::{decide, Action, Input, Outcome, SagaPlan, SagaState};
+use oncely_core::saga::{decide, Action, Input, Outcome, Phase, SagaPlan, SagaState};
 use oncely_core::Clock;
 
+use crate::metrics::SagaMetrics;
 use crate::{
     Claimed, Created, Direction, LogEntry, NewSaga, Recorded, SagaError, SagaStore, Transition,
 };
@@ -92,6 +93,7 @@ pub struct Runner {
     definitions: HashMap<String, Arc<SagaDefinition>>,
     clock: Arc<dyn Clock>,
     config: RunnerConfig,
+    metrics: Arc<SagaMetrics>,
 }
 
 /// What one pass did.
@@ -121,7 +123,13 @@ impl Runner {
                 .collect(),
             clock,
             config,
+            metrics: Arc::default(),
         }
+    }
+
+    /// This runner's counts, for `/metrics` ([`SagaMetrics::render`]).
+    pub fn metrics(&self) -> Arc<SagaMetrics> {
+        self.metrics.clone()
     }
 
     /// Starts a saga (a no-op when one with its id exists with the same kind and input).
@@ -140,7 +148,11 @@ impl Runner {
                 def.plan.steps.len()
             )));
         }
-        self.store.create(saga).await
+        let created = self.store.create(saga).await?;
+        if created == Created::New {
+            self.metrics.started.inc();
+        }
+        Ok(created)
     }
 
     /// One pass: claims due sagas and drives each until it waits, ends, or is lost.
@@ -160,7 +172,8 @@ impl Runner {
                 continue;
             };
             let (store, clock, lease) = (self.store.clone(), self.clock.clone(), self.config.lease);
-            tasks.spawn(async move { drive(store, clock, lease, def, claim).await });
+            let metrics = self.metrics.clone();
+            tasks.spawn(async move { drive(store, clock, lease, def, claim, metrics).await });
         }
         let mut error = None;
         while let Some(joined) = tasks.join_next().await {
@@ -196,6 +209,30 @@ impl Runner {
                 () = tokio::time::sleep(self.config.poll) => {}
             }
         }
+    }
+}
+
+/// Counts a recorded transition: the attempt's outcome, and the saga's end if it ended.
+fn count(metrics: &SagaMetrics, last: Option<&Action>, input: &Input, phase: &Phase) {
+    let direction = match last {
+        Some(Action::Run { .. }) => Some(0),
+        Some(Action::Undo { .. }) => Some(1),
+        _ => None,
+    };
+    let outcome = match input {
+        Input::Outcome(Outcome::Done) => Some(0),
+        Input::Outcome(Outcome::Retryable(_)) => Some(1),
+        Input::Outcome(Outcome::Failed(_)) => Some(2),
+        _ => None,
+    };
+    if let (Some(d), Some(o)) = (direction, outcome) {
+        metrics.steps[d][o].inc();
+    }
+    match phase {
+        Phase::Completed => metrics.completed.inc(),
+        Phase::Compensated => metrics.compensated.inc(),
+        Phase::Stuck { .. } => metrics.stuck.inc(),
+        _ => {}
     }
 }
 
@@ -241,6 +278,7 @@ async fn drive(
     lease: Duration,
     def: Arc<SagaDefinition>,
     claim: Claimed,
+    metrics: Arc<SagaMetrics>,
 ) -> Result<(usize, bool), SagaError> {
     let Claimed { saga, token } = claim;
     let mut state: SagaState = saga.state;
@@ -256,7 +294,14 @@ async fn drive(
     loop {
         let now = clock.now();
         let log = log_line(&def, last.as_ref(), &input, now);
-        let (next, action) = decide(&def.plan, &saga.id, state, input, now, rand::random());
+        let (next, action) = decide(
+            &def.plan,
+            &saga.id,
+            state,
+            input.clone(),
+            now,
+            rand::random(),
+        );
         let due_at = match &action {
             Action::Wait { until } => *until,
             _ => now,
@@ -272,6 +317,7 @@ async fn drive(
             return Ok((transitions, true));
         }
         transitions += 1;
+        count(&metrics, last.as_ref(), &input, &next.phase);
         if let Some((step, value)) = transition.output {
             outputs.insert(step, value);
         }

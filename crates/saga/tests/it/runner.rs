@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use oncely_core::saga::{Phase, SagaPlan, StepPlan};
-use oncely_core::{ManualClock, Timestamp};
+use oncely_core::{Clock, ManualClock, Timestamp};
 use oncely_saga::sqlite::SqliteSagas;
 use oncely_saga::{
     NewSaga, Runner, RunnerConfig, SagaDefinition, SagaStore, Step, StepContext, StepError,
@@ -218,14 +218,21 @@ async fn a_declined_card_releases_the_stock_and_a_good_one_confirms() {
         .await
         .unwrap();
     }
-    assert_eq!(
-        until_ended(&store, &shop, &clock, "o-paid").await,
-        Phase::Completed
-    );
-    assert_eq!(
-        until_ended(&store, &shop, &clock, "o-declined").await,
-        Phase::Compensated
-    );
+    // One runner throughout, so that its counters see both ends.
+    for _ in 0..50 {
+        r.pass().await.unwrap();
+        clock.advance(Duration::from_millis(200));
+    }
+    for (id, ended) in [
+        ("o-paid", Phase::Completed),
+        ("o-declined", Phase::Compensated),
+    ] {
+        assert_eq!(
+            store.get(id).await.unwrap().unwrap().0.state.phase,
+            ended,
+            "{id}"
+        );
+    }
     assert_eq!(
         shop.stock.keys(),
         [
@@ -236,6 +243,22 @@ async fn a_declined_card_releases_the_stock_and_a_good_one_confirms() {
     );
     assert_eq!(shop.payments.keys(), ["o-paid/charge/do"]);
     assert_eq!(shop.orders.keys(), ["o-paid/confirm/do"]);
+    let mut text = oncely_metrics::Text::new();
+    r.metrics()
+        .render(Some(&store.stats().await.unwrap()), clock.now(), &mut text);
+    let page = text.finish();
+    for line in [
+        "oncely_sagas{phase=\"completed\"} 1",
+        "oncely_sagas{phase=\"compensated\"} 1",
+        "oncely_sagas_started_total 2",
+        "oncely_sagas_ended_total{phase=\"completed\"} 1",
+        "oncely_sagas_ended_total{phase=\"compensated\"} 1",
+        "oncely_saga_steps_total{direction=\"do\",outcome=\"failed\"} 1",
+        "oncely_saga_steps_total{direction=\"undo\",outcome=\"done\"} 1",
+        "oncely_saga_oldest_active_seconds 0",
+    ] {
+        assert!(page.contains(line), "{line} in\n{page}");
+    }
     let (saga, log) = store.get("o-declined").await.unwrap().unwrap();
     assert_eq!(saga.state.failure.as_deref(), Some("decline"));
     assert!(saga.outputs.contains_key("reserve"));
