@@ -211,11 +211,10 @@ pub fn decide(
     };
     match (&state.phase, input) {
         (_, Input::Cancel) => {
+            // The runner gives a cancel only between attempts: it is taken as a resume
+            // with the flag set, so it turns the saga back now where it may.
             state.cancel_requested = true;
-            // A cancel takes effect between attempts: an attempt under way may have acted,
-            // so its outcome decides what there is to compensate.
-            let action = current_action(plan, saga_id, &state);
-            (state, action)
+            decide(plan, saga_id, state, Input::Resume, now, jitter)
         }
         (&Phase::Forward { step }, Input::Outcome(Outcome::Done)) => {
             let next = step + 1;
@@ -676,6 +675,9 @@ mod tests {
             let mut undone: Vec<usize> = Vec::new();
             // Steps whose attempt got no definite answer: they may have acted.
             let mut attempted: Vec<usize> = Vec::new();
+            // The pivot's last answer: a saga may turn back past a pivot it tried only on a
+            // definite failure.
+            let mut pivot_last = "not tried";
             // After the random events, every attempt succeeds: the saga must then end.
             let tail = std::iter::repeat_n(Event::Done, 4 * n + 40);
             for e in events.into_iter().chain(tail) {
@@ -683,13 +685,15 @@ mod tests {
                     break;
                 }
                 let input = match (&action, e) {
+                    (Action::Run { step, .. }, Event::Cancel) => { attempted.push(*step); if Some(*step) == pivot { pivot_last = "no answer"; } Input::Cancel }
                     (_, Event::Cancel) => Input::Cancel,
-                    (Action::Run { step, .. }, Event::Crash) => { attempted.push(*step); Input::Resume }
+                    (Action::Run { step, .. }, Event::Crash) => { attempted.push(*step); if Some(*step) == pivot { pivot_last = "no answer"; } Input::Resume }
                     (_, Event::Crash) => Input::Resume,
                     (_, Event::Sleep(ms)) => { now += i64::from(ms); continue; }
                     (Action::Wait { until }, _) => { now = now.max(until.0); Input::Resume }
-                    (Action::Run { step, .. }, Event::Done) => { done_steps.push(*step); Input::Outcome(Outcome::Done) }
-                    (Action::Run { step, .. }, Event::Retryable) => { attempted.push(*step); Input::Outcome(Outcome::Retryable("r".into())) }
+                    (Action::Run { step, .. }, Event::Done) => { if Some(*step) == pivot { pivot_last = "done"; } done_steps.push(*step); Input::Outcome(Outcome::Done) }
+                    (Action::Run { step, .. }, Event::Retryable) => { if Some(*step) == pivot { pivot_last = "no answer"; } attempted.push(*step); Input::Outcome(Outcome::Retryable("r".into())) }
+                    (Action::Run { step, .. }, Event::Failed) => { if Some(*step) == pivot { pivot_last = "failed"; } Input::Outcome(Outcome::Failed("f".into())) }
                     (Action::Undo { step, .. }, Event::Done) => { undone.push(*step); Input::Outcome(Outcome::Done) }
                     (_, Event::Retryable) => Input::Outcome(Outcome::Retryable("r".into())),
                     (_, Event::Failed) => Input::Outcome(Outcome::Failed("f".into())),
@@ -725,8 +729,22 @@ mod tests {
                         "undone {:?}, completed {:?}", undone, sorted
                     );
                     prop_assert!(pivot.is_none_or(|pv| !sorted.contains(&pv)), "the pivot never completed");
+                    prop_assert!(
+                        pivot_last == "not tried" || pivot_last == "failed",
+                        "turned back after the pivot's last answer was {}", pivot_last
+                    );
                 }
-                Phase::Stuck { .. } => {
+                Phase::Stuck { reason } => {
+                    // Stuck only for a compensation that kept failing, or at or after the pivot.
+                    let at_or_after_pivot = reason
+                        .strip_prefix("step s")
+                        .and_then(|r| r.split(' ').next())
+                        .and_then(|k| k.parse::<usize>().ok())
+                        .is_some_and(|k| pivot.is_some_and(|pv| k >= pv));
+                    prop_assert!(
+                        reason.starts_with("compensation of") || at_or_after_pivot,
+                        "stuck for {}", reason
+                    );
                     // Whatever was undone was compensable, in reverse order, each once.
                     for w in undone.windows(2) {
                         prop_assert!(w[0] > w[1]);

@@ -19,6 +19,10 @@ pub trait Fixture {
 
 const LEASE: Duration = Duration::from_secs(30);
 
+fn kinds() -> Vec<String> {
+    vec!["checkout".into()]
+}
+
 fn saga(id: &str) -> NewSaga {
     NewSaga {
         id: id.into(),
@@ -79,16 +83,28 @@ pub async fn claims_are_leased_and_fenced(f: &impl Fixture) {
     let s = f.store();
     s.create(&saga("o-1")).await.unwrap();
     s.create(&saga("o-2")).await.unwrap();
-    let first = s.claim_due(10, LEASE).await.unwrap();
+    let first = s.claim_due(&kinds(), 10, LEASE).await.unwrap();
     assert_eq!(first.len(), 2);
-    assert!(s.claim_due(10, LEASE).await.unwrap().is_empty(), "leased");
+    assert!(
+        s.claim_due(&kinds(), 10, LEASE).await.unwrap().is_empty(),
+        "leased"
+    );
 
+    let mut other = saga("r-1");
+    other.kind = "refund".into();
+    s.create(&other).await.unwrap();
+    assert!(
+        s.claim_due(&kinds(), 10, LEASE).await.unwrap().is_empty(),
+        "a kind this runner does not know is left to another"
+    );
     let c = first.iter().find(|c| c.saga.id == "o-1").unwrap();
     let now = f.clock().now();
     let t = step_done(c.saga.state.clone(), 1, now, true);
     assert_eq!(
         s.record("o-1", c.token, &t, LEASE).await.unwrap(),
-        Recorded::Recorded
+        Recorded::Recorded {
+            cancel_requested: false
+        }
     );
     assert_eq!(
         s.record("o-1", c.token ^ 1, &t, LEASE).await.unwrap(),
@@ -96,17 +112,39 @@ pub async fn claims_are_leased_and_fenced(f: &impl Fixture) {
         "another token"
     );
     assert!(
-        s.claim_due(10, LEASE).await.unwrap().is_empty(),
+        s.claim_due(&kinds(), 10, LEASE).await.unwrap().is_empty(),
         "the lease was kept"
     );
+    // A cancel asked meanwhile is told to the runner at its next record; outputs add up.
+    assert!(s.request_cancel("o-1").await.unwrap());
+    let second = Transition {
+        output: Some(("s1".into(), serde_json::json!({ "ref": 2 }))),
+        ..step_done(t.state.clone(), 2, now, true)
+    };
+    assert_eq!(
+        s.record("o-1", c.token, &second, LEASE).await.unwrap(),
+        Recorded::Recorded {
+            cancel_requested: true
+        }
+    );
+    let (o1, log) = s.get("o-1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            o1.outputs["s0"]["ref"].clone(),
+            o1.outputs["s1"]["ref"].clone()
+        ),
+        (1.into(), 2.into())
+    );
+    let seqs: Vec<&str> = log.iter().map(|l| l.outcome.as_str()).collect();
+    assert_eq!(seqs, ["started", "done", "cancel requested", "done"]);
 
     // The lease runs out: another runner takes the saga over, the first one is fenced off.
     f.clock().advance(LEASE + Duration::from_secs(1));
-    let taken = s.claim_due(10, LEASE).await.unwrap();
+    let taken = s.claim_due(&kinds(), 10, LEASE).await.unwrap();
     assert_eq!(taken.len(), 2, "both leases ran out");
     let again = taken.iter().find(|c| c.saga.id == "o-1").unwrap();
     assert_ne!(again.token, c.token);
-    assert_eq!(again.saga.state.phase, Phase::Forward { step: 1 });
+    assert_eq!(again.saga.state.phase, Phase::Forward { step: 2 });
     assert_eq!(again.saga.outputs["s0"]["ref"], 1);
     assert_eq!(
         s.record("o-1", c.token, &t, LEASE).await.unwrap(),
@@ -120,7 +158,7 @@ pub async fn claims_are_leased_and_fenced(f: &impl Fixture) {
 pub async fn waits_are_durable_timers_and_ended_sagas_rest(f: &impl Fixture) {
     let s = f.store();
     s.create(&saga("o-1")).await.unwrap();
-    let c = s.claim_due(1, LEASE).await.unwrap().remove(0);
+    let c = s.claim_due(&kinds(), 1, LEASE).await.unwrap().remove(0);
     let now = f.clock().now();
     let wait = Transition {
         state: SagaState {
@@ -140,14 +178,16 @@ pub async fn waits_are_durable_timers_and_ended_sagas_rest(f: &impl Fixture) {
     };
     assert_eq!(
         s.record("o-1", c.token, &wait, LEASE).await.unwrap(),
-        Recorded::Recorded
+        Recorded::Recorded {
+            cancel_requested: false
+        }
     );
     assert!(
-        s.claim_due(1, LEASE).await.unwrap().is_empty(),
+        s.claim_due(&kinds(), 1, LEASE).await.unwrap().is_empty(),
         "not due yet"
     );
     f.clock().advance(Duration::from_secs(5));
-    let c = s.claim_due(1, LEASE).await.unwrap().remove(0);
+    let c = s.claim_due(&kinds(), 1, LEASE).await.unwrap().remove(0);
     assert_eq!(c.saga.state.attempt, 2);
 
     let done = Transition {
@@ -169,7 +209,10 @@ pub async fn waits_are_durable_timers_and_ended_sagas_rest(f: &impl Fixture) {
     };
     s.record("o-1", c.token, &done, LEASE).await.unwrap();
     f.clock().advance(LEASE * 2);
-    assert!(s.claim_due(1, LEASE).await.unwrap().is_empty(), "ended");
+    assert!(
+        s.claim_due(&kinds(), 1, LEASE).await.unwrap().is_empty(),
+        "ended"
+    );
     let (record, log) = s.get("o-1").await.unwrap().unwrap();
     assert_eq!(record.state.phase, Phase::Compensated);
     assert_eq!(record.state.failure.as_deref(), Some("declined"));
@@ -196,7 +239,7 @@ pub async fn cancel_list_and_stats(f: &impl Fixture) {
         s.create(&saga(id)).await.unwrap();
         f.clock().advance(Duration::from_millis(10));
     }
-    let claimed = s.claim_due(10, LEASE).await.unwrap();
+    let claimed = s.claim_due(&kinds(), 10, LEASE).await.unwrap();
     let c3 = claimed.iter().find(|c| c.saga.id == "o-3").unwrap();
     let stuck = Transition {
         state: SagaState {
@@ -249,7 +292,7 @@ pub async fn concurrent_claims_never_share_a_saga(f: &impl Fixture) {
         tokio::spawn(async move {
             let mut got = Vec::new();
             loop {
-                let batch = s.claim_due(7, LEASE).await.unwrap();
+                let batch = s.claim_due(&kinds(), 7, LEASE).await.unwrap();
                 if batch.is_empty() {
                     return got;
                 }

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS {schema}.sagas (
     state_cancel     boolean NOT NULL DEFAULT false,
     cancel_requested boolean NOT NULL DEFAULT false,
     outputs          jsonb NOT NULL DEFAULT '{}',
+    log_seq          int8 NOT NULL DEFAULT 0,
     due_at           int8 NOT NULL,
     lease_token      int8,
     lease_until      int8,
@@ -90,20 +91,23 @@ impl Statements {
             format!("\"{schema}\".sagas"),
             format!("\"{schema}\".saga_log"),
         );
-        // Appends one log line for the saga `s` the statement's first part returned.
+        // Appends one log line for the saga `s` the statement's first part returned, numbered
+        // by the saga row's own counter: the row lock the first part took orders the lines
+        // of concurrent writers, which a max(seq) read from the statement's snapshot would
+        // not.
         let log_line = |at: &str, step: &str, direction: &str, attempt: &str, outcome: &str| {
             format!(
                 "INSERT INTO {l} (saga_id, seq, at, step, direction, attempt, outcome) \
-                 SELECT s.id, coalesce((SELECT max(seq) FROM {l} WHERE saga_id = s.id), 0) + 1, \
-                 {at}, {step}, {direction}, {attempt}, {outcome} FROM s"
+                 SELECT s.id, s.log_seq, {at}, {step}, {direction}, {attempt}, {outcome} FROM s"
             )
         };
         Statements {
             create: format!(
                 "WITH s AS (INSERT INTO {t} (id, kind, input, phase, step, attempt, started_at, \
-                 step_started_at, due_at, created_at, updated_at) \
-                 VALUES ($1, $2, $3::text::jsonb, $4, $5, 1, $6, $6, $6, $6, $6) \
-                 ON CONFLICT (id) DO NOTHING RETURNING id) {} RETURNING saga_id",
+                 step_started_at, due_at, created_at, updated_at, log_seq) \
+                 VALUES ($1, $2, $3::text::jsonb, $4, $5, 1, $6, $6, $6, $6, $6, 1) \
+                 ON CONFLICT (id) DO NOTHING RETURNING id, log_seq) {} \
+                 RETURNING saga_id",
                 log_line("$6", "NULL", "'saga'", "1", "'started'")
             ),
             get: format!("SELECT {COLUMNS} FROM {t} s WHERE s.id = $1"),
@@ -116,6 +120,7 @@ impl Statements {
                  WHERE s.id = ANY (ARRAY (SELECT id FROM {t} \
                    WHERE phase IN ('running', 'compensating') AND due_at <= $1 \
                      AND (lease_until IS NULL OR lease_until <= $1) \
+                     AND kind = ANY ($5) \
                    ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED)) \
                  RETURNING {COLUMNS}"
             ),
@@ -124,8 +129,11 @@ impl Statements {
                    stuck_reason = $4, failure = $5, step_started_at = $6, state_cancel = $7, \
                    outputs = CASE WHEN $8::text IS NULL THEN outputs \
                      ELSE outputs || jsonb_build_object($8::text, $9::text::jsonb) END, \
-                   due_at = $10, lease_token = $11, lease_until = $12, updated_at = $13 \
-                 WHERE id = $14 AND lease_token = $15 RETURNING id) {} RETURNING saga_id",
+                   due_at = $10, lease_token = $11, lease_until = $12, updated_at = $13, \
+                   log_seq = log_seq + 1 \
+                 WHERE id = $14 AND lease_token = $15 RETURNING id, log_seq, cancel_requested), \
+                 written AS ({} RETURNING saga_id) \
+                 SELECT s.cancel_requested FROM s, written",
                 log_line("$16", "$17", "$18", "$19", "$20")
             ),
             list: format!(
@@ -133,9 +141,10 @@ impl Statements {
                  ORDER BY s.created_at DESC, s.id LIMIT $2"
             ),
             cancel: format!(
-                "WITH s AS (UPDATE {t} SET cancel_requested = true, due_at = least(due_at, $1) \
-                 WHERE id = $2 AND phase IN ('running', 'compensating') RETURNING id) {} \
-                 RETURNING saga_id",
+                "WITH s AS (UPDATE {t} SET cancel_requested = true, due_at = least(due_at, $1), \
+                 log_seq = log_seq + 1 \
+                 WHERE id = $2 AND phase IN ('running', 'compensating') RETURNING id, log_seq) \
+                 {} RETURNING saga_id",
                 log_line("$1", "NULL", "'saga'", "1", "'cancel requested'")
             ),
             stats: format!("SELECT phase, count(*), min(started_at) FROM {t} GROUP BY phase"),
@@ -266,17 +275,29 @@ impl SagaStore for PgSagas {
         }
     }
 
-    async fn claim_due(&self, limit: usize, lease: Duration) -> Result<Vec<Claimed>, SagaError> {
+    async fn claim_due(
+        &self,
+        kinds: &[String],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, SagaError> {
         let now = self.clock.now();
         let token = rand::random::<i64>();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
-            .query(&self.sql.claim, &[&now.0, &limit, &token, &millis(lease)])
+            .query(
+                &self.sql.claim,
+                &[&now.0, &limit, &token, &millis(lease), &kinds],
+            )
             .await?;
-        let mut claimed = rows
-            .iter()
-            .map(|r| read_saga(r).map(|saga| Claimed { saga, token }))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for r in &rows {
+            match read_saga(r) {
+                Ok(saga) => claimed.push(Claimed { saga, token }),
+                Err(SagaError::Corrupt { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         claimed.sort_by_key(|c| c.saga.due_at);
         Ok(claimed)
     }
@@ -328,10 +349,11 @@ impl SagaStore for PgSagas {
                 ],
             )
             .await?;
-        Ok(if rows.is_empty() {
-            Recorded::LeaseLost
-        } else {
-            Recorded::Recorded
+        Ok(match rows.first() {
+            None => Recorded::LeaseLost,
+            Some(r) => Recorded::Recorded {
+                cancel_requested: r.try_get(0).map_err(unavailable)?,
+            },
         })
     }
 

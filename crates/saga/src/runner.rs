@@ -108,14 +108,31 @@ pub struct RunnerPass {
 }
 
 impl Runner {
-    /// A runner of `definitions` over `store`.
+    /// A runner of `definitions` over `store`; a definition whose steps do not match its
+    /// plan (their number, the pivot) is refused.
     pub fn new(
         store: Arc<dyn SagaStore>,
         definitions: Vec<SagaDefinition>,
         clock: Arc<dyn Clock>,
         config: RunnerConfig,
-    ) -> Self {
-        Runner {
+    ) -> Result<Self, SagaError> {
+        for d in &definitions {
+            if d.steps.len() != d.plan.steps.len() || d.steps.is_empty() {
+                return Err(SagaError::Invalid(format!(
+                    "saga {} has {} steps for a plan of {}",
+                    d.kind,
+                    d.steps.len(),
+                    d.plan.steps.len()
+                )));
+            }
+            if d.plan.pivot.is_some_and(|p| p >= d.steps.len()) {
+                return Err(SagaError::Invalid(format!(
+                    "saga {}: the pivot is not one of its steps",
+                    d.kind
+                )));
+            }
+        }
+        Ok(Runner {
             store,
             definitions: definitions
                 .into_iter()
@@ -124,7 +141,7 @@ impl Runner {
             clock,
             config,
             metrics: Arc::default(),
-        }
+        })
     }
 
     /// This runner's counts, for `/metrics` ([`SagaMetrics::render`]).
@@ -134,18 +151,10 @@ impl Runner {
 
     /// Starts a saga (a no-op when one with its id exists with the same kind and input).
     pub async fn start(&self, saga: &NewSaga) -> Result<Created, SagaError> {
-        let Some(def) = self.definitions.get(&saga.kind) else {
+        if !self.definitions.contains_key(&saga.kind) {
             return Err(SagaError::Invalid(format!(
                 "no saga definition for kind {}",
                 saga.kind
-            )));
-        };
-        if def.steps.len() != def.plan.steps.len() {
-            return Err(SagaError::Invalid(format!(
-                "saga {} has {} steps for a plan of {}",
-                saga.kind,
-                def.steps.len(),
-                def.plan.steps.len()
             )));
         }
         let created = self.store.create(saga).await?;
@@ -157,9 +166,10 @@ impl Runner {
 
     /// One pass: claims due sagas and drives each until it waits, ends, or is lost.
     pub async fn pass(&self) -> Result<RunnerPass, SagaError> {
+        let kinds: Vec<String> = self.definitions.keys().cloned().collect();
         let claims = self
             .store
-            .claim_due(self.config.batch, self.config.lease)
+            .claim_due(&kinds, self.config.batch, self.config.lease)
             .await?;
         let mut pass = RunnerPass {
             claimed: claims.len(),
@@ -168,7 +178,6 @@ impl Runner {
         let mut tasks = tokio::task::JoinSet::new();
         for claim in claims {
             let Some(def) = self.definitions.get(&claim.saga.kind).cloned() else {
-                // A kind another runner knows: its lease ends and that runner takes it.
                 continue;
             };
             let (store, clock, lease) = (self.store.clone(), self.clock.clone(), self.config.lease);
@@ -196,10 +205,14 @@ impl Runner {
     }
 
     /// Runs passes until `stop` completes: again at once while passes find sagas, else after
-    /// the poll interval.
+    /// the poll interval. A pass under way finishes first (its sagas recorded).
     pub async fn run(&self, stop: impl std::future::Future<Output = ()>) {
+        use futures_util::FutureExt as _;
         tokio::pin!(stop);
         loop {
+            if (&mut stop).now_or_never().is_some() {
+                return;
+            }
             let busy = matches!(self.pass().await, Ok(p) if p.claimed > 0);
             if busy {
                 continue;
@@ -209,6 +222,16 @@ impl Runner {
                 () = tokio::time::sleep(self.config.poll) => {}
             }
         }
+    }
+}
+
+/// The step index the state names when the plan has no such step.
+fn step_outside(plan: &SagaPlan, state: &SagaState) -> Option<usize> {
+    match state.phase {
+        Phase::Forward { step } | Phase::Compensating { step } if step >= plan.steps.len() => {
+            Some(step)
+        }
+        _ => None,
     }
 }
 
@@ -293,6 +316,14 @@ async fn drive(
     let mut transitions = 0;
     loop {
         let now = clock.now();
+        if let Some(missing) = step_outside(&def.plan, &state) {
+            // A saga of an older plan with more steps (a deploy shrank it): parked for a
+            // person instead of failing on every claim.
+            input = Input::Resume;
+            state.phase = oncely_core::saga::Phase::Stuck {
+                reason: format!("the plan of {} has no step {missing}", def.kind),
+            };
+        }
         let log = log_line(&def, last.as_ref(), &input, now);
         let (next, action) = decide(
             &def.plan,
@@ -313,15 +344,25 @@ async fn drive(
             log,
             keep_lease: matches!(action, Action::Run { .. } | Action::Undo { .. }),
         };
-        if store.record(&saga.id, token, &transition, lease).await? == Recorded::LeaseLost {
-            return Ok((transitions, true));
-        }
+        let cancel_asked = match store.record(&saga.id, token, &transition, lease).await? {
+            Recorded::LeaseLost => return Ok((transitions, true)),
+            Recorded::Recorded { cancel_requested } => cancel_requested,
+        };
         transitions += 1;
         count(&metrics, last.as_ref(), &input, &next.phase);
         if let Some((step, value)) = transition.output {
             outputs.insert(step, value);
         }
         state = next;
+        if cancel_asked
+            && !state.cancel_requested
+            && matches!(action, Action::Run { .. } | Action::Undo { .. })
+        {
+            // A person asked to cancel: the state machine takes it before the next attempt.
+            input = Input::Cancel;
+            last = None;
+            continue;
+        }
         let (step, key, attempt, undo) = match &action {
             Action::Run { step, key, attempt } => (*step, key.clone(), *attempt, false),
             Action::Undo { step, key, attempt } => (*step, key.clone(), *attempt, true),

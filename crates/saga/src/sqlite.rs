@@ -227,7 +227,13 @@ impl SagaStore for SqliteSagas {
         .await
     }
 
-    async fn claim_due(&self, limit: usize, lease: Duration) -> Result<Vec<Claimed>, SagaError> {
+    async fn claim_due(
+        &self,
+        kinds: &[String],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, SagaError> {
+        let kinds = serde_json::Value::from(kinds.to_vec()).to_string();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let lease = millis(lease);
         self.run(move |conn, now| {
@@ -239,10 +245,11 @@ impl SagaStore for SqliteSagas {
                     "SELECT id FROM oncely_sagas \
                      WHERE phase IN ('running', 'compensating') AND due_at <= ?1 \
                        AND (lease_until IS NULL OR lease_until <= ?1) \
+                       AND kind IN (SELECT value FROM json_each(?3)) \
                      ORDER BY due_at LIMIT ?2",
                 )
                 .and_then(|mut s| {
-                    s.query_map(params![now.0, limit], |r| r.get(0))?
+                    s.query_map(params![now.0, limit, kinds], |r| r.get(0))?
                         .collect::<rusqlite::Result<_>>()
                 })
                 .map_err(unavailable)?;
@@ -254,8 +261,10 @@ impl SagaStore for SqliteSagas {
                 )
                 .and_then(|mut s| s.execute(params![token, now.0.saturating_add(lease), id]))
                 .map_err(unavailable)?;
-                if let Some(saga) = get_saga(&tx, &id)? {
-                    claimed.push(Claimed { saga, token });
+                match get_saga(&tx, &id) {
+                    Ok(Some(saga)) => claimed.push(Claimed { saga, token }),
+                    Ok(None) | Err(SagaError::Corrupt { .. }) => {}
+                    Err(e) => return Err(e),
                 }
             }
             tx.commit().map_err(unavailable)?;
@@ -280,6 +289,7 @@ impl SagaStore for SqliteSagas {
             let Some(mut saga) = get_saga(&tx, &id)? else {
                 return Ok(Recorded::LeaseLost);
             };
+            let cancel_requested = saga.cancel_requested;
             let held: Option<i64> = tx
                 .query_row(
                     "SELECT lease_token FROM oncely_sagas WHERE id = ?1",
@@ -325,7 +335,7 @@ impl SagaStore for SqliteSagas {
             .map_err(unavailable)?;
             append_log(&tx, &id, &t.log)?;
             tx.commit().map_err(unavailable)?;
-            Ok(Recorded::Recorded)
+            Ok(Recorded::Recorded { cancel_requested })
         })
         .await
     }

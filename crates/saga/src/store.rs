@@ -124,8 +124,12 @@ pub struct Transition {
 /// How recording went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
-    /// Recorded.
-    Recorded,
+    /// Recorded; whether a person has asked the saga to cancel (the runner takes it before
+    /// its next action).
+    Recorded {
+        /// [`SagaRecord::cancel_requested`] as it stands.
+        cancel_requested: bool,
+    },
     /// The lease was no longer this runner's: nothing was recorded. Another runner holds
     /// the saga (or will), and repeats the attempt under the same key.
     LeaseLost,
@@ -177,9 +181,16 @@ pub trait SagaStore: Send + Sync + 'static {
     /// are a no-op, anything else a [`SagaError::Conflict`]).
     async fn create(&self, saga: &NewSaga) -> Result<Created, SagaError>;
 
-    /// Claims up to `limit` sagas for `lease`: not ended, due, and held by no live lease.
-    /// The most overdue first.
-    async fn claim_due(&self, limit: usize, lease: Duration) -> Result<Vec<Claimed>, SagaError>;
+    /// Claims up to `limit` sagas of the given `kinds` (those the runner has definitions
+    /// for) for `lease`: not ended, due, and held by no live lease; the most overdue first.
+    /// A row that cannot be read is left out (and stays leased until its lease ends), so
+    /// one bad row never stops the others.
+    async fn claim_due(
+        &self,
+        kinds: &[String],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, SagaError>;
 
     /// Records a transition of a claimed saga, if `token` is still its lease's; renews the
     /// lease by `lease` when the transition keeps it, else hands the saga back.

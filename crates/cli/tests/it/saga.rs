@@ -31,7 +31,10 @@ async fn sagas_are_listed_shown_and_cancelled_from_the_command_line() {
             .await
             .unwrap();
     }
-    let claimed = store.claim_due(10, Duration::from_secs(30)).await.unwrap();
+    let claimed = store
+        .claim_due(&["checkout".into()], 10, Duration::from_secs(30))
+        .await
+        .unwrap();
     let stuck = claimed.iter().find(|c| c.saga.id == "o-stuck").unwrap();
     let now = SystemClock.now();
     store

@@ -57,11 +57,14 @@ impl Ledger {
 struct Crash {
     calls: AtomicUsize,
     crash_at: usize,
+    /// Told when the call hangs, so the test drops its runner then, not after a guess.
+    hung: tokio::sync::Notify,
 }
 
 impl Crash {
     async fn maybe(&self) {
         if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.crash_at {
+            self.hung.notify_one();
             std::future::pending::<()>().await;
         }
     }
@@ -72,11 +75,18 @@ struct ServiceStep {
     crash: Arc<Crash>,
     /// The input field that makes the action fail for good.
     fails_when: Option<&'static str>,
+    /// The input field that makes the action's first attempt time out without acting.
+    flaky_when: Option<&'static str>,
 }
 
 #[async_trait]
 impl Step for ServiceStep {
     async fn run(&self, cx: &StepContext) -> Result<serde_json::Value, StepError> {
+        if let Some(field) = self.flaky_when {
+            if cx.input[field] == true && cx.attempt == 1 {
+                return Err(StepError::Retryable("timeout".into()));
+            }
+        }
         if let Some(field) = self.fails_when {
             if cx.input[field] == true {
                 self.crash.maybe().await;
@@ -129,25 +139,27 @@ fn shop(crash_at: usize) -> Shop {
         crash: Arc::new(Crash {
             calls: AtomicUsize::new(0),
             crash_at,
+            hung: tokio::sync::Notify::new(),
         }),
     }
 }
 
 fn definition(shop: &Shop) -> SagaDefinition {
-    let step = |ledger: &Arc<Ledger>, fails_when| -> Arc<dyn Step> {
+    let step = |ledger: &Arc<Ledger>, fails_when, flaky_when| -> Arc<dyn Step> {
         Arc::new(ServiceStep {
             ledger: ledger.clone(),
             crash: shop.crash.clone(),
             fails_when,
+            flaky_when,
         })
     };
     SagaDefinition {
         kind: "checkout".into(),
         plan: plan(),
         steps: vec![
-            step(&shop.stock, None),
-            step(&shop.payments, Some("decline")),
-            step(&shop.orders, None),
+            step(&shop.stock, None, Some("flaky_reserve")),
+            step(&shop.payments, Some("decline"), None),
+            step(&shop.orders, None, None),
         ],
     }
 }
@@ -164,6 +176,7 @@ fn runner(store: &Arc<SqliteSagas>, shop: &Shop, clock: &ManualClock) -> Runner 
             ..RunnerConfig::default()
         },
     )
+    .unwrap()
 }
 
 /// Runs passes (dropping a pass that hangs: the crash) until the saga ends.
@@ -175,12 +188,13 @@ async fn until_ended(
 ) -> Phase {
     for _ in 0..100 {
         let r = runner(store, shop, clock);
-        match tokio::time::timeout(Duration::from_millis(500), r.pass()).await {
-            Ok(pass) => {
+        tokio::select! {
+            pass = r.pass() => {
                 pass.unwrap();
             }
-            // The runner died mid-step: another takes over once the lease has run out.
-            Err(_) => clock.advance(LEASE + Duration::from_secs(1)),
+            // The runner died mid-step (it is dropped here): another takes over once the
+            // lease has run out.
+            () = shop.crash.hung.notified() => clock.advance(LEASE + Duration::from_secs(1)),
         }
         let (saga, _) = store.get(id).await.unwrap().unwrap();
         if saga.state.phase.is_final() {
@@ -337,4 +351,37 @@ async fn a_runner_dropped_after_any_step_acted_leaves_each_effect_once() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_between_attempts_undoes_the_step_that_may_have_acted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+    let store = store(&dir, &clock);
+    let shop = shop(usize::MAX);
+    let r = runner(&store, &shop, &clock);
+    r.start(&NewSaga {
+        id: "o-1".into(),
+        kind: "checkout".into(),
+        input: serde_json::json!({ "flaky_reserve": true }),
+    })
+    .await
+    .unwrap();
+    // The reservation times out: the saga waits for its retry.
+    r.pass().await.unwrap();
+    let (saga, _) = store.get("o-1").await.unwrap().unwrap();
+    assert_eq!(
+        (saga.state.phase.clone(), saga.state.attempt),
+        (Phase::Forward { step: 0 }, 2)
+    );
+    assert!(store.request_cancel("o-1").await.unwrap());
+    clock.advance(Duration::from_secs(1));
+    r.pass().await.unwrap();
+    let (saga, log) = store.get("o-1").await.unwrap().unwrap();
+    assert_eq!(saga.state.phase, Phase::Compensated, "{log:?}");
+    assert_eq!(saga.state.failure.as_deref(), Some("cancelled"));
+    // The timed-out reservation might have acted: it is released (a release of nothing
+    // is a success); nothing was charged.
+    assert_eq!(shop.stock.keys(), ["o-1/reserve/undo"]);
+    assert!(shop.payments.keys().is_empty());
 }
