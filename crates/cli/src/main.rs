@@ -46,7 +46,7 @@ enum Command {
     Relay(outbox::RelayArgs),
     /// The outbox's status, dead letters, and retrying one.
     Outbox(outbox::OutboxArgs),
-    /// List sagas, show one with its log, ask one to cancel (docs/sagas.md).
+    /// List sagas, show one with its log, cancel one, retry a stuck one (docs/sagas.md).
     Saga(saga::SagaArgs),
 }
 

@@ -1,6 +1,6 @@
 //! `oncely saga`: an operator's view of the sagas in a database: list them (by phase), show
 //! one with its log, ask one to cancel (its runner compensates what was done, unless the
-//! saga is past its pivot).
+//! saga is past its pivot), reopen a stuck one once its cause is fixed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,12 @@ enum SagaCommand {
         /// The saga's id.
         id: String,
     },
+    /// Reopens a stuck saga once its cause is fixed: back to the step and direction it
+    /// stopped at, attempt 1, due now.
+    Retry {
+        /// The saga's id.
+        id: String,
+    },
     /// Counts per phase and the age of the oldest active saga.
     Status,
 }
@@ -75,7 +81,14 @@ fn where_it_is(s: &SagaRecord) -> String {
         Phase::Forward { step } | Phase::Compensating { step } => {
             format!("step {step} attempt {}", s.state.attempt)
         }
-        Phase::Stuck { reason } => format!("stuck: {reason}"),
+        Phase::Stuck {
+            reason,
+            step,
+            undoing,
+        } => format!(
+            "stuck at step {step} ({}): {reason}",
+            if *undoing { "undoing" } else { "doing" }
+        ),
         _ => String::new(),
     }
 }
@@ -154,6 +167,13 @@ pub(crate) async fn run(args: SagaArgs) -> Result<(), String> {
                 );
             } else {
                 return Err(format!("{id}: no running saga with this id"));
+            }
+        }
+        SagaCommand::Retry { id } => {
+            if store.reopen(&id).await.map_err(e)? {
+                println!("{id}: reopened; its runner goes on from the step it stopped at");
+            } else {
+                return Err(format!("{id}: no stuck saga with this id"));
             }
         }
         SagaCommand::Status => {

@@ -78,10 +78,14 @@ pub enum Phase {
     /// Turned back: every completed step before the pivot was compensated.
     Compensated,
     /// Parked for a person: a compensation kept failing, or a step past the pivot failed
-    /// for good.
+    /// for good. A person who fixed the cause reopens it at the same step and direction.
     Stuck {
         /// Why.
         reason: String,
+        /// The step it stopped at.
+        step: usize,
+        /// Whether it stopped compensating that step (else running it).
+        undoing: bool,
     },
 }
 
@@ -181,6 +185,22 @@ pub enum Action {
     Finish,
 }
 
+/// A stuck saga reopened by a person who fixed the cause: back to the step it stopped at, in
+/// the same direction, from attempt 1 with a fresh step deadline. Any other phase is
+/// returned unchanged.
+pub fn reopen(mut state: SagaState, now: Timestamp) -> SagaState {
+    if let Phase::Stuck { step, undoing, .. } = state.phase {
+        state.phase = if undoing {
+            Phase::Compensating { step }
+        } else {
+            Phase::Forward { step }
+        };
+        state.attempt = 1;
+        state.step_started_at = now;
+    }
+    state
+}
+
 /// The idempotency key of a step's action (`do`) or compensation (`undo`).
 pub fn step_key(saga_id: &str, step: &str, undo: bool) -> String {
     format!("{saga_id}/{step}/{}", if undo { "undo" } else { "do" })
@@ -238,6 +258,8 @@ pub fn decide(
                         "step {} failed after the pivot: {why}",
                         plan.steps[step].name
                     ),
+                    step,
+                    undoing: false,
                 };
                 return (state, Action::Finish);
             }
@@ -252,6 +274,8 @@ pub fn decide(
                     // work that the pivot made final. A person decides.
                     state.phase = Phase::Stuck {
                         reason: format!("step {} {why}", plan.steps[step].name),
+                        step,
+                        undoing: false,
                     };
                     return (state, Action::Finish);
                 }
@@ -292,6 +316,8 @@ pub fn decide(
                         "compensation of {} failed {} times: {why}",
                         plan.steps[step].name, state.attempt
                     ),
+                    step,
+                    undoing: true,
                 };
                 return (state, Action::Finish);
             }
@@ -627,6 +653,52 @@ mod tests {
     }
 
     #[test]
+    fn a_stuck_compensation_reopened_goes_on_compensating() {
+        let p = plan(2, None, &[true, true]);
+        let (s, _) = run(
+            &p,
+            SagaState::start(Timestamp(0)),
+            Input::Outcome(Outcome::Done),
+            0,
+        );
+        let (mut s, _) = run(&p, s, Input::Outcome(Outcome::Failed("no".into())), 0);
+        for _ in 0..5 {
+            let (next, _) = run(&p, s, Input::Outcome(Outcome::Failed("503".into())), 0);
+            s = next;
+        }
+        assert!(
+            matches!(
+                s.phase,
+                Phase::Stuck {
+                    step: 0,
+                    undoing: true,
+                    ..
+                }
+            ),
+            "{s:?}"
+        );
+        let s = reopen(s, Timestamp(9));
+        assert_eq!(
+            (s.phase.clone(), s.attempt),
+            (Phase::Compensating { step: 0 }, 1)
+        );
+        let (s, a) = run(&p, s, Input::Resume, 10);
+        assert!(
+            matches!(
+                a,
+                Action::Undo {
+                    step: 0,
+                    attempt: 1,
+                    ..
+                }
+            ),
+            "{a:?}"
+        );
+        let (s, _) = run(&p, s, Input::Outcome(Outcome::Done), 10);
+        assert_eq!(s.phase, Phase::Compensated);
+    }
+
+    #[test]
     fn keys_name_the_saga_the_step_and_the_direction() {
         assert_eq!(step_key("o-9", "charge", false), "o-9/charge/do");
         assert_eq!(step_key("o-9", "charge", true), "o-9/charge/undo");
@@ -734,7 +806,7 @@ mod tests {
                         "turned back after the pivot's last answer was {}", pivot_last
                     );
                 }
-                Phase::Stuck { reason } => {
+                Phase::Stuck { reason, .. } => {
                     // Stuck only for a compensation that kept failing, or at or after the pivot.
                     let at_or_after_pivot = reason
                         .strip_prefix("step s")

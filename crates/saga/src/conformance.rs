@@ -245,6 +245,8 @@ pub async fn cancel_list_and_stats(f: &impl Fixture) {
         state: SagaState {
             phase: Phase::Stuck {
                 reason: "refund refused".into(),
+                step: 0,
+                undoing: true,
             },
             ..c3.saga.state.clone()
         },
@@ -279,6 +281,26 @@ pub async fn cancel_list_and_stats(f: &impl Fixture) {
     let stats = s.stats().await.unwrap();
     assert_eq!((stats.running, stats.stuck, stats.completed), (2, 1, 0));
     assert_eq!(stats.oldest_active, Some(o1.created_at));
+
+    // A person fixed the cause: the stuck saga goes on compensating where it stopped.
+    assert!(!s.reopen("o-1").await.unwrap(), "not stuck");
+    assert!(s.reopen("o-3").await.unwrap());
+    assert!(!s.reopen("o-3").await.unwrap(), "no longer stuck");
+    let (o3, log) = s.get("o-3").await.unwrap().unwrap();
+    assert_eq!(
+        (o3.state.phase, o3.state.attempt),
+        (Phase::Compensating { step: 0 }, 1)
+    );
+    assert_eq!(log.last().unwrap().outcome, "reopened");
+    f.clock().advance(LEASE * 2);
+    let due: Vec<String> = s
+        .claim_due(&kinds(), 10, LEASE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.saga.id)
+        .collect();
+    assert!(due.contains(&"o-3".to_owned()), "{due:?}");
 }
 
 /// Runners claiming at the same time never get the same saga.

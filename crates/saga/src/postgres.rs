@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS {schema}.sagas (
     failure          text,
     started_at       int8 NOT NULL,
     step_started_at  int8 NOT NULL,
+    undoing          boolean NOT NULL DEFAULT false,
     state_cancel     boolean NOT NULL DEFAULT false,
     cancel_requested boolean NOT NULL DEFAULT false,
     outputs          jsonb NOT NULL DEFAULT '{}',
@@ -68,7 +69,8 @@ CREATE TABLE IF NOT EXISTS {schema}.saga_log (
 
 const COLUMNS: &str = "s.id, s.kind, s.input::text, s.phase, s.step, s.attempt, s.stuck_reason, \
                        s.failure, s.started_at, s.step_started_at, s.state_cancel, \
-                       s.cancel_requested, s.outputs::text, s.due_at, s.created_at, s.updated_at";
+                       s.cancel_requested, s.outputs::text, s.due_at, s.created_at, s.updated_at, \
+                       s.undoing";
 
 /// How long an ordinary call may take, and `open`'s migrations.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,6 +83,7 @@ struct Statements {
     claim: String,
     record: String,
     list: String,
+    reopen: String,
     cancel: String,
     stats: String,
 }
@@ -130,7 +133,7 @@ impl Statements {
                    outputs = CASE WHEN $8::text IS NULL THEN outputs \
                      ELSE outputs || jsonb_build_object($8::text, $9::text::jsonb) END, \
                    due_at = $10, lease_token = $11, lease_until = $12, updated_at = $13, \
-                   log_seq = log_seq + 1 \
+                   log_seq = log_seq + 1, undoing = $21 \
                  WHERE id = $14 AND lease_token = $15 RETURNING id, log_seq, cancel_requested), \
                  written AS ({} RETURNING saga_id) \
                  SELECT s.cancel_requested FROM s, written",
@@ -139,6 +142,13 @@ impl Statements {
             list: format!(
                 "SELECT {COLUMNS} FROM {t} s WHERE $1::text IS NULL OR s.phase = $1 \
                  ORDER BY s.created_at DESC, s.id LIMIT $2"
+            ),
+            reopen: format!(
+                "WITH s AS (UPDATE {t} SET phase = CASE WHEN undoing THEN 'compensating' \
+                 ELSE 'running' END, attempt = 1, stuck_reason = NULL, undoing = false, \
+                 step_started_at = $1, due_at = $1, updated_at = $1, log_seq = log_seq + 1 \
+                 WHERE id = $2 AND phase = 'stuck' RETURNING id, log_seq) {} RETURNING saga_id",
+                log_line("$1", "NULL", "'saga'", "1", "'reopened'")
             ),
             cancel: format!(
                 "WITH s AS (UPDATE {t} SET cancel_requested = true, due_at = least(due_at, $1), \
@@ -181,6 +191,7 @@ fn read_saga(r: &Row) -> Result<SagaRecord, SagaError> {
         &text(3)?,
         r.try_get(4).map_err(unavailable)?,
         r.try_get(6).map_err(unavailable)?,
+        r.try_get(16).map_err(unavailable)?,
     )?;
     let outputs: serde_json::Value =
         serde_json::from_str(&text(12)?).map_err(|e| corrupt(format!("outputs: {e}")))?;
@@ -256,7 +267,7 @@ impl SagaStore for PgSagas {
         validate(saga)?;
         let now = self.clock.now();
         let state = SagaState::start(now);
-        let (phase, step, _) = phase_columns(&state.phase);
+        let (phase, step, _, _) = phase_columns(&state.phase);
         let input = saga.input.to_string();
         let rows = self
             .query(
@@ -310,7 +321,7 @@ impl SagaStore for PgSagas {
         lease: Duration,
     ) -> Result<Recorded, SagaError> {
         let now = self.clock.now();
-        let (phase, step, reason) = phase_columns(&t.state.phase);
+        let (phase, step, reason, undoing) = phase_columns(&t.state.phase);
         let (lease_token, lease_until) = if t.keep_lease && !t.state.phase.is_final() {
             (Some(token), Some(now.0.saturating_add(millis(lease))))
         } else {
@@ -346,6 +357,7 @@ impl SagaStore for PgSagas {
                     &t.log.direction.as_str(),
                     &log_attempt,
                     &t.log.outcome,
+                    &undoing,
                 ],
             )
             .await?;
@@ -383,6 +395,14 @@ impl SagaStore for PgSagas {
             .iter()
             .map(read_saga)
             .collect()
+    }
+
+    async fn reopen(&self, id: &str) -> Result<bool, SagaError> {
+        let now = self.clock.now();
+        Ok(!self
+            .query(&self.sql.reopen, &[&now.0, &id])
+            .await?
+            .is_empty())
     }
 
     async fn request_cancel(&self, id: &str) -> Result<bool, SagaError> {

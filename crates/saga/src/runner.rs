@@ -322,6 +322,8 @@ async fn drive(
             input = Input::Resume;
             state.phase = oncely_core::saga::Phase::Stuck {
                 reason: format!("the plan of {} has no step {missing}", def.kind),
+                step: missing,
+                undoing: matches!(state.phase, Phase::Compensating { .. }),
             };
         }
         let log = log_line(&def, last.as_ref(), &input, now);

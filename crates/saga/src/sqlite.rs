@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS oncely_sagas (
     failure          TEXT,
     started_at       INTEGER NOT NULL,
     step_started_at  INTEGER NOT NULL,
+    undoing          INTEGER NOT NULL DEFAULT 0,
     state_cancel     INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     outputs          TEXT NOT NULL DEFAULT '{}',
@@ -63,7 +64,7 @@ CREATE TABLE IF NOT EXISTS oncely_saga_log (
 
 const COLUMNS: &str = "id, kind, input, phase, step, attempt, stuck_reason, failure, started_at, \
                        step_started_at, state_cancel, cancel_requested, outputs, due_at, \
-                       created_at, updated_at";
+                       created_at, updated_at, undoing";
 
 /// The saga store on one SQLite file.
 pub struct SqliteSagas {
@@ -84,7 +85,13 @@ fn read_saga(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SagaRecord, SagaE
     let id: String = r.get(0)?;
     let input: String = r.get(2)?;
     let outputs: String = r.get(12)?;
-    let phase = phase_from(&id, &r.get::<_, String>(3)?, r.get(4)?, r.get(6)?);
+    let phase = phase_from(
+        &id,
+        &r.get::<_, String>(3)?,
+        r.get(4)?,
+        r.get(6)?,
+        r.get::<_, i64>(16)? != 0,
+    );
     let attempt: i64 = r.get(5)?;
     let corrupt = |reason: String| SagaError::Corrupt {
         id: id.clone(),
@@ -169,6 +176,41 @@ impl SqliteSagas {
     }
 }
 
+impl SqliteSagas {
+    /// A person's change to one saga (`sql` over `?1` now and `?2` the id) and its log line,
+    /// in one transaction; whether the saga was in a state the change applies to.
+    async fn operator_update(
+        &self,
+        id: &str,
+        sql: &'static str,
+        outcome: &'static str,
+    ) -> Result<bool, SagaError> {
+        let id = id.to_owned();
+        self.run(move |conn, now| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let n = tx
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute(params![now.0, id]))
+                .map_err(unavailable)?;
+            if n == 1 {
+                let entry = LogEntry {
+                    step: None,
+                    direction: Direction::Saga,
+                    attempt: 1,
+                    outcome: outcome.into(),
+                    at: now,
+                };
+                append_log(&tx, &id, &entry)?;
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+}
+
 fn get_saga(conn: &Connection, id: &str) -> Result<Option<SagaRecord>, SagaError> {
     conn.prepare_cached(&format!("SELECT {COLUMNS} FROM oncely_sagas WHERE id = ?1"))
         .and_then(|mut s| s.query_row([id], read_saga).optional())
@@ -193,7 +235,7 @@ impl SagaStore for SqliteSagas {
                 };
             }
             let state = SagaState::start(now);
-            let (phase, step, _) = phase_columns(&state.phase);
+            let (phase, step, _, _) = phase_columns(&state.phase);
             tx.prepare_cached(
                 "INSERT INTO oncely_sagas (id, kind, input, phase, step, attempt, started_at, \
                  step_started_at, due_at, created_at, updated_at) \
@@ -303,7 +345,7 @@ impl SagaStore for SqliteSagas {
             if let Some((step, output)) = &t.output {
                 saga.outputs.insert(step.clone(), output.clone());
             }
-            let (phase, step, reason) = phase_columns(&t.state.phase);
+            let (phase, step, reason, undoing) = phase_columns(&t.state.phase);
             let (lease_token, lease_until) = if t.keep_lease && !t.state.phase.is_final() {
                 (Some(token), Some(now.0.saturating_add(lease)))
             } else {
@@ -312,8 +354,8 @@ impl SagaStore for SqliteSagas {
             tx.prepare_cached(
                 "UPDATE oncely_sagas SET phase = ?1, step = ?2, attempt = ?3, stuck_reason = ?4, \
                  failure = ?5, step_started_at = ?6, state_cancel = ?7, outputs = ?8, \
-                 due_at = ?9, lease_token = ?10, lease_until = ?11, updated_at = ?12 \
-                 WHERE id = ?13",
+                 due_at = ?9, lease_token = ?10, lease_until = ?11, updated_at = ?12, \
+                 undoing = ?14 WHERE id = ?13",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -329,7 +371,8 @@ impl SagaStore for SqliteSagas {
                     lease_token,
                     lease_until,
                     now.0,
-                    id
+                    id,
+                    i64::from(undoing)
                 ])
             })
             .map_err(unavailable)?;
@@ -392,35 +435,25 @@ impl SagaStore for SqliteSagas {
         .await
     }
 
+    async fn reopen(&self, id: &str) -> Result<bool, SagaError> {
+        self.operator_update(
+            id,
+            "UPDATE oncely_sagas SET phase = CASE WHEN undoing = 1 THEN 'compensating' \
+             ELSE 'running' END, attempt = 1, stuck_reason = NULL, undoing = 0, \
+             step_started_at = ?1, due_at = ?1, updated_at = ?1 \
+             WHERE id = ?2 AND phase = 'stuck'",
+            "reopened",
+        )
+        .await
+    }
+
     async fn request_cancel(&self, id: &str) -> Result<bool, SagaError> {
-        let id = id.to_owned();
-        self.run(move |conn, now| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
-            let n = tx
-                .prepare_cached(
-                    "UPDATE oncely_sagas SET cancel_requested = 1, due_at = min(due_at, ?1) \
-                     WHERE id = ?2 AND phase IN ('running', 'compensating')",
-                )
-                .and_then(|mut s| s.execute(params![now.0, id]))
-                .map_err(unavailable)?;
-            if n == 1 {
-                append_log(
-                    &tx,
-                    &id,
-                    &LogEntry {
-                        step: None,
-                        direction: Direction::Saga,
-                        attempt: 1,
-                        outcome: "cancel requested".into(),
-                        at: now,
-                    },
-                )?;
-            }
-            tx.commit().map_err(unavailable)?;
-            Ok(n == 1)
-        })
+        self.operator_update(
+            id,
+            "UPDATE oncely_sagas SET cancel_requested = 1, due_at = min(due_at, ?1) \
+             WHERE id = ?2 AND phase IN ('running', 'compensating')",
+            "cancel requested",
+        )
         .await
     }
 

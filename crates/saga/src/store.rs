@@ -208,6 +208,10 @@ pub trait SagaStore: Send + Sync + 'static {
     /// Up to `limit` sagas, the newest first; only those in `phase` ([`phase_name`]) if given.
     async fn list(&self, phase: Option<&str>, limit: usize) -> Result<Vec<SagaRecord>, SagaError>;
 
+    /// Reopens a stuck saga (a person fixed the cause): back to the step and direction it
+    /// stopped at, attempt 1, due now. `false` when it is not stuck.
+    async fn reopen(&self, id: &str) -> Result<bool, SagaError>;
+
     /// Asks a saga to cancel and makes it due now; `false` when it does not exist or has
     /// ended. The runner decides what the cancel means (after the pivot, nothing).
     async fn request_cancel(&self, id: &str) -> Result<bool, SagaError>;
@@ -228,18 +232,23 @@ pub fn phase_name(phase: &Phase) -> &'static str {
     }
 }
 
-/// The columns a state is stored in: phase name, step, reason.
+/// The columns a phase is stored in: its name, step, stuck reason, and whether it stopped
+/// while undoing.
 #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
-pub(crate) fn phase_columns(phase: &Phase) -> (&'static str, Option<i64>, Option<&str>) {
+pub(crate) fn phase_columns(phase: &Phase) -> (&'static str, Option<i64>, Option<&str>, bool) {
     let step = match phase {
-        Phase::Forward { step } | Phase::Compensating { step } => i64::try_from(*step).ok(),
+        Phase::Forward { step } | Phase::Compensating { step } | Phase::Stuck { step, .. } => {
+            i64::try_from(*step).ok()
+        }
         _ => None,
     };
-    let reason = match phase {
-        Phase::Stuck { reason } => Some(reason.as_str()),
-        _ => None,
+    let (reason, undoing) = match phase {
+        Phase::Stuck {
+            reason, undoing, ..
+        } => (Some(reason.as_str()), *undoing),
+        _ => (None, false),
     };
-    (phase_name(phase), step, reason)
+    (phase_name(phase), step, reason, undoing)
 }
 
 /// A phase from its columns.
@@ -249,6 +258,7 @@ pub(crate) fn phase_from(
     name: &str,
     step: Option<i64>,
     reason: Option<String>,
+    undoing: bool,
 ) -> Result<Phase, SagaError> {
     let corrupt = |reason: &str| SagaError::Corrupt {
         id: id.to_owned(),
@@ -265,6 +275,8 @@ pub(crate) fn phase_from(
         "compensated" => Phase::Compensated,
         "stuck" => Phase::Stuck {
             reason: reason.unwrap_or_default(),
+            step: step()?,
+            undoing,
         },
         _ => return Err(corrupt(&format!("unknown phase {name}"))),
     })
@@ -323,20 +335,22 @@ mod tests {
             Phase::Compensated,
             Phase::Stuck {
                 reason: "refund refused".into(),
+                step: 1,
+                undoing: true,
             },
         ] {
-            let (name, step, reason) = phase_columns(&phase);
+            let (name, step, reason, undoing) = phase_columns(&phase);
             assert_eq!(
-                phase_from("s", name, step, reason.map(str::to_owned)).unwrap(),
+                phase_from("s", name, step, reason.map(str::to_owned), undoing).unwrap(),
                 phase
             );
         }
         assert!(matches!(
-            phase_from("s", "running", None, None),
+            phase_from("s", "running", None, None, false),
             Err(SagaError::Corrupt { .. })
         ));
         assert!(matches!(
-            phase_from("s", "sleeping", Some(1), None),
+            phase_from("s", "sleeping", Some(1), None, false),
             Err(SagaError::Corrupt { .. })
         ));
     }

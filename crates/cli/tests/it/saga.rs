@@ -1,6 +1,7 @@
 //! `oncely saga` against a SQLite file holding a running saga and a stuck one: list (all
-//! and by phase), show with the log, cancel a running saga (logged, due now), and clear
-//! one-line errors with a non-zero exit for an ended saga, an unknown id and a bad phase.
+//! and by phase), show with the log, cancel a running saga (logged, due now), retry (reopen)
+//! the stuck one, and clear one-line errors with a non-zero exit for an ended saga, an
+//! unknown id and a bad phase.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +46,8 @@ async fn sagas_are_listed_shown_and_cancelled_from_the_command_line() {
                 state: SagaState {
                     phase: Phase::Stuck {
                         reason: "compensation of reserve failed 10 times".into(),
+                        step: 0,
+                        undoing: true,
                     },
                     ..stuck.saga.state.clone()
                 },
@@ -72,7 +75,7 @@ async fn sagas_are_listed_shown_and_cancelled_from_the_command_line() {
         "{out}"
     );
     assert!(
-        out.contains("o-stuck  checkout  stuck  stuck: compensation of reserve failed 10 times"),
+        out.contains("o-stuck  checkout  stuck  stuck at step 0 (undoing): compensation of reserve failed 10 times"),
         "{out}"
     );
     let (ok, out) = saga_cli(&db, &["list", "--phase", "stuck"]);
@@ -114,4 +117,11 @@ async fn sagas_are_listed_shown_and_cancelled_from_the_command_line() {
         assert!(out.contains(says), "{args:?}: {out}");
         assert_eq!(out.trim().lines().count(), 1, "one line: {out}");
     }
+
+    let (ok, out) = saga_cli(&db, &["retry", "o-stuck"]);
+    assert!(ok, "{out}");
+    let (saga, _) = store.get("o-stuck").await.unwrap().unwrap();
+    assert_eq!(saga.state.phase, Phase::Compensating { step: 0 });
+    let (ok, out) = saga_cli(&db, &["retry", "o-stuck"]);
+    assert!(!ok && out.contains("no stuck saga"), "{out}");
 }
