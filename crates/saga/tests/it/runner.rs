@@ -1,5 +1,5 @@
-//! The runner in process, against services of the test's own whose ledgers honour the
-//! step keys: a declined card releases the stock; a runner dropped right after a step acted
+//! The runner in process, on SQLite and PostgreSQL, against services of the test's own whose
+//! ledgers honour the step keys: a declined card releases the stock; a runner dropped right after a step acted
 //! (before its outcome was recorded), at every such boundary in turn, is replaced after its
 //! lease by another, and the saga still ends done or undone with each effect once.
 
@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use oncely_core::saga::{Phase, SagaPlan, StepPlan};
 use oncely_core::{Clock, ManualClock, Timestamp};
+use oncely_saga::postgres::PgSagas;
 use oncely_saga::sqlite::SqliteSagas;
 use oncely_saga::{
     NewSaga, Runner, RunnerConfig, SagaDefinition, SagaStore, Step, StepContext, StepError,
@@ -166,7 +167,7 @@ fn definition(shop: &Shop) -> SagaDefinition {
 
 const LEASE: Duration = Duration::from_secs(30);
 
-fn runner(store: &Arc<SqliteSagas>, shop: &Shop, clock: &ManualClock) -> Runner {
+fn runner(store: &Arc<dyn SagaStore>, shop: &Shop, clock: &ManualClock) -> Runner {
     Runner::new(
         store.clone(),
         vec![definition(shop)],
@@ -181,7 +182,7 @@ fn runner(store: &Arc<SqliteSagas>, shop: &Shop, clock: &ManualClock) -> Runner 
 
 /// Runs passes (dropping a pass that hangs: the crash) until the saga ends.
 async fn until_ended(
-    store: &Arc<SqliteSagas>,
+    store: &Arc<dyn SagaStore>,
     shop: &Shop,
     clock: &ManualClock,
     id: &str,
@@ -205,149 +206,204 @@ async fn until_ended(
     panic!("saga {id} did not end");
 }
 
-fn store(dir: &tempfile::TempDir, clock: &ManualClock) -> Arc<SqliteSagas> {
-    Arc::new(
-        SqliteSagas::open(
-            dir.path().join("sagas.db"),
-            Duration::from_secs(5),
-            Arc::new(clock.clone()),
-        )
-        .unwrap(),
-    )
+/// A saga store on one backend, removed when dropped.
+struct Db {
+    store: Arc<dyn SagaStore>,
+    _dir: tempfile::TempDir,
+    schema: Option<(String, String)>,
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some((url, schema)) = &self.schema {
+            oncely_testkit::services::drop_postgres_schemas(url, std::slice::from_ref(schema));
+        }
+    }
+}
+
+/// SQLite, and PostgreSQL where the machine has it.
+fn backends(test: &str) -> Vec<Option<String>> {
+    let mut b = vec![None];
+    if let Some(url) = oncely_testkit::services::Service::Postgres.available(test) {
+        b.push(Some(url));
+    }
+    b
+}
+
+async fn open(backend: &Option<String>, clock: &ManualClock) -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    match backend {
+        None => Db {
+            store: Arc::new(
+                SqliteSagas::open(
+                    dir.path().join("sagas.db"),
+                    Duration::from_secs(5),
+                    Arc::new(clock.clone()),
+                )
+                .unwrap(),
+            ),
+            _dir: dir,
+            schema: None,
+        },
+        Some(url) => {
+            let schema = oncely_testkit::services::unique_name("oncely_saga");
+            let pool =
+                oncely_db::postgres::pool(&oncely_db::postgres::PgOptions::new(url)).unwrap();
+            let store = PgSagas::open(pool, &schema, Arc::new(clock.clone()))
+                .await
+                .unwrap();
+            Db {
+                store: Arc::new(store),
+                _dir: dir,
+                schema: Some((url.clone(), schema)),
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_card_releases_the_stock_and_a_good_one_confirms() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(Timestamp(1_800_000_000_000));
-    let store = store(&dir, &clock);
-    let shop = shop(usize::MAX);
-    let r = runner(&store, &shop, &clock);
-    for (id, decline) in [("o-paid", false), ("o-declined", true)] {
-        r.start(&NewSaga {
-            id: id.into(),
-            kind: "checkout".into(),
-            input: serde_json::json!({ "decline": decline }),
-        })
-        .await
-        .unwrap();
-    }
-    // One runner throughout, so that its counters see both ends.
-    for _ in 0..50 {
-        r.pass().await.unwrap();
-        clock.advance(Duration::from_millis(200));
-    }
-    for (id, ended) in [
-        ("o-paid", Phase::Completed),
-        ("o-declined", Phase::Compensated),
-    ] {
+    for backend in backends("a_declined_card_releases_the_stock_and_a_good_one_confirms") {
+        let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+        let db = open(&backend, &clock).await;
+        let store = db.store.clone();
+        let shop = shop(usize::MAX);
+        let r = runner(&store, &shop, &clock);
+        for (id, decline) in [("o-paid", false), ("o-declined", true)] {
+            r.start(&NewSaga {
+                id: id.into(),
+                kind: "checkout".into(),
+                input: serde_json::json!({ "decline": decline }),
+            })
+            .await
+            .unwrap();
+        }
+        // One runner throughout, so that its counters see both ends.
+        for _ in 0..50 {
+            r.pass().await.unwrap();
+            clock.advance(Duration::from_millis(200));
+        }
+        for (id, ended) in [
+            ("o-paid", Phase::Completed),
+            ("o-declined", Phase::Compensated),
+        ] {
+            assert_eq!(
+                store.get(id).await.unwrap().unwrap().0.state.phase,
+                ended,
+                "{id}"
+            );
+        }
         assert_eq!(
-            store.get(id).await.unwrap().unwrap().0.state.phase,
-            ended,
-            "{id}"
+            shop.stock.keys(),
+            [
+                "o-declined/reserve/do",
+                "o-declined/reserve/undo",
+                "o-paid/reserve/do"
+            ]
+        );
+        assert_eq!(shop.payments.keys(), ["o-paid/charge/do"]);
+        assert_eq!(shop.orders.keys(), ["o-paid/confirm/do"]);
+        let mut text = oncely_metrics::Text::new();
+        r.metrics()
+            .render(Some(&store.stats().await.unwrap()), clock.now(), &mut text);
+        let page = text.finish();
+        for line in [
+            "oncely_sagas{phase=\"completed\"} 1",
+            "oncely_sagas{phase=\"compensated\"} 1",
+            "oncely_sagas_started_total 2",
+            "oncely_sagas_ended_total{phase=\"completed\"} 1",
+            "oncely_sagas_ended_total{phase=\"compensated\"} 1",
+            "oncely_saga_steps_total{direction=\"do\",outcome=\"failed\"} 1",
+            "oncely_saga_steps_total{direction=\"undo\",outcome=\"done\"} 1",
+            "oncely_saga_oldest_active_seconds 0",
+        ] {
+            assert!(page.contains(line), "{line} in\n{page}");
+        }
+        let (saga, log) = store.get("o-declined").await.unwrap().unwrap();
+        assert_eq!(saga.state.failure.as_deref(), Some("decline"));
+        assert!(saga.outputs.contains_key("reserve"));
+        let outcomes: Vec<String> = log
+            .iter()
+            .filter(|l| l.step.is_some())
+            .map(|l| {
+                format!(
+                    "{} {} {}",
+                    l.step.as_deref().unwrap(),
+                    l.direction.as_str(),
+                    l.outcome
+                )
+            })
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                "reserve do done",
+                "charge do failed: decline",
+                "reserve undo done"
+            ]
         );
     }
-    assert_eq!(
-        shop.stock.keys(),
-        [
-            "o-declined/reserve/do",
-            "o-declined/reserve/undo",
-            "o-paid/reserve/do"
-        ]
-    );
-    assert_eq!(shop.payments.keys(), ["o-paid/charge/do"]);
-    assert_eq!(shop.orders.keys(), ["o-paid/confirm/do"]);
-    let mut text = oncely_metrics::Text::new();
-    r.metrics()
-        .render(Some(&store.stats().await.unwrap()), clock.now(), &mut text);
-    let page = text.finish();
-    for line in [
-        "oncely_sagas{phase=\"completed\"} 1",
-        "oncely_sagas{phase=\"compensated\"} 1",
-        "oncely_sagas_started_total 2",
-        "oncely_sagas_ended_total{phase=\"completed\"} 1",
-        "oncely_sagas_ended_total{phase=\"compensated\"} 1",
-        "oncely_saga_steps_total{direction=\"do\",outcome=\"failed\"} 1",
-        "oncely_saga_steps_total{direction=\"undo\",outcome=\"done\"} 1",
-        "oncely_saga_oldest_active_seconds 0",
-    ] {
-        assert!(page.contains(line), "{line} in\n{page}");
-    }
-    let (saga, log) = store.get("o-declined").await.unwrap().unwrap();
-    assert_eq!(saga.state.failure.as_deref(), Some("decline"));
-    assert!(saga.outputs.contains_key("reserve"));
-    let outcomes: Vec<String> = log
-        .iter()
-        .filter(|l| l.step.is_some())
-        .map(|l| {
-            format!(
-                "{} {} {}",
-                l.step.as_deref().unwrap(),
-                l.direction.as_str(),
-                l.outcome
-            )
-        })
-        .collect();
-    assert_eq!(
-        outcomes,
-        [
-            "reserve do done",
-            "charge do failed: decline",
-            "reserve undo done"
-        ]
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_dropped_after_any_step_acted_leaves_each_effect_once() {
     // Paid: reserve, charge, confirm are calls 1-3; declined: reserve, charge, undo.
-    for decline in [false, true] {
-        for crash_at in 1..=3 {
-            let dir = tempfile::tempdir().unwrap();
-            let clock = ManualClock::new(Timestamp(1_800_000_000_000));
-            let store = store(&dir, &clock);
-            let shop = shop(crash_at);
-            runner(&store, &shop, &clock)
-                .start(&NewSaga {
-                    id: "o-1".into(),
-                    kind: "checkout".into(),
-                    input: serde_json::json!({ "decline": decline }),
-                })
-                .await
-                .unwrap();
-            let phase = until_ended(&store, &shop, &clock, "o-1").await;
-            let case = format!("decline {decline}, crash at call {crash_at}");
-            assert!(
-                shop.crash.calls.load(Ordering::SeqCst) > crash_at,
-                "{case}: it crashed and went on"
-            );
-            let repeated = [&shop.stock, &shop.payments, &shop.orders]
-                .iter()
-                .map(|l| l.most_calls())
-                .max();
-            // A declined charge acts on nothing: its repeat shows in no ledger.
-            if !(decline && crash_at == 2) {
-                assert_eq!(
-                    repeated,
-                    Some(2),
-                    "{case}: the crashed call was repeated with its key"
-                );
-            }
-            if decline {
-                assert_eq!(phase, Phase::Compensated, "{case}");
-                assert!(
-                    shop.stock.has("o-1/reserve/do") && shop.stock.has("o-1/reserve/undo"),
-                    "{case}"
+    for backend in backends("a_runner_dropped_after_any_step_acted_leaves_each_effect_once") {
+        for decline in [false, true] {
+            for crash_at in 1..=3 {
+                let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+                let db = open(&backend, &clock).await;
+                let store = db.store.clone();
+                let shop = shop(crash_at);
+                runner(&store, &shop, &clock)
+                    .start(&NewSaga {
+                        id: "o-1".into(),
+                        kind: "checkout".into(),
+                        input: serde_json::json!({ "decline": decline }),
+                    })
+                    .await
+                    .unwrap();
+                let phase = until_ended(&store, &shop, &clock, "o-1").await;
+                let case = format!(
+                    "{}: decline {decline}, crash at call {crash_at}",
+                    if backend.is_some() {
+                        "PostgreSQL"
+                    } else {
+                        "SQLite"
+                    }
                 );
                 assert!(
-                    shop.payments.keys().is_empty() && shop.orders.keys().is_empty(),
-                    "{case}"
+                    shop.crash.calls.load(Ordering::SeqCst) > crash_at,
+                    "{case}: it crashed and went on"
                 );
-            } else {
-                assert_eq!(phase, Phase::Completed, "{case}");
-                assert_eq!(shop.stock.keys(), ["o-1/reserve/do"], "{case}");
-                assert_eq!(shop.payments.keys(), ["o-1/charge/do"], "{case}");
-                assert_eq!(shop.orders.keys(), ["o-1/confirm/do"], "{case}");
+                let repeated = [&shop.stock, &shop.payments, &shop.orders]
+                    .iter()
+                    .map(|l| l.most_calls())
+                    .max();
+                // A declined charge acts on nothing: its repeat shows in no ledger.
+                if !(decline && crash_at == 2) {
+                    assert_eq!(
+                        repeated,
+                        Some(2),
+                        "{case}: the crashed call was repeated with its key"
+                    );
+                }
+                if decline {
+                    assert_eq!(phase, Phase::Compensated, "{case}");
+                    assert!(
+                        shop.stock.has("o-1/reserve/do") && shop.stock.has("o-1/reserve/undo"),
+                        "{case}"
+                    );
+                    assert!(
+                        shop.payments.keys().is_empty() && shop.orders.keys().is_empty(),
+                        "{case}"
+                    );
+                } else {
+                    assert_eq!(phase, Phase::Completed, "{case}");
+                    assert_eq!(shop.stock.keys(), ["o-1/reserve/do"], "{case}");
+                    assert_eq!(shop.payments.keys(), ["o-1/charge/do"], "{case}");
+                    assert_eq!(shop.orders.keys(), ["o-1/confirm/do"], "{case}");
+                }
             }
         }
     }
@@ -355,33 +411,35 @@ async fn a_runner_dropped_after_any_step_acted_leaves_each_effect_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_between_attempts_undoes_the_step_that_may_have_acted() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(Timestamp(1_800_000_000_000));
-    let store = store(&dir, &clock);
-    let shop = shop(usize::MAX);
-    let r = runner(&store, &shop, &clock);
-    r.start(&NewSaga {
-        id: "o-1".into(),
-        kind: "checkout".into(),
-        input: serde_json::json!({ "flaky_reserve": true }),
-    })
-    .await
-    .unwrap();
-    // The reservation times out: the saga waits for its retry.
-    r.pass().await.unwrap();
-    let (saga, _) = store.get("o-1").await.unwrap().unwrap();
-    assert_eq!(
-        (saga.state.phase.clone(), saga.state.attempt),
-        (Phase::Forward { step: 0 }, 2)
-    );
-    assert!(store.request_cancel("o-1").await.unwrap());
-    clock.advance(Duration::from_secs(1));
-    r.pass().await.unwrap();
-    let (saga, log) = store.get("o-1").await.unwrap().unwrap();
-    assert_eq!(saga.state.phase, Phase::Compensated, "{log:?}");
-    assert_eq!(saga.state.failure.as_deref(), Some("cancelled"));
-    // The timed-out reservation might have acted: it is released (a release of nothing
-    // is a success); nothing was charged.
-    assert_eq!(shop.stock.keys(), ["o-1/reserve/undo"]);
-    assert!(shop.payments.keys().is_empty());
+    for backend in backends("a_cancel_between_attempts_undoes_the_step_that_may_have_acted") {
+        let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+        let db = open(&backend, &clock).await;
+        let store = db.store.clone();
+        let shop = shop(usize::MAX);
+        let r = runner(&store, &shop, &clock);
+        r.start(&NewSaga {
+            id: "o-1".into(),
+            kind: "checkout".into(),
+            input: serde_json::json!({ "flaky_reserve": true }),
+        })
+        .await
+        .unwrap();
+        // The reservation times out: the saga waits for its retry.
+        r.pass().await.unwrap();
+        let (saga, _) = store.get("o-1").await.unwrap().unwrap();
+        assert_eq!(
+            (saga.state.phase.clone(), saga.state.attempt),
+            (Phase::Forward { step: 0 }, 2)
+        );
+        assert!(store.request_cancel("o-1").await.unwrap());
+        clock.advance(Duration::from_secs(1));
+        r.pass().await.unwrap();
+        let (saga, log) = store.get("o-1").await.unwrap().unwrap();
+        assert_eq!(saga.state.phase, Phase::Compensated, "{log:?}");
+        assert_eq!(saga.state.failure.as_deref(), Some("cancelled"));
+        // The timed-out reservation might have acted: it is released (a release of nothing
+        // is a success); nothing was charged.
+        assert_eq!(shop.stock.keys(), ["o-1/reserve/undo"]);
+        assert!(shop.payments.keys().is_empty());
+    }
 }
