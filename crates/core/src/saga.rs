@@ -453,6 +453,17 @@ mod tests {
         }
     }
 
+    /// A saga of `p` whose first step has completed.
+    fn first_step_done(p: &SagaPlan) -> SagaState {
+        run(
+            p,
+            SagaState::start(Timestamp(0)),
+            Input::Outcome(Outcome::Done),
+            0,
+        )
+        .0
+    }
+
     /// The seed's checkout: reserve stock, capture payment (the pivot), confirm.
     fn checkout() -> SagaPlan {
         plan(3, Some(1), &[true, true, true])
@@ -497,12 +508,7 @@ mod tests {
     #[test]
     fn a_payment_timeout_is_retried_with_the_same_key_then_parks_past_its_deadline() {
         let p = checkout();
-        let (s, _) = run(
-            &p,
-            SagaState::start(Timestamp(0)),
-            Input::Outcome(Outcome::Done),
-            0,
-        );
+        let s = first_step_done(&p);
         let (s, a) = run(
             &p,
             s,
@@ -536,12 +542,7 @@ mod tests {
     #[test]
     fn after_the_pivot_a_cancel_changes_nothing() {
         let p = checkout();
-        let (s, _) = run(
-            &p,
-            SagaState::start(Timestamp(0)),
-            Input::Outcome(Outcome::Done),
-            0,
-        );
+        let s = first_step_done(&p);
         let (s, _) = run(&p, s, Input::Outcome(Outcome::Done), 0);
         let (s, a) = run(&p, s, Input::Cancel, 0);
         assert!(matches!(a, Action::Run { step: 2, .. }), "{a:?}");
@@ -552,12 +553,7 @@ mod tests {
     #[test]
     fn a_compensation_failing_twice_then_succeeding_compensates() {
         let p = plan(3, None, &[true, true, true]);
-        let (s, _) = run(
-            &p,
-            SagaState::start(Timestamp(0)),
-            Input::Outcome(Outcome::Done),
-            0,
-        );
+        let s = first_step_done(&p);
         let (s, a) = run(&p, s, Input::Outcome(Outcome::Failed("no".into())), 0);
         assert!(matches!(
             a,
@@ -594,12 +590,7 @@ mod tests {
     #[test]
     fn the_saga_deadline_turns_it_back_between_attempts_undoing_the_step_that_may_have_acted() {
         let p = plan(3, Some(2), &[true, true, true]);
-        let (s, _) = run(
-            &p,
-            SagaState::start(Timestamp(0)),
-            Input::Outcome(Outcome::Done),
-            0,
-        );
+        let s = first_step_done(&p);
         let (s, _) = run(
             &p,
             s,
@@ -616,12 +607,7 @@ mod tests {
     #[test]
     fn a_cancel_while_the_pivot_is_retried_waits_for_its_answer() {
         let p = checkout();
-        let (s, _) = run(
-            &p,
-            SagaState::start(Timestamp(0)),
-            Input::Outcome(Outcome::Done),
-            0,
-        );
+        let s = first_step_done(&p);
         let (s, _) = run(
             &p,
             s,
@@ -655,12 +641,7 @@ mod tests {
     #[test]
     fn a_stuck_compensation_reopened_goes_on_compensating() {
         let p = plan(2, None, &[true, true]);
-        let (s, _) = run(
-            &p,
-            SagaState::start(Timestamp(0)),
-            Input::Outcome(Outcome::Done),
-            0,
-        );
+        let s = first_step_done(&p);
         let (mut s, _) = run(&p, s, Input::Outcome(Outcome::Failed("no".into())), 0);
         for _ in 0..5 {
             let (next, _) = run(&p, s, Input::Outcome(Outcome::Failed("503".into())), 0);

@@ -342,14 +342,7 @@ impl AmqpConsumer {
                         message.event_type = kind.to_string();
                     }
                 }
-                let created_at = message.created_at;
-                let result = handler.handle(message).await;
-                self.metrics.record(
-                    &result,
-                    created_at,
-                    oncely_core::Clock::now(&oncely_core::SystemClock),
-                );
-                result
+                self.metrics.handle(handler, message).await
             }
             // Nothing to dedupe by: applying it could apply it twice.
             None => {

@@ -186,6 +186,23 @@ impl ConsumerMetrics {
         }
     }
 
+    /// Hands `message` to `handler` and counts what it did; the latency ends when the
+    /// handler returned (its commit). What every consumer adapter calls.
+    pub async fn handle(
+        &self,
+        handler: &(impl crate::consume::Handler + ?Sized),
+        message: crate::consume::Message,
+    ) -> Result<Outcome, HandleError> {
+        let created_at = message.created_at;
+        let result = handler.handle(message).await;
+        self.record(
+            &result,
+            created_at,
+            oncely_core::Clock::now(&oncely_core::SystemClock),
+        );
+        result
+    }
+
     /// Messages applied so far.
     pub fn applied(&self) -> u64 {
         self.applied.get()

@@ -291,13 +291,7 @@ impl NatsConsumer {
         });
         let mut message = Message::from_parts(id, m.message.payload.to_vec(), headers);
         message.delivery = info.and_then(|(_, d)| u64::try_from(d).ok());
-        let created_at = message.created_at;
-        let result = handler.handle(message).await;
-        self.metrics.record(
-            &result,
-            created_at,
-            oncely_core::Clock::now(&oncely_core::SystemClock),
-        );
+        let result = self.metrics.handle(handler, message).await;
         let ack = match &result {
             Ok(Outcome::Applied | Outcome::Duplicate) => AckKind::Ack,
             Err(HandleError::Retry(_)) => AckKind::Nak(Some(self.config.retry_delay)),

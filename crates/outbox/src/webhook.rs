@@ -348,14 +348,7 @@ impl<H: Handler> WebhookReceiver<H> {
             }
         };
         let result = match message_of(id, headers, body) {
-            Ok(message) => {
-                let created_at = message.created_at;
-                let result = self.handler.handle(message).await;
-                // The latency ends at the handler's commit, not at the request's arrival.
-                let committed = oncely_core::Clock::now(&oncely_core::SystemClock);
-                self.metrics.record(&result, created_at, committed);
-                result
-            }
+            Ok(message) => self.metrics.handle(&self.handler, message).await,
             Err(e) => {
                 let result = Err(e);
                 self.metrics.record(&result, None, now);

@@ -238,3 +238,21 @@ pub(crate) async fn kill_when_dead<T>(dying: &EffectHandler, task: tokio::task::
     task.abort();
     let _ = task.await;
 }
+
+/// Waits for `total` effects, stops the relay, and checks that every event had its effect
+/// once, in its aggregate's order, and that nothing is left pending.
+pub(crate) async fn all_applied_once(
+    effects: &Effects,
+    running: Running,
+    store: &dyn oncely_outbox::OutboxStore,
+    total: usize,
+) {
+    effects.wait_for(total, Duration::from_secs(180)).await;
+    running.stop().await;
+    assert_eq!(
+        effects.assert_once_in_order(),
+        total,
+        "every event applied once"
+    );
+    assert_eq!(store.stats().await.unwrap().pending, 0);
+}

@@ -181,15 +181,7 @@ async fn ten_thousand_events_survive_a_cut_connection_and_a_consumer_killed_befo
         let handler = effects.handler("billing", None);
         async move { second.run(handler, std::future::pending()).await }
     });
-    effects.wait_for(TOTAL, Duration::from_secs(180)).await;
-    running.stop().await;
-
-    assert_eq!(
-        effects.assert_once_in_order(),
-        TOTAL,
-        "every event applied once"
-    );
-    assert_eq!(f.store().stats().await.unwrap().pending, 0);
+    crate::consume::all_applied_once(&effects, running, &*f.store(), TOTAL).await;
     let mut stream = publisher.jetstream().get_stream(&name).await.unwrap();
     assert_eq!(
         stream.info().await.unwrap().state.messages,

@@ -51,14 +51,7 @@ async fn signed_webhooks_arrive_once_after_the_receiver_comes_up() {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let app = Router::new().route("/hooks", receiver.into_route());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    effects.wait_for(TOTAL, Duration::from_secs(180)).await;
-    running.stop().await;
-    assert_eq!(
-        effects.assert_once_in_order(),
-        TOTAL,
-        "every event applied once"
-    );
-    assert_eq!(f.store().stats().await.unwrap().pending, 0);
+    crate::consume::all_applied_once(&effects, running, &*f.store(), TOTAL).await;
     assert_eq!(metrics.applied(), TOTAL as u64);
 
     // A repeat (the sender never saw the answer): 2xx, nothing applied.
