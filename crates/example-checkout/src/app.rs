@@ -1,5 +1,7 @@
-//! The checkout service: the idempotency layer in front of an axum router whose
-//! `POST /checkout` runs the checkout operation, plus the completer and the reaper.
+//! The checkout service: `POST /checkout` behind the idempotency layer starts the checkout
+//! saga and answers with its outcome (or 202 and where to look, when it takes longer than
+//! `wait`); a saga runner in the same process drives the sagas; an optional admin listener
+//! serves `/metrics` and the saga admin API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,23 +9,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, Response, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
-use oncely_core::{Clock, StoredResponse, SystemClock};
+use oncely_core::{Clock, SystemClock};
 use oncely_http::{Claimed, Engine, IdempotencyLayer, KeyRequirement, RoutePolicy};
 use oncely_open::StoreUrl;
-use oncely_recovery::postgres::PgJournal;
-use oncely_recovery::sqlite::SqliteJournal;
-use oncely_recovery::{operation_id, Completer, Hooks, Operation, Reaper, Recovery, RecoveryError};
+use oncely_saga::{Runner, RunnerConfig, SagaError, SagaStore};
 
-use crate::db::ShopDb;
-use crate::shop::{CheckoutRequest, CheckoutState, Provider};
+use crate::checkout::{self, Checkout, CheckoutConfig, CheckoutInput, CheckoutRequest, Outcome};
+use crate::orders::OrdersDb;
 
-/// Where the shop keeps its orders and recovery points.
+/// Where the shop keeps its orders and its sagas.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DbUrl {
     /// `sqlite://PATH`
@@ -32,8 +32,8 @@ pub enum DbUrl {
     Postgres {
         /// The connection URL, without the `?schema=` query.
         url: String,
-        /// The schema of the shop's tables and the journal's `operations` table; the
-        /// layer's records go to `{schema}_keys`.
+        /// The schema of the shop's tables and its sagas; the layer's records go to
+        /// `{schema}_keys`.
         schema: String,
     },
 }
@@ -80,108 +80,171 @@ impl DbUrl {
             }
         }
     }
+
+    /// The saga store and the orders table in this database.
+    pub async fn open(
+        &self,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Arc<dyn SagaStore>, OrdersDb), String> {
+        match self {
+            DbUrl::Sqlite(path) => {
+                let sagas =
+                    oncely_saga::sqlite::SqliteSagas::open(path, Duration::from_secs(10), clock)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok((Arc::new(sagas), OrdersDb::sqlite(path)?))
+            }
+            DbUrl::Postgres { url, schema } => {
+                let mut opts = oncely_db::postgres::PgOptions::new(url.clone());
+                opts.schema = schema.clone();
+                let pool = oncely_db::postgres::pool(&opts)?;
+                let sagas = oncely_saga::postgres::PgSagas::open(pool.clone(), schema, clock)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((Arc::new(sagas), OrdersDb::postgres(pool, schema).await?))
+            }
+        }
+    }
 }
 
 /// The checkout service's settings, one per flag of `oncely-example-checkout checkout`.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The shop's database: its orders, its outbox and the recovery points, all in one place
-    /// so that each atomic phase commits its writes and its point together.
+    /// The shop's database: its orders and its sagas.
     pub db: DbUrl,
-    /// The idempotency layer's store (by default [`DbUrl::default_keys`]): the layer's
-    /// records stay apart from the shop's tables.
+    /// The idempotency layer's store (by default [`DbUrl::default_keys`]).
     pub keys: StoreUrl,
-    /// The payment provider's base URL; the charge phase posts to `{provider}/charges`.
+    /// The inventory service's base URL.
+    pub inventory: String,
+    /// The payment provider's base URL.
     pub provider: String,
     /// The address to listen on; port 0 takes a free one, shown on the `listening on` line.
     pub listen: SocketAddr,
-    /// The layer's lease: how long a crashed request blocks its key.
+    /// The admin listener (`/metrics`, `/sagas...`), loopback unless `admin_token` is set.
+    pub admin: Option<SocketAddr>,
+    /// The bearer token the admin listener requires.
+    pub admin_token: Option<String>,
+    /// How long a crashed request blocks its key, and a crashed runner its sagas.
     pub lease: Duration,
-    /// The bound on one charge request. A timeout interrupts the charge phase (503), and the
-    /// retry calls again with the same derived key, which the provider deduplicates.
+    /// The bound on one HTTP attempt of a step; a timeout is retried with the same key.
     pub provider_timeout: Duration,
-    /// Kill the process (SIGKILL) when a run reaches this boundary (crash tests).
+    /// How long `POST /checkout` waits for the outcome before answering 202.
+    pub wait: Duration,
+    /// How often an idle runner looks for due sagas.
+    pub poll: Duration,
+    /// Step and saga deadlines, backoff and compensation attempts.
+    pub checkout: CheckoutConfig,
+    /// Kill the process (SIGKILL) when a checkout reaches this boundary (crash tests).
     pub crash_at: Option<String>,
-    /// How long a checkout stays untouched before the completer finishes it for a client
-    /// that never came back. Keep it above `provider_timeout`, or the completer repeats a
-    /// charge that is merely slow.
-    pub complete_after: Duration,
-    /// How often the completer looks for abandoned checkouts.
-    pub complete_every: Duration,
-    /// How long the layer keeps a finished key (its TTL) and the reaper keeps a finished
-    /// operation: one value, so an operation never goes before the key that leads to it.
-    /// Once both are gone, the key starts a new operation.
+    /// Run no saga runner (a process that only takes checkouts; another process runs them).
+    pub no_runner: bool,
+    /// How long the layer keeps a finished key.
     pub retention: Duration,
+}
+
+impl Config {
+    /// Refuses settings that cannot work together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lease < Duration::from_millis(200) {
+            return Err("--lease must be at least 200ms".into());
+        }
+        if self.provider_timeout * 2 >= self.lease {
+            return Err(format!(
+                "--provider-timeout ({:?}) must be under half of --lease ({:?}): a step's attempt is given half the lease",
+                self.provider_timeout, self.lease
+            ));
+        }
+        if let Some(b) = &self.crash_at {
+            let all = checkout::boundaries();
+            if !all.contains(b) {
+                return Err(format!(
+                    "--crash-at `{b}` is not a boundary (one of: {})",
+                    all.join(", ")
+                ));
+            }
+        }
+        if let (Some(addr), None) = (self.admin, &self.admin_token) {
+            if !addr.ip().is_loopback() {
+                return Err(format!(
+                    "--admin {addr}: without --admin-token the admin listener binds loopback only"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the handlers share.
+pub struct Shop {
+    /// The checkout's services.
+    pub checkout: Arc<Checkout>,
+    /// The runner that starts and drives checkouts.
+    pub runner: Arc<Runner>,
+    /// The sagas.
+    pub sagas: Arc<dyn SagaStore>,
+    /// How long `POST /checkout` waits for an outcome.
+    pub wait: Duration,
 }
 
 /// Kills the process at one boundary, as a power cut or an OOM kill would: no destructor,
 /// no flush, no rollback other than the database's own.
-struct CrashAt(String);
-
-impl Hooks for CrashAt {
-    fn reached(&self, operation: &str, boundary: &str) -> bool {
-        if boundary == self.0 {
-            eprintln!("crash point reached: {operation} {boundary}");
+fn crash_at(boundary: String) -> checkout::Boundary {
+    Arc::new(move |reached: &str| {
+        if reached == boundary {
+            eprintln!("crash point reached: {reached}");
             // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
             #[allow(unsafe_code)]
             unsafe {
                 libc::kill(libc::getpid(), libc::SIGKILL);
             }
         }
-        true
-    }
+    })
 }
 
-/// What the handlers share, built once at start-up for one database.
-pub struct Shop<J: ShopDb> {
-    /// The database: the journal of recovery points, and through it the shop's own tables.
-    pub journal: Arc<J>,
-    /// Runs the checkout from its recovery point (with the crash hook under `crash_at`).
-    pub recovery: Arc<Recovery<J>>,
-    /// The checkout operation, validated at start-up and registered with the completer.
-    pub checkout: Arc<Operation<J, CheckoutState>>,
-}
-
-/// Runs the service until the process ends. Prints `listening on http://ADDR` once ready.
+/// Runs the service until the process ends. Prints `listening on http://ADDR` once ready
+/// (and `admin on http://ADDR` when an admin listener is asked for).
 pub async fn run(cfg: Config) -> Result<(), String> {
-    match &cfg.db {
-        DbUrl::Sqlite(path) => {
-            let journal = SqliteJournal::open(path, Duration::from_secs(5))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            serve(Arc::new(journal), cfg).await
-        }
-        DbUrl::Postgres { url, schema } => {
-            let pool = oncely_recovery::postgres::pool(url, 16, Duration::from_secs(5))
-                .map_err(|e| e.to_string())?;
-            let journal =
-                PgJournal::new(pool, schema, Duration::from_secs(10)).map_err(|e| e.to_string())?;
-            serve(Arc::new(journal), cfg).await
-        }
-    }
-}
-
-async fn serve<J: ShopDb>(journal: Arc<J>, cfg: Config) -> Result<(), String> {
-    journal.setup().await?;
+    cfg.validate()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let provider = Arc::new(Provider::new(&cfg.provider, cfg.provider_timeout)?);
-    let mut recovery = Recovery::new(journal.clone(), clock.clone());
-    if let Some(b) = &cfg.crash_at {
-        recovery = recovery.with_hooks(Arc::new(CrashAt(b.clone())));
-    }
-    let recovery = Arc::new(recovery);
-    let checkout = Arc::new(journal.checkout(provider));
-    checkout.validate().map_err(|e| e.to_string())?;
-    let shop = Arc::new(Shop {
-        journal,
-        recovery: recovery.clone(),
-        checkout: checkout.clone(),
+    let (sagas, orders) = cfg.db.open(clock.clone()).await?;
+    let step_bound = cfg.lease / 2 - Duration::from_millis(50).min(cfg.lease / 4);
+    let client = oncely_client::Client::builder()
+        .attempt_timeout(Some(cfg.provider_timeout))
+        .deadline(Some(step_bound))
+        .base_delay(Duration::from_millis(20))
+        .max_delay(Duration::from_millis(200))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let checkout = Arc::new(Checkout {
+        orders,
+        inventory: cfg.inventory.trim_end_matches('/').to_owned(),
+        payments: cfg.provider.trim_end_matches('/').to_owned(),
+        http: oncely_saga::http::HttpSteps::new(Arc::new(client)),
+        config: cfg.checkout.clone(),
     });
-
-    Completer::new(recovery.clone())
-        .register(checkout)
-        .idle_after(cfg.complete_after)
-        .spawn(cfg.complete_every);
-    Reaper::new(recovery, cfg.retention).spawn(Duration::from_secs(600));
+    let definition = checkout.definition(cfg.crash_at.clone().map(crash_at));
+    let runner = Arc::new(
+        Runner::new(
+            sagas.clone(),
+            vec![definition],
+            clock.clone(),
+            RunnerConfig {
+                lease: cfg.lease,
+                batch: 16,
+                poll: cfg.poll,
+            },
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    if !cfg.no_runner {
+        let r = runner.clone();
+        tokio::spawn(async move { r.run(std::future::pending()).await });
+    }
+    let shop = Arc::new(Shop {
+        checkout,
+        runner: runner.clone(),
+        sagas: sagas.clone(),
+        wait: cfg.wait,
+    });
 
     let store = cfg
         .keys
@@ -190,9 +253,9 @@ async fn serve<J: ShopDb>(journal: Arc<J>, cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("idempotency store: {e}"))?;
     let engine = Arc::new(Engine::new(
         store,
-        clock,
-        crate::keyed_route(
-            "/checkout",
+        clock.clone(),
+        crate::keyed_routes(
+            &["/checkout"],
             RoutePolicy {
                 key: KeyRequirement::Required,
                 lease: cfg.lease,
@@ -201,6 +264,15 @@ async fn serve<J: ShopDb>(journal: Arc<J>, cfg: Config) -> Result<(), String> {
             },
         )?,
     ));
+    if let Some(addr) = cfg.admin {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("admin listen on {addr}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        println!("admin on http://{local}");
+        let app = admin_router(sagas, runner, clock, cfg.admin_token.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
     let app = router(shop, engine);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -210,21 +282,79 @@ async fn serve<J: ShopDb>(journal: Arc<J>, cfg: Config) -> Result<(), String> {
     axum::serve(listener, app).await.map_err(|e| e.to_string())
 }
 
-/// `POST /checkout` and `GET /orders` behind the idempotency layer, which decides replays,
-/// 409s and 422s before the handler runs. The checkout answers bad input with 400, an
-/// operation that exists with another input with 409 (a status the layer does not store), a
-/// transient failure with 503 and `Retry-After: 1` (the layer releases the key on a 5xx, so
-/// the retry resumes from the recovery point), and any other failure with 500.
-pub fn router<J: ShopDb>(shop: Arc<Shop<J>>, engine: Arc<Engine>) -> Router {
+/// `/metrics` (the runner's counts and the store's per-phase gauges), `/healthz`, and the
+/// saga admin API, behind a bearer token when one is set.
+pub fn admin_router(
+    sagas: Arc<dyn SagaStore>,
+    runner: Arc<Runner>,
+    clock: Arc<dyn Clock>,
+    token: Option<String>,
+) -> Router {
+    let metrics = runner.metrics();
+    let store = sagas.clone();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let (metrics, store, clock) = (metrics.clone(), store.clone(), clock.clone());
+                async move {
+                    let stats = store.stats().await.ok();
+                    let mut text = oncely_metrics::Text::new();
+                    metrics.render(stats.as_ref(), clock.now(), &mut text);
+                    (
+                        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        text.finish(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(oncely_saga::admin::router(sagas));
+    match token {
+        None => app,
+        Some(token) => app.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let ok = req
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+                async move {
+                    if ok {
+                        next.run(req).await
+                    } else {
+                        problem(
+                            401,
+                            "unauthorized",
+                            "a valid admin bearer token is required",
+                        )
+                        .into_response()
+                    }
+                }
+            },
+        )),
+    }
+}
+
+/// Compares without an early exit, so the time taken says nothing about a guessed token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /checkout`, `GET /checkouts/{id}` and `GET /orders`, behind the idempotency layer,
+/// which decides replays, 409s and 422s before the handler runs.
+pub fn router(shop: Arc<Shop>, engine: Arc<Engine>) -> Router {
     Router::new()
-        .route("/checkout", post(checkout::<J>))
-        .route("/orders", get(orders::<J>))
+        .route("/checkout", post(start_checkout))
+        .route("/checkouts/{id}", get(show_checkout))
+        .route("/orders", get(orders))
         .with_state(shop)
         .layer(IdempotencyLayer::new(engine))
 }
 
-async fn checkout<J: ShopDb>(
-    State(shop): State<Arc<Shop<J>>>,
+async fn start_checkout(
+    State(shop): State<Arc<Shop>>,
     claimed: Option<Extension<Claimed>>,
     body: Bytes,
 ) -> Response<Body> {
@@ -237,68 +367,152 @@ async fn checkout<J: ShopDb>(
             "an Idempotency-Key is required",
         );
     };
-    let id = operation_id(&claimed.record_key);
+    let k = &claimed.record_key;
+    let id = checkout::saga_id(&[
+        k.scope.tenant.as_str(),
+        &k.scope.method,
+        &k.scope.route,
+        k.key.as_str(),
+    ]);
     let request: CheckoutRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return problem(400, "invalid-checkout", &e.to_string()),
     };
-    let state = match CheckoutState::from_request(id.clone(), request) {
-        Ok(s) => s,
+    let input = match CheckoutInput::new(&id, request) {
+        Ok(i) => i,
         Err(detail) => return problem(400, "invalid-checkout", &detail),
     };
-    match shop.recovery.run(&shop.checkout, &id, state).await {
-        Ok(response) => to_http(response),
-        // Only reachable when the layer's record expired before the operation's: answered
-        // with 409, which the layer does not store, so this request's fingerprint never
-        // takes the key over from the original one.
-        Err(e @ RecoveryError::InputMismatch { .. }) => {
-            problem(409, "checkout-input-mismatch", &e.to_string())
-        }
-        Err(e) if e.is_transient() => {
-            // 5xx: the layer releases the key, and the client's retry resumes the operation
-            // from its recovery point.
-            tracing::warn!(operation = %id, error = %e, "checkout interrupted");
-            let mut r = problem(503, "checkout-interrupted", &e.to_string());
-            r.headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
+    match Checkout::start(&shop.runner, &id, &input).await {
+        Ok(_) => {}
+        // Only reachable when the layer's record expired before the saga: 409, which the
+        // layer does not store, so this request never takes the key over.
+        Err(e @ SagaError::Conflict(_)) => {
+            return problem(409, "checkout-input-mismatch", &e.to_string())
         }
         Err(e) => {
-            tracing::error!(operation = %id, error = %e, "checkout cannot go on");
-            problem(500, "checkout-failed", &e.to_string())
+            // 5xx: the layer releases the key, and the client's retry starts it again (a
+            // no-op if it was stored after all).
+            let mut r = problem(503, "checkout-unavailable", &e.to_string());
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + shop.wait;
+    loop {
+        let outcome = match shop.sagas.get(&id).await {
+            Ok(Some((saga, _))) => shop.checkout.outcome(&saga).await,
+            Ok(None) => Err(format!("saga {id} vanished")),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(Outcome::Pending { .. } | Outcome::Stuck { .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(outcome) => return answer(&id, outcome),
+            Err(e) => {
+                let mut r = problem(503, "checkout-unavailable", &e);
+                r.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
         }
     }
 }
 
-async fn orders<J: ShopDb>(State(shop): State<Arc<Shop<J>>>) -> Response<Body> {
-    match shop.journal.orders().await {
+/// The answer for an outcome: 201 confirmed; 402 declined; 422 turned back otherwise; 202
+/// still on its way (with where to look).
+fn answer(id: &str, outcome: Outcome) -> Response<Body> {
+    let location = format!("/checkouts/{id}");
+    let mut r = match &outcome {
+        Outcome::Confirmed(_) => {
+            (StatusCode::CREATED, Json(status_json(id, &outcome))).into_response()
+        }
+        Outcome::Cancelled { reason, .. } if reason.contains("402") => problem_with(
+            402,
+            "payment-declined",
+            "the card was declined; the stock is released and the order cancelled",
+            status_json(id, &outcome),
+        ),
+        Outcome::Cancelled { .. } => problem_with(
+            422,
+            "checkout-cancelled",
+            "the checkout turned back; the stock is released and the order cancelled",
+            status_json(id, &outcome),
+        ),
+        Outcome::Pending { .. } | Outcome::Stuck { .. } => {
+            (StatusCode::ACCEPTED, Json(status_json(id, &outcome))).into_response()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(http::header::LOCATION, v);
+    }
+    r
+}
+
+fn status_json(id: &str, outcome: &Outcome) -> serde_json::Value {
+    match outcome {
+        Outcome::Confirmed(order) => serde_json::json!({
+            "checkout": id, "state": "confirmed", "order_id": order.id,
+            "amount": order.amount, "charge_id": order.charge_id,
+        }),
+        Outcome::Cancelled {
+            order_id, reason, ..
+        } => serde_json::json!({
+            "checkout": id, "state": "cancelled", "order_id": order_id, "reason": reason,
+        }),
+        Outcome::Pending { order_id } => serde_json::json!({
+            "checkout": id, "state": "pending", "order_id": order_id,
+        }),
+        Outcome::Stuck { order_id, reason } => serde_json::json!({
+            "checkout": id, "state": "stuck", "order_id": order_id, "reason": reason,
+        }),
+    }
+}
+
+async fn show_checkout(State(shop): State<Arc<Shop>>, Path(id): Path<String>) -> Response<Body> {
+    match shop.sagas.get(&id).await {
+        Ok(Some((saga, log))) => match shop.checkout.outcome(&saga).await {
+            Ok(outcome) => {
+                let mut v = status_json(&id, &outcome);
+                let mut s = oncely_saga::admin::saga_json(&saga);
+                s["log"] = log.iter().map(oncely_saga::admin::log_json).collect();
+                v["saga"] = s;
+                Json(v).into_response()
+            }
+            Err(e) => problem(503, "checkout-unavailable", &e),
+        },
+        Ok(None) => problem(404, "not-found", &format!("no checkout {id}")),
+        Err(e) => problem(503, "checkout-unavailable", &e.to_string()),
+    }
+}
+
+async fn orders(State(shop): State<Arc<Shop>>) -> Response<Body> {
+    match shop.checkout.orders.list().await {
         Ok(orders) => Json(orders).into_response(),
         Err(e) => problem(503, "database-unavailable", &e),
     }
 }
 
-fn to_http(stored: StoredResponse) -> Response<Body> {
-    let mut r = Response::new(Body::from(stored.body));
-    *r.status_mut() =
-        StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    for (name, value) in stored.headers {
-        if let (Ok(n), Ok(v)) = (
-            http::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(&value),
-        ) {
-            r.headers_mut().append(n, v);
-        }
-    }
-    r
+fn problem(status: u16, slug: &str, detail: &str) -> Response<Body> {
+    problem_with(status, slug, detail, serde_json::json!({}))
 }
 
-fn problem(status: u16, slug: &str, detail: &str) -> Response<Body> {
-    let body = serde_json::json!({
+/// A problem document with `extra`'s fields beside the standard ones.
+fn problem_with(status: u16, slug: &str, detail: &str, extra: serde_json::Value) -> Response<Body> {
+    let mut body = serde_json::json!({
         "type": format!("urn:oncely:example:{slug}"),
         "title": slug.replace('-', " "),
         "status": status,
         "detail": detail,
     });
+    if let (Some(b), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
+        for (k, v) in extra {
+            b.entry(k).or_insert(v);
+        }
+    }
     let mut r = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(

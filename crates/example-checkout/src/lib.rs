@@ -1,18 +1,20 @@
-//! An example of the three parts working together: a checkout service whose `POST /checkout`
-//! is a multi-step operation with recovery points (create the order, charge the card at a
-//! payment provider, queue the receipt email), behind the same idempotency layer the gateway
-//! runs; and the fake payment provider it charges, with idempotency of its own.
+//! The checkout saga across three services, as real HTTP services: the shop (its orders,
+//! the saga runner, `POST /checkout` behind the idempotency layer), a fake inventory service
+//! and a fake payment provider, each with idempotency of its own.
 //!
-//! `tests/crash.rs` kills the service at every boundary of the operation, restarts it,
-//! retries, and checks one order, one charge, one email and the response of a run without
-//! crashes, on SQLite and on PostgreSQL.
+//! [`checkout`] is the library call (the saga's definition, starting one, reading its
+//! outcome); [`app`] the shop's process; [`inventory`] and [`payments`] the two services,
+//! whose ledgers the tests count. `tests/crash.rs` kills the shop at every step and
+//! compensation boundary, restarts it, and checks that each checkout ends confirmed or
+//! cancelled with each effect once, on SQLite and on PostgreSQL.
 
 #![warn(missing_docs)]
 
 pub mod app;
-pub mod db;
+pub mod checkout;
+pub mod inventory;
+pub mod orders;
 pub mod payments;
-pub mod shop;
 
 /// The README's Rust snippets, compiled as doctests so that they cannot drift from the API
 /// (this crate depends on everything they use: the layer, `oncely-open`, recovery points).
@@ -24,24 +26,22 @@ use std::sync::Arc;
 
 use oncely_http::{PathPattern, Route, RoutePolicy, Routes};
 
-/// Routes in which only `POST path` is keyed, with `policy`.
-pub fn keyed_route(path: &str, policy: RoutePolicy) -> Result<Routes, String> {
+/// Routes in which only `POST` to each of `paths` is keyed, with `policy`.
+pub fn keyed_routes(paths: &[&str], policy: RoutePolicy) -> Result<Routes, String> {
+    let policy = Arc::new(policy);
+    let routes = paths
+        .iter()
+        .map(|p| {
+            Ok(Route {
+                methods: vec![http::Method::POST],
+                path: PathPattern::parse(p)?,
+                policy: policy.clone(),
+            })
+        })
+        .collect::<Result<_, String>>()?;
     Ok(Routes {
-        routes: vec![Route {
-            methods: vec![http::Method::POST],
-            path: PathPattern::parse(path)?,
-            policy: Arc::new(policy),
-        }],
+        routes,
         fallback: None,
         fallback_methods: Vec::new(),
     })
-}
-
-/// The checkout's crash boundaries, in the order a run passes them (the phases have the same
-/// names and kinds on both databases; the PostgreSQL crash test checks that).
-pub fn boundaries() -> Vec<String> {
-    match shop::Provider::new("http://127.0.0.1:9", std::time::Duration::from_secs(1)) {
-        Ok(p) => db::sqlite_checkout(Arc::new(p)).boundaries(),
-        Err(_) => Vec::new(),
-    }
 }

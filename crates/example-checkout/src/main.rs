@@ -1,18 +1,20 @@
-//! `oncely-example-checkout`: the example checkout service and its fake payment provider.
+//! `oncely-example-checkout`: the checkout service, and the inventory and payment services
+//! its saga calls.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use oncely_core::parse_duration;
 use oncely_example_checkout::app::{self, Config, DbUrl};
+use oncely_example_checkout::checkout::CheckoutConfig;
 use oncely_open::StoreUrl;
 
 #[derive(Parser)]
 #[command(
     name = "oncely-example-checkout",
-    about = "A checkout on recovery points behind the idempotency layer, and a fake payment provider"
+    about = "The checkout saga across three services: the shop, an inventory service and a payment provider"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,45 +23,75 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The checkout service: POST /checkout, GET /orders.
-    Checkout {
-        /// The shop's database: sqlite://PATH or postgres://USER@HOST/DB?schema=NAME.
-        #[arg(long, default_value = "sqlite://checkout.db")]
-        db: String,
-        /// The idempotency layer's store (any `oncely serve --store` URL); by default beside
-        /// the shop's data: PATH.keys, or the schema NAME_keys.
-        #[arg(long)]
-        keys: Option<String>,
-        /// The payment provider's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:3100")]
-        provider: String,
-        #[arg(long, default_value = "127.0.0.1:3000")]
-        listen: SocketAddr,
-        /// How long a crashed request blocks its key before a retry takes it over.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        lease: Duration,
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        provider_timeout: Duration,
-        /// Kill the process with SIGKILL when a checkout reaches this boundary (for crash
-        /// tests; see `boundaries`).
-        #[arg(long, env = "CHECKOUT_CRASH_AT")]
-        crash_at: Option<String>,
-        /// The completer finishes checkouts untouched for this long (the client went away).
-        #[arg(long, default_value = "5m", value_parser = parse_duration)]
-        complete_after: Duration,
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        complete_every: Duration,
-        /// How long finished checkouts and their keys are kept.
-        #[arg(long, default_value = "24h", value_parser = parse_duration)]
-        retention: Duration,
-    },
+    /// The shop: POST /checkout runs the checkout saga; GET /checkouts/ID, GET /orders.
+    Checkout(Box<CheckoutArgs>),
     /// The fake payment provider: POST /charges (Idempotency-Key required), GET /charges.
     Payments {
         #[arg(long, default_value = "127.0.0.1:3100")]
         listen: SocketAddr,
     },
+    /// The fake inventory service: POST /reservations, POST /reservations/REF/release
+    /// (Idempotency-Key required), GET /reservations, GET /stock.
+    Inventory {
+        #[arg(long, default_value = "127.0.0.1:3200")]
+        listen: SocketAddr,
+    },
     /// Prints the checkout's crash boundaries, one per line.
     Boundaries,
+}
+
+#[derive(Args)]
+struct CheckoutArgs {
+    /// The shop's database (orders and sagas): sqlite://PATH or
+    /// postgres://USER@HOST/DB?schema=NAME.
+    #[arg(long, default_value = "sqlite://checkout.db")]
+    db: String,
+    /// The idempotency layer's store (any `oncely serve --store` URL); by default beside
+    /// the shop's data: PATH.keys, or the schema NAME_keys.
+    #[arg(long)]
+    keys: Option<String>,
+    /// The inventory service's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:3200")]
+    inventory: String,
+    /// The payment provider's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:3100")]
+    provider: String,
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// The admin listener: GET /metrics, GET /sagas, POST /sagas/ID/cancel...
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// The bearer token the admin listener requires (needed to bind beyond loopback).
+    #[arg(long, env = "ONCELY_ADMIN_TOKEN")]
+    admin_token: Option<String>,
+    /// How long a crashed request blocks its key, and a crashed runner its sagas.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    lease: Duration,
+    /// The bound on one HTTP attempt of a step (under half of --lease).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    provider_timeout: Duration,
+    /// How long POST /checkout waits for the outcome before answering 202.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    wait: Duration,
+    /// How often an idle runner looks for due sagas.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    poll: Duration,
+    /// How long a step is retried before it counts as failed.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    step_deadline: Duration,
+    /// A checkout's deadline: past it, one before its payment turns back.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    deadline: Duration,
+    /// Run no saga runner here (another process runs the checkouts).
+    #[arg(long)]
+    no_runner: bool,
+    /// Kill the process with SIGKILL when a checkout reaches this boundary (crash
+    /// tests; see `boundaries`).
+    #[arg(long, env = "CHECKOUT_CRASH_AT")]
+    crash_at: Option<String>,
+    /// How long finished keys are kept.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    retention: Duration,
 }
 
 #[tokio::main]
@@ -80,60 +112,74 @@ async fn main() -> ExitCode {
     }
 }
 
+async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("listen on {addr}: {e}"))?;
+    println!(
+        "listening on http://{}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    Ok(listener)
+}
+
 async fn run(command: Command) -> Result<(), String> {
     match command {
-        Command::Checkout {
-            db,
-            keys,
-            provider,
-            listen,
-            lease,
-            provider_timeout,
-            crash_at,
-            complete_after,
-            complete_every,
-            retention,
-        } => {
+        Command::Checkout(args) => {
+            let CheckoutArgs {
+                db,
+                keys,
+                inventory,
+                provider,
+                listen,
+                admin,
+                admin_token,
+                lease,
+                provider_timeout,
+                wait,
+                poll,
+                step_deadline,
+                deadline,
+                no_runner,
+                crash_at,
+                retention,
+            } = *args;
             let db = DbUrl::parse(&db)?;
             let keys = match keys {
                 Some(k) => StoreUrl::parse(&k)?,
                 None => db.default_keys()?,
             };
-            let boundaries = oncely_example_checkout::boundaries();
-            if let Some(b) = &crash_at {
-                if !boundaries.contains(b) {
-                    return Err(format!(
-                        "--crash-at `{b}` is not a boundary (one of: {})",
-                        boundaries.join(", ")
-                    ));
-                }
-            }
             app::run(Config {
                 db,
                 keys,
+                inventory,
                 provider,
                 listen,
+                admin,
+                admin_token,
                 lease,
                 provider_timeout,
+                wait,
+                poll,
+                checkout: CheckoutConfig {
+                    step_deadline,
+                    deadline,
+                    ..CheckoutConfig::default()
+                },
                 crash_at,
-                complete_after,
-                complete_every,
+                no_runner,
                 retention,
             })
             .await
         }
-        Command::Payments { listen } => {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .map_err(|e| format!("listen on {listen}: {e}"))?;
-            println!(
-                "listening on http://{}",
-                listener.local_addr().map_err(|e| e.to_string())?
-            );
-            oncely_example_checkout::payments::serve(listener).await
+        Command::Payments { listen: addr } => {
+            oncely_example_checkout::payments::serve(listen(addr).await?).await
+        }
+        Command::Inventory { listen: addr } => {
+            oncely_example_checkout::inventory::serve(listen(addr).await?).await
         }
         Command::Boundaries => {
-            for b in oncely_example_checkout::boundaries() {
+            for b in oncely_example_checkout::checkout::boundaries() {
                 println!("{b}");
             }
             Ok(())

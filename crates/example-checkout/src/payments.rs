@@ -36,6 +36,7 @@ pub struct Ledger {
     requests: AtomicU64,
     received: AtomicU64,
     fail_next: AtomicU64,
+    slow_next: AtomicU64,
 }
 
 impl Ledger {
@@ -54,6 +55,11 @@ impl Ledger {
     /// The next `n` charge requests fail with 503 before doing anything.
     pub fn fail_next(&self, n: u64) {
         self.fail_next.store(n, Ordering::SeqCst);
+    }
+    /// The next charge executes, then answers only after `ms` milliseconds (a provider
+    /// timeout: the charge happened, its answer is late).
+    pub fn slow_next(&self, ms: u64) {
+        self.slow_next.store(ms, Ordering::SeqCst);
     }
 }
 
@@ -85,13 +91,20 @@ async fn charge(
             Json(serde_json::json!({"error": "card_declined"})),
         );
     }
-    let mut charges = ledger.charges.lock_ignoring_poison();
-    let c = Charge {
-        id: format!("ch_{}", charges.len() + 1),
-        amount: req.amount,
-        reference: req.reference,
+    let c = {
+        let mut charges = ledger.charges.lock_ignoring_poison();
+        let c = Charge {
+            id: format!("ch_{}", charges.len() + 1),
+            amount: req.amount,
+            reference: req.reference,
+        };
+        charges.push(c.clone());
+        c
     };
-    charges.push(c.clone());
+    let slow = ledger.slow_next.swap(0, Ordering::SeqCst);
+    if slow > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(slow)).await;
+    }
     (StatusCode::CREATED, Json(serde_json::json!(c)))
 }
 
@@ -112,15 +125,21 @@ struct FailNext {
     n: u64,
 }
 
+#[derive(Deserialize)]
+struct SlowNext {
+    ms: u64,
+}
+
 /// The provider's router: `POST /charges` (an `Idempotency-Key` is required), `GET /charges`
-/// (the ledger), `POST /control/fail-next?n=N` (fault injection).
+/// (the ledger), `POST /control/fail-next?n=N` and `POST /control/slow-next?ms=N` (fault
+/// injection).
 pub fn router() -> Result<(Router, Arc<Ledger>), String> {
     let ledger = Arc::new(Ledger::default());
     let engine = Arc::new(Engine::new(
         Arc::new(MemoryStore::new(Arc::new(SystemClock))),
         Arc::new(SystemClock),
-        crate::keyed_route(
-            "/charges",
+        crate::keyed_routes(
+            &["/charges"],
             RoutePolicy {
                 key: KeyRequirement::Required,
                 ..RoutePolicy::default()
@@ -137,6 +156,15 @@ pub fn router() -> Result<(Router, Arc<Ledger>), String> {
             post(
                 |State(l): State<Arc<Ledger>>, Query(q): Query<FailNext>| async move {
                     l.fail_next(q.n);
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .route(
+            "/control/slow-next",
+            post(
+                |State(l): State<Arc<Ledger>>, Query(q): Query<SlowNext>| async move {
+                    l.slow_next(q.ms);
                     StatusCode::NO_CONTENT
                 },
             ),

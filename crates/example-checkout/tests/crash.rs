@@ -1,16 +1,19 @@
-//! The checkout process killed (SIGKILL) at every boundary of its operation, restarted on the
-//! same database, and retried: one order, one charge, one receipt email, and the very bytes
-//! a run without crashes answers. On SQLite and on PostgreSQL.
+//! The checkout saga across three real HTTP services. The shop's process (the saga's
+//! worker) is killed with SIGKILL at every step and compensation boundary, restarted on the
+//! same database, and the client retries: every checkout ends confirmed or cancelled, each
+//! effect happened once in each service's own ledger, and the answer is the very bytes of a
+//! run that never crashed. Also: a provider timeout retried with the same key, a
+//! compensation failing twice then succeeding, a deadline passing mid-step, a cancel during
+//! a step, the admin API and metrics. On SQLite and on PostgreSQL.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oncely_example_checkout::db::ShopDb;
-use oncely_example_checkout::payments::{self, Ledger};
-use oncely_recovery::postgres::{pool, PgJournal};
-use oncely_recovery::sqlite::SqliteJournal;
+use oncely_example_checkout::checkout::boundaries;
+use oncely_example_checkout::orders::{Order, OrdersDb};
+use oncely_example_checkout::{inventory, payments};
 use oncely_testkit::services::{unique_name, Service};
 use oncely_testkit::{Answer, TestClient};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -18,150 +21,150 @@ use tokio::process::{Child, Command};
 
 const ORDER: &str = r#"{"email":"ada@example.com","card":"tok_visa","items":[{"sku":"tea","qty":2},{"sku":"cake","qty":1}]}"#;
 const DECLINED: &str =
-    r#"{"email":"bob@example.com","card":"tok_declined","items":[{"sku":"coffee","qty":1}]}"#;
+    r#"{"email":"bob@example.com","card":"tok_declined","items":[{"sku":"coffee","qty":3}]}"#;
 
-/// A payment provider in this process: it outlives every checkout process of a scenario.
-struct Provider {
-    url: String,
-    ledger: Arc<Ledger>,
-    task: tokio::task::JoinHandle<()>,
+/// The inventory service and the payment provider, in this process: they outlive every
+/// shop process of a scenario, and their ledgers are what the test counts.
+struct Services {
+    inventory: String,
+    stock: Arc<inventory::Ledger>,
+    payments: String,
+    charges: Arc<payments::Ledger>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl Drop for Provider {
+impl Drop for Services {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
-async fn provider() -> Provider {
-    let (app, ledger) = payments::router().unwrap();
+async fn serve(app: axum::Router) -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Provider { url, ledger, task }
+    (url, task)
 }
 
-struct Checkout {
+async fn services() -> Services {
+    let (inv, stock) = inventory::router().unwrap();
+    let (pay, charges) = payments::router().unwrap();
+    let (inventory, t1) = serve(inv).await;
+    let (payments, t2) = serve(pay).await;
+    Services {
+        inventory,
+        stock,
+        payments,
+        charges,
+        tasks: vec![t1, t2],
+    }
+}
+
+struct Shop {
     child: Child,
     url: String,
+    admin: String,
 }
 
-async fn start_checkout(
-    db: &str,
-    provider: &str,
-    extra: &[&str],
-    crash_at: Option<&str>,
-) -> Checkout {
+async fn start_shop(db: &str, s: &Services, extra: &[&str], crash_at: Option<&str>) -> Shop {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_oncely-example-checkout"));
-    cmd.args([
-        "checkout",
-        "--db",
-        db,
-        "--provider",
-        provider,
-        "--listen",
-        "127.0.0.1:0",
-    ])
-    // A short lease: after a crash the retry takes the key over within a second.
-    .args(["--lease", "1s"])
-    .args(extra)
-    .env_remove("CHECKOUT_CRASH_AT")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .kill_on_drop(true);
+    cmd.args(["checkout", "--db", db])
+        .args(["--inventory", &s.inventory, "--provider", &s.payments])
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        // A short lease: after a crash the next process takes the saga (and the client's
+        // key) over within a second; each step attempt gets half of it.
+        .args([
+            "--lease",
+            "1s",
+            "--provider-timeout",
+            "200ms",
+            "--poll",
+            "50ms",
+        ])
+        .args(extra)
+        .env_remove("CHECKOUT_CRASH_AT")
+        .env_remove("ONCELY_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
     if let Some(b) = crash_at {
         cmd.args(["--crash-at", b]);
     }
-    let mut child = cmd.spawn().expect("start the checkout service");
+    let mut child = cmd.spawn().expect("start the shop");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the service starts within 30 s")
-        .unwrap()
-        .expect("the service prints where it listens");
-    let url = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+    let mut printed = Vec::new();
+    for _ in 0..2 {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the shop starts within 30 s")
+            .unwrap()
+            .expect("the shop prints where it listens");
+        printed.push(line);
+    }
+    let (admin, listen) = (&printed[0], &printed[1]);
+    let admin = admin
+        .strip_prefix("admin on ")
+        .unwrap_or_else(|| panic!("unexpected line {admin:?}"))
         .to_owned();
-    Checkout { child, url }
+    let url = listen
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected line {listen:?}"))
+        .to_owned();
+    Shop { child, url, admin }
 }
 
-impl Checkout {
+impl Shop {
     async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
 }
 
-/// One checkout request; `Err` when the connection died (the service crashed).
-async fn checkout_once(
-    client: &TestClient,
-    url: &str,
-    key: &str,
-    body: &str,
-) -> Result<Answer, String> {
-    client
-        .post_keyed(&format!("{url}/checkout"), key, body, &[])
-        .await
-}
-
-/// A problem answer of this status and type.
-fn assert_problem(a: &Answer, status: u16, problem_type: &str) {
-    assert_eq!(a.status, status, "{:?}", String::from_utf8_lossy(&a.body));
-    assert_eq!(a.problem_type().as_deref(), Some(problem_type));
-}
-
-/// Retries like a client should: 409 (the crashed request's lease has not run out yet) and
-/// 503 (interrupted) are retried; anything else is the answer.
+/// Retries like a client should (409 while a crashed request's lease runs, 503, no
+/// connection), and follows a 202 to the checkout's page until it has an outcome.
 async fn checkout_until_final(client: &TestClient, url: &str, key: &str, body: &str) -> Answer {
-    for _ in 0..120 {
-        match checkout_once(client, url, key, body).await {
+    for _ in 0..300 {
+        match client
+            .post_keyed(&format!("{url}/checkout"), key, body, &[])
+            .await
+        {
             Ok(a) if a.status == 409 || a.status == 503 => {}
+            Ok(a) if a.status == 202 => {
+                let page = a.header("location").unwrap().to_owned();
+                let mut last = serde_json::Value::Null;
+                for _ in 0..300 {
+                    let p = client
+                        .send("GET", &format!("{url}{page}"), &[], "")
+                        .await
+                        .unwrap();
+                    if !matches!(p.json()["state"].as_str(), Some("pending" | "stuck")) {
+                        return p;
+                    }
+                    last = p.json();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                panic!("checkout {key} never ended: {last:#}");
+            }
             Ok(a) => return a,
             Err(_) => {}
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("no final answer for {key}");
 }
 
-/// One database per scenario: a fresh file, or a fresh schema, read through the example's
-/// own `ShopDb`.
+/// One database per scenario: a fresh file, or a fresh schema.
 trait Db {
-    type Journal: ShopDb;
     fn url(&self) -> String;
-    /// A journal of its own on the scenario's database.
-    fn journal(&self) -> Self::Journal;
-    /// Deletes every finished operation, as the reaper does after the retention.
-    async fn reap_all(&self) {
-        use oncely_recovery::Journal;
-        self.journal()
-            .reap(oncely_core::Timestamp(i64::MAX), 1000)
-            .await
-            .unwrap();
-    }
-    async fn orders(&self) -> Vec<oncely_example_checkout::db::OrderView> {
-        self.journal().orders().await.unwrap()
-    }
-    async fn outbox(&self) -> Vec<(String, String)> {
-        self.journal().outbox().await.unwrap()
-    }
+    async fn orders(&self) -> Vec<Order>;
 }
 
 struct SqliteDb {
     dir: tempfile::TempDir,
-}
-
-impl Db for SqliteDb {
-    type Journal = SqliteJournal;
-    fn url(&self) -> String {
-        format!("sqlite://{}", self.dir.path().join("shop.db").display())
-    }
-    fn journal(&self) -> SqliteJournal {
-        SqliteJournal::open(self.dir.path().join("shop.db"), Duration::from_secs(5)).unwrap()
-    }
 }
 
 impl SqliteDb {
@@ -172,28 +175,38 @@ impl SqliteDb {
     }
 }
 
+impl Db for SqliteDb {
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("shop.db").display())
+    }
+    async fn orders(&self) -> Vec<Order> {
+        OrdersDb::sqlite(&self.dir.path().join("shop.db"))
+            .unwrap()
+            .list()
+            .await
+            .unwrap()
+    }
+}
+
 struct PgDb {
     base: String,
     schema: String,
 }
 
-impl PgDb {
-    fn new(base: &str) -> Self {
-        PgDb {
-            base: base.to_owned(),
-            schema: unique_name("shop"),
-        }
-    }
-}
-
 impl Db for PgDb {
-    type Journal = PgJournal;
     fn url(&self) -> String {
         format!("{}?schema={}", self.base, self.schema)
     }
-    fn journal(&self) -> PgJournal {
-        let pool = pool(&self.base, 2, Duration::from_secs(10)).unwrap();
-        PgJournal::new(pool, &self.schema, Duration::from_secs(10)).unwrap()
+    async fn orders(&self) -> Vec<Order> {
+        let mut opts = oncely_db::postgres::PgOptions::new(self.base.clone());
+        opts.pool_size = 1;
+        let pool = oncely_db::postgres::pool(&opts).unwrap();
+        OrdersDb::postgres(pool, &self.schema)
+            .await
+            .unwrap()
+            .list()
+            .await
+            .unwrap()
     }
 }
 
@@ -204,230 +217,149 @@ impl Drop for PgDb {
     }
 }
 
-/// The answer of a run that never crashed, on a fresh database and provider.
-async fn baseline(db: &impl Db, body: &str) -> Answer {
-    let p = provider().await;
-    let svc = start_checkout(&db.url(), &p.url, &[], None).await;
-    let answer = checkout_until_final(&TestClient::new(), &svc.url, "checkout-1", body).await;
-    svc.stop().await;
+fn postgres(test: &str) -> Option<impl Fn() -> PgDb> {
+    let base = Service::Postgres.available(test)?;
+    Some(move || PgDb {
+        base: base.clone(),
+        schema: unique_name("shop"),
+    })
+}
+
+/// What the services' ledgers and the orders table must show after one checkout.
+async fn assert_effects_once(db: &impl Db, s: &Services, declined: bool, at: &str) {
+    let orders = db.orders().await;
+    assert_eq!(orders.len(), 1, "one order after {at}: {orders:?}");
+    let order = &orders[0];
+    let reservations = s.stock.reservations();
+    assert_eq!(
+        reservations.len(),
+        1,
+        "one reservation after {at}: {reservations:?}"
+    );
+    assert_eq!(reservations[0].reference, order.id);
+    let charges = s.charges.charges();
+    if declined {
+        assert_eq!(order.status, "cancelled", "after {at}");
+        assert!(charges.is_empty(), "no charge after {at}: {charges:?}");
+        assert!(reservations[0].released, "the stock released after {at}");
+        assert_eq!(s.stock.releases(), 1, "released once after {at}");
+        assert_eq!(
+            s.stock.stock("coffee"),
+            inventory::INITIAL_STOCK,
+            "after {at}"
+        );
+    } else {
+        assert_eq!(order.status, "confirmed", "after {at}");
+        assert_eq!(charges.len(), 1, "one charge after {at}: {charges:?}");
+        assert_eq!(charges[0].reference, order.id);
+        assert_eq!(charges[0].amount, 2 * 450 + 520);
+        assert_eq!(order.charge_id.as_deref(), Some(charges[0].id.as_str()));
+        assert!(
+            !reservations[0].released,
+            "the stock stays reserved after {at}"
+        );
+        assert_eq!(s.stock.releases(), 0);
+        assert_eq!(
+            s.stock.stock("tea"),
+            inventory::INITIAL_STOCK - 2,
+            "after {at}"
+        );
+        assert_eq!(
+            s.stock.stock("cake"),
+            inventory::INITIAL_STOCK - 1,
+            "after {at}"
+        );
+    }
+}
+
+/// A run that never crashed, on a fresh database and services: its answer.
+async fn baseline(db: &impl Db, body: &str, declined: bool) -> Answer {
+    let s = services().await;
+    let shop = start_shop(&db.url(), &s, &[], None).await;
+    let answer = checkout_until_final(&TestClient::new(), &shop.url, "checkout-1", body).await;
+    assert_effects_once(db, &s, declined, "a run without crashes").await;
+    shop.stop().await;
     answer
 }
 
 async fn crash_at_every_boundary<D: Db>(new_db: impl Fn() -> D) {
     let client = TestClient::new();
-    let expected = baseline(&new_db(), ORDER).await;
+    let confirmed = baseline(&new_db(), ORDER, false).await;
     assert_eq!(
-        expected.status,
+        confirmed.status,
         201,
         "{:?}",
-        String::from_utf8_lossy(&expected.body)
+        String::from_utf8_lossy(&confirmed.body)
     );
-    assert_eq!(expected.json()["charge_id"], "ch_1");
-    let boundaries = oncely_example_checkout::boundaries();
-    assert_eq!(boundaries.len(), 9, "{boundaries:?}");
-    for boundary in &boundaries {
-        let db = new_db();
-        let p = provider().await;
-        let mut crashing = start_checkout(&db.url(), &p.url, &[], Some(boundary)).await;
-        let first = checkout_once(&client, &crashing.url, "checkout-1", ORDER).await;
-        assert!(
-            first.is_err(),
-            "the process dies at {boundary} before answering: {first:?}"
-        );
-        let status = tokio::time::timeout(Duration::from_secs(10), crashing.child.wait())
-            .await
-            .expect("the crashed process is gone")
-            .unwrap();
-        assert_eq!(status.signal(), Some(libc::SIGKILL), "killed at {boundary}");
-
-        let svc = start_checkout(&db.url(), &p.url, &[], None).await;
-        let answer = checkout_until_final(&client, &svc.url, "checkout-1", ORDER).await;
-        assert_eq!(
-            answer.status, expected.status,
-            "after a crash at {boundary}"
-        );
-        assert_eq!(
-            answer.body, expected.body,
-            "after a crash at {boundary}: the same bytes"
-        );
-        let again = checkout_once(&client, &svc.url, "checkout-1", ORDER)
-            .await
-            .unwrap();
-        assert!(again.replayed());
-        assert_eq!(again.body, expected.body);
-
-        let orders = db.orders().await;
-        assert_eq!(
-            orders.len(),
-            1,
-            "one order after a crash at {boundary}: {orders:?}"
-        );
-        assert_eq!(orders[0].status, "paid");
-        assert_eq!(orders[0].charge_id.as_deref(), Some("ch_1"));
-        assert_eq!(
-            db.outbox().await,
-            [(orders[0].id.clone(), "ada@example.com".to_owned())],
-            "one email"
-        );
-        assert_eq!(
-            p.ledger.charges().len(),
-            1,
-            "one charge after a crash at {boundary}"
-        );
-        assert_eq!(
-            p.ledger.executions(),
-            1,
-            "the provider executed once at {boundary}"
-        );
-        if boundary == "after-call:charge" {
-            // The charge was made, then the process died before recording it: the retry
-            // called again with the same derived key and the provider replayed.
-            assert_eq!(
-                p.ledger.received(),
-                2,
-                "the charge was asked twice at {boundary}"
-            );
-        }
-        svc.stop().await;
-    }
-}
-
-/// The client never comes back: the completer finishes the checkout by itself, and a late
-/// retry gets the same answer.
-async fn the_completer_finishes_an_abandoned_checkout<D: Db>(new_db: impl Fn() -> D) {
-    let client = TestClient::new();
-    let expected = baseline(&new_db(), ORDER).await;
-    let db = new_db();
-    let p = provider().await;
-    let mut crashing = start_checkout(&db.url(), &p.url, &[], Some("after-call:charge")).await;
-    let _ = checkout_once(&client, &crashing.url, "checkout-1", ORDER).await;
-    crashing.child.wait().await.unwrap();
-    let svc = start_checkout(
-        &db.url(),
-        &p.url,
-        &["--complete-after", "1s", "--complete-every", "200ms"],
-        None,
-    )
-    .await;
-    let mut finished = false;
-    for _ in 0..100 {
-        let orders = db.orders().await;
-        if orders.first().is_some_and(|o| o.status == "paid") && db.outbox().await.len() == 1 {
-            finished = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        finished,
-        "the completer paid the order and queued the email"
-    );
-    let late = checkout_until_final(&client, &svc.url, "checkout-1", ORDER).await;
-    assert_eq!((late.status, &late.body), (expected.status, &expected.body));
-    assert_eq!(p.ledger.charges().len(), 1);
-    assert_eq!(db.orders().await.len(), 1);
-    svc.stop().await;
-}
-
-/// The provider fails once (503): the checkout answers 503, keeps its order, and the retry
-/// charges once. A declined card is a final answer, replayed as such, with no email.
-async fn outage_and_decline<D: Db>(db: D) {
-    let client = TestClient::new();
-    let p = provider().await;
-    let svc = start_checkout(&db.url(), &p.url, &[], None).await;
-    p.ledger.fail_next(1);
-    let first = checkout_once(&client, &svc.url, "k-outage", ORDER)
-        .await
-        .unwrap();
-    assert_problem(&first, 503, "urn:oncely:example:checkout-interrupted");
-    assert_eq!(db.orders().await.len(), 1, "the order stays, pending");
-    assert_eq!(db.orders().await[0].status, "pending");
-    let retry = checkout_until_final(&client, &svc.url, "k-outage", ORDER).await;
-    assert_eq!(retry.status, 201);
-    assert_eq!(p.ledger.charges().len(), 1);
-    assert_eq!(db.outbox().await.len(), 1);
-
-    let declined = checkout_until_final(&client, &svc.url, "k-declined", DECLINED).await;
-    assert_eq!(declined.status, 402);
-    let again = checkout_until_final(&client, &svc.url, "k-declined", DECLINED).await;
-    assert!(again.replayed());
-    assert_eq!(again.body, declined.body);
-    let orders = db.orders().await;
-    assert_eq!(orders.len(), 2);
-    let bob = orders
-        .iter()
-        .find(|o| o.email == "bob@example.com")
-        .unwrap();
-    assert_eq!(bob.status, "declined");
-    assert_eq!(bob.charge_id, None);
-    assert_eq!(db.outbox().await.len(), 1, "no receipt for a declined card");
-
-    // Bad input: a clear problem, nothing stored in the shop.
-    let caviar = r#"{"email":"x@y","card":"c","items":[{"sku":"caviar","qty":1}]}"#;
-    let bad = checkout_once(&client, &svc.url, "k-bad", caviar)
-        .await
-        .unwrap();
-    assert_eq!(bad.status, 400);
-    assert!(String::from_utf8_lossy(&bad.body).contains("unknown sku"));
-    assert_eq!(db.orders().await.len(), 2);
-    svc.stop().await;
-}
-
-/// The layer's records gone (a memory store, restarted) while the operation's remain: another
-/// body under the key is refused with 409, which the layer does not store, so the original
-/// request still gets its answer. With the operation reaped too, the old key gets a final 409
-/// instead of a new order colliding with the old one.
-async fn the_layer_forgetting_first_is_safe<D: Db>(db: D) {
-    let client = TestClient::new();
-    let p = provider().await;
-    let memory = ["--keys", "memory://"];
-    let svc = start_checkout(&db.url(), &p.url, &memory, None).await;
-    let first = checkout_until_final(&client, &svc.url, "k-old", ORDER).await;
-    assert_eq!(first.status, 201);
-    svc.stop().await;
-
-    let svc = start_checkout(&db.url(), &p.url, &memory, None).await;
-    let other = checkout_once(&client, &svc.url, "k-old", DECLINED)
-        .await
-        .unwrap();
-    assert_problem(&other, 409, "urn:oncely:example:checkout-input-mismatch");
-    let original = checkout_until_final(&client, &svc.url, "k-old", ORDER).await;
+    assert_eq!(confirmed.json()["charge_id"], "ch_1");
+    let declined = baseline(&new_db(), DECLINED, true).await;
     assert_eq!(
-        (original.status, &original.body),
-        (first.status, &first.body)
+        declined.status,
+        402,
+        "{:?}",
+        String::from_utf8_lossy(&declined.body)
     );
-    svc.stop().await;
-
-    db.reap_all().await;
-    let svc = start_checkout(&db.url(), &p.url, &memory, None).await;
-    let reused = checkout_once(&client, &svc.url, "k-old", ORDER)
-        .await
-        .unwrap();
-    assert_problem(
-        &reused,
-        409,
-        "urn:oncely:example:key-reused-after-retention",
+    assert_eq!(
+        declined.problem_type().as_deref(),
+        Some("urn:oncely:example:payment-declined")
     );
-    assert_eq!(db.orders().await.len(), 1);
-    assert_eq!(p.ledger.charges().len(), 1);
-    svc.stop().await;
-}
+    let all = boundaries();
+    assert_eq!(all.len(), 12, "{all:?}");
+    let mut runs = 0;
+    for boundary in &all {
+        // A declined card passes every boundary before the pivot, compensations included;
+        // an accepted one every forward boundary.
+        let undo = boundary.starts_with("before-undo") || boundary.starts_with("after-undo");
+        let mut cases = Vec::new();
+        if !undo {
+            cases.push((ORDER, false, &confirmed));
+        }
+        if !boundary.ends_with("confirm_order") {
+            cases.push((DECLINED, true, &declined));
+        }
+        for (body, is_declined, expected) in cases {
+            runs += 1;
+            let db = new_db();
+            let s = services().await;
+            let mut crashing = start_shop(&db.url(), &s, &[], Some(boundary)).await;
+            let first = client
+                .post_keyed(
+                    &format!("{}/checkout", crashing.url),
+                    "checkout-1",
+                    body,
+                    &[],
+                )
+                .await;
+            assert!(
+                first.is_err(),
+                "the shop dies at {boundary} before answering: {first:?}"
+            );
+            let status = tokio::time::timeout(Duration::from_secs(10), crashing.child.wait())
+                .await
+                .expect("the crashed process is gone")
+                .unwrap();
+            assert_eq!(status.signal(), Some(libc::SIGKILL), "killed at {boundary}");
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_the_layer_forgetting_first_is_safe() {
-    the_layer_forgetting_first_is_safe(SqliteDb::new()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_the_layer_forgetting_first_is_safe() {
-    if let Some(new_db) = postgres("postgres_the_layer_forgetting_first_is_safe") {
-        the_layer_forgetting_first_is_safe(new_db()).await;
+            let shop = start_shop(&db.url(), &s, &[], None).await;
+            let answer = checkout_until_final(&client, &shop.url, "checkout-1", body).await;
+            let at = format!("a crash at {boundary} (declined: {is_declined})");
+            assert_eq!(answer.status, expected.status, "after {at}");
+            assert_eq!(answer.body, expected.body, "after {at}: the same bytes");
+            assert_effects_once(&db, &s, is_declined, &at).await;
+            if boundary == "after-do:capture_payment" && !is_declined {
+                // Charged, then killed before recording it: the next worker asked again
+                // with the same key, and the provider replayed.
+                assert_eq!(s.charges.executions(), 1, "executed once at {boundary}");
+                assert_eq!(s.charges.received(), 2, "asked twice at {boundary}");
+            }
+            shop.stop().await;
+        }
     }
-}
-
-fn postgres(test: &str) -> Option<impl Fn() -> PgDb> {
-    let base = Service::Postgres.available(test)?;
-    Some(move || PgDb::new(&base))
+    assert_eq!(
+        runs,
+        4 * 2 + 3 * 2 + 2 * 2,
+        "every boundary each checkout passes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,43 +370,184 @@ async fn sqlite_crash_at_every_boundary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_crash_at_every_boundary() {
     if let Some(new_db) = postgres("postgres_crash_at_every_boundary") {
-        // The PostgreSQL operation has the phases the boundaries were read from.
-        let p = Arc::new(
-            oncely_example_checkout::shop::Provider::new(
-                "http://127.0.0.1:9",
-                Duration::from_secs(1),
-            )
-            .unwrap(),
-        );
-        assert_eq!(
-            new_db().journal().checkout(p).boundaries(),
-            oncely_example_checkout::boundaries()
-        );
         crash_at_every_boundary(new_db).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_the_completer_finishes_an_abandoned_checkout() {
-    the_completer_finishes_an_abandoned_checkout(SqliteDb::new).await;
+async fn get_json(client: &TestClient, url: &str) -> serde_json::Value {
+    let a = client.send("GET", url, &[], "").await.unwrap();
+    assert_eq!(
+        a.status,
+        200,
+        "{url}: {:?}",
+        String::from_utf8_lossy(&a.body)
+    );
+    a.json()
+}
+
+/// The saga's log lines for one step and direction: their outcomes.
+fn outcomes(page: &serde_json::Value, step: &str, direction: &str) -> Vec<String> {
+    page["saga"]["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["step"] == step && l["direction"] == direction)
+        .map(|l| l["outcome"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Failures a saga must ride out, over HTTP.
+async fn failures_on_the_way<D: Db>(new_db: impl Fn() -> D) {
+    let client = TestClient::new();
+
+    // The provider charges, then answers after the step's attempt timed out: the attempt is
+    // retried with the same key, and the provider charges once.
+    let db = new_db();
+    let s = services().await;
+    let shop = start_shop(&db.url(), &s, &[], None).await;
+    s.charges.slow_next(700);
+    let a = checkout_until_final(&client, &shop.url, "slow", ORDER).await;
+    assert_eq!(a.json()["state"], "confirmed", "{:?}", a.json());
+    assert_effects_once(&db, &s, false, "a provider timeout").await;
+    assert!(s.charges.received() >= 2, "the charge was asked again");
+    let page = get_json(
+        &client,
+        &format!(
+            "{}/checkouts/{}",
+            shop.url,
+            a.json()["checkout"].as_str().unwrap()
+        ),
+    )
+    .await;
+    let capture = outcomes(&page, "capture_payment", "do");
+    assert!(capture[0].starts_with("retryable"), "{capture:?}");
+    assert_eq!(capture.last().unwrap(), "done");
+    shop.stop().await;
+
+    // A compensation that fails twice, then succeeds: the stock is released once.
+    let db = new_db();
+    let s = services().await;
+    let shop = start_shop(&db.url(), &s, &[], None).await;
+    s.stock.fail_next_releases(2);
+    let a = checkout_until_final(&client, &shop.url, "release-twice", DECLINED).await;
+    assert_eq!(a.status, 402, "{:?}", a.json());
+    assert_effects_once(&db, &s, true, "a compensation failing twice").await;
+    let page = get_json(
+        &client,
+        &format!(
+            "{}/checkouts/{}",
+            shop.url,
+            a.json()["checkout"].as_str().unwrap()
+        ),
+    )
+    .await;
+    let release = outcomes(&page, "reserve_stock", "undo");
+    assert_eq!(release.len(), 3, "{release:?}");
+    assert!(
+        release[0].starts_with("retryable: ") && release[1].starts_with("retryable: "),
+        "{release:?}"
+    );
+    assert_eq!(release[2], "done");
+    shop.stop().await;
+
+    // The saga's deadline passes while a step keeps failing: it turns back, and what may
+    // have acted is undone.
+    let db = new_db();
+    let s = services().await;
+    let shop = start_shop(&db.url(), &s, &["--deadline", "1s"], None).await;
+    s.stock.fail_next(1_000_000);
+    // The outage ends after the deadline (the compensation needs the service back).
+    let stock = s.stock.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stock.fail_next(0);
+    });
+    let a = checkout_until_final(&client, &shop.url, "deadline", ORDER).await;
+    assert_eq!(a.json()["state"], "cancelled", "{:?}", a.json());
+    assert!(
+        a.json()["reason"].as_str().unwrap().contains("deadline"),
+        "{:?}",
+        a.json()
+    );
+    let orders = db.orders().await;
+    assert_eq!((orders.len(), orders[0].status.as_str()), (1, "cancelled"));
+    assert!(s.stock.reservations().is_empty(), "nothing was reserved");
+    assert!(s.charges.charges().is_empty(), "nothing was charged");
+    shop.stop().await;
+
+    // A cancel arrives while a step is running (the reservation is being retried): the
+    // saga turns back, releasing what the step may have reserved, and cancels the order.
+    let db = new_db();
+    let s = services().await;
+    let shop = start_shop(&db.url(), &s, &["--wait", "100ms"], None).await;
+    s.stock.fail_next(1_000_000);
+    let a = client
+        .post_keyed(&format!("{}/checkout", shop.url), "cancel-me", ORDER, &[])
+        .await
+        .unwrap();
+    assert_eq!(a.status, 202, "{:?}", a.json());
+    let id = a.json()["checkout"].as_str().unwrap().to_owned();
+    let c = client
+        .send(
+            "POST",
+            &format!("{}/sagas/{id}/cancel", shop.admin),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.status, 202, "{:?}", c.json());
+    s.stock.fail_next(0);
+    let a = checkout_until_final(&client, &shop.url, "cancel-me", ORDER).await;
+    assert_eq!(a.json()["state"], "cancelled", "{:?}", a.json());
+    assert_eq!(db.orders().await[0].status, "cancelled");
+    assert!(s.charges.charges().is_empty());
+    assert!(s.stock.reservations().iter().all(|r| r.released));
+    assert_eq!(s.stock.stock("tea"), inventory::INITIAL_STOCK);
+
+    // The operator's view: the admin API and the metrics.
+    let list = get_json(&client, &format!("{}/sagas?phase=compensated", shop.admin)).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["id"], id.as_str());
+    let shown = get_json(&client, &format!("{}/sagas/{id}", shop.admin)).await;
+    assert!(shown["log"].as_array().unwrap().len() >= 3, "{shown}");
+    let missing = client
+        .send(
+            "POST",
+            &format!("{}/sagas/nope/cancel", shop.admin),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(missing.status, 404);
+    let not_stuck = client
+        .send("POST", &format!("{}/sagas/{id}/retry", shop.admin), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(not_stuck.status, 409);
+    let metrics = client
+        .send("GET", &format!("{}/metrics", shop.admin), &[], "")
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains(r#"oncely_sagas{phase="compensated"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("oncely_sagas_started_total 1"), "{text}");
+    shop.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_the_completer_finishes_an_abandoned_checkout() {
-    if let Some(new_db) = postgres("postgres_the_completer_finishes_an_abandoned_checkout") {
-        the_completer_finishes_an_abandoned_checkout(new_db).await;
-    }
+async fn sqlite_failures_on_the_way() {
+    failures_on_the_way(SqliteDb::new).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_outage_and_decline() {
-    outage_and_decline(SqliteDb::new()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_outage_and_decline() {
-    if let Some(new_db) = postgres("postgres_outage_and_decline") {
-        outage_and_decline(new_db()).await;
+async fn postgres_failures_on_the_way() {
+    if let Some(new_db) = postgres("postgres_failures_on_the_way") {
+        failures_on_the_way(new_db).await;
     }
 }
 
@@ -496,9 +569,19 @@ fn bad_flags_are_refused_in_one_line() {
             "the only option is schema",
         ),
         (vec!["checkout", "--db", "sqlite://"], "needs a file path"),
+        (
+            vec!["checkout", "--lease", "1s", "--provider-timeout", "600ms"],
+            "under half of --lease",
+        ),
+        (
+            vec!["checkout", "--admin", "0.0.0.0:9999"],
+            "binds loopback only",
+        ),
     ] {
         let out = std::process::Command::new(bin)
             .args(&args)
+            .env_remove("ONCELY_ADMIN_TOKEN")
+            .env_remove("CHECKOUT_CRASH_AT")
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");
@@ -514,5 +597,5 @@ fn bad_flags_are_refused_in_one_line() {
         .lines()
         .map(str::to_owned)
         .collect();
-    assert_eq!(listed, oncely_example_checkout::boundaries());
+    assert_eq!(listed, boundaries());
 }

@@ -14,8 +14,12 @@ pub mod metrics;
 pub mod runner;
 mod store;
 
+#[cfg(feature = "admin")]
+pub mod admin;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]

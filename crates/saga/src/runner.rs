@@ -31,6 +31,8 @@ pub struct StepContext {
     pub key: String,
     /// The attempt, from 1.
     pub attempt: u32,
+    /// Why the saga turned back, while compensating (a declined card, a cancel, a deadline).
+    pub failure: Option<String>,
 }
 
 /// Why a step's action or compensation did not succeed.
@@ -314,6 +316,8 @@ async fn drive(
     let mut last: Option<Action> = None;
     let mut output: Option<(String, serde_json::Value)> = None;
     let mut transitions = 0;
+    // Set while re-deciding the last transition with a cancel that arrived during it.
+    let mut retaking = false;
     loop {
         let now = clock.now();
         if let Some(missing) = step_outside(&def.plan, &state) {
@@ -326,7 +330,18 @@ async fn drive(
                 undoing: matches!(state.phase, Phase::Compensating { .. }),
             };
         }
-        let log = log_line(&def, last.as_ref(), &input, now);
+        let log = if retaking {
+            LogEntry {
+                step: None,
+                direction: Direction::Saga,
+                attempt: 1,
+                outcome: "cancel taken".to_owned(),
+                at: now,
+            }
+        } else {
+            log_line(&def, last.as_ref(), &input, now)
+        };
+        let before = state.clone();
         let (next, action) = decide(
             &def.plan,
             &saga.id,
@@ -351,20 +366,27 @@ async fn drive(
             Recorded::Recorded { cancel_requested } => cancel_requested,
         };
         transitions += 1;
-        count(&metrics, last.as_ref(), &input, &next.phase);
+        if !retaking {
+            count(&metrics, last.as_ref(), &input, &next.phase);
+        }
         if let Some((step, value)) = transition.output {
             outputs.insert(step, value);
         }
-        state = next;
         if cancel_asked
-            && !state.cancel_requested
+            && !next.cancel_requested
             && matches!(action, Action::Run { .. } | Action::Undo { .. })
         {
-            // A person asked to cancel: the state machine takes it before the next attempt.
-            input = Input::Cancel;
-            last = None;
+            // A person asked to cancel while the last attempt ran. The attempt just recorded
+            // has not begun, so the transition is decided again from the state before it,
+            // with the cancel taken: a saga whose next step is its pivot still turns back
+            // (deciding from the recorded state could not tell that the pivot never ran).
+            state = before;
+            state.cancel_requested = true;
+            retaking = true;
             continue;
         }
+        retaking = false;
+        state = next;
         let (step, key, attempt, undo) = match &action {
             Action::Run { step, key, attempt } => (*step, key.clone(), *attempt, false),
             Action::Undo { step, key, attempt } => (*step, key.clone(), *attempt, true),
@@ -376,6 +398,7 @@ async fn drive(
             outputs: outputs.clone(),
             key,
             attempt,
+            failure: state.failure.clone(),
         };
         let Some(body) = def.steps.get(step).cloned() else {
             return Err(SagaError::Invalid(format!(
