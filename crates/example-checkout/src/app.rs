@@ -139,6 +139,11 @@ pub struct Config {
     pub no_runner: bool,
     /// How long the layer keeps a finished key.
     pub retention: Duration,
+    /// The audit trail every saga transition and operator action is written to, if any.
+    pub audit: Option<oncely_open::AuditUrl>,
+    /// The key sealing the trail's events (16 bytes or more); a random one for this run
+    /// when `None`.
+    pub audit_key: Option<Vec<u8>>,
 }
 
 impl Config {
@@ -161,6 +166,9 @@ impl Config {
                     all.join(", ")
                 ));
             }
+        }
+        if self.audit_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return Err("the audit key must be at least 16 bytes".into());
         }
         if let (Some(addr), None) = (self.admin, &self.admin_token) {
             if !addr.ip().is_loopback() {
@@ -222,19 +230,25 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         config: cfg.checkout.clone(),
     });
     let definition = checkout.definition(cfg.crash_at.clone().map(crash_at));
-    let runner = Arc::new(
-        Runner::new(
-            sagas.clone(),
-            vec![definition],
-            clock.clone(),
-            RunnerConfig {
-                lease: cfg.lease,
-                batch: 16,
-                poll: cfg.poll,
-            },
-        )
-        .map_err(|e| e.to_string())?,
-    );
+    let audit = match &cfg.audit {
+        Some(url) => Some(open_audit(url, cfg.audit_key.clone(), clock.clone()).await?),
+        None => None,
+    };
+    let mut runner = Runner::new(
+        sagas.clone(),
+        vec![definition],
+        clock.clone(),
+        RunnerConfig {
+            lease: cfg.lease,
+            batch: 16,
+            poll: cfg.poll,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some(writer) = &audit {
+        runner = runner.with_audit(writer.clone());
+    }
+    let runner = Arc::new(runner);
     if !cfg.no_runner {
         let r = runner.clone();
         tokio::spawn(async move { r.run(std::future::pending()).await });
@@ -270,7 +284,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             .map_err(|e| format!("admin listen on {addr}: {e}"))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
         println!("admin on http://{local}");
-        let app = admin_router(sagas, runner, clock, cfg.admin_token.clone());
+        let app = admin_router(sagas, runner, audit, clock, cfg.admin_token.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
     let app = router(shop, engine);
@@ -282,11 +296,29 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     axum::serve(listener, app).await.map_err(|e| e.to_string())
 }
 
+/// The trail's table (created if missing) and the chain `checkout`.
+async fn open_audit(
+    url: &oncely_open::AuditUrl,
+    key: Option<Vec<u8>>,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<oncely_audit::AuditWriter>, String> {
+    url.migrate().await?;
+    let key = key.unwrap_or_else(|| {
+        tracing::warn!("no audit key (--audit-key-file): using one for this run only; the chain verifies, the personal fields' commitments do not");
+        format!("{:032x}", rand::random::<u128>()).into_bytes()
+    });
+    let writer = oncely_audit::AuditWriter::open(url.open()?, "checkout", key, clock, 10_000)
+        .await
+        .map_err(|e| format!("audit trail {url}: {e}"))?;
+    Ok(Arc::new(writer))
+}
+
 /// `/metrics` (the runner's counts and the store's per-phase gauges), `/healthz`, and the
 /// saga admin API, behind a bearer token when one is set.
 pub fn admin_router(
     sagas: Arc<dyn SagaStore>,
     runner: Arc<Runner>,
+    audit: Option<Arc<oncely_audit::AuditWriter>>,
     clock: Arc<dyn Clock>,
     token: Option<String>,
 ) -> Router {
@@ -309,7 +341,7 @@ pub fn admin_router(
             }),
         )
         .route("/healthz", get(|| async { "ok" }))
-        .merge(oncely_saga::admin::router(sagas));
+        .merge(oncely_saga::admin::router(sagas, audit));
     match token {
         None => app,
         Some(token) => app.layer(axum::middleware::from_fn(

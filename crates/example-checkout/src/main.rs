@@ -92,6 +92,13 @@ struct CheckoutArgs {
     /// How long finished keys are kept.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     retention: Duration,
+    /// The audit trail (sqlite://PATH or postgres://...?schema=NAME): every saga transition
+    /// and operator action.
+    #[arg(long, value_name = "URL")]
+    audit: Option<String>,
+    /// The file holding the trail's key (16 bytes or more).
+    #[arg(long, value_name = "PATH")]
+    audit_key_file: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -143,7 +150,19 @@ async fn run(command: Command) -> Result<(), String> {
                 no_runner,
                 crash_at,
                 retention,
+                audit,
+                audit_key_file,
             } = *args;
+            let audit = audit
+                .map(|u| oncely_open::AuditUrl::parse(&u))
+                .transpose()?;
+            let audit_key = audit_key_file
+                .map(|p| {
+                    std::fs::read_to_string(&p)
+                        .map(|k| k.trim().as_bytes().to_vec())
+                        .map_err(|e| format!("--audit-key-file {}: {e}", p.display()))
+                })
+                .transpose()?;
             let db = DbUrl::parse(&db)?;
             let keys = match keys {
                 Some(k) => StoreUrl::parse(&k)?,
@@ -169,6 +188,8 @@ async fn run(command: Command) -> Result<(), String> {
                 crash_at,
                 no_runner,
                 retention,
+                audit,
+                audit_key,
             })
             .await
         }

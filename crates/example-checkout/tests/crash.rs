@@ -479,7 +479,16 @@ async fn failures_on_the_way<D: Db>(new_db: impl Fn() -> D) {
     // saga turns back, releasing what the step may have reserved, and cancels the order.
     let db = new_db();
     let s = services().await;
-    let shop = start_shop(&db.url(), &s, &["--wait", "100ms"], None).await;
+    let trail_dir = tempfile::tempdir().unwrap();
+    let trail = trail_dir.path().join("audit.db");
+    let trail_url = format!("sqlite://{}", trail.display());
+    let shop = start_shop(
+        &db.url(),
+        &s,
+        &["--wait", "100ms", "--audit", &trail_url],
+        None,
+    )
+    .await;
     s.stock.fail_next(1_000_000);
     let a = client
         .post_keyed(&format!("{}/checkout", shop.url), "cancel-me", ORDER, &[])
@@ -536,6 +545,60 @@ async fn failures_on_the_way<D: Db>(new_db: impl Fn() -> D) {
         "{text}"
     );
     assert!(text.contains("oncely_sagas_started_total 1"), "{text}");
+
+    // The audit trail holds the operator's cancel and every transition, to the end.
+    use oncely_audit::AuditLog as _;
+    let log = oncely_audit::sqlite::SqliteAuditLog::open(&trail, Duration::from_secs(5)).unwrap();
+    let filter = oncely_audit::Filter {
+        resource_id: Some(id.clone()),
+        ..oncely_audit::Filter::default()
+    };
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = log.find(&filter, 1000).await.unwrap();
+        if events.iter().any(|e| {
+            e.new_value
+                .as_deref()
+                .is_some_and(|v| v.contains(r#""phase":"compensated""#))
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "saga.cancel_requested" && e.actor_type == "operator"),
+        "{events:#?}"
+    );
+    let transitions = events
+        .iter()
+        .filter(|e| e.action == "saga.transition")
+        .count();
+    let by_runner = shown["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| !matches!(l["outcome"].as_str(), Some("started" | "cancel requested")))
+        .count();
+    assert_eq!(
+        transitions, by_runner,
+        "every transition the runner recorded: {events:#?}"
+    );
+    assert!(
+        events.iter().any(|e| e
+            .new_value
+            .as_deref()
+            .is_some_and(|v| v.contains(r#""phase":"compensated""#))),
+        "{events:#?}"
+    );
+    assert!(
+        oncely_audit::log::verify_log(&log, None, |_| {})
+            .await
+            .unwrap()
+            .is_ok(),
+        "the trail verifies"
+    );
     shop.stop().await;
 }
 

@@ -10,7 +10,9 @@
 //! | `POST /sagas/{id}/cancel` | 202: its runner turns it back (unless past the pivot); 404 when none is running |
 //! | `POST /sagas/{id}/retry` | 202: a stuck saga is reopened where it stopped; 409 when it is not stuck |
 //!
-//! Errors are RFC 9457 problem details (`urn:oncely:problem:...`).
+//! Errors are RFC 9457 problem details (`urn:oncely:problem:...`). With an audit writer,
+//! each accepted cancel and retry is written to the trail (`saga.cancel_requested`,
+//! `saga.reopened`, actor type `operator`).
 
 use std::sync::Arc;
 
@@ -22,6 +24,8 @@ use axum::{Json, Router};
 use oncely_core::saga::Phase;
 use serde_json::{json, Value};
 
+use oncely_audit::{AuditWriter, Draft};
+
 use crate::{phase_name, LogEntry, SagaError, SagaRecord, SagaStore};
 
 const PHASES: [&str; 5] = [
@@ -32,15 +36,46 @@ const PHASES: [&str; 5] = [
     "stuck",
 ];
 
-/// The router; its paths start with `/sagas`.
-pub fn router(store: Arc<dyn SagaStore>) -> Router {
+/// What the handlers share.
+#[derive(Clone)]
+struct Admin {
+    store: Arc<dyn SagaStore>,
+    audit: Option<Arc<AuditWriter>>,
+}
+
+impl Admin {
+    fn audit(&self, action: &str, id: &str) {
+        let Some(writer) = &self.audit else { return };
+        let recorded = writer.record(Draft {
+            event_id: oncely_audit::writer::new_event_id(),
+            timestamp_ms: writer.now_ms(),
+            actor: Some("admin-api".into()),
+            actor_type: "operator".into(),
+            action: action.into(),
+            resource_type: "saga".into(),
+            resource_id: id.to_owned(),
+            correlation_id: Some(id.to_owned()),
+            ..Draft::default()
+        });
+        if !recorded {
+            tracing::warn!(
+                saga = id,
+                action,
+                "audit queue full: an operator action was not audited"
+            );
+        }
+    }
+}
+
+/// The router; its paths start with `/sagas`. Operator actions go to `audit` when given.
+pub fn router(store: Arc<dyn SagaStore>, audit: Option<Arc<AuditWriter>>) -> Router {
     Router::new()
         .route("/sagas", get(list))
         .route("/sagas/stats", get(stats))
         .route("/sagas/{id}", get(show))
         .route("/sagas/{id}/cancel", post(cancel))
         .route("/sagas/{id}/retry", post(retry))
-        .with_state(store)
+        .with_state(Admin { store, audit })
 }
 
 /// A saga as JSON, as the admin API and the checkout's status page answer it.
@@ -90,7 +125,7 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list(State(store): State<Arc<dyn SagaStore>>, Query(q): Query<ListQuery>) -> Response {
+async fn list(State(admin): State<Admin>, Query(q): Query<ListQuery>) -> Response {
     if let Some(p) = &q.phase {
         if !PHASES.contains(&p.as_str()) {
             return problem(
@@ -101,14 +136,14 @@ async fn list(State(store): State<Arc<dyn SagaStore>>, Query(q): Query<ListQuery
         }
     }
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    match store.list(q.phase.as_deref(), limit).await {
+    match admin.store.list(q.phase.as_deref(), limit).await {
         Ok(sagas) => Json(sagas.iter().map(saga_json).collect::<Vec<_>>()).into_response(),
         Err(e) => store_failed(&e),
     }
 }
 
-async fn stats(State(store): State<Arc<dyn SagaStore>>) -> Response {
-    match store.stats().await {
+async fn stats(State(admin): State<Admin>) -> Response {
+    match admin.store.stats().await {
         Ok(s) => Json(json!({
             "running": s.running,
             "compensating": s.compensating,
@@ -122,8 +157,8 @@ async fn stats(State(store): State<Arc<dyn SagaStore>>) -> Response {
     }
 }
 
-async fn show(State(store): State<Arc<dyn SagaStore>>, Path(id): Path<String>) -> Response {
-    match store.get(&id).await {
+async fn show(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
+    match admin.store.get(&id).await {
         Ok(Some((s, log))) => {
             let mut v = saga_json(&s);
             v["log"] = Value::Array(log.iter().map(log_json).collect());
@@ -134,13 +169,16 @@ async fn show(State(store): State<Arc<dyn SagaStore>>, Path(id): Path<String>) -
     }
 }
 
-async fn cancel(State(store): State<Arc<dyn SagaStore>>, Path(id): Path<String>) -> Response {
-    match store.request_cancel(&id).await {
-        Ok(true) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"id": id, "cancel_requested": true})),
-        )
-            .into_response(),
+async fn cancel(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
+    match admin.store.request_cancel(&id).await {
+        Ok(true) => {
+            admin.audit("saga.cancel_requested", &id);
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"id": id, "cancel_requested": true})),
+            )
+                .into_response()
+        }
         Ok(false) => problem(
             StatusCode::NOT_FOUND,
             "not-found",
@@ -150,13 +188,16 @@ async fn cancel(State(store): State<Arc<dyn SagaStore>>, Path(id): Path<String>)
     }
 }
 
-async fn retry(State(store): State<Arc<dyn SagaStore>>, Path(id): Path<String>) -> Response {
-    match store.reopen(&id).await {
-        Ok(true) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"id": id, "reopened": true})),
-        )
-            .into_response(),
+async fn retry(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
+    match admin.store.reopen(&id).await {
+        Ok(true) => {
+            admin.audit("saga.reopened", &id);
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"id": id, "reopened": true})),
+            )
+                .into_response()
+        }
         Ok(false) => problem(
             StatusCode::CONFLICT,
             "saga-not-stuck",

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use oncely_audit::{AuditWriter, Draft};
 use oncely_core::saga::{decide, Action, Input, Outcome, Phase, SagaPlan, SagaState};
 use oncely_core::Clock;
 
@@ -96,6 +97,7 @@ pub struct Runner {
     clock: Arc<dyn Clock>,
     config: RunnerConfig,
     metrics: Arc<SagaMetrics>,
+    audit: Option<Arc<AuditWriter>>,
 }
 
 /// What one pass did.
@@ -143,7 +145,19 @@ impl Runner {
             clock,
             config,
             metrics: Arc::default(),
+            audit: None,
         })
+    }
+
+    /// Writes every recorded transition to the audit trail too: action `saga.transition`
+    /// on resource `saga` / its id, the phase before and after, and the log line. The trail
+    /// is written after the store (a transition is never audited that did not happen); one
+    /// lost to a crash in between, or to a full queue (counted by the writer), is missing
+    /// from the trail but never from the saga's own log.
+    #[must_use]
+    pub fn with_audit(mut self, writer: Arc<AuditWriter>) -> Self {
+        self.audit = Some(writer);
+        self
     }
 
     /// This runner's counts, for `/metrics` ([`SagaMetrics::render`]).
@@ -183,8 +197,11 @@ impl Runner {
                 continue;
             };
             let (store, clock, lease) = (self.store.clone(), self.clock.clone(), self.config.lease);
-            let metrics = self.metrics.clone();
-            tasks.spawn(async move { drive(store, clock, lease, def, claim, metrics).await });
+            let see = Seen {
+                metrics: self.metrics.clone(),
+                audit: self.audit.clone(),
+            };
+            tasks.spawn(async move { drive(store, clock, lease, def, claim, see).await });
         }
         let mut error = None;
         while let Some(joined) = tasks.join_next().await {
@@ -295,6 +312,61 @@ fn log_line(
     }
 }
 
+/// Where a runner reports what it recorded.
+struct Seen {
+    metrics: Arc<SagaMetrics>,
+    audit: Option<Arc<AuditWriter>>,
+}
+
+impl Seen {
+    fn audit(&self, id: &str, before: &SagaState, after: &SagaState, log: &LogEntry) {
+        let Some(writer) = &self.audit else { return };
+        let draft = Draft {
+            event_id: oncely_audit::writer::new_event_id(),
+            timestamp_ms: log.at.as_millis(),
+            actor: Some("saga-runner".into()),
+            actor_type: "system".into(),
+            action: "saga.transition".into(),
+            resource_type: "saga".into(),
+            resource_id: id.to_owned(),
+            old_value: Some(state_json(before).to_string()),
+            new_value: Some(
+                serde_json::json!({
+                    "state": state_json(after),
+                    "step": log.step,
+                    "direction": log.direction.as_str(),
+                    "attempt": log.attempt,
+                    "outcome": log.outcome,
+                })
+                .to_string(),
+            ),
+            correlation_id: Some(id.to_owned()),
+            ..Draft::default()
+        };
+        if !writer.record(draft) {
+            tracing::warn!(
+                saga = id,
+                "audit queue full: a saga transition was not audited"
+            );
+        }
+    }
+}
+
+/// A state as the audit trail shows it: the phase, its step and attempt.
+fn state_json(s: &SagaState) -> serde_json::Value {
+    let step = match &s.phase {
+        Phase::Forward { step } | Phase::Compensating { step } | Phase::Stuck { step, .. } => {
+            Some(*step)
+        }
+        _ => None,
+    };
+    serde_json::json!({
+        "phase": crate::phase_name(&s.phase),
+        "step": step,
+        "attempt": s.attempt,
+    })
+}
+
 /// Drives one claimed saga: decide, record, act, until it waits, ends, or its lease is
 /// lost. The number of transitions recorded, and whether the lease was lost.
 async fn drive(
@@ -303,7 +375,7 @@ async fn drive(
     lease: Duration,
     def: Arc<SagaDefinition>,
     claim: Claimed,
-    metrics: Arc<SagaMetrics>,
+    seen: Seen,
 ) -> Result<(usize, bool), SagaError> {
     let Claimed { saga, token } = claim;
     let mut state: SagaState = saga.state;
@@ -367,8 +439,9 @@ async fn drive(
         };
         transitions += 1;
         if !retaking {
-            count(&metrics, last.as_ref(), &input, &next.phase);
+            count(&seen.metrics, last.as_ref(), &input, &next.phase);
         }
+        seen.audit(&saga.id, &before, &next, &transition.log);
         if let Some((step, value)) = transition.output {
             outputs.insert(step, value);
         }

@@ -443,3 +443,111 @@ async fn a_cancel_between_attempts_undoes_the_step_that_may_have_acted() {
         assert!(shop.payments.keys().is_empty());
     }
 }
+
+struct GateStep(Arc<Gate>);
+
+impl std::ops::Deref for GateStep {
+    type Target = Gate;
+    fn deref(&self) -> &Gate {
+        &self.0
+    }
+}
+
+/// A step whose first call blocks until the test opens the gate (a runner stalled mid-step:
+/// a GC pause, a hung connection); later calls go through. Every call is counted.
+struct Gate {
+    calls: AtomicUsize,
+    entered: tokio::sync::Notify,
+    open: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl Step for GateStep {
+    async fn run(&self, cx: &StepContext) -> Result<serde_json::Value, StepError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.entered.notify_one();
+            self.open.notified().await;
+            return Ok(serde_json::json!({ "by": "the stalled runner", "key": cx.key }));
+        }
+        Ok(serde_json::json!({ "by": "the runner that took over", "key": cx.key }))
+    }
+    async fn undo(&self, _cx: &StepContext) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_racing_one_saga_one_proceeds_the_stale_one_is_refused() {
+    for backend in backends("two_runners_racing_one_saga_one_proceeds_the_stale_one_is_refused") {
+        let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+        let db = open(&backend, &clock).await;
+        let store = db.store.clone();
+        let shop = shop(usize::MAX);
+        let gate = Arc::new(Gate {
+            calls: AtomicUsize::new(0),
+            entered: tokio::sync::Notify::new(),
+            open: tokio::sync::Notify::new(),
+        });
+        let racer = || {
+            let mut def = definition(&shop);
+            def.steps[0] = Arc::new(GateStep(gate.clone()));
+            Runner::new(
+                store.clone(),
+                vec![def],
+                Arc::new(clock.clone()),
+                RunnerConfig {
+                    lease: LEASE,
+                    ..RunnerConfig::default()
+                },
+            )
+            .unwrap()
+        };
+        let (stalled, other) = (Arc::new(racer()), racer());
+        stalled
+            .start(&NewSaga {
+                id: "o-1".into(),
+                kind: "checkout".into(),
+                input: serde_json::json!({}),
+            })
+            .await
+            .unwrap();
+        let first = tokio::spawn({
+            let r = stalled.clone();
+            async move { r.pass().await }
+        });
+        gate.entered.notified().await;
+        // The stalled runner's lease runs out; the other claims the saga and finishes it.
+        clock.advance(LEASE + Duration::from_secs(1));
+        let pass = other.pass().await.unwrap();
+        assert_eq!(pass.claimed, 1);
+        let (saga, _) = store.get("o-1").await.unwrap().unwrap();
+        assert_eq!(saga.state.phase, Phase::Completed);
+        // The stalled runner wakes up with its answer: refused, nothing recorded.
+        gate.open.notify_one();
+        let late = first.await.unwrap().unwrap();
+        assert_eq!(late.lease_lost, 1, "the stale completion is refused");
+        let (after, log) = store.get("o-1").await.unwrap().unwrap();
+        assert_eq!(after.state.phase, Phase::Completed);
+        assert_eq!(
+            after.outputs["reserve"]["by"], "the runner that took over",
+            "the stale runner's output was not recorded"
+        );
+        let reserved: Vec<&str> = log
+            .iter()
+            .filter(|l| l.step.as_deref() == Some("reserve") && l.outcome == "done")
+            .map(|l| l.outcome.as_str())
+            .collect();
+        assert_eq!(
+            reserved.len(),
+            1,
+            "one completion of the step in the log: {log:?}"
+        );
+        assert_eq!(
+            gate.calls.load(Ordering::SeqCst),
+            2,
+            "both ran it, with one key"
+        );
+        assert_eq!(shop.payments.keys(), ["o-1/charge/do"]);
+        assert_eq!(shop.orders.keys(), ["o-1/confirm/do"]);
+    }
+}
