@@ -56,9 +56,16 @@ pub struct Ledger {
 
 impl Default for Ledger {
     fn default() -> Self {
+        Ledger::with_stock(INITIAL_STOCK)
+    }
+}
+
+impl Ledger {
+    /// A ledger with `units` of each sku.
+    pub fn with_stock(units: u32) -> Self {
         let stock = crate::checkout::PRICES
             .iter()
-            .map(|(sku, _)| ((*sku).to_owned(), INITIAL_STOCK))
+            .map(|(sku, _)| ((*sku).to_owned(), units))
             .collect();
         Ledger {
             books: Mutex::new(Books {
@@ -201,7 +208,12 @@ struct FailNext {
 /// (an `Idempotency-Key` is required on both), `GET /reservations`, `GET /stock`, and
 /// `POST /control/fail-next?n=N[&releases=true]` (fault injection).
 pub fn router() -> Result<(Router, Arc<Ledger>), String> {
-    let ledger = Arc::new(Ledger::default());
+    router_with(Ledger::default())
+}
+
+/// [`router`] over `ledger` (a stock of another size).
+pub fn router_with(ledger: Ledger) -> Result<(Router, Arc<Ledger>), String> {
+    let ledger = Arc::new(ledger);
     let engine = Arc::new(Engine::new(
         Arc::new(MemoryStore::new(Arc::new(SystemClock))),
         Arc::new(SystemClock),
