@@ -49,6 +49,17 @@ enum SagaCommand {
     },
     /// Counts per phase and the age of the oldest active saga.
     Status,
+    /// Deletes sagas that ended (completed or compensated) longer ago than --older-than,
+    /// with their logs. Stuck and active sagas stay. A purged saga's id starts a new saga,
+    /// so keep sagas longer than the requests that start them can be retried.
+    Purge {
+        /// How long ago they must have ended (`30d`, `12h`).
+        #[arg(long, value_parser = oncely_core::parse_duration)]
+        older_than: Duration,
+        /// Deleted per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
 }
 
 const PHASES: [&str; 5] = [
@@ -175,6 +186,20 @@ pub(crate) async fn run(args: SagaArgs) -> Result<(), String> {
             } else {
                 return Err(format!("{id}: no stuck saga with this id"));
             }
+        }
+        SagaCommand::Purge { older_than, batch } => {
+            let ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+            let before = Timestamp(SystemClock.now().0.saturating_sub(ms));
+            let mut total = 0;
+            loop {
+                let n = store.purge(before, batch.max(1)).await.map_err(e)?;
+                total += n;
+                if n == 0 {
+                    break;
+                }
+                eprintln!("purged {total} so far");
+            }
+            println!("purged {total} ended saga(s) older than {older_than:?}");
         }
         SagaCommand::Status => {
             let s = store.stats().await.map_err(e)?;

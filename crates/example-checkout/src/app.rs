@@ -167,6 +167,9 @@ impl Config {
                 ));
             }
         }
+        if self.admin_token.as_deref().is_some_and(str::is_empty) {
+            return Err("--admin-token must not be empty".into());
+        }
         if self.audit_key.as_ref().is_some_and(|k| k.len() < 16) {
             return Err("the audit key must be at least 16 bytes".into());
         }
@@ -350,7 +353,9 @@ pub fn admin_router(
                     .headers()
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .and_then(|v| v.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, t)| t.trim())
                     .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
                 async move {
                     if ok {
@@ -462,7 +467,8 @@ fn answer(id: &str, outcome: Outcome) -> Response<Body> {
         Outcome::Confirmed(_) => {
             (StatusCode::CREATED, Json(status_json(id, &outcome))).into_response()
         }
-        Outcome::Cancelled { reason, .. } if reason.contains("402") => problem_with(
+        // The provider's answer, as the HTTP step wrote it: `402 {...}`.
+        Outcome::Cancelled { reason, .. } if reason.starts_with("402 ") => problem_with(
             402,
             "payment-declined",
             "the card was declined; the stock is released and the order cancelled",

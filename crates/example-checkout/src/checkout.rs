@@ -94,7 +94,13 @@ impl CheckoutInput {
             return Err("`items` must hold 1-50 items".into());
         }
         let mut amount = 0;
-        for item in &req.items {
+        for (i, item) in req.items.iter().enumerate() {
+            if req.items[..i].iter().any(|earlier| earlier.sku == item.sku) {
+                return Err(format!(
+                    "`{}` is listed twice: name each sku once",
+                    item.sku
+                ));
+            }
             let Some((_, price)) = PRICES.iter().find(|(sku, _)| *sku == item.sku) else {
                 return Err(format!("unknown sku `{}`", item.sku));
             };
@@ -286,6 +292,20 @@ pub enum Outcome {
     },
 }
 
+/// The pending order a checkout places.
+fn order_of(saga_id: &str, input: CheckoutInput) -> Result<Order, StepError> {
+    Ok(Order {
+        id: input.order_id,
+        saga_id: saga_id.to_owned(),
+        email: input.email,
+        items: serde_json::to_value(&input.items).map_err(|e| StepError::Failed(e.to_string()))?,
+        amount: input.amount,
+        status: "pending".into(),
+        charge_id: None,
+        cancel_reason: None,
+    })
+}
+
 struct CheckoutStep {
     checkout: Arc<Checkout>,
     index: usize,
@@ -310,17 +330,7 @@ impl CheckoutStep {
         let input = Self::input(cx)?;
         match self.index {
             0 => {
-                let order = Order {
-                    id: input.order_id.clone(),
-                    saga_id: cx.saga_id.clone(),
-                    email: input.email,
-                    items: serde_json::to_value(&input.items)
-                        .map_err(|e| StepError::Failed(e.to_string()))?,
-                    amount: input.amount,
-                    status: "pending".into(),
-                    charge_id: None,
-                    cancel_reason: None,
-                };
+                let order = order_of(&cx.saga_id, input)?;
                 match c.orders.place(&order).await {
                     Ok(true) => Ok(serde_json::json!({ "order_id": order.id })),
                     Ok(false) => Err(StepError::Failed(format!(
@@ -383,10 +393,11 @@ impl CheckoutStep {
                     .failure
                     .clone()
                     .unwrap_or_else(|| "checkout turned back".into());
+                // Written whether or not the order exists: an insert still on its way (its
+                // attempt timed out) then finds the order cancelled and changes nothing.
                 c.orders
-                    .settle(&input.order_id, Settle::Cancel { reason })
+                    .cancel(&order_of(&cx.saga_id, input)?, &reason)
                     .await
-                    .map(|_| ())
                     .map_err(StepError::Retryable)
             }
             1 => {

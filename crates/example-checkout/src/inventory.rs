@@ -141,14 +141,20 @@ async fn reserve(State(ledger): State<Arc<Ledger>>, Json(req): Json<ReserveReque
     {
         return (StatusCode::OK, Json(serde_json::json!(r)));
     }
+    // A sku listed twice counts twice: the check is on the sum.
+    let mut wanted: BTreeMap<&str, u64> = BTreeMap::new();
     for item in &req.items {
-        if books.stock.get(&item.sku).copied().unwrap_or(0) < item.qty {
-            return error(StatusCode::UNPROCESSABLE_ENTITY, "out_of_stock");
-        }
+        *wanted.entry(item.sku.as_str()).or_default() += u64::from(item.qty);
+    }
+    if wanted
+        .iter()
+        .any(|(sku, qty)| u64::from(books.stock.get(*sku).copied().unwrap_or(0)) < *qty)
+    {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "out_of_stock");
     }
     for item in &req.items {
         if let Some(n) = books.stock.get_mut(&item.sku) {
-            *n -= item.qty;
+            *n = n.saturating_sub(item.qty);
         }
     }
     let r = Reservation {
@@ -185,7 +191,8 @@ async fn release(State(ledger): State<Arc<Ledger>>, Path(reference): Path<String
     {
         r.released = true;
         for item in &r.items {
-            *stock.entry(item.sku.clone()).or_default() += item.qty;
+            let n = stock.entry(item.sku.clone()).or_default();
+            *n = n.saturating_add(item.qty);
         }
         *releases += 1;
         gave_back = true;

@@ -102,11 +102,13 @@ impl OrdersDb {
                 Self::sqlite_run(conn, move |c| {
                     c.execute(
                         "INSERT INTO orders (id, saga_id, email, items, amount, status, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', unixepoch()) ON CONFLICT (id) DO NOTHING",
-                        params![o.id, o.saga_id, o.email, items, amount],
+                         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6) ON CONFLICT (id) DO NOTHING",
+                        params![o.id, o.saga_id, o.email, items, amount, now_ms()],
                     )?;
-                    c.query_row("SELECT saga_id FROM orders WHERE id = ?1", [&o.id], |r| r.get(0))
-                        .optional()
+                    c.query_row("SELECT saga_id FROM orders WHERE id = ?1", [&o.id], |r| {
+                        r.get(0)
+                    })
+                    .optional()
                 })
                 .await?
             }
@@ -123,7 +125,10 @@ impl OrdersDb {
                     .await
                     .map_err(|e| pg_error(&e))?;
                 client
-                    .query_opt(&format!("SELECT saga_id FROM \"{s}\".orders WHERE id = $1"), &[&o.id])
+                    .query_opt(
+                        &format!("SELECT saga_id FROM \"{s}\".orders WHERE id = $1"),
+                        &[&o.id],
+                    )
                     .await
                     .map_err(|e| pg_error(&e))?
                     .map(|r| r.get(0))
@@ -175,6 +180,46 @@ impl OrdersDb {
                     .await
                     .map_err(|e| pg_error(&e))?
                     .map(|r| r.get(0)))
+            }
+        }
+    }
+
+    /// Cancels `order` for `reason`: a pending one becomes `cancelled`; a missing one is
+    /// written as `cancelled`, so that an insert still on its way changes nothing. A
+    /// confirmed order stays confirmed.
+    pub async fn cancel(&self, order: &Order, reason: &str) -> Result<(), String> {
+        let (o, reason) = (order.clone(), reason.to_owned());
+        let items = o.items.to_string();
+        let amount = i64::try_from(o.amount).map_err(|e| e.to_string())?;
+        match self {
+            OrdersDb::Sqlite(conn) => {
+                Self::sqlite_run(conn, move |c| {
+                    c.execute(
+                        "INSERT INTO orders (id, saga_id, email, items, amount, status, cancel_reason, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 'cancelled', ?6, ?7)
+                         ON CONFLICT (id) DO UPDATE SET status = 'cancelled', cancel_reason = ?6
+                         WHERE orders.status = 'pending'",
+                        params![o.id, o.saga_id, o.email, items, amount, reason, now_ms()],
+                    )
+                    .map(|_| ())
+                })
+                .await
+            }
+            OrdersDb::Postgres(pool, s) => {
+                let client = pool.get().await.map_err(|e| e.to_string())?;
+                client
+                    .execute(
+                        &format!(
+                            "INSERT INTO \"{s}\".orders AS o (id, saga_id, email, items, amount, status, cancel_reason)
+                             VALUES ($1, $2, $3, $4::text::jsonb, $5, 'cancelled', $6)
+                             ON CONFLICT (id) DO UPDATE SET status = 'cancelled', cancel_reason = $6
+                             WHERE o.status = 'pending'"
+                        ),
+                        &[&o.id, &o.saga_id, &o.email, &items, &amount, &reason],
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| pg_error(&e))
             }
         }
     }
@@ -258,6 +303,13 @@ pub enum Settle {
         /// Why.
         reason: String,
     },
+}
+
+/// Milliseconds since the epoch, for `created_at` on SQLite (PostgreSQL uses `now()`).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A PostgreSQL error with the server's message, which `Display` leaves out.

@@ -602,6 +602,102 @@ async fn failures_on_the_way<D: Db>(new_db: impl Fn() -> D) {
     shop.stop().await;
 }
 
+/// Bad input is a 400 before any saga starts; an item out of stock turns the checkout back
+/// (422) with the order cancelled and nothing charged.
+async fn bad_input_and_no_stock<D: Db>(db: D) {
+    let client = TestClient::new();
+    let s = services().await;
+    let shop = start_shop(&db.url(), &s, &[], None).await;
+    let url = format!("{}/checkout", shop.url);
+    for (body, says) in [
+        (
+            r#"{"email":"ada@example.com","card":"tok_visa","items":[]}"#,
+            "1-50 items",
+        ),
+        (
+            r#"{"email":"ada@example.com","card":"tok_visa","items":[{"sku":"tea","qty":60},{"sku":"tea","qty":60}]}"#,
+            "listed twice",
+        ),
+        (
+            r#"{"email":"ada@example.com","card":"tok_visa","items":[{"sku":"gin","qty":1}]}"#,
+            "unknown sku",
+        ),
+        (
+            r#"{"email":"ada","card":"tok_visa","items":[{"sku":"tea","qty":1}]}"#,
+            "e-mail",
+        ),
+        (
+            r#"{"email":"ada@example.com","card":"tok_visa","items":[{"sku":"tea","qty":1}],"coupon":"x"}"#,
+            "unknown field",
+        ),
+        ("not json", "expected"),
+    ] {
+        let a = client
+            .post_keyed(&url, &format!("bad-{}", body.len()), body, &[])
+            .await
+            .unwrap();
+        assert_eq!(a.status, 400, "{body}: {:?}", a.json());
+        assert_eq!(
+            a.problem_type().as_deref(),
+            Some("urn:oncely:example:invalid-checkout")
+        );
+        assert!(
+            a.json()["detail"].as_str().unwrap().contains(says),
+            "{body}: {:?}",
+            a.json()
+        );
+    }
+    let no_key = client
+        .send("POST", &url, &[("content-type", "application/json")], ORDER)
+        .await
+        .unwrap();
+    assert_eq!(no_key.status, 400, "{:?}", no_key.json());
+    assert!(
+        db.orders().await.is_empty(),
+        "no saga started for bad input"
+    );
+
+    let most = r#"{"email":"ada@example.com","card":"tok_visa","items":[{"sku":"tea","qty":99}]}"#;
+    let a = checkout_until_final(&client, &shop.url, "most", most).await;
+    assert_eq!(a.status, 201, "{:?}", a.json());
+    let more = r#"{"email":"bob@example.com","card":"tok_visa","items":[{"sku":"tea","qty":2}]}"#;
+    let b = checkout_until_final(&client, &shop.url, "more", more).await;
+    assert_eq!(b.status, 422, "{:?}", b.json());
+    assert_eq!(
+        b.problem_type().as_deref(),
+        Some("urn:oncely:example:checkout-cancelled")
+    );
+    assert!(
+        b.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("out_of_stock"),
+        "{:?}",
+        b.json()
+    );
+    let orders = db.orders().await;
+    let bob = orders
+        .iter()
+        .find(|o| o.email == "bob@example.com")
+        .unwrap();
+    assert_eq!(bob.status, "cancelled");
+    assert_eq!(s.charges.charges().len(), 1, "only the first was charged");
+    assert_eq!(s.stock.stock("tea"), 1);
+    shop.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_bad_input_and_no_stock() {
+    bad_input_and_no_stock(SqliteDb::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bad_input_and_no_stock() {
+    if let Some(new_db) = postgres("postgres_bad_input_and_no_stock") {
+        bad_input_and_no_stock(new_db()).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_failures_on_the_way() {
     failures_on_the_way(SqliteDb::new).await;
@@ -611,6 +707,78 @@ async fn sqlite_failures_on_the_way() {
 async fn postgres_failures_on_the_way() {
     if let Some(new_db) = postgres("postgres_failures_on_the_way") {
         failures_on_the_way(new_db).await;
+    }
+}
+
+/// Two shop processes on one database, checkouts sent to both at once, one of them killed
+/// while it runs them: the other finishes every checkout, each effect once.
+async fn two_shops_share_one_database(db: impl Db) {
+    let client = TestClient::new();
+    let s = services().await;
+    let mut a = start_shop(&db.url(), &s, &[], None).await;
+    let b = start_shop(&db.url(), &s, &[], None).await;
+    let checkouts: Vec<(String, &str)> = (0..16)
+        .map(|i| (format!("two-{i}"), if i % 4 < 2 { ORDER } else { DECLINED }))
+        .collect();
+    let mut sent = tokio::task::JoinSet::new();
+    for (i, (key, body)) in checkouts.iter().enumerate() {
+        let url = format!("{}/checkout", if i % 2 == 0 { &a.url } else { &b.url });
+        let (client, key, body) = (client.clone(), key.clone(), body.to_string());
+        sent.spawn(async move { client.post_keyed(&url, &key, &body, &[]).await });
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    a.child.kill().await.unwrap();
+    while sent.join_next().await.is_some() {}
+    for (key, body) in &checkouts {
+        let answer = checkout_until_final(&client, &b.url, key, body).await;
+        let expected = if *body == ORDER {
+            "confirmed"
+        } else {
+            "cancelled"
+        };
+        assert_eq!(
+            answer.json()["state"],
+            expected,
+            "{key}: {:?}",
+            answer.json()
+        );
+    }
+    let orders = db.orders().await;
+    assert_eq!(orders.len(), 16);
+    assert_eq!(orders.iter().filter(|o| o.status == "confirmed").count(), 8);
+    assert_eq!(orders.iter().filter(|o| o.status == "cancelled").count(), 8);
+    let charges = s.charges.charges();
+    let mut charged: Vec<&str> = charges.iter().map(|c| c.reference.as_str()).collect();
+    charged.sort();
+    charged.dedup();
+    assert_eq!(
+        (charges.len(), charged.len()),
+        (8, 8),
+        "one charge per paid order: {charges:?}"
+    );
+    let reservations = s.stock.reservations();
+    assert_eq!(
+        reservations.len(),
+        16,
+        "one reservation per order: {reservations:?}"
+    );
+    assert_eq!(reservations.iter().filter(|r| r.released).count(), 8);
+    assert_eq!(s.stock.releases(), 8);
+    assert_eq!(s.stock.stock("tea"), inventory::INITIAL_STOCK - 16);
+    assert_eq!(s.stock.stock("cake"), inventory::INITIAL_STOCK - 8);
+    assert_eq!(s.stock.stock("coffee"), inventory::INITIAL_STOCK);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_two_shops_share_one_database() {
+    two_shops_share_one_database(SqliteDb::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_shops_share_one_database() {
+    if let Some(new_db) = postgres("postgres_two_shops_share_one_database") {
+        two_shops_share_one_database(new_db()).await;
     }
 }
 

@@ -115,12 +115,14 @@ pub async fn claims_are_leased_and_fenced(f: &impl Fixture) {
         s.claim_due(&kinds(), 10, LEASE).await.unwrap().is_empty(),
         "the lease was kept"
     );
-    // A cancel asked meanwhile is told to the runner at its next record; outputs add up.
+    // A cancel asked meanwhile is told to the runner at its next record (one that takes
+    // it); outputs add up.
     assert!(s.request_cancel("o-1").await.unwrap());
-    let second = Transition {
+    let mut second = Transition {
         output: Some(("s1".into(), serde_json::json!({ "ref": 2 }))),
         ..step_done(t.state.clone(), 2, now, true)
     };
+    second.state.cancel_requested = true;
     assert_eq!(
         s.record("o-1", c.token, &second, LEASE).await.unwrap(),
         Recorded::Recorded {
@@ -332,6 +334,136 @@ pub async fn concurrent_claims_never_share_a_saga(f: &impl Fixture) {
     assert_eq!((claimed, all.len()), (60, 60), "each saga claimed once");
 }
 
+/// While a cancel is requested, a transition that would start an attempt without having
+/// taken it is refused and nothing is written; one that took it, or that hands the saga
+/// back, is recorded.
+pub async fn a_pending_cancel_refuses_attempts_that_did_not_take_it(f: &impl Fixture) {
+    let s = f.store();
+    s.create(&saga("o-1")).await.unwrap();
+    let c = s.claim_due(&kinds(), 1, LEASE).await.unwrap().remove(0);
+    assert!(s.request_cancel("o-1").await.unwrap());
+    let now = f.clock().now();
+    let next = step_done(c.saga.state.clone(), 1, now, true);
+    assert_eq!(
+        s.record("o-1", c.token, &next, LEASE).await.unwrap(),
+        Recorded::CancelRequested
+    );
+    let (saga, log) = s.get("o-1").await.unwrap().unwrap();
+    assert_eq!(saga.state, c.saga.state, "nothing written");
+    assert!(saga.outputs.is_empty());
+    assert_eq!(log.last().unwrap().outcome, "cancel requested");
+    // With the cancel taken, the same transition goes through.
+    let mut taken = next.clone();
+    taken.state.cancel_requested = true;
+    assert_eq!(
+        s.record("o-1", c.token, &taken, LEASE).await.unwrap(),
+        Recorded::Recorded {
+            cancel_requested: true
+        }
+    );
+    // A transition that hands the saga back (a wait) is recorded whatever the flag says:
+    // the next claim takes the cancel.
+    let mut wait = step_done(taken.state.clone(), 2, now, false);
+    wait.state.cancel_requested = false;
+    assert!(matches!(
+        s.record("o-1", c.token, &wait, LEASE).await.unwrap(),
+        Recorded::Recorded { .. }
+    ));
+    // A stale runner still gets LeaseLost, not a cancel.
+    assert_eq!(
+        s.record("o-1", c.token + 1000, &next, LEASE).await.unwrap(),
+        Recorded::LeaseLost
+    );
+}
+
+/// Starts `id`, claims it and records it as ended in `phase`, then lets a second pass.
+async fn end_saga(f: &impl Fixture, id: &str, phase: Phase) {
+    let s = f.store();
+    s.create(&saga(id)).await.unwrap();
+    let c = s
+        .claim_due(&kinds(), 10, LEASE)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.saga.id == id)
+        .unwrap();
+    let now = f.clock().now();
+    let t = Transition {
+        state: SagaState {
+            phase,
+            ..c.saga.state.clone()
+        },
+        due_at: now,
+        output: None,
+        log: LogEntry {
+            step: None,
+            direction: Direction::Saga,
+            attempt: 1,
+            outcome: "ended".into(),
+            at: now,
+        },
+        keep_lease: false,
+    };
+    s.record(id, c.token, &t, LEASE).await.unwrap();
+    f.clock().advance(Duration::from_secs(1));
+}
+
+/// Purging deletes ended sagas (with their logs) that ended before the bound, the longest
+/// ended first, up to the limit; active and stuck sagas stay.
+pub async fn purge_removes_only_long_ended_sagas(f: &impl Fixture) {
+    let s = f.store();
+    end_saga(f, "o-1", Phase::Completed).await;
+    end_saga(f, "o-2", Phase::Compensated).await;
+    let stuck = Phase::Stuck {
+        reason: "refund refused".into(),
+        step: 0,
+        undoing: true,
+    };
+    end_saga(f, "o-3", stuck).await;
+    end_saga(f, "o-4", Phase::Completed).await;
+    s.create(&saga("o-5")).await.unwrap();
+    // o-5 is still running. Everything but o-4 ended more than a second ago.
+    let bound = Timestamp(f.clock().now().0 - 1500);
+    assert_eq!(s.purge(bound, 1).await.unwrap(), 1, "the limit");
+    assert!(
+        s.get("o-1").await.unwrap().is_none(),
+        "the longest ended first"
+    );
+    assert!(s.get("o-2").await.unwrap().is_some());
+    assert_eq!(s.purge(bound, 100).await.unwrap(), 1);
+    assert!(s.get("o-2").await.unwrap().is_none());
+    assert_eq!(
+        s.purge(bound, 100).await.unwrap(),
+        0,
+        "nothing more before the bound"
+    );
+    for id in ["o-3", "o-4", "o-5"] {
+        let (_, log) = s
+            .get(id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{id} stays"));
+        assert!(!log.is_empty());
+    }
+    assert_eq!(
+        s.purge(f.clock().now().plus(LEASE), 100).await.unwrap(),
+        1,
+        "o-4 now"
+    );
+    let ids: Vec<String> = s
+        .list(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids.len(), 2, "the stuck and the running saga stay: {ids:?}");
+    // A purged id is free again.
+    assert_eq!(s.create(&saga("o-1")).await.unwrap(), Created::New);
+    let (_, log) = s.get("o-1").await.unwrap().unwrap();
+    assert_eq!(log.len(), 1, "a fresh log: {log:?}");
+}
+
 /// Runs the whole suite, each case on a fresh fixture.
 pub async fn run_all<F: Fixture, Fut: std::future::Future<Output = F>>(make: impl Fn() -> Fut) {
     create_is_idempotent(&make().await).await;
@@ -339,4 +471,6 @@ pub async fn run_all<F: Fixture, Fut: std::future::Future<Output = F>>(make: imp
     waits_are_durable_timers_and_ended_sagas_rest(&make().await).await;
     cancel_list_and_stats(&make().await).await;
     concurrent_claims_never_share_a_saga(&make().await).await;
+    purge_removes_only_long_ended_sagas(&make().await).await;
+    a_pending_cancel_refuses_attempts_that_did_not_take_it(&make().await).await;
 }

@@ -86,6 +86,8 @@ struct Statements {
     reopen: String,
     cancel: String,
     stats: String,
+    purge: String,
+    cancel_pending: String,
 }
 
 impl Statements {
@@ -134,7 +136,9 @@ impl Statements {
                      ELSE outputs || jsonb_build_object($8::text, $9::text::jsonb) END, \
                    due_at = $10, lease_token = $11, lease_until = $12, updated_at = $13, \
                    log_seq = log_seq + 1, undoing = $21 \
-                 WHERE id = $14 AND lease_token = $15 RETURNING id, log_seq, cancel_requested), \
+                 WHERE id = $14 AND lease_token = $15 \
+                   AND NOT (cancel_requested AND $22 AND NOT $7) \
+                 RETURNING id, log_seq, cancel_requested), \
                  written AS ({} RETURNING saga_id) \
                  SELECT s.cancel_requested FROM s, written",
                 log_line("$16", "$17", "$18", "$19", "$20")
@@ -158,6 +162,17 @@ impl Statements {
                 log_line("$1", "NULL", "'saga'", "1", "'cancel requested'")
             ),
             stats: format!("SELECT phase, count(*), min(started_at) FROM {t} GROUP BY phase"),
+            cancel_pending: format!(
+                "SELECT cancel_requested FROM {t} WHERE id = $1 AND lease_token = $2"
+            ),
+            // One statement: the log lines and the sagas go together, and a saga an operator
+            // or a runner holds a lock on is left for the next purge.
+            purge: format!(
+                "WITH doomed AS (SELECT id FROM {t} WHERE phase IN ('completed', 'compensated') \
+                 AND updated_at < $1 ORDER BY updated_at, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                 gone AS (DELETE FROM {l} WHERE saga_id IN (SELECT id FROM doomed)) \
+                 DELETE FROM {t} WHERE id IN (SELECT id FROM doomed) RETURNING id"
+            ),
         }
     }
 }
@@ -333,6 +348,7 @@ impl SagaStore for PgSagas {
         };
         let attempt = i64::from(t.state.attempt);
         let log_attempt = i64::from(t.log.attempt);
+        let starts_attempt = t.keep_lease && !t.state.phase.is_final();
         let rows = self
             .query(
                 &self.sql.record,
@@ -358,11 +374,21 @@ impl SagaStore for PgSagas {
                     &log_attempt,
                     &t.log.outcome,
                     &undoing,
+                    &starts_attempt,
                 ],
             )
             .await?;
         Ok(match rows.first() {
-            None => Recorded::LeaseLost,
+            // Refused: by the lease, or by a pending cancel the transition did not take.
+            None => {
+                let held = self.query(&self.sql.cancel_pending, &[&id, &token]).await?;
+                match held.first().map(|r| r.try_get::<_, bool>(0)) {
+                    Some(Ok(true)) if starts_attempt && !t.state.cancel_requested => {
+                        Recorded::CancelRequested
+                    }
+                    _ => Recorded::LeaseLost,
+                }
+            }
             Some(r) => Recorded::Recorded {
                 cancel_requested: r.try_get(0).map_err(unavailable)?,
             },
@@ -411,6 +437,14 @@ impl SagaStore for PgSagas {
             .query(&self.sql.cancel, &[&now.0, &id])
             .await?
             .is_empty())
+    }
+
+    async fn purge(&self, ended_before: Timestamp, limit: usize) -> Result<u64, SagaError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .query(&self.sql.purge, &[&ended_before.0, &limit])
+            .await?;
+        Ok(rows.len() as u64)
     }
 
     async fn stats(&self) -> Result<SagaStats, SagaError> {

@@ -213,7 +213,8 @@ impl Runner {
                 Ok(Err(e)) => {
                     error.get_or_insert(e);
                 }
-                // A step that panicked leaves its saga to the lease, like a crash.
+                // Steps run as tasks of their own (a panic there is a retryable outcome); a
+                // panic in the runner's own code leaves the saga to its lease, like a crash.
                 Err(_) => {}
             }
         }
@@ -388,7 +389,7 @@ async fn drive(
     let mut last: Option<Action> = None;
     let mut output: Option<(String, serde_json::Value)> = None;
     let mut transitions = 0;
-    // Set while re-deciding the last transition with a cancel that arrived during it.
+    // Set while deciding again a transition the store refused for a pending cancel.
     let mut retaking = false;
     loop {
         let now = clock.now();
@@ -402,17 +403,10 @@ async fn drive(
                 undoing: matches!(state.phase, Phase::Compensating { .. }),
             };
         }
-        let log = if retaking {
-            LogEntry {
-                step: None,
-                direction: Direction::Saga,
-                attempt: 1,
-                outcome: "cancel taken".to_owned(),
-                at: now,
-            }
-        } else {
-            log_line(&def, last.as_ref(), &input, now)
-        };
+        let mut log = log_line(&def, last.as_ref(), &input, now);
+        if retaking {
+            log.outcome.push_str("; cancel taken");
+        }
         let before = state.clone();
         let (next, action) = decide(
             &def.plan,
@@ -433,30 +427,26 @@ async fn drive(
             log,
             keep_lease: matches!(action, Action::Run { .. } | Action::Undo { .. }),
         };
-        let cancel_asked = match store.record(&saga.id, token, &transition, lease).await? {
+        match store.record(&saga.id, token, &transition, lease).await? {
             Recorded::LeaseLost => return Ok((transitions, true)),
-            Recorded::Recorded { cancel_requested } => cancel_requested,
-        };
-        transitions += 1;
-        if !retaking {
-            count(&seen.metrics, last.as_ref(), &input, &next.phase);
+            Recorded::Recorded { .. } => {}
+            Recorded::CancelRequested => {
+                // A person asked to cancel (while the last attempt ran, say), and this
+                // transition would start an attempt without taking it: nothing was recorded.
+                // Decided again from the same state and outcome with the cancel taken, so a
+                // saga whose next step is its pivot turns back instead of starting it.
+                state = before;
+                state.cancel_requested = true;
+                output = transition.output;
+                retaking = true;
+                continue;
+            }
         }
+        transitions += 1;
+        count(&seen.metrics, last.as_ref(), &input, &next.phase);
         seen.audit(&saga.id, &before, &next, &transition.log);
         if let Some((step, value)) = transition.output {
             outputs.insert(step, value);
-        }
-        if cancel_asked
-            && !next.cancel_requested
-            && matches!(action, Action::Run { .. } | Action::Undo { .. })
-        {
-            // A person asked to cancel while the last attempt ran. The attempt just recorded
-            // has not begun, so the transition is decided again from the state before it,
-            // with the cancel taken: a saga whose next step is its pivot still turns back
-            // (deciding from the recorded state could not tell that the pivot never ran).
-            state = before;
-            state.cancel_requested = true;
-            retaking = true;
-            continue;
         }
         retaking = false;
         state = next;
@@ -480,26 +470,37 @@ async fn drive(
             )));
         };
         // Each attempt gets half the lease, so its outcome is recorded before the lease ends.
+        // It runs as a task of its own so that a step that panics is an attempt without an
+        // answer (retried under the same key), not a runner that stalls until its lease ends.
         let bound = lease / 2;
-        let result = if undo {
-            tokio::time::timeout(bound, body.undo(&cx))
-                .await
-                .map(|r| r.map(|()| None))
-        } else {
-            tokio::time::timeout(bound, body.run(&cx))
-                .await
-                .map(|r| r.map(Some))
+        let mut attempt = tokio::spawn(async move {
+            if undo {
+                body.undo(&cx).await.map(|()| None)
+            } else {
+                body.run(&cx).await.map(Some)
+            }
+        });
+        let result = match tokio::time::timeout(bound, &mut attempt).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) if e.is_panic() => Err(StepError::Retryable("the step panicked".into())),
+            Ok(Err(e)) => Err(StepError::Retryable(format!(
+                "the step did not finish: {e}"
+            ))),
+            Err(_) => {
+                // Stopped, as a dropped future would be: the attempt has no answer.
+                attempt.abort();
+                Err(StepError::Retryable(format!("no answer within {bound:?}")))
+            }
         };
         input = Input::Outcome(match result {
-            Ok(Ok(value)) => {
+            Ok(value) => {
                 if let Some(value) = value {
                     output = Some((def.plan.steps[step].name.clone(), value));
                 }
                 Outcome::Done
             }
-            Ok(Err(StepError::Retryable(e))) => Outcome::Retryable(e),
-            Ok(Err(StepError::Failed(e))) => Outcome::Failed(e),
-            Err(_) => Outcome::Retryable(format!("no answer within {bound:?}")),
+            Err(StepError::Retryable(e)) => Outcome::Retryable(e),
+            Err(StepError::Failed(e)) => Outcome::Failed(e),
         });
         last = Some(action);
     }

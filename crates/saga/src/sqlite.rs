@@ -342,6 +342,13 @@ impl SagaStore for SqliteSagas {
             if held != Some(token) {
                 return Ok(Recorded::LeaseLost);
             }
+            if cancel_requested
+                && t.keep_lease
+                && !t.state.cancel_requested
+                && !t.state.phase.is_final()
+            {
+                return Ok(Recorded::CancelRequested);
+            }
             if let Some((step, output)) = &t.output {
                 saga.outputs.insert(step.clone(), output.clone());
             }
@@ -454,6 +461,32 @@ impl SagaStore for SqliteSagas {
              WHERE id = ?2 AND phase IN ('running', 'compensating')",
             "cancel requested",
         )
+        .await
+    }
+
+    async fn purge(&self, ended_before: Timestamp, limit: usize) -> Result<u64, SagaError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |conn, _| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            // One immediate transaction: the two statements see the same ended sagas.
+            let doomed = "SELECT id FROM oncely_sagas WHERE phase IN ('completed', 'compensated') \
+                          AND updated_at < ?1 ORDER BY updated_at, id LIMIT ?2";
+            tx.execute(
+                &format!("DELETE FROM oncely_saga_log WHERE saga_id IN ({doomed})"),
+                rusqlite::params![ended_before.0, limit],
+            )
+            .map_err(unavailable)?;
+            let n = tx
+                .execute(
+                    &format!("DELETE FROM oncely_sagas WHERE id IN ({doomed})"),
+                    rusqlite::params![ended_before.0, limit],
+                )
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(n as u64)
+        })
         .await
     }
 

@@ -133,6 +133,11 @@ pub enum Recorded {
     /// The lease was no longer this runner's: nothing was recorded. Another runner holds
     /// the saga (or will), and repeats the attempt under the same key.
     LeaseLost,
+    /// Nothing was recorded: a person asked to cancel, and the transition would start an
+    /// attempt without having taken the cancel. The runner decides it again with the
+    /// cancel taken, so that no attempt begins that the cancel could still prevent (the
+    /// pivot, above all), whatever happens to the runner in between.
+    CancelRequested,
 }
 
 /// Counts, for metrics and an operator's first look.
@@ -193,7 +198,10 @@ pub trait SagaStore: Send + Sync + 'static {
     ) -> Result<Vec<Claimed>, SagaError>;
 
     /// Records a transition of a claimed saga, if `token` is still its lease's; renews the
-    /// lease by `lease` when the transition keeps it, else hands the saga back.
+    /// lease by `lease` when the transition keeps it, else hands the saga back. A
+    /// transition that keeps the lease (it starts an attempt) without the cancel taken
+    /// (`state.cancel_requested` false) is refused while a cancel is requested
+    /// ([`Recorded::CancelRequested`]).
     async fn record(
         &self,
         id: &str,
@@ -218,6 +226,13 @@ pub trait SagaStore: Send + Sync + 'static {
 
     /// Counts per phase and the oldest active saga.
     async fn stats(&self) -> Result<SagaStats, SagaError>;
+
+    /// Deletes up to `limit` sagas that ended (`completed` or `compensated`) before
+    /// `ended_before`, with their logs, the longest ended first; the number deleted. Stuck
+    /// sagas are never purged: they wait for a person. A saga's id is free again once it
+    /// is gone, so keep sagas at least as long as the requests that start them can be
+    /// retried (the idempotency layer's TTL).
+    async fn purge(&self, ended_before: Timestamp, limit: usize) -> Result<u64, SagaError>;
 }
 
 /// The stored name of a phase: `running`, `compensating`, `completed`, `compensated`,

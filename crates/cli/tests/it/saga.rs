@@ -124,4 +124,52 @@ async fn sagas_are_listed_shown_and_cancelled_from_the_command_line() {
     assert_eq!(saga.state.phase, Phase::Compensating { step: 0 });
     let (ok, out) = saga_cli(&db, &["retry", "o-stuck"]);
     assert!(!ok && out.contains("no stuck saga"), "{out}");
+
+    // Purge: nothing has ended yet; an ended saga goes once it is old enough.
+    let (ok, out) = saga_cli(&db, &["purge", "--older-than", "1ms"]);
+    assert!(ok && out.contains("purged 0 ended saga(s)"), "{out}");
+    let c = store
+        .claim_due(&["checkout".into()], 10, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.saga.id == "o-stuck")
+        .unwrap();
+    let now = SystemClock.now();
+    store
+        .record(
+            "o-stuck",
+            c.token,
+            &Transition {
+                state: SagaState {
+                    phase: Phase::Compensated,
+                    ..c.saga.state.clone()
+                },
+                due_at: now,
+                output: None,
+                log: LogEntry {
+                    step: Some("reserve".into()),
+                    direction: Direction::Undo,
+                    attempt: 1,
+                    outcome: "done".into(),
+                    at: now,
+                },
+                keep_lease: false,
+            },
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let (ok, out) = saga_cli(&db, &["purge", "--older-than", "1h"]);
+    assert!(ok && out.contains("purged 0 ended saga(s)"), "{out}");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (ok, out) = saga_cli(&db, &["purge", "--older-than", "10ms"]);
+    assert!(ok && out.contains("purged 1 ended saga(s)"), "{out}");
+    assert!(store.get("o-stuck").await.unwrap().is_none());
+    assert!(
+        store.get("o-running").await.unwrap().is_some(),
+        "active sagas stay"
+    );
+    let (ok, out) = saga_cli(&db, &["purge", "--older-than", "soon"]);
+    assert!(!ok && out.contains("unknown unit"), "{out}");
 }

@@ -551,3 +551,133 @@ async fn two_runners_racing_one_saga_one_proceeds_the_stale_one_is_refused() {
         assert_eq!(shop.orders.keys(), ["o-1/confirm/do"]);
     }
 }
+
+/// A step that panics on its first attempt.
+struct Panics {
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Step for Panics {
+    async fn run(&self, _cx: &StepContext) -> Result<serde_json::Value, StepError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("a bug in the step");
+        }
+        Ok(serde_json::json!({}))
+    }
+    async fn undo(&self, _cx: &StepContext) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_panics_is_retried_without_waiting_for_the_lease() {
+    let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+    let db = open(&None, &clock).await;
+    let store = db.store.clone();
+    let shop = shop(usize::MAX);
+    let mut def = definition(&shop);
+    def.steps[0] = Arc::new(Panics {
+        calls: AtomicUsize::new(0),
+    });
+    let r = Runner::new(
+        store.clone(),
+        vec![def],
+        Arc::new(clock.clone()),
+        RunnerConfig {
+            lease: LEASE,
+            ..RunnerConfig::default()
+        },
+    )
+    .unwrap();
+    r.start(&NewSaga {
+        id: "o-1".into(),
+        kind: "checkout".into(),
+        input: serde_json::json!({}),
+    })
+    .await
+    .unwrap();
+    r.pass().await.unwrap();
+    let (saga, log) = store.get("o-1").await.unwrap().unwrap();
+    assert_eq!(
+        (saga.state.phase.clone(), saga.state.attempt),
+        (Phase::Forward { step: 0 }, 2),
+        "{log:?}"
+    );
+    assert_eq!(log.last().unwrap().outcome, "retryable: the step panicked");
+    // Well within the lease: the retry's backoff, not the lease, decides when it runs again.
+    clock.advance(Duration::from_secs(1));
+    r.pass().await.unwrap();
+    let (saga, _) = store.get("o-1").await.unwrap().unwrap();
+    assert_eq!(saga.state.phase, Phase::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_the_step_before_the_pivot_runs_turns_the_saga_back() {
+    for backend in backends("a_cancel_while_the_step_before_the_pivot_runs_turns_the_saga_back") {
+        let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+        let db = open(&backend, &clock).await;
+        let store = db.store.clone();
+        let shop = shop(usize::MAX);
+        let gate = Arc::new(Gate {
+            calls: AtomicUsize::new(0),
+            entered: tokio::sync::Notify::new(),
+            open: tokio::sync::Notify::new(),
+        });
+        // The reservation (the step before the pivot, the charge) blocks until the test
+        // has asked to cancel; then it succeeds.
+        let mut def = definition(&shop);
+        def.steps[0] = Arc::new(GateStep(gate.clone()));
+        let r = Arc::new(
+            Runner::new(
+                store.clone(),
+                vec![def],
+                Arc::new(clock.clone()),
+                RunnerConfig {
+                    lease: LEASE,
+                    ..RunnerConfig::default()
+                },
+            )
+            .unwrap(),
+        );
+        r.start(&NewSaga {
+            id: "o-1".into(),
+            kind: "checkout".into(),
+            input: serde_json::json!({}),
+        })
+        .await
+        .unwrap();
+        let pass = tokio::spawn({
+            let r = r.clone();
+            async move { r.pass().await }
+        });
+        gate.entered.notified().await;
+        assert!(store.request_cancel("o-1").await.unwrap());
+        gate.open.notify_one();
+        pass.await.unwrap().unwrap();
+        let (saga, log) = store.get("o-1").await.unwrap().unwrap();
+        assert_eq!(saga.state.phase, Phase::Compensated, "{log:?}");
+        assert_eq!(saga.state.failure.as_deref(), Some("cancelled"));
+        assert!(
+            shop.payments.keys().is_empty(),
+            "the pivot never ran: {log:?}"
+        );
+        assert!(shop.orders.keys().is_empty());
+        let lines: Vec<String> = log
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {} {}",
+                    l.step.as_deref().unwrap_or("-"),
+                    l.direction.as_str(),
+                    l.outcome
+                )
+            })
+            .collect();
+        assert!(
+            lines.contains(&"reserve do done; cancel taken".to_owned()),
+            "{lines:?}"
+        );
+        assert_eq!(lines.last().unwrap(), "reserve undo done", "{lines:?}");
+    }
+}
