@@ -476,6 +476,48 @@ impl Step for GateStep {
     }
 }
 
+impl Gate {
+    fn new() -> Arc<Gate> {
+        Arc::new(Gate {
+            calls: AtomicUsize::new(0),
+            entered: tokio::sync::Notify::new(),
+            open: tokio::sync::Notify::new(),
+        })
+    }
+}
+
+/// A runner of the test's checkout whose first step (the reservation) is `first`.
+fn runner_with(
+    store: &Arc<dyn SagaStore>,
+    shop: &Shop,
+    clock: &ManualClock,
+    first: Arc<dyn Step>,
+) -> Runner {
+    let mut def = definition(shop);
+    def.steps[0] = first;
+    Runner::new(
+        store.clone(),
+        vec![def],
+        Arc::new(clock.clone()),
+        RunnerConfig {
+            lease: LEASE,
+            ..RunnerConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Starts the saga `o-1`.
+async fn start_one(r: &Runner) {
+    r.start(&NewSaga {
+        id: "o-1".into(),
+        kind: "checkout".into(),
+        input: serde_json::json!({}),
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runners_racing_one_saga_one_proceeds_the_stale_one_is_refused() {
     for backend in backends("two_runners_racing_one_saga_one_proceeds_the_stale_one_is_refused") {
@@ -483,34 +525,10 @@ async fn two_runners_racing_one_saga_one_proceeds_the_stale_one_is_refused() {
         let db = open(&backend, &clock).await;
         let store = db.store.clone();
         let shop = shop(usize::MAX);
-        let gate = Arc::new(Gate {
-            calls: AtomicUsize::new(0),
-            entered: tokio::sync::Notify::new(),
-            open: tokio::sync::Notify::new(),
-        });
-        let racer = || {
-            let mut def = definition(&shop);
-            def.steps[0] = Arc::new(GateStep(gate.clone()));
-            Runner::new(
-                store.clone(),
-                vec![def],
-                Arc::new(clock.clone()),
-                RunnerConfig {
-                    lease: LEASE,
-                    ..RunnerConfig::default()
-                },
-            )
-            .unwrap()
-        };
+        let gate = Gate::new();
+        let racer = || runner_with(&store, &shop, &clock, Arc::new(GateStep(gate.clone())));
         let (stalled, other) = (Arc::new(racer()), racer());
-        stalled
-            .start(&NewSaga {
-                id: "o-1".into(),
-                kind: "checkout".into(),
-                input: serde_json::json!({}),
-            })
-            .await
-            .unwrap();
+        start_one(&stalled).await;
         let first = tokio::spawn({
             let r = stalled.clone();
             async move { r.pass().await }
@@ -576,27 +594,11 @@ async fn a_step_that_panics_is_retried_without_waiting_for_the_lease() {
     let db = open(&None, &clock).await;
     let store = db.store.clone();
     let shop = shop(usize::MAX);
-    let mut def = definition(&shop);
-    def.steps[0] = Arc::new(Panics {
+    let first = Arc::new(Panics {
         calls: AtomicUsize::new(0),
     });
-    let r = Runner::new(
-        store.clone(),
-        vec![def],
-        Arc::new(clock.clone()),
-        RunnerConfig {
-            lease: LEASE,
-            ..RunnerConfig::default()
-        },
-    )
-    .unwrap();
-    r.start(&NewSaga {
-        id: "o-1".into(),
-        kind: "checkout".into(),
-        input: serde_json::json!({}),
-    })
-    .await
-    .unwrap();
+    let r = runner_with(&store, &shop, &clock, first);
+    start_one(&r).await;
     r.pass().await.unwrap();
     let (saga, log) = store.get("o-1").await.unwrap().unwrap();
     assert_eq!(
@@ -619,34 +621,16 @@ async fn a_cancel_while_the_step_before_the_pivot_runs_turns_the_saga_back() {
         let db = open(&backend, &clock).await;
         let store = db.store.clone();
         let shop = shop(usize::MAX);
-        let gate = Arc::new(Gate {
-            calls: AtomicUsize::new(0),
-            entered: tokio::sync::Notify::new(),
-            open: tokio::sync::Notify::new(),
-        });
+        let gate = Gate::new();
         // The reservation (the step before the pivot, the charge) blocks until the test
         // has asked to cancel; then it succeeds.
-        let mut def = definition(&shop);
-        def.steps[0] = Arc::new(GateStep(gate.clone()));
-        let r = Arc::new(
-            Runner::new(
-                store.clone(),
-                vec![def],
-                Arc::new(clock.clone()),
-                RunnerConfig {
-                    lease: LEASE,
-                    ..RunnerConfig::default()
-                },
-            )
-            .unwrap(),
-        );
-        r.start(&NewSaga {
-            id: "o-1".into(),
-            kind: "checkout".into(),
-            input: serde_json::json!({}),
-        })
-        .await
-        .unwrap();
+        let r = Arc::new(runner_with(
+            &store,
+            &shop,
+            &clock,
+            Arc::new(GateStep(gate.clone())),
+        ));
+        start_one(&r).await;
         let pass = tokio::spawn({
             let r = r.clone();
             async move { r.pass().await }
