@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use oncely_core::{Clock, SystemClock};
 use oncely_example_checkout::checkout::{Checkout, CheckoutConfig, CheckoutInput, Item};
-use oncely_example_checkout::orders::{Order, OrdersDb, Settle};
+use oncely_example_checkout::orders::{Order, OrdersDb};
 use oncely_example_checkout::{inventory, payments};
 use oncely_saga::http::HttpSteps;
 use oncely_saga::{Runner, RunnerConfig, SagaStore, StepContext};
@@ -119,9 +119,7 @@ async fn direct(c: &Checkout, id: &str, input: &CheckoutInput) -> Result<(), Str
         .await
         .map_err(|e| e.to_string())?;
     let charge_id = charge["id"].as_str().unwrap_or_default().to_owned();
-    c.orders
-        .settle(&input.order_id, Settle::Confirm { charge_id })
-        .await?;
+    c.orders.confirm(&input.order_id, &charge_id).await?;
     Ok(())
 }
 

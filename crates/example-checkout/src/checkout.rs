@@ -26,7 +26,7 @@ use oncely_saga::{
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
-use crate::orders::{Order, OrdersDb, Settle};
+use crate::orders::{Order, OrdersDb};
 
 /// The saga kind the checkout runs as.
 pub const KIND: &str = "checkout";
@@ -364,11 +364,7 @@ impl CheckoutStep {
                     .and_then(|id| id.as_str())
                     .ok_or_else(|| StepError::Failed("no charge id from capture_payment".into()))?
                     .to_owned();
-                match c
-                    .orders
-                    .settle(&input.order_id, Settle::Confirm { charge_id })
-                    .await
-                {
+                match c.orders.confirm(&input.order_id, &charge_id).await {
                     Ok(Some(s)) if s == "confirmed" => {
                         Ok(serde_json::json!({ "status": "confirmed" }))
                     }

@@ -4,7 +4,10 @@
 //!
 //! An order goes `pending` (placed) to `confirmed` (paid), or to `cancelled` (the saga
 //! turned back). A cancelled order is never confirmed and a confirmed one never cancelled:
-//! each update names the status it leaves.
+//! each update names the status it leaves. The update that settles an order enqueues its
+//! event (`order.confirmed`, `order.cancelled`) in the transactional outbox in the same
+//! transaction, only when it changed the order: a step repeated after a crash neither
+//! settles nor announces twice (`oncely relay` publishes the events from this database).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -12,6 +15,10 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use oncely_core::sync::LockIgnoringPoison;
+use oncely_core::{Clock, SystemClock};
+use oncely_outbox::postgres::PgOutbox;
+use oncely_outbox::sqlite::SqliteOutbox;
+use oncely_outbox::NewEvent;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
@@ -36,13 +43,54 @@ pub struct Order {
     pub cancel_reason: Option<String>,
 }
 
-/// The orders table on SQLite or PostgreSQL.
+/// The orders table on SQLite or PostgreSQL, and the outbox beside it.
 #[derive(Clone)]
 pub enum OrdersDb {
     /// One connection to the shop's file, used from blocking threads.
     Sqlite(Arc<Mutex<Connection>>),
-    /// A pool, and the schema of the `orders` table.
-    Postgres(Pool, String),
+    /// A pool, the schema of the `orders` table, and the outbox in that schema.
+    Postgres(Pool, String, Arc<PgOutbox>),
+}
+
+/// The event announcing that an order was settled.
+fn settled_event(id: &str, status: &str, detail: serde_json::Value) -> NewEvent {
+    NewEvent {
+        aggregate_type: "order".into(),
+        aggregate_id: id.to_owned(),
+        event_type: format!("order.{status}"),
+        payload: serde_json::json!({ "order_id": id, "status": status, "detail": detail }),
+        headers: std::collections::BTreeMap::new(),
+    }
+}
+
+/// Enqueues `event` in `tx` if the statement before it changed the order (`changed` rows).
+fn announce_sqlite(
+    tx: &rusqlite::Transaction<'_>,
+    changed: usize,
+    event: &NewEvent,
+) -> rusqlite::Result<()> {
+    if changed == 1 {
+        // An outbox error as a rusqlite one, to leave the transaction by `?`.
+        SqliteOutbox::enqueue(tx, event, SystemClock.now())
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    }
+    Ok(())
+}
+
+/// [`announce_sqlite`] on PostgreSQL.
+async fn announce_pg(
+    outbox: &PgOutbox,
+    tx: &deadpool_postgres::Transaction<'_>,
+    changed: u64,
+    event: &NewEvent,
+) -> Result<(), String> {
+    if changed == 1 {
+        outbox
+            .enqueue_cached(tx, event)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS orders (
@@ -59,6 +107,9 @@ impl OrdersDb {
         )?;
         conn.execute_batch(SQLITE_SCHEMA)
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        // Creates (or brings up to date) the outbox's tables in the same file.
+        SqliteOutbox::open(path, Duration::from_secs(10), Arc::new(SystemClock))
+            .map_err(|e| format!("{}: the outbox: {e}", path.display()))?;
         Ok(OrdersDb::Sqlite(Arc::new(Mutex::new(conn))))
     }
 
@@ -77,7 +128,16 @@ impl OrdersDb {
             ))
             .await
             .map_err(|e| pg_error(&e))?;
-        Ok(OrdersDb::Postgres(pool, schema.to_owned()))
+        // The pool may hold one connection: this one goes back before the outbox's.
+        drop(client);
+        let outbox = PgOutbox::open(pool.clone(), schema, Arc::new(SystemClock))
+            .await
+            .map_err(|e| format!("the outbox: {e}"))?;
+        Ok(OrdersDb::Postgres(
+            pool,
+            schema.to_owned(),
+            Arc::new(outbox),
+        ))
     }
 
     async fn sqlite_run<T: Send + 'static>(
@@ -112,7 +172,7 @@ impl OrdersDb {
                 })
                 .await?
             }
-            OrdersDb::Postgres(pool, s) => {
+            OrdersDb::Postgres(pool, s, _) => {
                 let client = pool.get().await.map_err(|e| e.to_string())?;
                 client
                     .execute(
@@ -137,77 +197,89 @@ impl OrdersDb {
         Ok(owner.as_deref() == Some(order.saga_id.as_str()))
     }
 
-    /// Moves a pending order to `to` (with a charge id or a reason). The status it has after
-    /// the call, or `None` when there is no such order; a repeated call finds `to` already.
-    pub async fn settle(&self, id: &str, to: Settle) -> Result<Option<String>, String> {
-        let id = id.to_owned();
-        let (status, charge, reason) = match to {
-            Settle::Confirm { charge_id } => ("confirmed", Some(charge_id), None),
-            Settle::Cancel { reason } => ("cancelled", None, Some(reason)),
-        };
+    /// Confirms a pending order with its charge and enqueues `order.confirmed`, in one
+    /// transaction. The status it has after the call, or `None` when there is no such
+    /// order; a repeated call finds `confirmed` already and enqueues nothing.
+    pub async fn confirm(&self, id: &str, charge_id: &str) -> Result<Option<String>, String> {
+        let (id, charge) = (id.to_owned(), charge_id.to_owned());
+        let event = settled_event(&id, "confirmed", serde_json::json!({ "charge_id": charge }));
         match self {
             OrdersDb::Sqlite(conn) => {
                 Self::sqlite_run(conn, move |c| {
-                    c.execute(
-                        "UPDATE orders SET status = ?2, charge_id = ?3, cancel_reason = ?4
+                    let tx = c.unchecked_transaction()?;
+                    let changed = tx.execute(
+                        "UPDATE orders SET status = 'confirmed', charge_id = ?2
                          WHERE id = ?1 AND status = 'pending'",
-                        params![id, status, charge, reason],
+                        params![id, charge],
                     )?;
-                    c.query_row("SELECT status FROM orders WHERE id = ?1", [&id], |r| {
-                        r.get(0)
-                    })
-                    .optional()
+                    announce_sqlite(&tx, changed, &event)?;
+                    let status = tx
+                        .query_row("SELECT status FROM orders WHERE id = ?1", [&id], |r| {
+                            r.get(0)
+                        })
+                        .optional()?;
+                    tx.commit()?;
+                    Ok(status)
                 })
                 .await
             }
-            OrdersDb::Postgres(pool, s) => {
-                let client = pool.get().await.map_err(|e| e.to_string())?;
-                client
+            OrdersDb::Postgres(pool, s, outbox) => {
+                let mut client = pool.get().await.map_err(|e| e.to_string())?;
+                let tx = client.transaction().await.map_err(|e| pg_error(&e))?;
+                let changed = tx
                     .execute(
                         &format!(
-                            "UPDATE \"{s}\".orders SET status = $2, charge_id = $3, cancel_reason = $4
+                            "UPDATE \"{s}\".orders SET status = 'confirmed', charge_id = $2
                              WHERE id = $1 AND status = 'pending'"
                         ),
-                        &[&id, &status, &charge, &reason],
+                        &[&id, &charge],
                     )
                     .await
                     .map_err(|e| pg_error(&e))?;
-                Ok(client
+                announce_pg(outbox, &tx, changed, &event).await?;
+                let status = tx
                     .query_opt(
                         &format!("SELECT status FROM \"{s}\".orders WHERE id = $1"),
                         &[&id],
                     )
                     .await
                     .map_err(|e| pg_error(&e))?
-                    .map(|r| r.get(0)))
+                    .map(|r| r.get(0));
+                tx.commit().await.map_err(|e| pg_error(&e))?;
+                Ok(status)
             }
         }
     }
 
-    /// Cancels `order` for `reason`: a pending one becomes `cancelled`; a missing one is
-    /// written as `cancelled`, so that an insert still on its way changes nothing. A
-    /// confirmed order stays confirmed.
+    /// Cancels `order` for `reason` and enqueues `order.cancelled`, in one transaction: a
+    /// pending order becomes `cancelled`; a missing one is written as `cancelled`, so that
+    /// an insert still on its way changes nothing. A confirmed or cancelled order stays as
+    /// it is, and nothing is enqueued for it.
     pub async fn cancel(&self, order: &Order, reason: &str) -> Result<(), String> {
         let (o, reason) = (order.clone(), reason.to_owned());
         let items = o.items.to_string();
         let amount = i64::try_from(o.amount).map_err(|e| e.to_string())?;
+        let event = settled_event(&o.id, "cancelled", serde_json::json!({ "reason": reason }));
         match self {
             OrdersDb::Sqlite(conn) => {
                 Self::sqlite_run(conn, move |c| {
-                    c.execute(
+                    let tx = c.unchecked_transaction()?;
+                    let changed = tx.execute(
                         "INSERT INTO orders (id, saga_id, email, items, amount, status, cancel_reason, created_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, 'cancelled', ?6, ?7)
                          ON CONFLICT (id) DO UPDATE SET status = 'cancelled', cancel_reason = ?6
                          WHERE orders.status = 'pending'",
                         params![o.id, o.saga_id, o.email, items, amount, reason, now_ms()],
-                    )
-                    .map(|_| ())
+                    )?;
+                    announce_sqlite(&tx, changed, &event)?;
+                    tx.commit()
                 })
                 .await
             }
-            OrdersDb::Postgres(pool, s) => {
-                let client = pool.get().await.map_err(|e| e.to_string())?;
-                client
+            OrdersDb::Postgres(pool, s, outbox) => {
+                let mut client = pool.get().await.map_err(|e| e.to_string())?;
+                let tx = client.transaction().await.map_err(|e| pg_error(&e))?;
+                let changed = tx
                     .execute(
                         &format!(
                             "INSERT INTO \"{s}\".orders AS o (id, saga_id, email, items, amount, status, cancel_reason)
@@ -218,8 +290,9 @@ impl OrdersDb {
                         &[&o.id, &o.saga_id, &o.email, &items, &amount, &reason],
                     )
                     .await
-                    .map(|_| ())
-                    .map_err(|e| pg_error(&e))
+                    .map_err(|e| pg_error(&e))?;
+                announce_pg(outbox, &tx, changed, &event).await?;
+                tx.commit().await.map_err(|e| pg_error(&e))
             }
         }
     }
@@ -259,7 +332,7 @@ impl OrdersDb {
                 })
                 .await
             }
-            OrdersDb::Postgres(pool, s) => {
+            OrdersDb::Postgres(pool, s, _) => {
                 let client = pool.get().await.map_err(|e| e.to_string())?;
                 let rows = client
                     .query(
@@ -288,21 +361,6 @@ impl OrdersDb {
             }
         }
     }
-}
-
-/// Where a pending order goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settle {
-    /// Paid: `confirmed`, with the provider's charge.
-    Confirm {
-        /// The provider's charge id.
-        charge_id: String,
-    },
-    /// Turned back: `cancelled`, with why.
-    Cancel {
-        /// Why.
-        reason: String,
-    },
 }
 
 /// Milliseconds since the epoch, for `created_at` on SQLite (PostgreSQL uses `now()`).

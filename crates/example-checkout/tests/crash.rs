@@ -14,6 +14,7 @@ use std::time::Duration;
 use oncely_example_checkout::checkout::boundaries;
 use oncely_example_checkout::orders::{Order, OrdersDb};
 use oncely_example_checkout::{inventory, payments};
+use oncely_outbox::OutboxStore;
 use oncely_testkit::services::{unique_name, Service};
 use oncely_testkit::{Answer, TestClient};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -161,6 +162,28 @@ async fn checkout_until_final(client: &TestClient, url: &str, key: &str, body: &
 trait Db {
     fn url(&self) -> String;
     async fn orders(&self) -> Vec<Order>;
+    /// The outbox's events, as (aggregate id, event type): claimed, so read them once.
+    async fn events(&self) -> Vec<(String, String)>;
+}
+
+/// The events of an outbox, as (aggregate id, event type), in the order they were enqueued.
+/// A claim hands out only the first pending event of each order, so the count of pending
+/// events is checked to match: a second event for one order would not hide.
+async fn claim_events(outbox: &dyn OutboxStore) -> Vec<(String, String)> {
+    let events: Vec<(String, String)> = outbox
+        .claim(1000, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.event.aggregate_id, c.event.event_type))
+        .collect();
+    let pending = outbox.stats().await.unwrap().pending;
+    assert_eq!(
+        pending,
+        events.len() as u64,
+        "no order has a second event: {events:?}"
+    );
+    events
 }
 
 struct SqliteDb {
@@ -186,6 +209,15 @@ impl Db for SqliteDb {
             .await
             .unwrap()
     }
+    async fn events(&self) -> Vec<(String, String)> {
+        let outbox = oncely_outbox::sqlite::SqliteOutbox::open(
+            self.dir.path().join("shop.db"),
+            Duration::from_secs(5),
+            Arc::new(oncely_core::SystemClock),
+        )
+        .unwrap();
+        claim_events(&outbox).await
+    }
 }
 
 struct PgDb {
@@ -207,6 +239,19 @@ impl Db for PgDb {
             .list()
             .await
             .unwrap()
+    }
+    async fn events(&self) -> Vec<(String, String)> {
+        let mut opts = oncely_db::postgres::PgOptions::new(self.base.clone());
+        opts.pool_size = 1;
+        let pool = oncely_db::postgres::pool(&opts).unwrap();
+        let outbox = oncely_outbox::postgres::PgOutbox::open(
+            pool,
+            &self.schema,
+            Arc::new(oncely_core::SystemClock),
+        )
+        .await
+        .unwrap();
+        claim_events(&outbox).await
     }
 }
 
@@ -238,6 +283,16 @@ async fn assert_effects_once(db: &impl Db, s: &Services, declined: bool, at: &st
     );
     assert_eq!(reservations[0].reference, order.id);
     let charges = s.charges.charges();
+    let announced = if declined {
+        "order.cancelled"
+    } else {
+        "order.confirmed"
+    };
+    assert_eq!(
+        db.events().await,
+        [(order.id.clone(), announced.to_owned())],
+        "one event in the outbox after {at}"
+    );
     if declined {
         assert_eq!(order.status, "cancelled", "after {at}");
         assert!(charges.is_empty(), "no charge after {at}: {charges:?}");
