@@ -18,6 +18,7 @@ pub mod jcs;
 pub mod key;
 pub mod policy;
 pub mod problem;
+pub mod reconcile;
 pub mod record;
 pub mod saga;
 pub mod scope;
