@@ -1,0 +1,26 @@
+//! Reconciliation jobs: compare our records with an external system's, by time window, heal
+//! the safe differences and raise the rest as findings for a person. The decisions are
+//! `oncely_core::reconcile`'s pure functions; this crate keeps what runs need across crashes
+//! and processes: a lease and a checkpoint per job, each run's report, and the findings
+//! with their life cycle (the review queue).
+//!
+//! Status: the store on SQLite (feature `sqlite`) and PostgreSQL (feature `postgres`) with
+//! its conformance suite. The reconciler, the provider-vs-orders job, `oncely reconcile`,
+//! metrics and alerts are still to come (docs/reconciliation.md).
+
+#![warn(missing_docs)]
+
+mod store;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+pub use store::{
+    review_allowed, validate_job, Finding, FindingFilter, FindingState, JobClaim, JobStatus,
+    NewFinding, ReconcileError, ReconcileStats, ReconcileStore, Recorded, RunOutcome, RunRecord,
+    RunReport,
+};

@@ -1,0 +1,4 @@
+//! The reconciliation store's conformance suite on SQLite and PostgreSQL.
+
+mod postgres;
+mod sqlite;
