@@ -7,8 +7,8 @@ use std::time::Duration;
 use oncely_core::{Clock, ManualClock, Timestamp};
 
 use crate::{
-    FindingFilter, FindingState, NewFinding, ReconcileError, ReconcileStore, Recorded, RunOutcome,
-    RunReport,
+    FindingFilter, FindingState, NewFinding, ReconcileError, ReconcileStore, Recorded, RunEnd,
+    RunOutcome, RunReport,
 };
 
 /// A fresh store and the clock it reads.
@@ -30,6 +30,20 @@ fn finding(key: &str, class: &str, healed: bool) -> NewFinding {
         ours: vec![],
         theirs: vec![format!("ch_{key}")],
         detail: serde_json::json!({ "theirs_amount": 1999 }),
+    }
+}
+
+fn end(
+    outcome: RunOutcome,
+    report: RunReport,
+    checkpoint: Option<Timestamp>,
+    error: Option<String>,
+) -> RunEnd {
+    RunEnd {
+        outcome,
+        report,
+        checkpoint,
+        error,
     }
 }
 
@@ -71,10 +85,7 @@ pub async fn one_run_at_a_time_and_stale_runs_are_fenced(f: &impl Fixture) {
         !s.finish(
             "payments",
             &first,
-            RunOutcome::Clean,
-            &report(1),
-            Some(Timestamp(5)),
-            None
+            &end(RunOutcome::Clean, report(1), Some(Timestamp(5)), None)
         )
         .await
         .unwrap(),
@@ -105,10 +116,7 @@ pub async fn checkpoints_move_forward_on_success_only(f: &impl Fixture) {
         .finish(
             "payments",
             &c,
-            RunOutcome::Clean,
-            &report(3),
-            Some(Timestamp(1000)),
-            None
+            &end(RunOutcome::Clean, report(3), Some(Timestamp(1000)), None)
         )
         .await
         .unwrap());
@@ -118,10 +126,12 @@ pub async fn checkpoints_move_forward_on_success_only(f: &impl Fixture) {
         .finish(
             "payments",
             &c,
-            RunOutcome::Failed,
-            &RunReport::default(),
-            Some(Timestamp(5000)),
-            Some("the provider answered 502")
+            &end(
+                RunOutcome::Failed,
+                RunReport::default(),
+                Some(Timestamp(5000)),
+                Some("the provider answered 502".into())
+            )
         )
         .await
         .unwrap());
@@ -134,10 +144,7 @@ pub async fn checkpoints_move_forward_on_success_only(f: &impl Fixture) {
     s.finish(
         "payments",
         &c,
-        RunOutcome::Drift,
-        &report(1),
-        Some(Timestamp(400)),
-        None,
+        &end(RunOutcome::Drift, report(1), Some(Timestamp(400)), None),
     )
     .await
     .unwrap();
@@ -196,10 +203,7 @@ pub async fn findings_are_deduplicated_and_reviewed(f: &impl Fixture) {
     s.finish(
         "payments",
         &c,
-        RunOutcome::Drift,
-        &report(3),
-        Some(Timestamp(10)),
-        None,
+        &end(RunOutcome::Drift, report(3), Some(Timestamp(10)), None),
     )
     .await
     .unwrap();

@@ -21,6 +21,6 @@ pub mod sqlite;
 
 pub use store::{
     review_allowed, validate_job, Finding, FindingFilter, FindingState, JobClaim, JobStatus,
-    NewFinding, ReconcileError, ReconcileStats, ReconcileStore, Recorded, RunOutcome, RunRecord,
-    RunReport,
+    NewFinding, ReconcileError, ReconcileStats, ReconcileStore, Recorded, RunEnd, RunOutcome,
+    RunRecord, RunReport,
 };

@@ -13,9 +13,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::store::{
-    ids_from, ids_json, report_from, report_json, review_allowed, validate_job, Finding,
+    check_review, ids_from, ids_json, report_from, report_json, validate_job, Finding,
     FindingFilter, FindingState, JobClaim, JobStatus, NewFinding, ReconcileError, ReconcileStats,
-    ReconcileStore, Recorded, RunOutcome, RunRecord, RunReport,
+    ReconcileStore, Recorded, RunEnd, RunOutcome, RunRecord,
 };
 
 const MIGRATIONS: Migrations = Migrations {
@@ -343,18 +343,11 @@ impl ReconcileStore for PgReconcile {
         &self,
         job: &str,
         claim: &JobClaim,
-        outcome: RunOutcome,
-        report: &RunReport,
-        checkpoint: Option<Timestamp>,
-        error: Option<&str>,
+        end: &RunEnd,
     ) -> Result<bool, ReconcileError> {
         let now = self.clock.now();
-        let moved = if outcome == RunOutcome::Failed {
-            None
-        } else {
-            checkpoint.map(|c| c.0)
-        };
-        let report = report_json(report);
+        let moved = end.moves_checkpoint_to().map(|c| c.0);
+        let report = report_json(&end.report);
         let rows = self
             .query(
                 &self.sql.finish,
@@ -362,10 +355,10 @@ impl ReconcileStore for PgReconcile {
                     &job,
                     &claim.token,
                     &claim.run,
-                    &outcome.as_str(),
+                    &end.outcome.as_str(),
                     &now.0,
                     &report,
-                    &error,
+                    &end.error,
                     &moved,
                 ],
             )
@@ -412,12 +405,7 @@ impl ReconcileStore for PgReconcile {
     }
 
     async fn review(&self, id: i64, to: FindingState, by: &str) -> Result<bool, ReconcileError> {
-        if !review_allowed(FindingState::Open, to) {
-            return Err(ReconcileError::Invalid(format!(
-                "a finding can be acknowledged or resolved, not made {}",
-                to.as_str()
-            )));
-        }
+        check_review(to)?;
         Ok(!self
             .query(&self.sql.review, &[&id, &to.as_str(), &by])
             .await?

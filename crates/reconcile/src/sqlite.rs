@@ -11,9 +11,9 @@ use oncely_db::migrate::{Migration, Migrations};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::store::{
-    ids_from, ids_json, report_from, report_json, review_allowed, validate_job, Finding,
+    check_review, ids_from, ids_json, report_from, report_json, validate_job, Finding,
     FindingFilter, FindingState, JobClaim, JobStatus, NewFinding, ReconcileError, ReconcileStats,
-    ReconcileStore, Recorded, RunOutcome, RunRecord, RunReport,
+    ReconcileStore, Recorded, RunEnd, RunOutcome, RunRecord,
 };
 
 const MIGRATIONS: Migrations = Migrations {
@@ -331,18 +331,11 @@ impl ReconcileStore for SqliteReconcile {
         &self,
         job: &str,
         claim: &JobClaim,
-        outcome: RunOutcome,
-        report: &RunReport,
-        checkpoint: Option<Timestamp>,
-        error: Option<&str>,
+        end: &RunEnd,
     ) -> Result<bool, ReconcileError> {
         let (job, token, run) = (job.to_owned(), claim.token, claim.run);
-        let (report, error) = (report_json(report), error.map(str::to_owned));
-        let moved = if outcome == RunOutcome::Failed {
-            None
-        } else {
-            checkpoint.map(|c| c.0)
-        };
+        let (outcome, report, error) = (end.outcome, report_json(&end.report), end.error.clone());
+        let moved = end.moves_checkpoint_to().map(|c| c.0);
         self.run(move |conn, now| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -432,12 +425,7 @@ impl ReconcileStore for SqliteReconcile {
     }
 
     async fn review(&self, id: i64, to: FindingState, by: &str) -> Result<bool, ReconcileError> {
-        if !review_allowed(FindingState::Open, to) {
-            return Err(ReconcileError::Invalid(format!(
-                "a finding can be acknowledged or resolved, not made {}",
-                to.as_str()
-            )));
-        }
+        check_review(to)?;
         let by = by.to_owned();
         self.run(move |conn, _| {
             // Acknowledged from open; resolved from open or acknowledged; healed never.

@@ -67,6 +67,31 @@ impl RunOutcome {
     }
 }
 
+/// How a run ends: what [`ReconcileStore::finish`] records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunEnd {
+    /// Its outcome (not [`RunOutcome::Running`]).
+    pub outcome: RunOutcome,
+    /// Its report.
+    pub report: RunReport,
+    /// The checkpoint it reached; the job's moves there unless the run failed, and never
+    /// back.
+    pub checkpoint: Option<Timestamp>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl RunEnd {
+    /// The checkpoint to move the job to: none for a failed run.
+    pub fn moves_checkpoint_to(&self) -> Option<Timestamp> {
+        if self.outcome == RunOutcome::Failed {
+            None
+        } else {
+            self.checkpoint
+        }
+    }
+}
+
 /// One run as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRecord {
@@ -250,17 +275,13 @@ pub trait ReconcileStore: Send + Sync + 'static {
         finding: &NewFinding,
     ) -> Result<Recorded, ReconcileError>;
 
-    /// Ends the run: its outcome and report, the checkpoint moved to `checkpoint` unless
-    /// it failed (a checkpoint never moves back), and the job released. `false` (nothing
-    /// written) when the run no longer holds the job.
+    /// Ends the run as `end` says, and releases the job. `false` (nothing written) when the
+    /// run no longer holds the job.
     async fn finish(
         &self,
         job: &str,
         claim: &JobClaim,
-        outcome: RunOutcome,
-        report: &RunReport,
-        checkpoint: Option<Timestamp>,
-        error: Option<&str>,
+        end: &RunEnd,
     ) -> Result<bool, ReconcileError>;
 
     /// The newest runs, of one job if given.
@@ -284,6 +305,19 @@ pub trait ReconcileStore: Send + Sync + 'static {
 
     /// Counts for metrics and the dashboard.
     async fn stats(&self) -> Result<ReconcileStats, ReconcileError>;
+}
+
+/// Refuses a review to a state a person cannot move a finding to (only `acknowledged` and
+/// `resolved` are).
+pub(crate) fn check_review(to: FindingState) -> Result<(), ReconcileError> {
+    if review_allowed(FindingState::Open, to) {
+        Ok(())
+    } else {
+        Err(ReconcileError::Invalid(format!(
+            "a finding can be acknowledged or resolved, not made {}",
+            to.as_str()
+        )))
+    }
 }
 
 /// Whether a review may move a finding from `from` to `to`.

@@ -154,6 +154,32 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// A schema one test owns on a PostgreSQL server: a name of its own ([`unique_name`]),
+/// dropped with everything in it when this is dropped.
+pub struct TestSchema {
+    /// The server's URL.
+    pub url: String,
+    /// The schema's name.
+    pub name: String,
+}
+
+impl TestSchema {
+    /// A fresh name starting with `prefix`, on the server at `url` (created by whoever
+    /// migrates into it).
+    pub fn new(url: &str, prefix: &str) -> TestSchema {
+        TestSchema {
+            url: url.to_owned(),
+            name: unique_name(prefix),
+        }
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        drop_postgres_schemas(&self.url, std::slice::from_ref(&self.name));
+    }
+}
+
 /// Drops PostgreSQL schemas (and everything in them) that a test created, from any context:
 /// it runs on a thread of its own, so `Drop` inside a test's runtime may call it. Failures
 /// are ignored: a leftover schema in a test database is harmless, a panic in drop is not.

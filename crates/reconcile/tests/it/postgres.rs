@@ -7,22 +7,12 @@ use oncely_core::{ManualClock, Timestamp};
 use oncely_reconcile::conformance::{run_all, Fixture};
 use oncely_reconcile::postgres::PgReconcile;
 use oncely_reconcile::ReconcileStore;
-use oncely_testkit::services::{unique_name, Service};
+use oncely_testkit::services::{Service, TestSchema};
 
 struct Pg {
     store: Arc<PgReconcile>,
     clock: ManualClock,
-    schema: String,
-    url: String,
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        oncely_testkit::services::drop_postgres_schemas(
-            &self.url,
-            std::slice::from_ref(&self.schema),
-        );
-    }
+    _schema: TestSchema,
 }
 
 impl Fixture for Pg {
@@ -40,17 +30,16 @@ async fn the_conformance_suite_on_postgres() {
         return;
     };
     run_all(|| async {
-        let schema = unique_name("oncely_reconcile");
+        let schema = TestSchema::new(&url, "oncely_reconcile");
         let pool = oncely_db::postgres::pool(&oncely_db::postgres::PgOptions::new(&url)).unwrap();
         let clock = ManualClock::new(Timestamp(1_800_000_000_000));
-        let store = PgReconcile::open(pool, &schema, Arc::new(clock.clone()))
+        let store = PgReconcile::open(pool, &schema.name, Arc::new(clock.clone()))
             .await
             .unwrap();
         Pg {
             store: Arc::new(store),
             clock,
-            schema,
-            url: url.clone(),
+            _schema: schema,
         }
     })
     .await;
