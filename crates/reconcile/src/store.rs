@@ -309,6 +309,7 @@ pub trait ReconcileStore: Send + Sync + 'static {
 
 /// Refuses a review to a state a person cannot move a finding to (only `acknowledged` and
 /// `resolved` are).
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn check_review(to: FindingState) -> Result<(), ReconcileError> {
     if review_allowed(FindingState::Open, to) {
         Ok(())
