@@ -5,11 +5,13 @@
 //! with their life cycle (the review queue).
 //!
 //! Status: the store on SQLite (feature `sqlite`) and PostgreSQL (feature `postgres`) with
-//! its conformance suite. The reconciler, the provider-vs-orders job, `oncely reconcile`,
-//! metrics and alerts are still to come (docs/reconciliation.md).
+//! its conformance suite, and the [`Reconciler`] that runs a [`Job`] over two [`Source`]s.
+//! The provider-vs-orders job, `oncely reconcile`, metrics and alerts are still to come
+//! (docs/reconciliation.md).
 
 #![warn(missing_docs)]
 
+pub mod reconciler;
 mod store;
 
 #[cfg(feature = "conformance")]
@@ -19,6 +21,9 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+pub use reconciler::{
+    Healer, Invariant, Job, Malformed, Page, Reconciler, RunError, RunSummary, Source, SourceError,
+};
 pub use store::{
     review_allowed, validate_job, Finding, FindingFilter, FindingState, JobClaim, JobStatus,
     NewFinding, ReconcileError, ReconcileStats, ReconcileStore, Recorded, RunEnd, RunOutcome,

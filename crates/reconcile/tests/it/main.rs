@@ -1,4 +1,6 @@
-//! The reconciliation store's conformance suite on SQLite and PostgreSQL.
+//! The reconciliation store's conformance suite on SQLite and PostgreSQL, and the
+//! reconciler over in-memory sources on both.
 
 mod postgres;
+mod reconciler;
 mod sqlite;
