@@ -386,6 +386,7 @@ pub fn router(shop: Arc<Shop>, engine: Arc<Engine>) -> Router {
         .route("/checkout", post(start_checkout))
         .route("/checkouts/{id}", get(show_checkout))
         .route("/orders", get(orders))
+        .route("/webhooks/provider", post(provider_webhook))
         .with_state(shop)
         .layer(IdempotencyLayer::new(engine))
 }
@@ -524,6 +525,25 @@ async fn show_checkout(State(shop): State<Arc<Shop>>, Path(id): Path<String>) ->
         },
         Ok(None) => problem(404, "not-found", &format!("no checkout {id}")),
         Err(e) => problem(503, "checkout-unavailable", &e.to_string()),
+    }
+}
+
+/// `POST /webhooks/provider`: the provider announcing a charge. A known order of the same
+/// amount is confirmed (idempotently: a duplicate or a late webhook changes nothing); any
+/// other charge is acknowledged and left to reconciliation, which raises it.
+async fn provider_webhook(State(shop): State<Arc<Shop>>, body: Bytes) -> Response<Body> {
+    let event: crate::payments::Event = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => return problem(400, "invalid-webhook", &e.to_string()),
+    };
+    match crate::reconcile::apply_webhook(&shop.checkout.orders, &event).await {
+        Ok(applied) => {
+            Json(serde_json::json!({ "event": event.id, "applied": applied })).into_response()
+        }
+        Err(e) => {
+            // 5xx: the provider delivers it again later.
+            problem(503, "database-unavailable", &e)
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod checkout;
 pub mod inventory;
 pub mod orders;
 pub mod payments;
+pub mod reconcile;
 
 /// The README's Rust snippets, compiled as doctests so that they cannot drift from the API
 /// (this crate depends on everything they use: the layer, `oncely-open`, recovery points).

@@ -96,7 +96,8 @@ async fn announce_pg(
 const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS orders (
     id TEXT PRIMARY KEY, saga_id TEXT NOT NULL, email TEXT NOT NULL, items TEXT NOT NULL,
     amount INTEGER NOT NULL, status TEXT NOT NULL, charge_id TEXT, cancel_reason TEXT,
-    created_at INTEGER NOT NULL)";
+    created_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS orders_created ON orders (created_at, id)";
 
 impl OrdersDb {
     /// The table in the SQLite file at `path` (created if missing).
@@ -123,8 +124,9 @@ impl OrdersDb {
                  CREATE TABLE IF NOT EXISTS \"{schema}\".orders (
                    id TEXT PRIMARY KEY, saga_id TEXT NOT NULL, email TEXT NOT NULL,
                    items JSONB NOT NULL, amount BIGINT NOT NULL, status TEXT NOT NULL,
-                   charge_id TEXT, cancel_reason TEXT,
-                   created_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                   charge_id TEXT, cancel_reason TEXT, created_at BIGINT NOT NULL);
+                 CREATE INDEX IF NOT EXISTS orders_created
+                   ON \"{schema}\".orders (created_at, id)"
             ))
             .await
             .map_err(|e| pg_error(&e))?;
@@ -177,10 +179,10 @@ impl OrdersDb {
                 client
                     .execute(
                         &format!(
-                            "INSERT INTO \"{s}\".orders (id, saga_id, email, items, amount, status)
-                             VALUES ($1, $2, $3, $4::text::jsonb, $5, 'pending') ON CONFLICT (id) DO NOTHING"
+                            "INSERT INTO \"{s}\".orders (id, saga_id, email, items, amount, status, created_at)
+                             VALUES ($1, $2, $3, $4::text::jsonb, $5, 'pending', $6) ON CONFLICT (id) DO NOTHING"
                         ),
-                        &[&o.id, &o.saga_id, &o.email, &items, &amount],
+                        &[&o.id, &o.saga_id, &o.email, &items, &amount, &now_ms()],
                     )
                     .await
                     .map_err(|e| pg_error(&e))?;
@@ -282,12 +284,12 @@ impl OrdersDb {
                 let changed = tx
                     .execute(
                         &format!(
-                            "INSERT INTO \"{s}\".orders AS o (id, saga_id, email, items, amount, status, cancel_reason)
-                             VALUES ($1, $2, $3, $4::text::jsonb, $5, 'cancelled', $6)
+                            "INSERT INTO \"{s}\".orders AS o (id, saga_id, email, items, amount, status, cancel_reason, created_at)
+                             VALUES ($1, $2, $3, $4::text::jsonb, $5, 'cancelled', $6, $7)
                              ON CONFLICT (id) DO UPDATE SET status = 'cancelled', cancel_reason = $6
                              WHERE o.status = 'pending'"
                         ),
-                        &[&o.id, &o.saga_id, &o.email, &items, &amount, &reason],
+                        &[&o.id, &o.saga_id, &o.email, &items, &amount, &reason, &now_ms()],
                     )
                     .await
                     .map_err(|e| pg_error(&e))?;
@@ -307,26 +309,62 @@ impl OrdersDb {
         self.query(None).await
     }
 
+    /// The orders placed in `[from, to)` (milliseconds since the epoch), oldest first, after
+    /// the position `after` (the `created_at` and id of the last one read), at most
+    /// `limit`: what reconciliation reads, page by page. Each with its `created_at`.
+    pub async fn placed_between(
+        &self,
+        from: i64,
+        to: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<(i64, Order)>, String> {
+        self.select(None, from, to, after, Some(limit)).await
+    }
+
     async fn query(&self, id: Option<String>) -> Result<Vec<Order>, String> {
+        Ok(self
+            .select(id, i64::MIN, i64::MAX, None, None)
+            .await?
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect())
+    }
+
+    async fn select(
+        &self,
+        id: Option<String>,
+        from: i64,
+        to: i64,
+        after: Option<(i64, String)>,
+        limit: Option<usize>,
+    ) -> Result<Vec<(i64, Order)>, String> {
+        let (after_at, after_id) = after.unwrap_or((i64::MIN, String::new()));
+        let limit = limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
         match self {
             OrdersDb::Sqlite(conn) => {
                 Self::sqlite_run(conn, move |c| {
-                    let mut st = c.prepare(
-                        "SELECT id, saga_id, email, items, amount, status, charge_id, cancel_reason
-                         FROM orders WHERE ?1 IS NULL OR id = ?1 ORDER BY created_at, id",
+                    let mut st = c.prepare_cached(
+                        "SELECT id, saga_id, email, items, amount, status, charge_id, cancel_reason, created_at
+                         FROM orders WHERE (?1 IS NULL OR id = ?1) AND created_at >= ?2 AND created_at < ?3
+                         AND (created_at, id) > (?4, ?5) ORDER BY created_at, id LIMIT coalesce(?6, -1)",
                     )?;
-                    let rows = st.query_map([id], |r| {
+                    let rows = st.query_map(params![id, from, to, after_at, after_id, limit], |r| {
                         let items: String = r.get(3)?;
-                        Ok(Order {
-                            id: r.get(0)?,
-                            saga_id: r.get(1)?,
-                            email: r.get(2)?,
-                            items: serde_json::from_str(&items).unwrap_or(serde_json::Value::Null),
-                            amount: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
-                            status: r.get(5)?,
-                            charge_id: r.get(6)?,
-                            cancel_reason: r.get(7)?,
-                        })
+                        Ok((
+                            r.get(8)?,
+                            Order {
+                                id: r.get(0)?,
+                                saga_id: r.get(1)?,
+                                email: r.get(2)?,
+                                items: serde_json::from_str(&items)
+                                    .unwrap_or(serde_json::Value::Null),
+                                amount: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                                status: r.get(5)?,
+                                charge_id: r.get(6)?,
+                                cancel_reason: r.get(7)?,
+                            },
+                        ))
                     })?;
                     rows.collect()
                 })
@@ -337,25 +375,32 @@ impl OrdersDb {
                 let rows = client
                     .query(
                         &format!(
-                            "SELECT id, saga_id, email, items::text, amount, status, charge_id, cancel_reason
-                             FROM \"{s}\".orders WHERE $1::text IS NULL OR id = $1 ORDER BY created_at, id"
+                            "SELECT id, saga_id, email, items::text, amount, status, charge_id, cancel_reason, created_at
+                             FROM \"{s}\".orders WHERE ($1::text IS NULL OR id = $1)
+                             AND created_at >= $2 AND created_at < $3 AND (created_at, id) > ($4, $5)
+                             ORDER BY created_at, id LIMIT $6"
                         ),
-                        &[&id],
+                        &[&id, &from, &to, &after_at, &after_id, &limit],
                     )
                     .await
                     .map_err(|e| pg_error(&e))?;
                 Ok(rows
                     .iter()
-                    .map(|r| Order {
-                        id: r.get(0),
-                        saga_id: r.get(1),
-                        email: r.get(2),
-                        items: serde_json::from_str(r.get::<_, &str>(3))
-                            .unwrap_or(serde_json::Value::Null),
-                        amount: u64::try_from(r.get::<_, i64>(4)).unwrap_or(0),
-                        status: r.get(5),
-                        charge_id: r.get(6),
-                        cancel_reason: r.get(7),
+                    .map(|r| {
+                        (
+                            r.get(8),
+                            Order {
+                                id: r.get(0),
+                                saga_id: r.get(1),
+                                email: r.get(2),
+                                items: serde_json::from_str(r.get::<_, &str>(3))
+                                    .unwrap_or(serde_json::Value::Null),
+                                amount: u64::try_from(r.get::<_, i64>(4)).unwrap_or(0),
+                                status: r.get(5),
+                                charge_id: r.get(6),
+                                cancel_reason: r.get(7),
+                            },
+                        )
                     })
                     .collect())
             }
@@ -363,7 +408,7 @@ impl OrdersDb {
     }
 }
 
-/// Milliseconds since the epoch, for `created_at` on SQLite (PostgreSQL uses `now()`).
+/// Milliseconds since the epoch, for `created_at`.
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

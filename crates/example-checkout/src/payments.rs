@@ -1,18 +1,23 @@
 //! A fake payment provider: a separate HTTP service with idempotency of its own (the same
 //! layer, in front of its charge handler), as a real provider has. It keeps a ledger of the
-//! charges it actually executed, which is what tests count.
+//! charges it actually executed, which is what tests count, lists them page by page for
+//! reconciliation (`GET /charges?from=&to=&after=&limit=`), and can announce each charge by
+//! webhook, unreliably on purpose ([`Chaos`]: dropped, duplicated, late).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use oncely_core::sync::LockIgnoringPoison;
+use oncely_core::Clock;
 use oncely_core::SystemClock;
 use oncely_http::{Engine, IdempotencyLayer, KeyRequirement, RoutePolicy};
 use oncely_store::MemoryStore;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 /// The card number the provider always declines.
@@ -27,12 +32,68 @@ pub struct Charge {
     pub amount: u64,
     /// The order id the checkout sent, which ties the charge to its order.
     pub reference: String,
+    /// `paid`.
+    pub status: String,
+    /// When it was made, in milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// A webhook the provider sends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Event {
+    /// `evt_{charge id}`: the same for every delivery of one event.
+    pub id: String,
+    /// `charge.succeeded`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The charge.
+    pub data: Charge,
+}
+
+/// How unreliable the webhooks are, in percent of charges, decided by a seeded generator so
+/// that a test run can be repeated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Chaos {
+    /// Never delivered.
+    pub drop_pct: u8,
+    /// Delivered twice.
+    pub duplicate_pct: u8,
+    /// Delivered late, after up to `max_delay` (so after webhooks of later charges).
+    pub late_pct: u8,
+    /// The longest delay of a late webhook.
+    pub max_delay: Duration,
+    /// The generator's seed.
+    pub seed: u64,
+}
+
+/// What the webhooks did, for tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebhookCounts {
+    /// Charges whose webhook was dropped.
+    pub dropped: u64,
+    /// Deliveries attempted (duplicates included).
+    pub sent: u64,
+    /// Deliveries the receiver answered with a 2xx.
+    pub delivered: u64,
+}
+
+struct Webhooks {
+    client: reqwest::Client,
+    url: String,
+    chaos: Chaos,
+    rng: rand::rngs::StdRng,
 }
 
 /// What the provider executed (replays are not executions).
 #[derive(Default)]
 pub struct Ledger {
     charges: Mutex<Vec<Charge>>,
+    /// Rows listed as they are, beside the charges (a provider's malformed rows).
+    raw: Mutex<Vec<(i64, serde_json::Value)>>,
+    webhooks: Mutex<Option<Webhooks>>,
+    dropped: AtomicU64,
+    sent: Arc<AtomicU64>,
+    delivered: Arc<AtomicU64>,
     requests: AtomicU64,
     received: AtomicU64,
     fail_next: AtomicU64,
@@ -60,6 +121,102 @@ impl Ledger {
     /// timeout: the charge happened, its answer is late).
     pub fn slow_next(&self, ms: u64) {
         self.slow_next.store(ms, Ordering::SeqCst);
+    }
+
+    /// Records a charge as if it had been made (no request, no webhook): the drifts a test
+    /// injects (an orphan charge, a wrong amount).
+    pub fn insert(&self, amount: u64, reference: &str) -> Charge {
+        self.push(amount, reference.to_owned())
+    }
+
+    /// Lists `row` among the charges as it is, dated `created_at`: a malformed row.
+    pub fn insert_raw(&self, created_at: i64, row: serde_json::Value) {
+        self.raw.lock_ignoring_poison().push((created_at, row));
+    }
+
+    /// Announces every charge from now on by `POST url` (`{"id", "type":
+    /// "charge.succeeded", "data": charge}`), as unreliably as `chaos` says.
+    pub fn send_webhooks(&self, url: &str, chaos: Chaos) {
+        *self.webhooks.lock_ignoring_poison() = Some(Webhooks {
+            client: reqwest::Client::new(),
+            url: url.to_owned(),
+            chaos,
+            rng: rand::rngs::StdRng::seed_from_u64(chaos.seed),
+        });
+    }
+
+    /// What the webhooks did so far.
+    pub fn webhook_counts(&self) -> WebhookCounts {
+        WebhookCounts {
+            dropped: self.dropped.load(Ordering::SeqCst),
+            sent: self.sent.load(Ordering::SeqCst),
+            delivered: self.delivered.load(Ordering::SeqCst),
+        }
+    }
+
+    fn push(&self, amount: u64, reference: String) -> Charge {
+        let mut charges = self.charges.lock_ignoring_poison();
+        let c = Charge {
+            id: format!("ch_{}", charges.len() + 1),
+            amount,
+            reference,
+            status: "paid".into(),
+            created_at: SystemClock.now().as_millis(),
+        };
+        charges.push(c.clone());
+        c
+    }
+
+    /// Schedules the webhooks of `charge`: none, one, or two, now or late.
+    fn announce(&self, charge: &Charge) {
+        let (client, url, deliveries) = {
+            let mut guard = self.webhooks.lock_ignoring_poison();
+            let Some(w) = guard.as_mut() else { return };
+            let mut roll = |pct: u8| w.rng.random_range(0..100u8) < pct;
+            if roll(w.chaos.drop_pct) {
+                self.dropped.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            let copies = if roll(w.chaos.duplicate_pct) { 2 } else { 1 };
+            let late = roll(w.chaos.late_pct);
+            let max = u64::try_from(w.chaos.max_delay.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let delays: Vec<Duration> = (0..copies)
+                .map(|_| {
+                    if late {
+                        Duration::from_millis(w.rng.random_range(0..max))
+                    } else {
+                        Duration::ZERO
+                    }
+                })
+                .collect();
+            (w.client.clone(), w.url.clone(), delays)
+        };
+        let body = serde_json::json!(Event {
+            id: format!("evt_{}", charge.id),
+            kind: "charge.succeeded".into(),
+            data: charge.clone(),
+        });
+        for delay in deliveries {
+            let (client, url, body) = (client.clone(), url.clone(), body.clone());
+            let counts = (self.sent.clone(), self.delivered.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                counts.0.fetch_add(1, Ordering::SeqCst);
+                let ok = client
+                    .post(&url)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(body.to_string())
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    counts.1.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
     }
 }
 
@@ -91,16 +248,8 @@ async fn charge(
             Json(serde_json::json!({"error": "card_declined"})),
         );
     }
-    let c = {
-        let mut charges = ledger.charges.lock_ignoring_poison();
-        let c = Charge {
-            id: format!("ch_{}", charges.len() + 1),
-            amount: req.amount,
-            reference: req.reference,
-        };
-        charges.push(c.clone());
-        c
-    };
+    let c = ledger.push(req.amount, req.reference);
+    ledger.announce(&c);
     let slow = ledger.slow_next.swap(0, Ordering::SeqCst);
     if slow > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(slow)).await;
@@ -130,9 +279,63 @@ struct SlowNext {
     ms: u64,
 }
 
+#[derive(Deserialize)]
+struct ListQuery {
+    /// From this time (ms), inclusive.
+    from: Option<i64>,
+    /// To this time (ms), exclusive.
+    to: Option<i64>,
+    /// After this cursor (from the last page's `next`).
+    after: Option<String>,
+    /// At most this many rows (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+/// `GET /charges`: the charges (and raw rows) with `created_at` in `[from, to)`, oldest
+/// first, `limit` at a time; `next` is the cursor of the following page, `null` on the last.
+fn list(ledger: &Ledger, q: ListQuery) -> serde_json::Value {
+    let (from, to) = (q.from.unwrap_or(i64::MIN), q.to.unwrap_or(i64::MAX));
+    let mut rows: Vec<(i64, usize, serde_json::Value)> = ledger
+        .charges
+        .lock_ignoring_poison()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.created_at, i, serde_json::json!(c)))
+        .collect();
+    let base = rows.len();
+    rows.extend(
+        ledger
+            .raw
+            .lock_ignoring_poison()
+            .iter()
+            .enumerate()
+            .map(|(i, (at, v))| (*at, base + i, v.clone())),
+    );
+    rows.retain(|(at, _, _)| from <= *at && *at < to);
+    rows.sort_by_key(|(at, i, _)| (*at, *i));
+    // The cursor is the position (time, then order of execution) of the last row served.
+    let after = q.after.as_deref().and_then(|c| {
+        let (at, i) = c.split_once('.')?;
+        Some((at.parse::<i64>().ok()?, i.parse::<usize>().ok()?))
+    });
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let page: Vec<&(i64, usize, serde_json::Value)> = rows
+        .iter()
+        .filter(|(at, i, _)| after.is_none_or(|a| (*at, *i) > a))
+        .take(limit)
+        .collect();
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|(at, i, _)| format!("{at}.{i}")))
+        .flatten();
+    serde_json::json!({
+        "data": page.iter().map(|(_, _, v)| v.clone()).collect::<Vec<_>>(),
+        "next": next,
+    })
+}
+
 /// The provider's router: `POST /charges` (an `Idempotency-Key` is required), `GET /charges`
-/// (the ledger), `POST /control/fail-next?n=N` and `POST /control/slow-next?ms=N` (fault
-/// injection).
+/// (the ledger, paged), `POST /control/fail-next?n=N` and `POST /control/slow-next?ms=N`
+/// (fault injection).
 pub fn router() -> Result<(Router, Arc<Ledger>), String> {
     let ledger = Arc::new(Ledger::default());
     let engine = Arc::new(Engine::new(
@@ -149,7 +352,11 @@ pub fn router() -> Result<(Router, Arc<Ledger>), String> {
     let app = Router::new()
         .route(
             "/charges",
-            post(charge).get(|State(l): State<Arc<Ledger>>| async move { Json(l.charges()) }),
+            post(charge).get(
+                |State(l): State<Arc<Ledger>>, Query(q): Query<ListQuery>| async move {
+                    Json(list(&l, q))
+                },
+            ),
         )
         .route(
             "/control/fail-next",

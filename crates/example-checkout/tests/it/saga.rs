@@ -20,17 +20,17 @@ use oncely_testkit::{Answer, TestClient};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const ORDER: &str = r#"{"email":"ada@example.com","card":"tok_visa","items":[{"sku":"tea","qty":2},{"sku":"cake","qty":1}]}"#;
+pub(crate) const ORDER: &str = r#"{"email":"ada@example.com","card":"tok_visa","items":[{"sku":"tea","qty":2},{"sku":"cake","qty":1}]}"#;
 const DECLINED: &str =
     r#"{"email":"bob@example.com","card":"tok_declined","items":[{"sku":"coffee","qty":3}]}"#;
 
 /// The inventory service and the payment provider, in this process: they outlive every
 /// shop process of a scenario, and their ledgers are what the test counts.
-struct Services {
-    inventory: String,
-    stock: Arc<inventory::Ledger>,
-    payments: String,
-    charges: Arc<payments::Ledger>,
+pub(crate) struct Services {
+    pub(crate) inventory: String,
+    pub(crate) stock: Arc<inventory::Ledger>,
+    pub(crate) payments: String,
+    pub(crate) charges: Arc<payments::Ledger>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -51,7 +51,7 @@ async fn serve(app: axum::Router) -> (String, tokio::task::JoinHandle<()>) {
     (url, task)
 }
 
-async fn services() -> Services {
+pub(crate) async fn services() -> Services {
     let (inv, stock) = inventory::router().unwrap();
     let (pay, charges) = payments::router().unwrap();
     let (inventory, t1) = serve(inv).await;
@@ -65,13 +65,18 @@ async fn services() -> Services {
     }
 }
 
-struct Shop {
-    child: Child,
-    url: String,
-    admin: String,
+pub(crate) struct Shop {
+    pub(crate) child: Child,
+    pub(crate) url: String,
+    pub(crate) admin: String,
 }
 
-async fn start_shop(db: &str, s: &Services, extra: &[&str], crash_at: Option<&str>) -> Shop {
+pub(crate) async fn start_shop(
+    db: &str,
+    s: &Services,
+    extra: &[&str],
+    crash_at: Option<&str>,
+) -> Shop {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_oncely-example-checkout"));
     cmd.args(["checkout", "--db", db])
         .args(["--inventory", &s.inventory, "--provider", &s.payments])
@@ -120,7 +125,7 @@ async fn start_shop(db: &str, s: &Services, extra: &[&str], crash_at: Option<&st
 }
 
 impl Shop {
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
 }
@@ -159,17 +164,21 @@ async fn checkout_until_final(client: &TestClient, url: &str, key: &str, body: &
 }
 
 /// One database per scenario: a fresh file, or a fresh schema.
-trait Db {
+pub(crate) trait Db {
     fn url(&self) -> String;
     async fn orders(&self) -> Vec<Order>;
     /// The outbox's events, as (aggregate id, event type): claimed, so read them once.
     async fn events(&self) -> Vec<(String, String)>;
+    /// The shop's orders table, to write to as a test.
+    async fn orders_db(&self) -> OrdersDb;
+    /// A reconciliation store in the shop's database.
+    async fn reconcile_store(&self) -> Arc<dyn oncely_reconcile::ReconcileStore>;
 }
 
 /// The events of an outbox, as (aggregate id, event type), in the order they were enqueued.
 /// A claim hands out only the first pending event of each order, so the count of pending
 /// events is checked to match: a second event for one order would not hide.
-async fn claim_events(outbox: &dyn OutboxStore) -> Vec<(String, String)> {
+pub(crate) async fn claim_events(outbox: &dyn OutboxStore) -> Vec<(String, String)> {
     let events: Vec<(String, String)> = outbox
         .claim(1000, Duration::from_secs(600))
         .await
@@ -186,12 +195,12 @@ async fn claim_events(outbox: &dyn OutboxStore) -> Vec<(String, String)> {
     events
 }
 
-struct SqliteDb {
+pub(crate) struct SqliteDb {
     dir: tempfile::TempDir,
 }
 
 impl SqliteDb {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         SqliteDb {
             dir: tempfile::tempdir().unwrap(),
         }
@@ -209,6 +218,19 @@ impl Db for SqliteDb {
             .await
             .unwrap()
     }
+    async fn orders_db(&self) -> OrdersDb {
+        OrdersDb::sqlite(&self.dir.path().join("shop.db")).unwrap()
+    }
+    async fn reconcile_store(&self) -> Arc<dyn oncely_reconcile::ReconcileStore> {
+        Arc::new(
+            oncely_reconcile::sqlite::SqliteReconcile::open(
+                self.dir.path().join("shop.db"),
+                Duration::from_secs(10),
+                Arc::new(oncely_core::SystemClock),
+            )
+            .unwrap(),
+        )
+    }
     async fn events(&self) -> Vec<(String, String)> {
         let outbox = oncely_outbox::sqlite::SqliteOutbox::open(
             self.dir.path().join("shop.db"),
@@ -220,7 +242,7 @@ impl Db for SqliteDb {
     }
 }
 
-struct PgDb {
+pub(crate) struct PgDb {
     base: String,
     schema: String,
 }
@@ -239,6 +261,26 @@ impl Db for PgDb {
             .list()
             .await
             .unwrap()
+    }
+    async fn orders_db(&self) -> OrdersDb {
+        let pool =
+            oncely_db::postgres::pool(&oncely_db::postgres::PgOptions::new(self.base.clone()))
+                .unwrap();
+        OrdersDb::postgres(pool, &self.schema).await.unwrap()
+    }
+    async fn reconcile_store(&self) -> Arc<dyn oncely_reconcile::ReconcileStore> {
+        let pool =
+            oncely_db::postgres::pool(&oncely_db::postgres::PgOptions::new(self.base.clone()))
+                .unwrap();
+        Arc::new(
+            oncely_reconcile::postgres::PgReconcile::open(
+                pool,
+                &self.schema,
+                Arc::new(oncely_core::SystemClock),
+            )
+            .await
+            .unwrap(),
+        )
     }
     async fn events(&self) -> Vec<(String, String)> {
         let mut opts = oncely_db::postgres::PgOptions::new(self.base.clone());
@@ -262,7 +304,7 @@ impl Drop for PgDb {
     }
 }
 
-fn postgres(test: &str) -> Option<impl Fn() -> PgDb> {
+pub(crate) fn postgres(test: &str) -> Option<impl Fn() -> PgDb> {
     let base = Service::Postgres.available(test)?;
     Some(move || PgDb {
         base: base.clone(),
