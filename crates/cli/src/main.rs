@@ -10,6 +10,7 @@ mod keys;
 mod logging;
 mod migrate;
 mod outbox;
+mod reconcile;
 mod saga;
 mod serve;
 
@@ -48,6 +49,8 @@ enum Command {
     Outbox(outbox::OutboxArgs),
     /// List sagas, show one with its log, cancel one, retry a stuck one (docs/sagas.md).
     Saga(saga::SagaArgs),
+    /// Run a reconciliation job, and work through its findings (docs/reconciliation.md).
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
             Command::Relay(args) => outbox::relay(args).await,
             Command::Outbox(args) => outbox::run(args).await,
             Command::Saga(args) => saga::run(args).await,
+            Command::Reconcile(args) => reconcile::run(args).await,
             Command::Send(_) => Ok(()), // handled above
         }
     });

@@ -11,6 +11,11 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "alert")]
+pub mod alert;
+#[cfg(feature = "api")]
+pub mod api;
+pub mod metrics;
 pub mod reconciler;
 mod store;
 

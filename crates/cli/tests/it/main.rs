@@ -4,6 +4,7 @@ mod audit;
 mod common;
 mod outage;
 mod process;
+mod reconcile;
 mod relay;
 mod saga;
 mod shared_store;
