@@ -114,13 +114,13 @@ pub fn invariant() -> Invariant {
 pub fn job(orders: OrdersDb, provider: &str, windows: WindowPlan) -> Job {
     Job {
         name: JOB.into(),
-        ours: Arc::new(OrdersSource(orders.clone())),
+        ours: orders_source(orders.clone()),
         theirs: Arc::new(ChargesSource {
             url: format!("{}/charges", provider.trim_end_matches('/')),
             http: reqwest::Client::new(),
         }),
         rules: rules(),
-        healer: Arc::new(MarkPaid(orders)),
+        healer: mark_paid(orders),
         invariant: invariant(),
         windows,
         page_size: 500,
@@ -139,7 +139,17 @@ pub fn default_windows() -> WindowPlan {
     }
 }
 
-/// The orders, in the job's vocabulary: `pending`, `paid` (confirmed), `cancelled`.
+/// The job's side of the shop: the orders, in the job's vocabulary (`pending`, `paid` for
+/// confirmed, `cancelled`).
+pub fn orders_source(orders: OrdersDb) -> Arc<dyn Source> {
+    Arc::new(OrdersSource(orders))
+}
+
+/// The job's heal: confirm a pending order with its paid charge.
+pub fn mark_paid(orders: OrdersDb) -> Arc<dyn Healer> {
+    Arc::new(MarkPaid(orders))
+}
+
 struct OrdersSource(OrdersDb);
 
 #[async_trait]
