@@ -353,10 +353,10 @@ async fn run_job(
                 }
             }),
         );
-        println!(
+        say(&format!(
             "metrics and the JSON API on http://{}",
             listener.local_addr().map_err(|e| e.to_string())?
-        );
+        ));
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
     loop {
@@ -370,6 +370,12 @@ async fn run_job(
     }
 }
 
+/// Prints a line; a closed stdout (the reader went away) must not stop a periodic run.
+fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 /// One run, its summary line printed, its alert sent.
 async fn once(
     reconciler: &Reconciler,
@@ -381,10 +387,10 @@ async fn once(
         Err(e @ RunError::Busy(_)) => return Err(format!("{e}: nothing done")),
         Err(e) => return Err(e.to_string()),
     };
-    println!("{}", summary_line(&job.name, &summary));
+    say(&summary_line(&job.name, &summary));
     if let Some(hook) = hook {
         match hook.notify(&job.name, &summary).await {
-            Ok(true) => println!("alert sent to {}", hook.url),
+            Ok(true) => say(&format!("alert sent to {}", hook.url)),
             Ok(false) => {}
             Err(e) => eprintln!("oncely: {e}"),
         }

@@ -206,3 +206,142 @@ async fn a_job_is_run_and_its_findings_worked_through_from_the_command_line() {
         assert_eq!(out.trim().lines().count(), 1, "{args:?}: {out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_periodic_run_serves_metrics_and_the_json_api() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shop.db");
+    let db = format!("sqlite://{}", path.display());
+    OrdersDb::sqlite(&path).unwrap();
+    let (app, ledger) = oncely_example_checkout::payments::router().unwrap();
+    let provider = serve(app).await;
+    ledger.insert(999, "ord_ghost");
+    let mut child = crate::common::oncely()
+        .args([
+            "reconcile",
+            "--db",
+            &db,
+            "run",
+            "payments",
+            "--provider",
+            &provider,
+        ])
+        .args([
+            "--settle",
+            "0s",
+            "--lookback",
+            "1h",
+            "--every",
+            "200ms",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Only the first line is read, then the pipe is closed: the runs after it must go on
+    // (a closed stdout must not stop a periodic job).
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let _running = crate::common::KillOnDrop(child);
+    let base = first
+        .trim()
+        .strip_prefix("metrics and the JSON API on ")
+        .unwrap_or_else(|| panic!("unexpected {first:?}"))
+        .to_owned();
+    let client = oncely_testkit::TestClient::new();
+    let mut page = String::new();
+    for _ in 0..100 {
+        let a = client
+            .send("GET", &format!("{base}/metrics"), &[], "")
+            .await
+            .unwrap();
+        page = String::from_utf8_lossy(&a.body).into_owned();
+        if page.contains(r#"oncely_reconcile_last_run{job="payments",outcome="drift"} 1"#) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for line in [
+        r#"oncely_reconcile_findings{job="payments",class="orphan_charge",state="open"} 1"#,
+        r#"oncely_reconcile_last_run{job="payments",outcome="drift"} 1"#,
+        r#"oncely_reconcile_last_run{job="payments",outcome="clean"} 0"#,
+        "oncely_reconcile_last_success_age_seconds{job=\"payments\"}",
+        "oncely_reconcile_last_run_timestamp_seconds{job=\"payments\"}",
+    ] {
+        assert!(page.contains(line), "{line} in\n{page}");
+    }
+    let open = client
+        .send(
+            "GET",
+            &format!("{base}/reconcile/findings?state=open"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    let open = open.json();
+    assert_eq!(open[0]["class"], "orphan_charge", "{open}");
+    assert_eq!(open[0]["theirs"], serde_json::json!(["ch_1"]));
+    let id = open[0]["id"].as_i64().unwrap();
+    let ack = client
+        .send(
+            "POST",
+            &format!("{base}/reconcile/findings/{id}/ack?by=bob"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack.status, 202);
+    let again = client
+        .send(
+            "POST",
+            &format!("{base}/reconcile/findings/{id}/ack?by=bob"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status, 409);
+    let bad = client
+        .send(
+            "GET",
+            &format!("{base}/reconcile/findings?state=closed"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 400);
+    let status = client
+        .send("GET", &format!("{base}/reconcile/status"), &[], "")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(
+        status["jobs"]["payments"]["last_run"]["outcome"], "drift",
+        "{status}"
+    );
+    let runs = client
+        .send(
+            "GET",
+            &format!("{base}/reconcile/runs?job=payments&limit=2"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap()
+        .json();
+    assert!(runs.as_array().unwrap().len() >= 1, "{runs}");
+    assert!(runs[0]["counts"].is_object(), "{runs}");
+}
