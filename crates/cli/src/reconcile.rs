@@ -29,8 +29,8 @@ pub(crate) struct ReconcileArgs {
 
 #[derive(Subcommand)]
 enum ReconcileCommand {
-    /// Runs a job: once (exit 0 when clean, 1 when it found drifts or failed), or every
-    /// --every until stopped.
+    /// Runs a job: once (exit 0 when clean or when another run holds the job, 1 when it found
+    /// drifts or failed), or every --every until stopped.
     Run(RunArgs),
     /// The review queue.
     Findings {
@@ -142,9 +142,25 @@ async fn open(url: &str) -> Result<(Arc<dyn ReconcileStore>, OrdersDb), String> 
     Ok((Arc::new(store), orders))
 }
 
+/// The most windows one run may plan (a window too short for its lookback would plan
+/// millions).
+const MAX_WINDOWS: u128 = 100_000;
+
 fn job(args: &RunArgs, orders: OrdersDb) -> Result<Job, String> {
     if args.job != oncely_example_checkout::reconcile::JOB {
         return Err(format!("unknown job `{}` (jobs: {JOBS})", args.job));
+    }
+    if args.window < Duration::from_secs(1) {
+        return Err("--window must be at least 1s".into());
+    }
+    if args.every.is_some_and(|e| e < Duration::from_secs(1)) {
+        return Err("--every must be at least 1s".into());
+    }
+    if args.lookback.as_millis() / args.window.as_millis() > MAX_WINDOWS {
+        return Err(format!(
+            "--lookback {:?} in windows of {:?} is more than {MAX_WINDOWS} windows: take longer windows",
+            args.lookback, args.window
+        ));
     }
     Ok(oncely_example_checkout::reconcile::job(
         orders,
@@ -318,7 +334,15 @@ async fn run_job(
         if args.metrics.is_some() {
             return Err("--metrics needs --every (a single run has nothing to serve)".into());
         }
-        let summary = once(&reconciler, &job, hook.as_ref()).await?;
+        let summary = match once(&reconciler, &job, hook.as_ref()).await {
+            Ok(s) => s,
+            // Another run is doing the work: nothing failed, nothing to report here.
+            Err(Once::Busy(e)) => {
+                eprintln!("oncely: {e}");
+                return Ok(());
+            }
+            Err(Once::Failed(e)) => return Err(e),
+        };
         return match summary.outcome {
             RunOutcome::Clean => Ok(()),
             _ => Err(format!(
@@ -360,7 +384,7 @@ async fn run_job(
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
     loop {
-        if let Err(e) = once(&reconciler, &job, hook.as_ref()).await {
+        if let Err(Once::Busy(e) | Once::Failed(e)) = once(&reconciler, &job, hook.as_ref()).await {
             eprintln!("oncely: {e}");
         }
         tokio::select! {
@@ -376,16 +400,24 @@ fn say(line: &str) {
     let _ = writeln!(std::io::stdout(), "{line}");
 }
 
+/// Why a run gave no summary.
+enum Once {
+    /// Another run holds the job.
+    Busy(String),
+    /// The run could not be made.
+    Failed(String),
+}
+
 /// One run, its summary line printed, its alert sent.
 async fn once(
     reconciler: &Reconciler,
     job: &Job,
     hook: Option<&AlertHook>,
-) -> Result<RunSummary, String> {
+) -> Result<RunSummary, Once> {
     let summary = match reconciler.run(job).await {
         Ok(s) => s,
-        Err(e @ RunError::Busy(_)) => return Err(format!("{e}: nothing done")),
-        Err(e) => return Err(e.to_string()),
+        Err(e @ RunError::Busy(_)) => return Err(Once::Busy(format!("{e}: nothing done"))),
+        Err(e) => return Err(Once::Failed(e.to_string())),
     };
     say(&summary_line(&job.name, &summary));
     if let Some(hook) = hook {

@@ -139,6 +139,9 @@ pub struct Config {
     pub no_runner: bool,
     /// How long the layer keeps a finished key.
     pub retention: Duration,
+    /// The secret the provider signs its webhooks with; without it `POST /webhooks/provider`
+    /// refuses every webhook.
+    pub webhook_secret: Option<oncely_outbox::webhook::WebhookSecret>,
     /// The audit trail every saga transition and operator action is written to, if any.
     pub audit: Option<oncely_open::AuditUrl>,
     /// The key sealing the trail's events (16 bytes or more); a random one for this run
@@ -194,6 +197,8 @@ pub struct Shop {
     pub sagas: Arc<dyn SagaStore>,
     /// How long `POST /checkout` waits for an outcome.
     pub wait: Duration,
+    /// The provider's webhook secret.
+    pub webhook_secret: Option<oncely_outbox::webhook::WebhookSecret>,
 }
 
 /// Kills the process at one boundary, as a power cut or an OOM kill would: no destructor,
@@ -261,6 +266,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         runner: runner.clone(),
         sagas: sagas.clone(),
         wait: cfg.wait,
+        webhook_secret: cfg.webhook_secret.clone(),
     });
 
     let store = cfg
@@ -531,7 +537,26 @@ async fn show_checkout(State(shop): State<Arc<Shop>>, Path(id): Path<String>) ->
 /// `POST /webhooks/provider`: the provider announcing a charge. A known order of the same
 /// amount is confirmed (idempotently: a duplicate or a late webhook changes nothing); any
 /// other charge is acknowledged and left to reconciliation, which raises it.
-async fn provider_webhook(State(shop): State<Arc<Shop>>, body: Bytes) -> Response<Body> {
+async fn provider_webhook(
+    State(shop): State<Arc<Shop>>,
+    headers: http::HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    // Anyone can reach this route: only a webhook signed with the provider's secret (and
+    // recent: five minutes either way) may confirm an order.
+    let Some(secret) = &shop.webhook_secret else {
+        return problem(
+            503,
+            "webhooks-not-configured",
+            "the shop has no --webhook-secret: provider webhooks are refused",
+        );
+    };
+    let now = SystemClock.now().0 / 1000;
+    if let Err(e) =
+        oncely_outbox::webhook::verify(secret, &headers, &body, now, Duration::from_secs(300))
+    {
+        return problem(401, "webhook-refused", &e.to_string());
+    }
     let event: crate::payments::Event = match serde_json::from_slice(&body) {
         Ok(e) => e,
         Err(e) => return problem(400, "invalid-webhook", &e.to_string()),

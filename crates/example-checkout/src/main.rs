@@ -99,6 +99,10 @@ struct CheckoutArgs {
     /// The file holding the trail's key (16 bytes or more).
     #[arg(long, value_name = "PATH")]
     audit_key_file: Option<std::path::PathBuf>,
+    /// The secret the provider signs its webhooks with (whsec_...); without it
+    /// POST /webhooks/provider refuses them.
+    #[arg(long, env = "ONCELY_PROVIDER_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
 }
 
 #[tokio::main]
@@ -152,7 +156,14 @@ async fn run(command: Command) -> Result<(), String> {
                 retention,
                 audit,
                 audit_key_file,
+                webhook_secret,
             } = *args;
+            let webhook_secret = webhook_secret
+                .map(|s| {
+                    oncely_outbox::webhook::WebhookSecret::parse(&s)
+                        .map_err(|e| format!("--webhook-secret: {e}"))
+                })
+                .transpose()?;
             let audit = audit
                 .map(|u| oncely_open::AuditUrl::parse(&u))
                 .transpose()?;
@@ -190,6 +201,7 @@ async fn run(command: Command) -> Result<(), String> {
                 retention,
                 audit,
                 audit_key,
+                webhook_secret,
             })
             .await
         }

@@ -80,6 +80,7 @@ pub struct WebhookCounts {
 struct Webhooks {
     client: reqwest::Client,
     url: String,
+    secret: oncely_outbox::webhook::WebhookSecret,
     chaos: Chaos,
     rng: rand::rngs::StdRng,
 }
@@ -134,12 +135,27 @@ impl Ledger {
         self.raw.lock_ignoring_poison().push((created_at, row));
     }
 
+    /// The body and headers of the webhook announcing `charge`, signed: what the provider
+    /// sends (tests send one by hand, a wrong amount, say).
+    pub fn webhook_for(&self, charge: &Charge) -> Option<(String, Vec<(String, String)>)> {
+        let guard = self.webhooks.lock_ignoring_poison();
+        let w = guard.as_ref()?;
+        Some(signed(&w.secret, charge))
+    }
+
     /// Announces every charge from now on by `POST url` (`{"id", "type":
-    /// "charge.succeeded", "data": charge}`), as unreliably as `chaos` says.
-    pub fn send_webhooks(&self, url: &str, chaos: Chaos) {
+    /// "charge.succeeded", "data": charge}`, signed with `secret` as Standard Webhooks
+    /// are), as unreliably as `chaos` says.
+    pub fn send_webhooks(
+        &self,
+        url: &str,
+        secret: oncely_outbox::webhook::WebhookSecret,
+        chaos: Chaos,
+    ) {
         *self.webhooks.lock_ignoring_poison() = Some(Webhooks {
             client: reqwest::Client::new(),
             url: url.to_owned(),
+            secret,
             chaos,
             rng: rand::rngs::StdRng::seed_from_u64(chaos.seed),
         });
@@ -169,7 +185,7 @@ impl Ledger {
 
     /// Schedules the webhooks of `charge`: none, one, or two, now or late.
     fn announce(&self, charge: &Charge) {
-        let (client, url, deliveries) = {
+        let (client, url, (body, headers), deliveries) = {
             let mut guard = self.webhooks.lock_ignoring_poison();
             let Some(w) = guard.as_mut() else { return };
             let mut roll = |pct: u8| w.rng.random_range(0..100u8) < pct;
@@ -191,23 +207,28 @@ impl Ledger {
                     }
                 })
                 .collect();
-            (w.client.clone(), w.url.clone(), delays)
+            (
+                w.client.clone(),
+                w.url.clone(),
+                signed(&w.secret, charge),
+                delays,
+            )
         };
-        let body = serde_json::json!(Event {
-            id: format!("evt_{}", charge.id),
-            kind: "charge.succeeded".into(),
-            data: charge.clone(),
-        });
         for delay in deliveries {
-            let (client, url, body) = (client.clone(), url.clone(), body.clone());
+            let (client, url, body, headers) =
+                (client.clone(), url.clone(), body.clone(), headers.clone());
             let counts = (self.sent.clone(), self.delivered.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 counts.0.fetch_add(1, Ordering::SeqCst);
-                let ok = client
+                let mut request = client
                     .post(&url)
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(body.to_string())
+                    .header(http::header::CONTENT_TYPE, "application/json");
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                let ok = request
+                    .body(body)
                     .timeout(Duration::from_secs(5))
                     .send()
                     .await
@@ -269,6 +290,28 @@ async fn count(
     next.run(req).await
 }
 
+/// The `charge.succeeded` event for `charge`, and its Standard Webhooks headers.
+fn signed(
+    secret: &oncely_outbox::webhook::WebhookSecret,
+    charge: &Charge,
+) -> (String, Vec<(String, String)>) {
+    let id = format!("evt_{}", charge.id);
+    let body = serde_json::json!(Event {
+        id: id.clone(),
+        kind: "charge.succeeded".into(),
+        data: charge.clone(),
+    })
+    .to_string();
+    let now = SystemClock.now().0 / 1000;
+    let signature = oncely_outbox::webhook::sign(secret, &id, now, body.as_bytes());
+    let headers = vec![
+        ("webhook-id".to_owned(), id),
+        ("webhook-timestamp".to_owned(), now.to_string()),
+        ("webhook-signature".to_owned(), signature),
+    ];
+    (body, headers)
+}
+
 #[derive(Deserialize)]
 struct FailNext {
     n: u64,
@@ -291,6 +334,9 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
+/// Where the numbers of raw rows start, past any charge's.
+const RAW_ROWS: usize = 1 << 40;
+
 /// `GET /charges`: the charges (and raw rows) with `created_at` in `[from, to)`, oldest
 /// first, `limit` at a time; `next` is the cursor of the following page, `null` on the last.
 fn list(ledger: &Ledger, q: ListQuery) -> serde_json::Value {
@@ -302,14 +348,15 @@ fn list(ledger: &Ledger, q: ListQuery) -> serde_json::Value {
         .enumerate()
         .map(|(i, c)| (c.created_at, i, serde_json::json!(c)))
         .collect();
-    let base = rows.len();
+    // Raw rows are numbered after every charge there can be, so that a charge made
+    // between two pages never renumbers them (the cursor would repeat or skip one).
     rows.extend(
         ledger
             .raw
             .lock_ignoring_poison()
             .iter()
             .enumerate()
-            .map(|(i, (at, v))| (*at, base + i, v.clone())),
+            .map(|(i, (at, v))| (*at, RAW_ROWS + i, v.clone())),
     );
     rows.retain(|(at, _, _)| from <= *at && *at < to);
     rows.sort_by_key(|(at, i, _)| (*at, *i));

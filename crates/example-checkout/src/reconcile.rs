@@ -33,7 +33,7 @@ pub const JOB: &str = "payments";
 /// without an order, or of another amount, is never confirmed by a webhook. Whether it
 /// confirmed an order.
 pub async fn apply_webhook(orders: &OrdersDb, event: &Event) -> Result<bool, String> {
-    if event.kind != "charge.succeeded" {
+    if event.kind != "charge.succeeded" || event.data.status != "paid" {
         return Ok(false);
     }
     let charge = &event.data;

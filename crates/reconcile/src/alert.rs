@@ -1,7 +1,7 @@
 //! The alert hook: after a run, one webhook with a Slack-style JSON payload (`text` and
 //! `blocks`, plus the job, the run, its counts and sample keys) when the run passes the
-//! threshold: at least `threshold` new alerts, or any invariant violation when it is set to
-//! fire on those. Never one per row. Sent through `oncely-client`'s retry rules with the
+//! threshold: at least `threshold` alert findings a person has not seen (new ones, and
+//! resolved ones seen again), or any invariant violation when it is set to fire on those. Never one per row. Sent through `oncely-client`'s retry rules with the
 //! key `reconcile/{job}/{run}`, so a receiver that honours `Idempotency-Key` posts it once.
 
 use std::sync::Arc;
@@ -16,7 +16,8 @@ use crate::RunSummary;
 pub struct AlertHook {
     /// The webhook's URL (a Slack incoming webhook, or any receiver of JSON).
     pub url: String,
-    /// New alert findings in one run that make it worth telling a person (at least 1).
+    /// New (or reopened) alert findings in one run that make it worth telling a person (at
+    /// least 1).
     pub threshold: u64,
     /// Also fire for any invariant violation, new or not.
     pub on_violation: bool,
@@ -47,8 +48,7 @@ impl AlertHook {
     /// Whether `run` passes the threshold.
     pub fn fires(&self, run: &RunSummary) -> bool {
         let n = |k: &str| run.report.counts.get(k).copied().unwrap_or(0);
-        n("new_findings").saturating_sub(n("healed")) >= self.threshold
-            || (self.on_violation && n("invariant_violations") > 0)
+        n("new_alerts") >= self.threshold || (self.on_violation && n("invariant_violations") > 0)
     }
 
     /// Posts the payload for `run` of `job` if it passes the threshold; whether it did.

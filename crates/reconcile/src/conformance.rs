@@ -260,9 +260,12 @@ pub async fn findings_are_deduplicated_and_reviewed(f: &impl Fixture) {
         Err(ReconcileError::Invalid(_))
     ));
     // Resolved, yet seen again: it was not fixed, and it is open again.
-    s.record("payments", c.token, &finding("o-9", "orphan_charge", false))
-        .await
-        .unwrap();
+    assert_eq!(
+        s.record("payments", c.token, &finding("o-9", "orphan_charge", false))
+            .await
+            .unwrap(),
+        Recorded::Reopened(orphan)
+    );
     assert_eq!(
         s.finding(orphan).await.unwrap().unwrap().state,
         FindingState::Open

@@ -4,9 +4,10 @@
 //! and processes: a lease and a checkpoint per job, each run's report, and the findings
 //! with their life cycle (the review queue).
 //!
-//! Status: the store on SQLite (feature `sqlite`) and PostgreSQL (feature `postgres`) with
-//! its conformance suite, and the [`Reconciler`] that runs a [`Job`] over two [`Source`]s.
-//! The provider-vs-orders job, `oncely reconcile`, metrics and alerts are still to come
+//! The store on SQLite (feature `sqlite`) and PostgreSQL (feature `postgres`) with its
+//! conformance suite; the [`Reconciler`] that runs a [`Job`] over two [`Source`]s; metrics;
+//! the alert hook (feature `alert`) and the JSON API (feature `api`). The seed's `payments`
+//! job is `oncely_example_checkout::reconcile`; the command is `oncely reconcile`
 //! (docs/reconciliation.md).
 
 #![warn(missing_docs)]

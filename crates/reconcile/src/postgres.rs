@@ -121,7 +121,8 @@ impl Statements {
             ),
             record: format!(
                 "WITH held AS (SELECT run FROM {j} WHERE job = $1 AND lease_token = $2 \
-                   AND lease_until IS NOT NULL FOR SHARE) \
+                   AND lease_until IS NOT NULL FOR SHARE), \
+                 prior AS (SELECT state FROM {f} WHERE job = $1 AND key = $3 AND class = $4) \
                  INSERT INTO {f} AS f (job, key, class, kind, state, ours, theirs, detail, seen, \
                    first_seen, last_seen, first_run, last_run) \
                  SELECT $1, $3, $4, $5, $6, $7, $8, $9, 1, $10, $10, run, run FROM held \
@@ -131,7 +132,7 @@ impl Statements {
                    seen = f.seen + CASE WHEN f.last_run = excluded.last_run THEN 0 ELSE 1 END, \
                    last_run = excluded.last_run, \
                    state = CASE WHEN f.state = 'resolved' THEN excluded.state ELSE f.state END \
-                 RETURNING id, (xmax = 0) AS inserted"
+                 RETURNING id, (xmax = 0) AS inserted, (SELECT state FROM prior) AS was"
             ),
             finish: format!(
                 "WITH held AS (SELECT job FROM {j} WHERE job = $1 AND lease_token = $2 \
@@ -330,8 +331,11 @@ impl ReconcileStore for PgReconcile {
             None => Recorded::LeaseLost,
             Some(r) => {
                 let id: i64 = r.try_get(0).map_err(corrupt)?;
+                let was: Option<String> = r.try_get(2).map_err(corrupt)?;
                 if r.try_get::<_, bool>(1).map_err(corrupt)? {
                     Recorded::New(id)
+                } else if was.as_deref() == Some("resolved") && !f.healed {
+                    Recorded::Reopened(id)
                 } else {
                     Recorded::Again(id)
                 }

@@ -141,6 +141,8 @@ struct Tally {
     /// Malformed rows already recorded by this run (neighbouring windows read the same
     /// margin).
     malformed: std::collections::HashSet<String>,
+    /// The earliest group whose heal failed: the checkpoint may not pass it.
+    retry_from: Option<Timestamp>,
 }
 
 impl Tally {
@@ -211,6 +213,12 @@ impl Reconciler {
                 .copied()
                 .unwrap_or(0)
                 > 0;
+        // A failed heal keeps the checkpoint at its group (the next run starts an overlap
+        // before it), never past it.
+        let reached = match (reached, tally.retry_from) {
+            (Some(r), Some(f)) => Some(r.min(f)),
+            (r, _) => r,
+        };
         let end = RunEnd {
             outcome: if drift {
                 RunOutcome::Drift
@@ -314,9 +322,13 @@ impl Reconciler {
                             tally.add("healed", 1);
                             tally.sample(&action, &g.key);
                         }
-                        // A heal that failed is left for a person (and tried again by the
-                        // next run, which sees the drift again).
+                        // A heal that failed is an alert, and the checkpoint stays before
+                        // its group, so the next run sees the drift again and retries.
                         Err(e) => {
+                            if let Some(anchor) = g.anchor() {
+                                tally.retry_from =
+                                    Some(tally.retry_from.map_or(anchor, |r| r.min(anchor)));
+                            }
                             let mut f = finding(&format!("heal_failed_{action}"), false);
                             f.detail["error"] = serde_json::Value::String(e.0);
                             self.record(job, claim, &f, tally).await?;
@@ -382,14 +394,24 @@ impl Reconciler {
         finding: &NewFinding,
         tally: &mut Tally,
     ) -> Result<(), WindowError> {
-        match self
+        let recorded = self
             .store
             .record(&job.name, claim.token, finding)
             .await
-            .map_err(|e| WindowError::Run(e.into()))?
-        {
+            .map_err(|e| WindowError::Run(e.into()))?;
+        // `new_alerts`: what a person has not seen (or saw fixed) before: the alert hook's
+        // measure.
+        match recorded {
             Recorded::New(_) => {
                 tally.add("new_findings", 1);
+                if !finding.healed {
+                    tally.add("new_alerts", 1);
+                }
+                Ok(())
+            }
+            Recorded::Reopened(_) => {
+                tally.add("reopened", 1);
+                tally.add("new_alerts", 1);
                 Ok(())
             }
             Recorded::Again(_) => Ok(()),

@@ -287,18 +287,18 @@ impl ReconcileStore for SqliteReconcile {
             let Some(run) = held(&tx, &job, token)? else {
                 return Ok(Recorded::LeaseLost);
             };
-            let existing: Option<i64> = tx
+            let existing: Option<(i64, String)> = tx
                 .query_row(
-                    "SELECT id FROM oncely_reconcile_findings WHERE job = ?1 AND key = ?2 AND class = ?3",
+                    "SELECT id, state FROM oncely_reconcile_findings WHERE job = ?1 AND key = ?2 AND class = ?3",
                     params![job, f.key, f.class],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
                 .map_err(unavailable)?;
             let state = if f.healed { "healed" } else { "open" };
             let (ours, theirs, detail) = (ids_json(&f.ours), ids_json(&f.theirs), f.detail.to_string());
             let recorded = match existing {
-                Some(id) => {
+                Some((id, was)) => {
                     tx.execute(
                         "UPDATE oncely_reconcile_findings SET kind = ?2, ours = ?3, theirs = ?4, \
                          detail = ?5, last_seen = ?6, \
@@ -308,7 +308,11 @@ impl ReconcileStore for SqliteReconcile {
                         params![id, f.kind, ours, theirs, detail, now.0, run, state],
                     )
                     .map_err(unavailable)?;
-                    Recorded::Again(id)
+                    if was == "resolved" && !f.healed {
+                        Recorded::Reopened(id)
+                    } else {
+                        Recorded::Again(id)
+                    }
                 }
                 None => {
                     tx.execute(

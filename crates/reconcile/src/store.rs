@@ -206,8 +206,10 @@ pub struct Finding {
 pub enum Recorded {
     /// A drift not seen before: a new finding.
     New(i64),
-    /// The same finding as before, seen again (a resolved one opens again).
+    /// The same finding as before, seen again.
     Again(i64),
+    /// A finding a person had resolved, seen again: open again (the fix did not hold).
+    Reopened(i64),
     /// The run no longer holds the job: nothing recorded.
     LeaseLost,
 }

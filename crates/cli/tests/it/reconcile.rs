@@ -198,6 +198,18 @@ async fn a_job_is_run_and_its_findings_worked_through_from_the_command_line() {
             vec!["run", "payments", "--metrics", "127.0.0.1:0"],
             "--metrics needs --every",
         ),
+        (
+            vec!["run", "payments", "--window", "1ms"],
+            "--window must be at least 1s",
+        ),
+        (
+            vec!["run", "payments", "--window", "1s", "--lookback", "30d"],
+            "more than 100000 windows",
+        ),
+        (
+            vec!["run", "payments", "--every", "0s"],
+            "--every must be at least 1s",
+        ),
     ] {
         let mut a: Vec<String> = vec!["reconcile".into(), "--db".into(), db.clone()];
         a.extend(args.iter().map(|s| s.to_string()));
@@ -233,7 +245,7 @@ async fn a_periodic_run_serves_metrics_and_the_json_api() {
             "--lookback",
             "1h",
             "--every",
-            "200ms",
+            "1s",
             "--metrics",
             "127.0.0.1:0",
         ])

@@ -16,6 +16,7 @@ use oncely_core::{Clock, SystemClock};
 use oncely_example_checkout::orders::Order;
 use oncely_example_checkout::payments::Chaos;
 use oncely_example_checkout::reconcile::job;
+use oncely_outbox::webhook::WebhookSecret;
 use oncely_reconcile::{FindingFilter, FindingState, Reconciler, RunError, RunOutcome};
 use oncely_testkit::TestClient;
 
@@ -38,10 +39,18 @@ fn order(id: &str, amount: u64) -> Order {
 
 async fn chaos_and_drifts(db: impl Db) {
     let s = services().await;
-    let shop = start_shop(&db.url(), &s, &[], None).await;
+    let secret = WebhookSecret::from_bytes(b"the provider's secret, 32 bytes");
+    let shop = start_shop(
+        &db.url(),
+        &s,
+        &["--webhook-secret", &secret.to_text()],
+        None,
+    )
+    .await;
     let orders = db.orders_db().await;
     s.charges.send_webhooks(
         &format!("{}/webhooks/provider", shop.url),
+        secret,
         Chaos {
             drop_pct: 10,
             duplicate_pct: 10,
@@ -71,7 +80,33 @@ async fn chaos_and_drifts(db: impl Db) {
     // The unsafe drifts.
     s.charges.insert(999, "ord_ghost");
     assert!(orders.place(&order("ord_mismatch", 900)).await.unwrap());
-    s.charges.insert(850, "ord_mismatch");
+    let short = s.charges.insert(850, "ord_mismatch");
+    // Its webhook, signed, is refused by the shop for its amount; a forged one (unsigned)
+    // for an unpaid order is refused outright.
+    let hook = format!("{}/webhooks/provider", shop.url);
+    let (body, headers) = s.charges.webhook_for(&short).unwrap();
+    let mut h: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    h.push(("content-type", "application/json"));
+    let a = client.send("POST", &hook, &h, body.clone()).await.unwrap();
+    assert_eq!(
+        (a.status, &a.json()["applied"]),
+        (200, &serde_json::json!(false))
+    );
+    assert!(orders.place(&order("ord_unpaid", 300)).await.unwrap());
+    let forged = serde_json::json!({"id": "evt_x", "type": "charge.succeeded", "data": {"id": "ch_x", "amount": 300, "reference": "ord_unpaid", "status": "paid", "created_at": 0}});
+    let a = client
+        .send(
+            "POST",
+            &hook,
+            &[("content-type", "application/json")],
+            forged.to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 401, "{:?}", a.json());
     assert!(orders.place(&order("ord_phantom", 700)).await.unwrap());
     orders
         .confirm("ord_phantom", "ch_never_made")

@@ -108,12 +108,21 @@ impl Source for Rows {
 struct MarkPaid {
     orders: Arc<Rows>,
     effects: Mutex<HashMap<String, u32>>,
+    /// Heals that fail before doing anything (the database was away).
+    failures: AtomicUsize,
 }
 
 #[async_trait]
 impl Healer for MarkPaid {
     async fn heal(&self, action: &str, group: &Group, key: &str) -> Result<(), SourceError> {
         assert_eq!(action, "mark_paid");
+        if self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(SourceError("the orders database is away".into()));
+        }
         let mut rows = self.orders.rows.lock().unwrap();
         for (_, r) in rows.iter_mut() {
             if let Ok(e) = r {
@@ -200,6 +209,7 @@ fn world() -> World {
     let healer = Arc::new(MarkPaid {
         orders: orders.clone(),
         effects: Mutex::default(),
+        failures: AtomicUsize::new(0),
     });
     let job = Job {
         name: "payments".into(),
@@ -483,6 +493,45 @@ async fn late_records_inside_the_overlap_are_found_and_a_clock_stepped_back_move
             b.store.stats().await.unwrap().jobs["payments"].checkpoint,
             before
         );
+        clock.set(Timestamp(NOW));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heal_that_failed_is_tried_again_by_the_next_run() {
+    let clock = ManualClock::new(Timestamp(NOW));
+    for b in backends("a_heal_that_failed_is_tried_again_by_the_next_run", &clock).await {
+        let (w, r) = seeded(&b, &clock);
+        w.healer.failures.store(1, Ordering::SeqCst);
+        let first = r.run(&w.job).await.unwrap();
+        assert_eq!(first.report.counts.get("healed"), None, "{first:?}");
+        assert_eq!(w.orders.status("o2"), "pending");
+        let failed = b
+            .store
+            .findings(
+                &FindingFilter {
+                    class: Some("heal_failed_mark_paid".into()),
+                    ..FindingFilter::default()
+                },
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), 1, "a person sees it");
+        // The checkpoint stayed at the failed group, far behind now - settle.
+        let checkpoint = b.store.stats().await.unwrap().jobs["payments"]
+            .checkpoint
+            .unwrap();
+        assert!(checkpoint.0 <= NOW - 50 * MIN + 3_000, "{checkpoint:?}");
+        clock.advance(Duration::from_secs(300));
+        let second = r.run(&w.job).await.unwrap();
+        assert_eq!(second.report.counts.get("healed"), Some(&1), "{second:?}");
+        assert_eq!(w.orders.status("o2"), "paid");
+        assert_eq!(w.healer.effects.lock().unwrap().values().sum::<u32>(), 1);
+        let moved = b.store.stats().await.unwrap().jobs["payments"]
+            .checkpoint
+            .unwrap();
+        assert_eq!(moved, Timestamp(NOW + 5 * MIN - MIN), "past it now");
         clock.set(Timestamp(NOW));
     }
 }
