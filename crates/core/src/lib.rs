@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod check;
 pub mod clock;
 pub mod conditional;
 pub mod correlation;

@@ -1,0 +1,525 @@
+//! The checker of `oncely check`, sans I/O: given the history of operations an attack sent
+//! to an API (each with its key, tenant, the unique reference its body carried, and how it
+//! ended) and the effects the system under test shows per reference, it says, per property,
+//! whether the API kept its promise, and names the keys and operations that broke it.
+//!
+//! | property | what it means |
+//! |---|---|
+//! | `at_most_one_effect` | no reference took effect more than once, however often it was sent |
+//! | `no_phantom_success` | every success has its effect: the API never said "done" for work that did not happen |
+//! | `identical_successes` | every success for one key (and one request) is the same answer, byte for byte |
+//! | `failure_has_no_effect` | a reference whose every answer was a definite failure took no effect |
+//! | `no_foreign_result` | no answer carries another key's or another tenant's result |
+//!
+//! An operation that got no answer (a timeout, a reset) or a 5xx is *indeterminate*: it may
+//! or may not have acted, so it constrains nothing but `at_most_one_effect`.
+
+use std::collections::BTreeMap;
+
+/// How one operation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A 2xx: the API says the work is done.
+    Success {
+        /// The status.
+        status: u16,
+        /// A hash of the answer's body (and of the headers that matter).
+        response: String,
+    },
+    /// An answer that says the work was not done and will not be by this request: a 4xx
+    /// (400, 409 in progress, 422 key reused with another body...).
+    Failure {
+        /// The status.
+        status: u16,
+    },
+    /// No answer that settles it: a 5xx, a timeout, a reset connection.
+    Indeterminate {
+        /// What happened (`timeout`, `reset`, `503`).
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// The outcome of an HTTP answer with `status` and a body hashed to `response`.
+    pub fn of_status(status: u16, response: String) -> Outcome {
+        match status {
+            200..=299 => Outcome::Success { status, response },
+            400..=499 => Outcome::Failure { status },
+            _ => Outcome::Indeterminate {
+                reason: status.to_string(),
+            },
+        }
+    }
+}
+
+/// One operation of the history: an invocation and how it completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// Its number in the history.
+    pub id: u64,
+    /// The client process (lane) that sent it.
+    pub process: u32,
+    /// The `Idempotency-Key` it carried.
+    pub key: String,
+    /// The tenant it was sent as.
+    pub tenant: String,
+    /// The unique reference its body carried: what effects are counted by.
+    pub reference: String,
+    /// A hash of its request body: two operations of one key with other bodies are two
+    /// requests.
+    pub request: String,
+    /// When it was sent (milliseconds).
+    pub invoked_at: i64,
+    /// When it completed (or gave up).
+    pub completed_at: i64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The reference found in its answer, if the API echoes one (for `no_foreign_result`).
+    pub echoed: Option<String>,
+}
+
+/// The properties checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Property {
+    /// See the module's table.
+    AtMostOneEffect,
+    /// See the module's table.
+    NoPhantomSuccess,
+    /// See the module's table.
+    IdenticalSuccesses,
+    /// See the module's table.
+    FailureHasNoEffect,
+    /// See the module's table.
+    NoForeignResult,
+}
+
+impl Property {
+    /// Every property, in report order.
+    pub const ALL: [Property; 5] = [
+        Property::AtMostOneEffect,
+        Property::NoPhantomSuccess,
+        Property::IdenticalSuccesses,
+        Property::FailureHasNoEffect,
+        Property::NoForeignResult,
+    ];
+
+    /// Its name in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Property::AtMostOneEffect => "at_most_one_effect",
+            Property::NoPhantomSuccess => "no_phantom_success",
+            Property::IdenticalSuccesses => "identical_successes",
+            Property::FailureHasNoEffect => "failure_has_no_effect",
+            Property::NoForeignResult => "no_foreign_result",
+        }
+    }
+}
+
+/// One broken promise, with its evidence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which property.
+    pub property: Property,
+    /// The tenant and key (or, for effects, the reference) it is about.
+    pub tenant: String,
+    /// The key.
+    pub key: String,
+    /// The operations involved, by id.
+    pub operations: Vec<u64>,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// The verdict per property.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Verdict {
+    /// How many cases each property was checked on (keys, references or operations).
+    pub checked: BTreeMap<Property, u64>,
+    /// Every violation found.
+    pub violations: Vec<Violation>,
+}
+
+impl Verdict {
+    /// The violations of one property.
+    pub fn of(&self, p: Property) -> impl Iterator<Item = &Violation> {
+        self.violations.iter().filter(move |v| v.property == p)
+    }
+
+    /// Whether every property held.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Checks `history` against `effects` (how many times each reference took effect, as the
+/// system under test reports it; a reference it does not list took none).
+pub fn check(history: &[Operation], effects: &BTreeMap<String, u64>) -> Verdict {
+    let mut v = Verdict::default();
+    let mut checked = |p: Property, n: u64| *v.checked.entry(p).or_default() += n;
+    let mut violations = Vec::new();
+
+    // By reference: how it was answered, and how often it acted.
+    let mut by_reference: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
+    for op in history {
+        by_reference
+            .entry(op.reference.as_str())
+            .or_default()
+            .push(op);
+    }
+    for (reference, ops) in &by_reference {
+        let n = effects.get(*reference).copied().unwrap_or(0);
+        let first = ops[0];
+        let ids = || ops.iter().map(|o| o.id).collect::<Vec<_>>();
+        checked(Property::AtMostOneEffect, 1);
+        if n > 1 {
+            violations.push(Violation {
+                property: Property::AtMostOneEffect,
+                tenant: first.tenant.clone(),
+                key: first.key.clone(),
+                operations: ids(),
+                detail: format!("reference {reference} took effect {n} times"),
+            });
+        }
+        let successes: Vec<u64> = ops
+            .iter()
+            .filter(|o| matches!(o.outcome, Outcome::Success { .. }))
+            .map(|o| o.id)
+            .collect();
+        if !successes.is_empty() {
+            checked(Property::NoPhantomSuccess, 1);
+            if n == 0 {
+                violations.push(Violation {
+                    property: Property::NoPhantomSuccess,
+                    tenant: first.tenant.clone(),
+                    key: first.key.clone(),
+                    operations: successes,
+                    detail: format!("answered success, but reference {reference} took no effect"),
+                });
+            }
+        }
+        if ops
+            .iter()
+            .all(|o| matches!(o.outcome, Outcome::Failure { .. }))
+        {
+            checked(Property::FailureHasNoEffect, 1);
+            if n > 0 {
+                let statuses: Vec<String> = ops
+                    .iter()
+                    .filter_map(|o| match o.outcome {
+                        Outcome::Failure { status } => Some(status.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                violations.push(Violation {
+                    property: Property::FailureHasNoEffect,
+                    tenant: first.tenant.clone(),
+                    key: first.key.clone(),
+                    operations: ids(),
+                    detail: format!(
+                        "every answer was a failure ({}), yet reference {reference} took effect {n} time(s)",
+                        statuses.join(", ")
+                    ),
+                });
+            }
+        }
+    }
+
+    // By tenant, key and request: every success the same answer.
+    let mut by_request: BTreeMap<(&str, &str, &str), Vec<&Operation>> = BTreeMap::new();
+    for op in history {
+        if matches!(op.outcome, Outcome::Success { .. }) {
+            by_request
+                .entry((op.tenant.as_str(), op.key.as_str(), op.request.as_str()))
+                .or_default()
+                .push(op);
+        }
+    }
+    for ((tenant, key, _), ops) in &by_request {
+        checked(Property::IdenticalSuccesses, 1);
+        let answer = |o: &Operation| match &o.outcome {
+            Outcome::Success { status, response } => Some((*status, response.clone())),
+            _ => None,
+        };
+        let first = answer(ops[0]);
+        if ops.iter().any(|o| answer(o) != first) {
+            let mut distinct: Vec<String> = ops
+                .iter()
+                .filter_map(|o| answer(o).map(|(s, r)| format!("{s} {r}")))
+                .collect();
+            distinct.sort();
+            distinct.dedup();
+            violations.push(Violation {
+                property: Property::IdenticalSuccesses,
+                tenant: (*tenant).to_owned(),
+                key: (*key).to_owned(),
+                operations: ops.iter().map(|o| o.id).collect(),
+                detail: format!(
+                    "{} different successes: {}",
+                    distinct.len(),
+                    distinct.join(" / ")
+                ),
+            });
+        }
+    }
+
+    // Per operation: an answer that names another reference is someone else's result.
+    for op in history {
+        let (Outcome::Success { .. }, Some(echoed)) = (&op.outcome, &op.echoed) else {
+            continue;
+        };
+        checked(Property::NoForeignResult, 1);
+        if *echoed != op.reference {
+            let owner = history
+                .iter()
+                .find(|o| o.reference == *echoed)
+                .map(|o| {
+                    format!(
+                        " (the result of tenant {} key {}, operation {})",
+                        o.tenant, o.key, o.id
+                    )
+                })
+                .unwrap_or_default();
+            violations.push(Violation {
+                property: Property::NoForeignResult,
+                tenant: op.tenant.clone(),
+                key: op.key.clone(),
+                operations: vec![op.id],
+                detail: format!(
+                    "sent reference {}, answered with reference {echoed}{owner}",
+                    op.reference
+                ),
+            });
+        }
+    }
+    v.violations = violations;
+    v
+}
+
+/// How long the API took to work again after each of the nemesis's crashes: from the crash
+/// to the first success completed after it, in milliseconds (`None`: it never did).
+pub fn recovery_times(history: &[Operation], crashes: &[i64]) -> Vec<(i64, Option<i64>)> {
+    crashes
+        .iter()
+        .map(|&at| {
+            let back = history
+                .iter()
+                .filter(|o| matches!(o.outcome, Outcome::Success { .. }) && o.invoked_at >= at)
+                .map(|o| o.completed_at)
+                .min();
+            (at, back.map(|b| b - at))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn op(id: u64, key: &str, reference: &str, outcome: Outcome) -> Operation {
+        Operation {
+            id,
+            process: (id % 4) as u32,
+            key: key.into(),
+            tenant: "t".into(),
+            reference: reference.into(),
+            request: format!("body-{reference}"),
+            invoked_at: id as i64 * 10,
+            completed_at: id as i64 * 10 + 5,
+            outcome,
+            echoed: Some(reference.into()),
+        }
+    }
+
+    fn ok(response: &str) -> Outcome {
+        Outcome::Success {
+            status: 201,
+            response: response.into(),
+        }
+    }
+
+    fn effects(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect()
+    }
+
+    #[test]
+    fn each_property_catches_what_it_is_for() {
+        // A race that executed twice, with two different answers.
+        let history = vec![
+            op(1, "k1", "r1", ok("a")),
+            op(2, "k1", "r1", ok("b")),
+            op(3, "k2", "r2", ok("c")),
+            op(4, "k3", "r3", Outcome::Failure { status: 422 }),
+            op(
+                5,
+                "k4",
+                "r4",
+                Outcome::Indeterminate {
+                    reason: "timeout".into(),
+                },
+            ),
+            Operation {
+                echoed: Some("r1".into()),
+                ..op(6, "k5", "r5", ok("a"))
+            },
+        ];
+        let v = check(
+            &history,
+            &effects(&[("r1", 2), ("r3", 1), ("r4", 1), ("r5", 1)]),
+        );
+        let found: Vec<(Property, String, Vec<u64>)> = v
+            .violations
+            .iter()
+            .map(|x| (x.property, x.key.clone(), x.operations.clone()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (Property::AtMostOneEffect, "k1".into(), vec![1, 2]),
+                (Property::NoPhantomSuccess, "k2".into(), vec![3]),
+                (Property::FailureHasNoEffect, "k3".into(), vec![4]),
+                (Property::IdenticalSuccesses, "k1".into(), vec![1, 2]),
+                (Property::NoForeignResult, "k5".into(), vec![6]),
+            ]
+        );
+        assert!(v
+            .of(Property::NoForeignResult)
+            .next()
+            .unwrap()
+            .detail
+            .contains("key k1"));
+        assert!(!v.passed());
+        // An indeterminate operation with one effect is fine; with none too.
+        let v = check(&history[4..5], &effects(&[]));
+        assert!(v.passed(), "{v:?}");
+    }
+
+    #[test]
+    fn recovery_is_measured_from_each_crash() {
+        let history = vec![
+            op(1, "k1", "r1", ok("a")),
+            op(
+                20,
+                "k2",
+                "r2",
+                Outcome::Indeterminate {
+                    reason: "reset".into(),
+                },
+            ),
+            op(30, "k3", "r3", ok("c")),
+        ];
+        assert_eq!(
+            recovery_times(&history, &[150, 1000]),
+            [(150, Some(305 - 150)), (1000, None)]
+        );
+        assert_eq!(
+            Outcome::of_status(503, "x".into()),
+            Outcome::Indeterminate {
+                reason: "503".into()
+            }
+        );
+        assert_eq!(
+            Outcome::of_status(409, "x".into()),
+            Outcome::Failure { status: 409 }
+        );
+    }
+
+    /// A history an idempotent API could produce: per reference, at most one execution;
+    /// every success of one request the same answer; failures only before or without an
+    /// execution.
+    fn correct_history() -> impl Strategy<Value = (Vec<Operation>, BTreeMap<String, u64>)> {
+        prop::collection::vec((0u8..8, 0u8..4, 0u8..3), 1..60).prop_map(|plan| {
+            let mut history = Vec::new();
+            let mut effects = BTreeMap::new();
+            for (i, (key, kind, tenant)) in plan.into_iter().enumerate() {
+                let reference = format!("r{tenant}-{key}");
+                let executed = *effects.get(&reference).unwrap_or(&0) > 0;
+                let outcome = match kind {
+                    // Refused before it ran (a body that does not validate): no effect.
+                    0 => Outcome::Failure { status: 422 },
+                    1 => Outcome::Indeterminate {
+                        reason: "timeout".into(),
+                    },
+                    _ => Outcome::Success {
+                        status: 201,
+                        response: format!("answer-{reference}"),
+                    },
+                };
+                match &outcome {
+                    Outcome::Success { .. } => {
+                        effects.insert(reference.clone(), 1);
+                    }
+                    // A timeout may have executed, once.
+                    Outcome::Indeterminate { .. } if !executed && i % 2 == 0 => {
+                        effects.insert(reference.clone(), 1);
+                    }
+                    _ => {}
+                }
+                history.push(Operation {
+                    id: i as u64,
+                    process: (i % 3) as u32,
+                    key: format!("k{key}"),
+                    tenant: format!("t{tenant}"),
+                    reference: reference.clone(),
+                    request: format!("body-{reference}"),
+                    invoked_at: i as i64,
+                    completed_at: i as i64 + 1,
+                    outcome,
+                    echoed: Some(reference),
+                });
+            }
+            (history, effects)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// A correct API passes every property; each fault injected into its history or its
+        /// effects is caught by its property, with the operations involved.
+        #[test]
+        fn correct_histories_pass_and_each_fault_is_caught(
+            (history, effects) in correct_history(),
+            pick in any::<prop::sample::Index>(),
+            fault in 0u8..4,
+        ) {
+            let v = check(&history, &effects);
+            prop_assert!(v.passed(), "{:?}", v.violations);
+            let target = &history[pick.index(history.len())];
+            let mut history = history.clone();
+            let mut effects = effects.clone();
+            let expected = match fault {
+                0 => {
+                    *effects.entry(target.reference.clone()).or_default() += 1;
+                    if effects[&target.reference] > 1 { Some(Property::AtMostOneEffect) } else { None }
+                }
+                1 => {
+                    let succeeded = history.iter().any(|o| o.reference == target.reference && matches!(o.outcome, Outcome::Success { .. }));
+                    effects.remove(&target.reference);
+                    succeeded.then_some(Property::NoPhantomSuccess)
+                }
+                2 => {
+                    let i = target.id as usize;
+                    let other = matches!(history[i].outcome, Outcome::Success { .. }) && history.iter().filter(|o| o.reference == target.reference && matches!(o.outcome, Outcome::Success { .. })).count() > 1;
+                    if let Outcome::Success { response, .. } = &mut history[i].outcome { response.push('!'); }
+                    other.then_some(Property::IdenticalSuccesses)
+                }
+                _ => {
+                    let i = target.id as usize;
+                    let success = matches!(history[i].outcome, Outcome::Success { .. });
+                    history[i].echoed = Some("someone-else".into());
+                    success.then_some(Property::NoForeignResult)
+                }
+            };
+            let v = check(&history, &effects);
+            match expected {
+                Some(p) => {
+                    let hit: Vec<&Violation> = v.of(p).collect();
+                    prop_assert!(!hit.is_empty(), "{p:?} not caught: {:?}", v.violations);
+                    prop_assert!(hit.iter().any(|x| x.operations.contains(&target.id) || x.key == target.key), "{hit:?}");
+                }
+                None => prop_assert!(v.violations.iter().all(|x| x.property != Property::FailureHasNoEffect || x.key == target.key)),
+            }
+        }
+    }
+}
