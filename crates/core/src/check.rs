@@ -523,3 +523,333 @@ mod tests {
         }
     }
 }
+
+/// The history file: JSON Lines, one line per invocation and one per completion, written
+/// as the attack runs (so a run cut short still has its history), read back by the checker.
+///
+/// ```text
+/// {"type":"invoke","op":7,"process":2,"key":"k-3","tenant":"acme","reference":"ref-3","request":"9f2c…","at":1800000000123}
+/// {"type":"ok","op":7,"at":1800000000150,"status":201,"response":"51ab…","echoed":"ref-3"}
+/// {"type":"fail","op":8,"at":1800000000151,"status":409}
+/// {"type":"info","op":9,"at":1800000002123,"reason":"timeout"}
+/// ```
+pub mod history {
+    use std::collections::BTreeMap;
+
+    use super::{Operation, Outcome};
+
+    /// One line of the history.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Event {
+        /// An operation was sent.
+        Invoke {
+            /// Its id.
+            op: u64,
+            /// The client process.
+            process: u32,
+            /// Its key.
+            key: String,
+            /// Its tenant.
+            tenant: String,
+            /// Its body's reference.
+            reference: String,
+            /// Its body's hash.
+            request: String,
+            /// When (ms).
+            at: i64,
+        },
+        /// An operation completed.
+        Complete {
+            /// Its id.
+            op: u64,
+            /// When (ms).
+            at: i64,
+            /// How.
+            outcome: Outcome,
+            /// The reference its answer carried.
+            echoed: Option<String>,
+        },
+    }
+
+    /// The JSON line of `event` (without the newline).
+    pub fn line(event: &Event) -> String {
+        let v = match event {
+            Event::Invoke {
+                op,
+                process,
+                key,
+                tenant,
+                reference,
+                request,
+                at,
+            } => serde_json::json!({
+                "type": "invoke", "op": op, "process": process, "key": key, "tenant": tenant,
+                "reference": reference, "request": request, "at": at,
+            }),
+            Event::Complete {
+                op,
+                at,
+                outcome,
+                echoed,
+            } => {
+                let mut v = match outcome {
+                    Outcome::Success { status, response } => serde_json::json!({
+                        "type": "ok", "status": status, "response": response,
+                    }),
+                    Outcome::Failure { status } => {
+                        serde_json::json!({ "type": "fail", "status": status })
+                    }
+                    Outcome::Indeterminate { reason } => {
+                        serde_json::json!({ "type": "info", "reason": reason })
+                    }
+                };
+                v["op"] = serde_json::json!(op);
+                v["at"] = serde_json::json!(at);
+                if let Some(e) = echoed {
+                    v["echoed"] = serde_json::json!(e);
+                }
+                v
+            }
+        };
+        v.to_string()
+    }
+
+    /// Why a history did not read: the line and what is wrong with it.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    #[error("history line {line}: {reason}")]
+    pub struct HistoryError {
+        /// The line number, from 1.
+        pub line: usize,
+        /// What is wrong.
+        pub reason: String,
+    }
+
+    fn parse_line(n: usize, text: &str) -> Result<Event, HistoryError> {
+        let err = |reason: String| HistoryError { line: n, reason };
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| err(format!("not JSON: {e}")))?;
+        let str_of = |k: &str| {
+            v[k].as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| err(format!("no `{k}`")))
+        };
+        let int_of = |k: &str| v[k].as_i64().ok_or_else(|| err(format!("no `{k}`")));
+        let op = v["op"].as_u64().ok_or_else(|| err("no `op`".into()))?;
+        let at = int_of("at")?;
+        let status = || {
+            v["status"]
+                .as_u64()
+                .and_then(|s| u16::try_from(s).ok())
+                .ok_or_else(|| err("no `status`".into()))
+        };
+        let echoed = v["echoed"].as_str().map(str::to_owned);
+        Ok(match v["type"].as_str() {
+            Some("invoke") => Event::Invoke {
+                op,
+                process: v["process"]
+                    .as_u64()
+                    .and_then(|p| u32::try_from(p).ok())
+                    .ok_or_else(|| err("no `process`".into()))?,
+                key: str_of("key")?,
+                tenant: str_of("tenant")?,
+                reference: str_of("reference")?,
+                request: str_of("request")?,
+                at,
+            },
+            Some("ok") => Event::Complete {
+                op,
+                at,
+                outcome: Outcome::Success {
+                    status: status()?,
+                    response: str_of("response")?,
+                },
+                echoed,
+            },
+            Some("fail") => Event::Complete {
+                op,
+                at,
+                outcome: Outcome::Failure { status: status()? },
+                echoed,
+            },
+            Some("info") => Event::Complete {
+                op,
+                at,
+                outcome: Outcome::Indeterminate {
+                    reason: str_of("reason")?,
+                },
+                echoed,
+            },
+            other => return Err(err(format!("unknown type {other:?}"))),
+        })
+    }
+
+    /// Reads a history: its events in order. An empty last line is fine; a line cut short
+    /// at the very end (the run was killed while writing it) is dropped, any other bad line
+    /// is an error.
+    pub fn parse(text: &str) -> Result<Vec<Event>, HistoryError> {
+        let lines: Vec<&str> = text.lines().collect();
+        let mut events = Vec::with_capacity(lines.len());
+        for (i, l) in lines.iter().enumerate() {
+            if l.trim().is_empty() {
+                continue;
+            }
+            match parse_line(i + 1, l) {
+                Ok(e) => events.push(e),
+                Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(events)
+    }
+
+    /// The operations of a history: each invocation with its completion; one never
+    /// completed (the run stopped first) is indeterminate. A completion without its
+    /// invocation, or a second one, is an error.
+    pub fn operations(events: &[Event]) -> Result<Vec<Operation>, HistoryError> {
+        let mut ops: BTreeMap<u64, Operation> = BTreeMap::new();
+        let mut done: BTreeMap<u64, bool> = BTreeMap::new();
+        for (i, e) in events.iter().enumerate() {
+            let err = |reason: String| HistoryError {
+                line: i + 1,
+                reason,
+            };
+            match e {
+                Event::Invoke {
+                    op,
+                    process,
+                    key,
+                    tenant,
+                    reference,
+                    request,
+                    at,
+                } => {
+                    let fresh = Operation {
+                        id: *op,
+                        process: *process,
+                        key: key.clone(),
+                        tenant: tenant.clone(),
+                        reference: reference.clone(),
+                        request: request.clone(),
+                        invoked_at: *at,
+                        completed_at: *at,
+                        outcome: Outcome::Indeterminate {
+                            reason: "never completed".into(),
+                        },
+                        echoed: None,
+                    };
+                    if ops.insert(*op, fresh).is_some() {
+                        return Err(err(format!("operation {op} invoked twice")));
+                    }
+                }
+                Event::Complete {
+                    op,
+                    at,
+                    outcome,
+                    echoed,
+                } => {
+                    let Some(o) = ops.get_mut(op) else {
+                        return Err(err(format!(
+                            "operation {op} completed before it was invoked"
+                        )));
+                    };
+                    if done.insert(*op, true).is_some() {
+                        return Err(err(format!("operation {op} completed twice")));
+                    }
+                    o.completed_at = *at;
+                    o.outcome = outcome.clone();
+                    o.echoed = echoed.clone();
+                }
+            }
+        }
+        Ok(ops.into_values().collect())
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::history::{line, operations, parse, Event};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_outcome() -> impl Strategy<Value = Outcome> {
+        prop_oneof![
+            (200u16..300, "[a-f0-9]{0,16}")
+                .prop_map(|(status, response)| Outcome::Success { status, response }),
+            (400u16..500).prop_map(|status| Outcome::Failure { status }),
+            "[a-z0-9 \"\\\\]{0,12}".prop_map(|reason| Outcome::Indeterminate { reason }),
+        ]
+    }
+
+    proptest! {
+        /// What is written reads back the same, whatever the strings hold.
+        #[test]
+        fn lines_round_trip(
+            op in any::<u64>(), process in any::<u32>(), at in any::<i64>(),
+            key in "\\PC{0,20}", tenant in "\\PC{0,8}", outcome in arb_outcome(),
+            echoed in prop::option::of("\\PC{0,10}"),
+        ) {
+            let invoke = Event::Invoke { op, process, key: key.clone(), tenant, reference: key.clone(), request: "h".into(), at };
+            let complete = Event::Complete { op, at: at.wrapping_add(1), outcome, echoed };
+            let text = format!("{}\n{}\n", line(&invoke), line(&complete));
+            prop_assert_eq!(parse(&text).unwrap(), vec![invoke, complete]);
+        }
+    }
+
+    #[test]
+    fn a_history_cut_short_still_reads_and_bad_ones_are_named() {
+        let invoke = |op| {
+            line(&Event::Invoke {
+                op,
+                process: 1,
+                key: format!("k{op}"),
+                tenant: "t".into(),
+                reference: format!("r{op}"),
+                request: "h".into(),
+                at: 10,
+            })
+        };
+        let ok = line(&Event::Complete {
+            op: 1,
+            at: 12,
+            outcome: Outcome::Success {
+                status: 201,
+                response: "x".into(),
+            },
+            echoed: Some("r1".into()),
+        });
+        let text = format!(
+            "{}\n{}\n{}\n{{\"type\":\"ok\",\"op\":2,\"at",
+            invoke(1),
+            ok,
+            invoke(2)
+        );
+        let ops = operations(&parse(&text).unwrap()).unwrap();
+        assert_eq!(ops.len(), 2);
+        assert_eq!(
+            ops[0].outcome,
+            Outcome::Success {
+                status: 201,
+                response: "x".into()
+            }
+        );
+        assert_eq!(
+            ops[1].outcome,
+            Outcome::Indeterminate {
+                reason: "never completed".into()
+            },
+            "killed mid-line"
+        );
+        let bad = format!("{}\nnot json\n{}\n", invoke(1), ok);
+        assert_eq!(parse(&bad).unwrap_err().line, 2);
+        let twice = format!("{}\n{}\n{}\n", invoke(1), ok, ok);
+        assert!(operations(&parse(&twice).unwrap())
+            .unwrap_err()
+            .reason
+            .contains("completed twice"));
+        let orphan = format!("{ok}\n");
+        assert!(operations(&parse(&orphan).unwrap())
+            .unwrap_err()
+            .reason
+            .contains("before it was invoked"));
+    }
+}
