@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod check;
 mod demo;
 mod keys;
 mod logging;
@@ -51,6 +52,9 @@ enum Command {
     Saga(saga::SagaArgs),
     /// Run a reconciliation job, and work through its findings (docs/reconciliation.md).
     Reconcile(reconcile::ReconcileArgs),
+    /// Attack an HTTP API with the requests that break idempotency, and get a verdict per
+    /// property (docs/check.md).
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
             Command::Outbox(args) => outbox::run(args).await,
             Command::Saga(args) => saga::run(args).await,
             Command::Reconcile(args) => reconcile::run(args).await,
+            Command::Check(args) => check::run(args).await,
             Command::Send(_) => Ok(()), // handled above
         }
     });

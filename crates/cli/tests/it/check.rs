@@ -1,0 +1,135 @@
+//! `oncely check` both ways: against a target with no idempotency at all (its own recording
+//! upstream, attacked directly) it fails `at_most_one_effect` and `identical_successes` and
+//! exits 1; against `oncely serve` on SQLite in front of the same recorder every property
+//! holds. The history file reads back.
+
+use std::process::Stdio;
+
+use crate::common::{listening_url, oncely, KillOnDrop};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn check(target: &str, upstream_port: u16, history: &std::path::Path) -> (bool, String) {
+    let out = oncely()
+        .args(["check", "--target", target, "--path", "/payments"])
+        .args(["--body", r#"{"reference":"{reference}","amount":{amount}}"#])
+        .args(["--keys", "8", "--repeats", "4", "--concurrency", "12"])
+        .args(["--upstream-listen", &format!("127.0.0.1:{upstream_port}")])
+        .arg("--history")
+        .arg(history)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn a_target_without_idempotency_fails_and_the_gateway_passes() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // No idempotency: the recorder itself is the target.
+    let port = free_port();
+    let history = dir.path().join("broken.jsonl");
+    let (ok, out) = check(&format!("http://127.0.0.1:{port}"), port, &history);
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAIL  at_most_one_effect"), "{out}");
+    assert!(out.contains("FAIL  identical_successes"), "{out}");
+    assert!(
+        out.contains("took effect 4 times"),
+        "the sequential key ran each time: {out}"
+    );
+    assert!(out.contains("verdict: FAILED"), "{out}");
+    let text = std::fs::read_to_string(&history).unwrap();
+    let events = oncely_core::check::history::parse(&text).unwrap();
+    let ops = oncely_core::check::history::operations(&events).unwrap();
+    assert_eq!(
+        ops.len(),
+        4 * 2 + 13 * 2 + 2 * 2 + 2,
+        "every operation is in the history"
+    );
+
+    // The gateway in front of the same kind of recorder.
+    let port = free_port();
+    let db = dir.path().join("oncely.db");
+    let mut gw = oncely()
+        .args([
+            "--log-level",
+            "warn",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--upstream", &format!("http://127.0.0.1:{port}")])
+        .arg("--store")
+        .arg(format!("sqlite://{}", db.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let url = listening_url(&mut gw);
+    let _gw = KillOnDrop(gw);
+    let history = dir.path().join("gateway.jsonl");
+    let (ok, out) = check(&url, port, &history);
+    assert!(ok, "{out}");
+    for p in [
+        "at_most_one_effect",
+        "no_phantom_success",
+        "identical_successes",
+        "failure_has_no_effect",
+        "no_foreign_result",
+    ] {
+        assert!(out.contains(&format!("PASS  {p}")), "{p}: {out}");
+    }
+    assert!(out.contains("verdict: every property held"), "{out}");
+
+    // Bad input: one line, non-zero.
+    let out = oncely()
+        .args([
+            "check",
+            "--target",
+            "ftp://x",
+            "--body",
+            "{}",
+            "--ledger",
+            "http://127.0.0.1:9",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--target ftp://x"),
+        "{err}"
+    );
+    let out = oncely()
+        .args([
+            "check",
+            "--target",
+            "http://127.0.0.1:9",
+            "--body",
+            "{}",
+            "--ledger",
+            "http://127.0.0.1:9",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("{reference}"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
