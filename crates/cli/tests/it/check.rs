@@ -3,9 +3,7 @@
 //! exits 1; against `oncely serve` on SQLite in front of the same recorder every property
 //! holds. The history file reads back.
 
-use std::process::Stdio;
-
-use crate::common::{listening_url, oncely, KillOnDrop};
+use crate::common::{oncely, serve, KillOnDrop};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -63,24 +61,7 @@ fn a_target_without_idempotency_fails_and_the_gateway_passes() {
     // The gateway in front of the same kind of recorder.
     let port = free_port();
     let db = dir.path().join("oncely.db");
-    let mut gw = oncely()
-        .args([
-            "--log-level",
-            "warn",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--upstream", &format!("http://127.0.0.1:{port}")])
-        .arg("--store")
-        .arg(format!("sqlite://{}", db.display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let url = listening_url(&mut gw);
+    let (gw, url) = serve(&format!("http://127.0.0.1:{port}"), &db, None);
     let _gw = KillOnDrop(gw);
     let history = dir.path().join("gateway.jsonl");
     let (ok, out) = check(&url, port, &history);
@@ -97,39 +78,24 @@ fn a_target_without_idempotency_fails_and_the_gateway_passes() {
     assert!(out.contains("verdict: every property held"), "{out}");
 
     // Bad input: one line, non-zero.
-    let out = oncely()
-        .args([
-            "check",
-            "--target",
-            "ftp://x",
-            "--body",
-            "{}",
-            "--ledger",
-            "http://127.0.0.1:9",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("--target ftp://x"),
-        "{err}"
-    );
-    let out = oncely()
-        .args([
-            "check",
-            "--target",
-            "http://127.0.0.1:9",
-            "--body",
-            "{}",
-            "--ledger",
-            "http://127.0.0.1:9",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("{reference}"),
-        "{err}"
-    );
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    for (target, body, says) in [
+        ("ftp://x", "{}", "--target ftp://x"),
+        ("http://127.0.0.1:9", "{}", "{reference}"),
+    ] {
+        let out = oncely()
+            .args([
+                "check",
+                "--target",
+                target,
+                "--body",
+                body,
+                "--ledger",
+                "http://127.0.0.1:9",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
 }

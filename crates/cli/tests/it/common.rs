@@ -57,6 +57,28 @@ pub(crate) fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Starts `oncely serve` on the SQLite file `db` in front of `upstream`, with `config` if
+/// given, and returns it with its base URL.
+pub(crate) fn serve(
+    upstream: &str,
+    db: &std::path::Path,
+    config: Option<&std::path::Path>,
+) -> (Child, String) {
+    let mut cmd = oncely();
+    cmd.args(["--log-level", "warn", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--upstream", upstream])
+        .arg("--store")
+        .arg(format!("sqlite://{}", db.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut child = cmd.spawn().expect("spawn oncely serve");
+    let url = listening_url(&mut child);
+    (child, url)
+}
+
 /// Reads the `listening on URL` line a starting `oncely serve` prints; returns the URL.
 pub(crate) fn listening_url(child: &mut Child) -> String {
     let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));

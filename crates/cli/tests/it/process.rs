@@ -2,38 +2,12 @@
 //! on SIGTERM, command-line errors, and the demo.
 
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use oncely_testkit::{CountingUpstream, TestClient};
 
-use crate::common::{listening_and_admin_urls, listening_url, oncely, redis, KillOnDrop};
-
-/// Starts `oncely serve` and returns it with its base URL.
-fn serve(upstream: &str, db: &Path, config: &Path) -> (Child, String) {
-    let mut child = oncely()
-        .args([
-            "--log-level",
-            "warn",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-        ])
-        .arg("--store")
-        .arg(format!("sqlite://{}", db.display()))
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn oncely serve");
-    let url = listening_url(&mut child);
-    (child, url)
-}
+use crate::common::{listening_and_admin_urls, listening_url, oncely, redis, serve, KillOnDrop};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_request_then_restart_on_the_same_file() {
@@ -44,7 +18,7 @@ async fn sigkill_mid_request_then_restart_on_the_same_file() {
     std::fs::write(&config, "[defaults]\nlease = \"3s\"\n").unwrap();
     let client = TestClient::new();
 
-    let (mut gw, url) = serve(&upstream.url(), &db, &config);
+    let (mut gw, url) = serve(&upstream.url(), &db, Some(&config));
     let orders = format!("{url}/orders");
     let done = client
         .post_keyed(&orders, "done", r#"{"a":1}"#, &[])
@@ -63,7 +37,7 @@ async fn sigkill_mid_request_then_restart_on_the_same_file() {
         "the client saw the connection die"
     );
 
-    let (mut gw, url) = serve(&upstream.url(), &db, &config);
+    let (mut gw, url) = serve(&upstream.url(), &db, Some(&config));
     let orders = format!("{url}/orders");
     let replay = client
         .post_keyed(&orders, "done", r#"{"a":1}"#, &[])
@@ -109,7 +83,7 @@ async fn sigterm_lets_requests_in_flight_finish() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("oncely.toml");
     std::fs::write(&config, "").unwrap();
-    let (mut gw, url) = serve(&upstream.url(), &dir.path().join("o.db"), &config);
+    let (mut gw, url) = serve(&upstream.url(), &dir.path().join("o.db"), Some(&config));
     let client = TestClient::new();
     let in_flight = client.spawn_post(
         &format!("{url}/orders"),
@@ -263,7 +237,7 @@ async fn send_through_the_gateway_retries_with_one_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("oncely.toml");
     std::fs::write(&config, "").unwrap();
-    let (mut gw, url) = serve(&upstream.url(), &dir.path().join("o.db"), &config);
+    let (mut gw, url) = serve(&upstream.url(), &dir.path().join("o.db"), Some(&config));
     let orders = format!("{url}/orders");
     let send = |key: &str, extra: &[&str]| {
         let mut cmd = oncely();
@@ -350,8 +324,8 @@ async fn a_frozen_holder_is_fenced_off_by_the_gateway_that_took_over() {
     let config = dir.path().join("oncely.toml");
     // Renewed every second: the holder's writer is idle when it is frozen right after its claim.
     std::fs::write(&config, "[defaults]\nlease = \"3s\"\n").unwrap();
-    let (mut a, url_a) = serve(&upstream.url(), &db, &config);
-    let (mut b, url_b) = serve(&upstream.url(), &db, &config);
+    let (mut a, url_a) = serve(&upstream.url(), &db, Some(&config));
+    let (mut b, url_b) = serve(&upstream.url(), &db, Some(&config));
     let client = TestClient::new();
     let body = r#"{"pay":1}"#;
 
