@@ -379,7 +379,20 @@ async fn outage(store_url: &str, stop: impl FnOnce(), start: impl FnOnce()) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let recovered_at = Instant::now();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The load goes on until one of its keyed requests sent after the recovery succeeded
+    // (on a loaded machine its workers may still be finishing requests sent during the
+    // outage), at most 10 s: the assertion below says whether one did.
+    let load_back = Instant::now();
+    while load_back.elapsed() < Duration::from_secs(10)
+        && !seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.keyed && s.started >= recovered_at && s.status == Some(201))
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     running.store(false, Ordering::SeqCst);
     for l in load {
         l.await.unwrap();
