@@ -99,3 +99,83 @@ fn a_target_without_idempotency_fails_and_the_gateway_passes() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// A target that remembers answers by key alone, forgetting the tenant: the second tenant
+/// to send a key string gets the first one's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_keyed_without_the_tenant_is_caught() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Broken {
+        answers: Mutex<HashMap<String, String>>,
+        effects: Mutex<HashMap<String, u64>>,
+    }
+    let broken = Arc::new(Broken::default());
+    let (b1, b2) = (broken.clone(), broken.clone());
+    let app = axum::Router::new()
+        .route(
+            "/payments",
+            axum::routing::post(move |headers: http::HeaderMap, body: String| {
+                let b = b1.clone();
+                async move {
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    let mut answers = b.answers.lock().unwrap();
+                    if let Some(a) = answers.get(&key) {
+                        return (http::StatusCode::CREATED, a.clone());
+                    }
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    let reference = v["reference"].as_str().unwrap().to_owned();
+                    *b.effects
+                        .lock()
+                        .unwrap()
+                        .entry(reference.clone())
+                        .or_default() += 1;
+                    let a = serde_json::json!({ "reference": reference }).to_string();
+                    answers.insert(key, a.clone());
+                    (http::StatusCode::CREATED, a)
+                }
+            }),
+        )
+        .route(
+            "/ledger",
+            axum::routing::get(move |q: axum::extract::Query<HashMap<String, String>>| {
+                let b = b2.clone();
+                async move {
+                    let r = q.get("reference").cloned().unwrap_or_default();
+                    let n = b.effects.lock().unwrap().get(&r).copied().unwrap_or(0);
+                    serde_json::json!({ "count": n }).to_string()
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let out = tokio::task::spawn_blocking(move || {
+        oncely()
+            .args(["check", "--target", &url, "--path", "/payments"])
+            .args(["--body", r#"{"reference":"{reference}"}"#])
+            .args(["--keys", "4", "--repeats", "2", "--concurrency", "1"])
+            .args(["--tenant-header", "x-tenant", "--tenants", "acme,globex"])
+            .args(["--ledger", &format!("{url}/ledger")])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("FAIL  no_foreign_result"), "{text}");
+    assert!(
+        text.contains("tenant globex"),
+        "the second tenant got the first's answer: {text}"
+    );
+    assert!(text.contains("FAIL  no_phantom_success"), "{text}");
+    assert!(text.contains("PASS  at_most_one_effect"), "{text}");
+}
