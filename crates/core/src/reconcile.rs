@@ -271,6 +271,21 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// A rule for `kind`, with the statuses each side must have (`None`: any).
+    pub fn new(
+        kind: DriftKind,
+        ours: Option<&str>,
+        theirs: Option<&str>,
+        verdict: Verdict,
+    ) -> Rule {
+        Rule {
+            kind,
+            ours: ours.map(str::to_owned),
+            theirs: theirs.map(str::to_owned),
+            verdict,
+        }
+    }
+
     fn matches(&self, d: &Drift) -> bool {
         self.kind == d.kind
             && self.ours.as_ref().is_none_or(|s| *s == d.ours_status)
@@ -315,12 +330,7 @@ mod tests {
     }
 
     fn payment_rules() -> Vec<Rule> {
-        let rule = |kind, ours: Option<&str>, theirs: Option<&str>, verdict| Rule {
-            kind,
-            ours: ours.map(str::to_owned),
-            theirs: theirs.map(str::to_owned),
-            verdict,
-        };
+        let rule = Rule::new;
         vec![
             rule(
                 DriftKind::StatusDiffers,

@@ -48,12 +48,7 @@ pub async fn apply_webhook(orders: &OrdersDb, event: &Event) -> Result<bool, Str
 
 /// Heal, alert or accept, as the module's table says.
 pub fn rules() -> Vec<Rule> {
-    let rule = |kind, ours: Option<&str>, theirs: Option<&str>, verdict| Rule {
-        kind,
-        ours: ours.map(str::to_owned),
-        theirs: theirs.map(str::to_owned),
-        verdict,
-    };
+    let rule = Rule::new;
     vec![
         rule(
             DriftKind::StatusDiffers,

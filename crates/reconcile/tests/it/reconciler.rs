@@ -142,12 +142,7 @@ impl Healer for MarkPaid {
 }
 
 fn rules() -> Vec<Rule> {
-    let rule = |kind, ours: Option<&str>, theirs: Option<&str>, verdict| Rule {
-        kind,
-        ours: ours.map(str::to_owned),
-        theirs: theirs.map(str::to_owned),
-        verdict,
-    };
+    let rule = Rule::new;
     vec![
         rule(
             DriftKind::StatusDiffers,
