@@ -1,17 +1,86 @@
-//! The plan of an attack and its run.
+//! The plan of an attack and its run: the workloads, one per key; every reference retried
+//! until it settles; the nemesis acting meanwhile; the history written as it goes.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oncely_core::check::history::{line, Event};
-use oncely_core::check::{check, Operation, Outcome, Verdict};
+use oncely_core::check::{check, Fault, FaultKind, Operation, Outcome, Verdict};
+use oncely_core::sync::LockIgnoringPoison;
 use oncely_core::{Clock, SystemClock};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 use sha2::Digest as _;
 
 use crate::effects::{find_reference, Effects};
+
+/// What one key is put through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// The same key and body, again and again.
+    Sequential,
+    /// Many copies of one key at once.
+    Concurrent,
+    /// The same key with another body.
+    OtherBody,
+    /// One key string sent as each tenant.
+    Tenants,
+    /// The same JSON with its members reordered and its numbers respelled.
+    Respelled,
+    /// The body with a `Content-Length`, then the same body chunked.
+    Chunked,
+    /// A first attempt given up after a short timeout, then the retries.
+    Timeout,
+}
+
+impl Workload {
+    /// Every workload, in the order keys get them.
+    pub const ALL: [Workload; 7] = [
+        Workload::Sequential,
+        Workload::Concurrent,
+        Workload::OtherBody,
+        Workload::Tenants,
+        Workload::Respelled,
+        Workload::Chunked,
+        Workload::Timeout,
+    ];
+
+    /// Its name on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workload::Sequential => "sequential",
+            Workload::Concurrent => "concurrent",
+            Workload::OtherBody => "other-body",
+            Workload::Tenants => "tenants",
+            Workload::Respelled => "respelled",
+            Workload::Chunked => "chunked",
+            Workload::Timeout => "timeout",
+        }
+    }
+
+    /// The workload named `name`.
+    pub fn parse(name: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.as_str() == name)
+    }
+}
+
+/// Commands that take the system under test (or its store) down and bring it back.
+#[derive(Debug, Clone, Default)]
+pub struct Nemesis {
+    /// Kills the system under test, and starts it again (`sh -c`).
+    pub kill: Option<(String, String)>,
+    /// Stops its store, and starts it again.
+    pub store: Option<(String, String)>,
+    /// The pause before each act.
+    pub every: Duration,
+    /// How long the system (or its store) stays down.
+    pub down_for: Duration,
+    /// Acts in all.
+    pub max: usize,
+}
 
 /// What to attack, and how hard.
 #[derive(Debug, Clone)]
@@ -29,14 +98,29 @@ pub struct Plan {
     pub headers: Vec<(String, String)>,
     /// The header that names the tenant, and the tenants to send one key string as.
     pub tenants: Option<(String, Vec<String>)>,
-    /// Keys to attack; each gets one of the workloads in turn.
+    /// Keys to attack; each gets one of the workloads.
     pub keys: usize,
+    /// The workloads to use.
+    pub workloads: Vec<Workload>,
+    /// Draw each key's workload at random (from `seed`) instead of in turn.
+    pub mix: bool,
+    /// The seed of every random choice (workloads, amounts, faults): the same seed repeats
+    /// the same attack, under fresh keys.
+    pub seed: u64,
+    /// Keys attacked at once.
+    pub parallel: usize,
     /// Requests per key in the sequential workload.
     pub repeats: usize,
     /// Copies sent at once in the concurrent workload.
     pub concurrency: usize,
     /// The bound on one request; past it the operation is indeterminate.
     pub timeout: Duration,
+    /// The timeout workload's first attempt gives up after this.
+    pub short_timeout: Duration,
+    /// How long a reference is retried until it settles.
+    pub settle: Duration,
+    /// The nemesis's commands.
+    pub nemesis: Nemesis,
 }
 
 /// Why an attack could not be run.
@@ -58,17 +142,86 @@ pub enum CheckError {
 pub struct Found {
     /// Every operation sent.
     pub operations: Vec<Operation>,
+    /// What the nemesis did.
+    pub faults: Vec<Fault>,
     /// The effects per reference.
     pub effects: BTreeMap<String, u64>,
     /// The verdict.
     pub verdict: Verdict,
 }
 
+/// The history as it is written: operations and faults, to the file (if any) and in memory.
+pub struct Journal {
+    file: Mutex<Option<std::fs::File>>,
+    failed: Mutex<Option<String>>,
+    faults: Mutex<Vec<Fault>>,
+}
+
+impl Journal {
+    /// A journal writing to `file`, if given.
+    pub fn new(file: Option<std::fs::File>) -> Journal {
+        Journal {
+            file: Mutex::new(file),
+            failed: Mutex::default(),
+            faults: Mutex::default(),
+        }
+    }
+
+    fn write(&self, event: &Event) -> Result<(), CheckError> {
+        if let Some(f) = self.file.lock_ignoring_poison().as_mut() {
+            writeln!(f, "{}", line(event)).map_err(|e| CheckError::History(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Records an act of the nemesis, now.
+    pub fn fault(&self, kind: FaultKind, detail: String) {
+        let fault = Fault {
+            at: SystemClock.now().as_millis(),
+            kind,
+            detail,
+        };
+        if let Err(e) = self.write(&Event::Nemesis(fault.clone())) {
+            // Seen by the run at its next write, which fails with it.
+            *self.failed.lock_ignoring_poison() = Some(e.to_string());
+        }
+        self.faults.lock_ignoring_poison().push(fault);
+    }
+}
+
+/// How one request's body is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Style {
+    Plain,
+    Respelled,
+    Chunked,
+    Short,
+}
+
+/// One request: who sends it, under which key and tenant, for which reference.
+#[derive(Debug, Clone)]
+struct Request {
+    process: u32,
+    key: String,
+    tenant: Option<String>,
+    reference: String,
+    amount: u64,
+}
+
+impl Request {
+    fn as_process(&self, process: u32) -> Request {
+        Request {
+            process,
+            ..self.clone()
+        }
+    }
+}
+
 struct Attack {
     plan: Plan,
     http: reqwest::Client,
     next: AtomicU64,
-    history: Mutex<Option<std::fs::File>>,
+    journal: Arc<Journal>,
     operations: Mutex<Vec<Operation>>,
 }
 
@@ -77,60 +230,143 @@ fn hash(bytes: &[u8]) -> String {
     d[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-impl Attack {
-    fn write(&self, event: &Event) -> Result<(), CheckError> {
-        let mut guard = self
-            .history
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(f) = guard.as_mut() {
-            writeln!(f, "{}", line(event)).map_err(|e| CheckError::History(e.to_string()))?;
+/// `value` written with its members in another order, spaces around every token and whole
+/// numbers spelled as decimals (`100` as `100.0`): the same JSON to any parser that reads
+/// it as JSON, different bytes to one that compares bytes.
+fn respell(value: &serde_json::Value, reverse: bool, out: &mut String) {
+    use serde_json::Value;
+    match value {
+        Value::Object(members) => {
+            out.push_str("{ ");
+            let mut members: Vec<_> = members.iter().collect();
+            if reverse {
+                members.reverse();
+            }
+            for (i, (k, v)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(" , ");
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push_str(" : ");
+                respell(v, reverse, out);
+            }
+            out.push_str(" }");
         }
-        Ok(())
+        Value::Array(items) => {
+            out.push_str("[ ");
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(" , ");
+                }
+                respell(v, reverse, out);
+            }
+            out.push_str(" ]");
+        }
+        Value::Number(n) if n.is_i64() || n.is_u64() => out.push_str(&format!("{n}.0")),
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The respelled form of the JSON document `plain`, with its top-level members in an order
+/// other than the one `plain` has; `None` if it is not a JSON object.
+fn respelled(plain: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(plain).ok()?;
+    let members = value.as_object()?;
+    // The parsed members come sorted; reverse them unless `plain` already had them in
+    // reverse, so that the order always changes.
+    let positions: Vec<usize> = members
+        .keys()
+        .filter_map(|k| plain.find(&serde_json::Value::String(k.clone()).to_string()))
+        .collect();
+    let plain_is_reverse_sorted = positions.windows(2).all(|w| w[0] > w[1]);
+    let mut out = String::new();
+    respell(&value, !plain_is_reverse_sorted, &mut out);
+    Some(out)
+}
+
+impl Attack {
+    /// Key `i`'s workload and amount: in turn, or drawn from the seed and `i` alone, so
+    /// that a run repeats whatever order its runners take the keys in.
+    fn assignment(&self, i: usize) -> (Workload, u64) {
+        let p = &self.plan;
+        let mut rng =
+            StdRng::seed_from_u64(p.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let w = if p.mix {
+            p.workloads[rng.random_range(0..p.workloads.len())]
+        } else {
+            p.workloads[i % p.workloads.len()]
+        };
+        (w, rng.random_range(100..100_000))
     }
 
-    /// Sends one operation and records it.
-    async fn send(
-        &self,
-        process: u32,
-        key: &str,
-        tenant: Option<&str>,
-        reference: &str,
-        amount: u64,
-    ) -> Result<(), CheckError> {
-        let p = &self.plan;
-        let body = p
+    fn body(&self, r: &Request) -> String {
+        self.plan
             .body
-            .replace("{reference}", reference)
-            .replace("{amount}", &amount.to_string());
+            .replace("{reference}", &r.reference)
+            .replace("{amount}", &r.amount.to_string())
+    }
+
+    /// Sends one request and records it.
+    async fn send(&self, r: &Request, style: Style) -> Result<Outcome, CheckError> {
+        if let Some(e) = self.journal.failed.lock_ignoring_poison().take() {
+            return Err(CheckError::History(e));
+        }
+        let p = &self.plan;
+        let plain = self.body(r);
+        let body = match style {
+            Style::Respelled => respelled(&plain).unwrap_or_else(|| plain.clone()),
+            _ => plain,
+        };
+        // Bodies that mean the same JSON are the same request: their answers must agree.
+        let request = hash(
+            &oncely_core::jcs::canonicalize(body.as_bytes()).unwrap_or_else(|| body.clone().into()),
+        );
         let id = self.next.fetch_add(1, Ordering::SeqCst);
         let invoked_at = SystemClock.now().as_millis();
-        let request = hash(body.as_bytes());
-        self.write(&Event::Invoke {
+        let tenant = r.tenant.clone().unwrap_or_default();
+        self.journal.write(&Event::Invoke {
             op: id,
-            process,
-            key: key.to_owned(),
-            tenant: tenant.unwrap_or("").to_owned(),
-            reference: reference.to_owned(),
+            process: r.process,
+            key: r.key.clone(),
+            tenant: tenant.clone(),
+            reference: r.reference.clone(),
             request: request.clone(),
             at: invoked_at,
         })?;
+        let timeout = if style == Style::Short {
+            p.short_timeout
+        } else {
+            p.timeout
+        };
         let mut req = self
             .http
             .request(
                 p.method.clone(),
                 format!("{}{}", p.target.trim_end_matches('/'), p.path),
             )
-            .timeout(p.timeout)
+            .timeout(timeout)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .header("idempotency-key", key);
+            .header("idempotency-key", &r.key);
         for (name, value) in &p.headers {
             req = req.header(name, value);
         }
-        if let (Some((header, _)), Some(t)) = (&p.tenants, tenant) {
+        if let (Some((header, _)), Some(t)) = (&p.tenants, &r.tenant) {
             req = req.header(header, t);
         }
-        let (outcome, echoed) = match req.body(body).send().await {
+        let req = if style == Style::Chunked {
+            // A stream of unknown length goes out with `Transfer-Encoding: chunked`.
+            let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = body
+                .into_bytes()
+                .chunks(7)
+                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+                .collect();
+            req.body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
+        } else {
+            req.body(body)
+        };
+        let (outcome, echoed) = match req.send().await {
             Ok(answer) => {
                 let status = answer.status().as_u16();
                 match answer.bytes().await {
@@ -156,125 +392,318 @@ impl Attack {
             ),
             Err(e) => (
                 Outcome::Indeterminate {
-                    reason: format!("no answer: {e}"),
+                    reason: format!("no answer: {}", oncely_db::describe(&e)),
                 },
                 None,
             ),
         };
         let completed_at = SystemClock.now().as_millis();
-        self.write(&Event::Complete {
+        self.journal.write(&Event::Complete {
             op: id,
             at: completed_at,
             outcome: outcome.clone(),
             echoed: echoed.clone(),
         })?;
-        self.operations
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(Operation {
-                id,
-                process,
-                key: key.to_owned(),
-                tenant: tenant.unwrap_or("").to_owned(),
-                reference: reference.to_owned(),
-                request,
-                invoked_at,
-                completed_at,
-                outcome,
-                echoed,
-            });
-        Ok(())
+        self.operations.lock_ignoring_poison().push(Operation {
+            id,
+            process: r.process,
+            key: r.key.clone(),
+            tenant,
+            reference: r.reference.clone(),
+            request,
+            invoked_at,
+            completed_at,
+            outcome: outcome.clone(),
+            echoed,
+        });
+        Ok(outcome)
+    }
+
+    /// Sends `r` until it settles (a success or a definite failure), as a client that must
+    /// learn the truth would, for at most the plan's settle time.
+    async fn settle(&self, r: &Request, style: Style) -> Result<(), CheckError> {
+        let deadline = Instant::now() + self.plan.settle;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let outcome = self.send(r, style).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if outcome.is_settled() || left.is_zero() {
+                return Ok(());
+            }
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Puts key `i` through `workload`, as runner `runner`; the references it used.
+    async fn attack_key(
+        self: &Arc<Self>,
+        run_id: &str,
+        runner: u32,
+        i: usize,
+        workload: Workload,
+        amount: u64,
+    ) -> Result<Vec<String>, CheckError> {
+        let p = &self.plan;
+        let reference = |variant: &str| format!("chk_{run_id}_{i}_{variant}");
+        let base = Request {
+            process: runner,
+            key: format!("chk-{run_id}-{i}"),
+            tenant: None,
+            reference: reference("a"),
+            amount,
+        };
+        let mut used = vec![base.reference.clone()];
+        match workload {
+            Workload::Sequential => {
+                for _ in 1..p.repeats {
+                    self.send(&base, Style::Plain).await?;
+                }
+                self.settle(&base, Style::Plain).await?;
+            }
+            Workload::Concurrent => {
+                // Each copy is a client process of its own: a lane in the timeline.
+                let first = (p.parallel + runner as usize * p.concurrency) as u32;
+                let mut copies = tokio::task::JoinSet::new();
+                for c in 0..p.concurrency {
+                    let (me, r) = (self.clone(), base.as_process(first + c as u32));
+                    copies.spawn(async move { me.send(&r, Style::Plain).await });
+                }
+                while let Some(copy) = copies.join_next().await {
+                    copy.map_err(|e| CheckError::Invalid(e.to_string()))??;
+                }
+                self.settle(&base, Style::Plain).await?;
+            }
+            Workload::OtherBody => {
+                self.settle(&base, Style::Plain).await?;
+                let other = Request {
+                    reference: reference("b"),
+                    amount: amount + 1,
+                    ..base.clone()
+                };
+                used.push(other.reference.clone());
+                self.settle(&other, Style::Plain).await?;
+            }
+            Workload::Tenants => match &p.tenants {
+                Some((_, tenants)) => {
+                    used.clear();
+                    for (j, t) in tenants.iter().enumerate() {
+                        let as_tenant = Request {
+                            tenant: Some(t.clone()),
+                            reference: reference(&format!("t{j}")),
+                            ..base.clone()
+                        };
+                        used.push(as_tenant.reference.clone());
+                        self.settle(&as_tenant, Style::Plain).await?;
+                    }
+                }
+                None => self.settle(&base, Style::Plain).await?,
+            },
+            Workload::Respelled => {
+                self.settle(&base, Style::Plain).await?;
+                self.settle(&base, Style::Respelled).await?;
+            }
+            Workload::Chunked => {
+                self.settle(&base, Style::Plain).await?;
+                self.settle(&base, Style::Chunked).await?;
+            }
+            Workload::Timeout => {
+                // `_slow`: a recording upstream takes its time over these.
+                let slow = Request {
+                    reference: reference("slow"),
+                    ..base
+                };
+                used = vec![slow.reference.clone()];
+                self.send(&slow, Style::Short).await?;
+                self.settle(&slow, Style::Plain).await?;
+            }
+        }
+        Ok(used)
     }
 }
 
-/// The workloads, one per key in turn.
-const WORKLOADS: [&str; 4] = ["sequential", "concurrent", "other body", "tenants"];
+/// Runs a shell command of the nemesis; what became of it, for the history.
+async fn shell(command: &str) -> String {
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
+    match status {
+        Ok(s) if s.success() => command.to_owned(),
+        Ok(s) => format!("{command} (failed: {s})"),
+        Err(e) => format!("{command} (did not run: {e})"),
+    }
+}
 
-/// Runs `plan`, writing the history to `history` if given, and counts `effects`.
+/// The nemesis's commands, act after act, until `done` or its bound; whatever it took down
+/// is brought back before it returns.
+async fn haunt(nemesis: Nemesis, journal: Arc<Journal>, done: Arc<AtomicBool>) {
+    if nemesis.kill.is_none() && nemesis.store.is_none() {
+        return;
+    }
+    let mut acts: Vec<(FaultKind, &str, FaultKind, &str)> = Vec::new();
+    if let Some((kill, start)) = &nemesis.kill {
+        acts.push((FaultKind::Kill, kill, FaultKind::Start, start));
+    }
+    if let Some((stop, start)) = &nemesis.store {
+        acts.push((FaultKind::StoreStop, stop, FaultKind::StoreStart, start));
+    }
+    let wait = |d: Duration| {
+        let done = done.clone();
+        async move {
+            let until = Instant::now() + d;
+            while Instant::now() < until && !done.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    for n in 0..nemesis.max {
+        wait(nemesis.every).await;
+        if done.load(Ordering::SeqCst) {
+            return;
+        }
+        let (down, take_down, up, bring_up) = acts[n % acts.len()];
+        journal.fault(down, shell(take_down).await);
+        // Stays down for its time even when the attack is over: a restart is what is timed.
+        tokio::time::sleep(nemesis.down_for).await;
+        journal.fault(up, shell(bring_up).await);
+    }
+}
+
+/// Runs `plan`, recording into `journal`, and counts `effects`.
 pub async fn run(
     plan: Plan,
     effects: &dyn Effects,
-    history: Option<std::fs::File>,
+    journal: Arc<Journal>,
 ) -> Result<Found, CheckError> {
     if !plan.body.contains("{reference}") {
         return Err(CheckError::Invalid(
             "the body must carry {reference}: effects are counted by it".into(),
         ));
     }
-    if plan.keys == 0 || plan.repeats == 0 || plan.concurrency == 0 {
+    if plan.keys == 0 || plan.repeats == 0 || plan.concurrency == 0 || plan.parallel == 0 {
         return Err(CheckError::Invalid(
-            "--keys, --repeats and --concurrency must be at least 1".into(),
+            "--keys, --repeats, --concurrency and --parallel must be at least 1".into(),
         ));
     }
+    if plan.workloads.is_empty() {
+        return Err(CheckError::Invalid("no workload to run".into()));
+    }
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(plan.concurrency)
+        .pool_max_idle_per_host(plan.concurrency.max(plan.parallel))
         .build()
         .map_err(|e| CheckError::Invalid(e.to_string()))?;
+    // Fresh keys and references on every run, seed or not: a second run against the same
+    // system must not replay the first one's keys.
     let run_id = format!("{:08x}", rand::random::<u32>());
     let attack = Arc::new(Attack {
         plan: plan.clone(),
         http,
         next: AtomicU64::new(1),
-        history: Mutex::new(history),
+        journal: journal.clone(),
         operations: Mutex::default(),
     });
+    let done = Arc::new(AtomicBool::new(false));
+    // While the nemesis has acts left the attack goes on past `keys`: a crash with no
+    // traffic around it proves nothing.
+    let haunting = Arc::new(AtomicBool::new(true));
+    let nemesis = {
+        let (nemesis, journal, done, haunting) = (
+            plan.nemesis.clone(),
+            journal.clone(),
+            done.clone(),
+            haunting.clone(),
+        );
+        tokio::spawn(async move {
+            haunt(nemesis, journal, done).await;
+            haunting.store(false, Ordering::SeqCst);
+        })
+    };
+
+    // `parallel` runners take the keys in turn.
+    let next_key = Arc::new(AtomicU64::new(0));
+    let mut runners = tokio::task::JoinSet::new();
+    for runner in 0..plan.parallel {
+        let (attack, next_key, haunting, run_id) = (
+            attack.clone(),
+            next_key.clone(),
+            haunting.clone(),
+            run_id.clone(),
+        );
+        runners.spawn(async move {
+            let mut used = Vec::new();
+            loop {
+                let i = next_key.fetch_add(1, Ordering::SeqCst) as usize;
+                if i >= attack.plan.keys && !haunting.load(Ordering::SeqCst) {
+                    return Ok::<_, CheckError>(used);
+                }
+                let (workload, amount) = attack.assignment(i);
+                used.extend(
+                    attack
+                        .attack_key(&run_id, runner as u32, i, workload, amount)
+                        .await?,
+                );
+            }
+        });
+    }
     let mut references = Vec::new();
-    for i in 0..plan.keys {
-        let key = format!("chk-{run_id}-{i}");
-        let reference = format!("chk_{run_id}_{i}_a");
-        let amount = 100 + i as u64;
-        let workload = WORKLOADS[i % WORKLOADS.len()];
-        references.push(reference.clone());
-        match workload {
-            "sequential" => {
-                for _ in 0..plan.repeats {
-                    attack.send(0, &key, None, &reference, amount).await?;
-                }
-            }
-            "concurrent" => {
-                let mut tasks = tokio::task::JoinSet::new();
-                for p in 0..plan.concurrency {
-                    let (a, k, r) = (attack.clone(), key.clone(), reference.clone());
-                    tasks.spawn(async move { a.send(p as u32, &k, None, &r, amount).await });
-                }
-                while let Some(j) = tasks.join_next().await {
-                    j.map_err(|e| CheckError::Invalid(e.to_string()))??;
-                }
-                // Then once more, after the race: the settled answer.
-                attack.send(0, &key, None, &reference, amount).await?;
-            }
-            "other body" => {
-                attack.send(0, &key, None, &reference, amount).await?;
-                let other = format!("chk_{run_id}_{i}_b");
-                references.push(other.clone());
-                attack.send(1, &key, None, &other, amount + 1).await?;
-            }
-            _ => match &plan.tenants {
-                Some((_, tenants)) => {
-                    for (j, t) in tenants.iter().enumerate() {
-                        let r = format!("chk_{run_id}_{i}_t{j}");
-                        references.push(r.clone());
-                        attack.send(j as u32, &key, Some(t), &r, amount).await?;
-                    }
-                }
-                None => attack.send(0, &key, None, &reference, amount).await?,
-            },
+    let mut failed = None;
+    while let Some(r) = runners.join_next().await {
+        match r.map_err(|e| CheckError::Invalid(e.to_string())) {
+            Ok(Ok(used)) => references.extend(used),
+            Ok(Err(e)) | Err(e) => failed = failed.or(Some(e)),
         }
     }
-    let mut operations = attack
-        .operations
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    done.store(true, Ordering::SeqCst);
+    let _ = nemesis.await;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let mut operations = attack.operations.lock_ignoring_poison().clone();
     operations.sort_by_key(|o| o.id);
+    references.sort();
+    references.dedup();
     let counted = effects
         .count(&references)
         .await
         .map_err(CheckError::Effects)?;
     let verdict = check(&operations, &counted);
+    let faults = journal.faults.lock_ignoring_poison().clone();
     Ok(Found {
         operations,
+        faults,
         effects: counted,
         verdict,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_respelled_body_is_the_same_json_in_other_bytes() {
+        for plain in [
+            r#"{"reference":"chk_1_0_a","amount":120}"#,
+            r#"{"amount":120,"reference":"chk_1_0_a","items":[{"sku":"a","qty":2}]}"#,
+            r#"{"only":1}"#,
+        ] {
+            let other = respelled(plain).unwrap();
+            assert_ne!(other, plain);
+            assert_eq!(
+                oncely_core::jcs::canonicalize(other.as_bytes()),
+                oncely_core::jcs::canonicalize(plain.as_bytes()),
+                "{other}"
+            );
+            let first_key = |s: &str| s.split('"').nth(1).map(str::to_owned);
+            if plain.matches(':').count() > 1 {
+                assert_ne!(first_key(&other), first_key(plain), "reordered: {other}");
+            }
+        }
+        assert_eq!(respelled("[1,2]"), None, "only objects are respelled");
+    }
 }

@@ -5,9 +5,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+use oncely_check::effects::RecorderOptions;
+use oncely_check::proxy::{FaultPlan, FaultProxy};
+use oncely_check::run::{Journal, Nemesis, Workload};
 use oncely_check::{Effects, Ledger, Plan, Recorder};
+use oncely_core::check::FaultKind;
 use oncely_core::parse_duration;
+
+/// Where the fault proxy sits.
+#[derive(Clone, Copy, ValueEnum)]
+enum Between {
+    /// Between this attack and the target.
+    Client,
+    /// Between the target and the recording upstream (needs --upstream-listen).
+    Upstream,
+}
 
 #[derive(Args)]
 pub(crate) struct CheckArgs {
@@ -33,10 +46,24 @@ pub(crate) struct CheckArgs {
     /// The tenants, comma-separated.
     #[arg(long, value_delimiter = ',', requires = "tenant_header")]
     tenants: Vec<String>,
-    /// Keys to attack (each gets one workload in turn: sequential, concurrent, other body,
-    /// tenants).
-    #[arg(long, default_value_t = 8)]
+
+    /// Keys to attack; each gets one workload.
+    #[arg(long, default_value_t = 14)]
     keys: usize,
+    /// The workloads, comma-separated: sequential, concurrent, other-body, tenants,
+    /// respelled, chunked, timeout (default: all).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    workloads: Vec<String>,
+    /// Draw each key's workload at random (from --seed) instead of in turn.
+    #[arg(long)]
+    mix: bool,
+    /// The seed of every random choice; the same seed repeats the attack (default: random,
+    /// printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Keys attacked at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
     /// Requests per key in the sequential workload.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
@@ -46,15 +73,108 @@ pub(crate) struct CheckArgs {
     /// The bound on one request; past it the operation is indeterminate.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
+    /// The timeout workload's first attempt gives up after this.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    short_timeout: Duration,
+    /// How long each reference is retried until it settles.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    settle: Duration,
+
     /// Count effects with a recording upstream listening here (put it behind the target).
-    #[arg(long, value_name = "ADDR", conflicts_with = "ledger")]
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["ledger", "effects_db"])]
     upstream_listen: Option<SocketAddr>,
+    /// The recording upstream honours the forwarded Idempotency-Key, as a service behind a
+    /// gateway should for crashes between its work and the gateway's record.
+    #[arg(long, requires = "upstream_listen")]
+    upstream_dedupe: bool,
+    /// The share (0 to 1) of first deliveries the recording upstream answers 500 without
+    /// acting.
+    #[arg(long, default_value_t = 0.0, requires = "upstream_listen")]
+    upstream_errors: f64,
+    /// How long the recording upstream takes over the timeout workload's requests.
+    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    upstream_slow: Duration,
     /// Count effects by asking this URL: GET URL?reference=R answers their number.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "effects_db")]
     ledger: Option<String>,
+    /// Count effects in the system's database (sqlite://PATH or postgres://...).
+    #[arg(long, value_name = "URL", requires = "effects_query")]
+    effects_db: Option<String>,
+    /// The query that counts one reference's effects, its one parameter $1 (or ?1).
+    #[arg(long, value_name = "SQL", requires = "effects_db")]
+    effects_query: Option<String>,
+
+    /// Kills the system under test (sh -c), with --start-cmd to start it again.
+    #[arg(long, value_name = "CMD", requires = "start_cmd")]
+    kill_cmd: Option<String>,
+    /// Starts the system under test again after --kill-cmd.
+    #[arg(long, value_name = "CMD", requires = "kill_cmd")]
+    start_cmd: Option<String>,
+    /// Stops the system's store, with --store-start-cmd to start it again.
+    #[arg(long, value_name = "CMD", requires = "store_start_cmd")]
+    store_stop_cmd: Option<String>,
+    /// Starts the store again.
+    #[arg(long, value_name = "CMD", requires = "store_stop_cmd")]
+    store_start_cmd: Option<String>,
+    /// The pause before each kill or store outage.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    nemesis_every: Duration,
+    /// How long the system or its store stays down.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    down_for: Duration,
+    /// Kills and outages in all.
+    #[arg(long, default_value_t = 3)]
+    nemesis_max: usize,
+    /// Spoil connections with a fault proxy, comma-separated kinds: drop-response, reset,
+    /// delay, black-hole.
+    #[arg(long, value_delimiter = ',', value_name = "KINDS")]
+    faults: Vec<String>,
+    /// Where the fault proxy sits.
+    #[arg(long, value_enum, default_value = "client")]
+    fault_between: Between,
+    /// The share (0 to 1) of connections the fault proxy spoils.
+    #[arg(long, default_value_t = 0.1)]
+    fault_rate: f64,
+    /// Faults in all.
+    #[arg(long, default_value_t = 10)]
+    fault_max: u64,
+    /// How long a delay holds an answer, and a black hole a connection.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    fault_hold: Duration,
+
     /// Write the history (JSON Lines) here as the attack runs.
     #[arg(long, value_name = "FILE")]
     history: Option<std::path::PathBuf>,
+    /// Write the report with its timeline (one HTML file) here.
+    #[arg(long, value_name = "FILE")]
+    html: Option<std::path::PathBuf>,
+}
+
+/// `host:port` of an `http://` URL.
+fn authority(url: &str) -> Result<String, String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("--faults between the client and {url}: the fault proxy carries http:// only")
+    })?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    Ok(if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:80")
+    })
+}
+
+async fn serve_recorder(
+    addr: SocketAddr,
+    options: RecorderOptions,
+) -> Result<(Arc<Recorder>, SocketAddr), String> {
+    let recorder = Arc::new(Recorder::new(options));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("the recording upstream on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = recorder.router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((recorder, bound))
 }
 
 pub(crate) async fn run(args: CheckArgs) -> Result<(), String> {
@@ -77,51 +197,153 @@ pub(crate) async fn run(args: CheckArgs) -> Result<(), String> {
             .ok_or_else(|| format!("--header {h:?}: expected `Name: value`"))?;
         headers.push((name.trim().to_owned(), value.trim().to_owned()));
     }
-    let effects: Arc<dyn Effects> = match (&args.upstream_listen, &args.ledger) {
-        (Some(addr), None) => {
-            let recorder = Arc::new(Recorder::default());
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("--upstream-listen {addr}: {e}"))?;
-            let app = recorder.router();
-            println!(
-                "recording upstream on http://{}",
-                listener.local_addr().map_err(|e| e.to_string())?
-            );
-            tokio::spawn(async move { axum::serve(listener, app).await });
-            recorder
-        }
-        (None, Some(url)) => Arc::new(Ledger::new(url)),
-        _ => {
-            return Err(
-                "how are effects counted? --upstream-listen ADDR (a recording upstream behind the target) or --ledger URL".into(),
-            )
-        }
+    let workloads = if args.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        args.workloads
+            .iter()
+            .map(|w| {
+                Workload::parse(w).ok_or_else(|| {
+                    let all: Vec<&str> = Workload::ALL.iter().map(|w| w.as_str()).collect();
+                    format!("--workloads {w}: expected one of {}", all.join(", "))
+                })
+            })
+            .collect::<Result<_, _>>()?
     };
+    let faults = args
+        .faults
+        .iter()
+        .map(|f| {
+            FaultKind::parse(f).ok_or_else(|| {
+                format!("--faults {f}: expected drop-response, reset, delay or black-hole")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let seed = args.seed.unwrap_or_else(rand::random);
+    println!("seed {seed} (--seed {seed} repeats this attack)");
+
     let history = args
         .history
         .as_ref()
         .map(|p| std::fs::File::create(p).map_err(|e| format!("--history {}: {e}", p.display())))
         .transpose()?;
+    let journal = Arc::new(Journal::new(history));
+    let on_fault: oncely_check::proxy::OnFault = {
+        let journal = journal.clone();
+        Arc::new(move |kind, detail| journal.fault(kind, detail))
+    };
+    let fault_plan = FaultPlan {
+        kinds: faults.clone(),
+        rate: args.fault_rate,
+        max: args.fault_max,
+        hold: args.fault_hold,
+        seed,
+    };
+    // Kept alive for the whole run.
+    let mut proxies: Vec<FaultProxy> = Vec::new();
+    let mut target = args.target.clone();
+    let mut recorder = None;
+    let effects: Arc<dyn Effects> = match (&args.upstream_listen, &args.ledger, &args.effects_db) {
+        (Some(addr), None, None) => {
+            let options = RecorderOptions {
+                dedupe: args.upstream_dedupe,
+                errors: args.upstream_errors,
+                slow: args.upstream_slow,
+            };
+            let spoiled = !faults.is_empty() && matches!(args.fault_between, Between::Upstream);
+            let (r, bound) = if spoiled {
+                let (r, inner) = serve_recorder("127.0.0.1:0".parse().map_err(|_| "loopback")?, options).await?;
+                let proxy =
+                    FaultProxy::start(*addr, &inner.to_string(), fault_plan.clone(), on_fault.clone()).await?;
+                let bound = proxy.addr();
+                proxies.push(proxy);
+                (r, bound)
+            } else {
+                serve_recorder(*addr, options).await?
+            };
+            println!("recording upstream on http://{bound}");
+            recorder = Some(r.clone());
+            r
+        }
+        (None, Some(url), None) => Arc::new(Ledger::new(url)),
+        (None, None, Some(url)) => Arc::new(oncely_check::effects::SqlCount::open(
+            url,
+            args.effects_query.as_deref().unwrap_or_default(),
+        )?),
+        _ => {
+            return Err(
+                "how are effects counted? --upstream-listen ADDR (a recording upstream behind the target), --ledger URL or --effects-db URL --effects-query SQL".into(),
+            )
+        }
+    };
+    if !faults.is_empty() && matches!(args.fault_between, Between::Client) {
+        let proxy = FaultProxy::start(
+            "127.0.0.1:0".parse().map_err(|_| "loopback")?,
+            &authority(&args.target)?,
+            fault_plan,
+            on_fault,
+        )
+        .await?;
+        let path = args
+            .target
+            .trim_start_matches("http://")
+            .split_once('/')
+            .map(|(_, p)| format!("/{p}"))
+            .unwrap_or_default();
+        target = format!("http://{}{path}", proxy.addr());
+        println!("fault proxy on {target} in front of {}", args.target);
+        proxies.push(proxy);
+    } else if !faults.is_empty() && args.upstream_listen.is_none() {
+        return Err("--fault-between upstream puts the fault proxy in front of the recording upstream: it needs --upstream-listen".into());
+    }
     let plan = Plan {
-        target: args.target,
+        target,
         method,
         path: args.path,
         body,
         headers,
         tenants: args.tenant_header.map(|h| (h, args.tenants)),
         keys: args.keys,
+        workloads,
+        mix: args.mix,
+        seed,
+        parallel: args.parallel,
         repeats: args.repeats,
         concurrency: args.concurrency,
         timeout: args.timeout,
+        short_timeout: args.short_timeout,
+        settle: args.settle,
+        nemesis: Nemesis {
+            kill: args.kill_cmd.zip(args.start_cmd),
+            store: args.store_stop_cmd.zip(args.store_start_cmd),
+            every: args.nemesis_every,
+            down_for: args.down_for,
+            max: args.nemesis_max,
+        },
     };
-    let found = oncely_check::run(plan, effects.as_ref(), history)
+    let found = oncely_check::run(plan, effects.as_ref(), journal)
         .await
         .map_err(|e| e.to_string())?;
-    print!(
-        "{}",
-        oncely_check::report::text(&found.verdict, found.operations.len())
-    );
+    drop(proxies);
+    print!("{}", oncely_check::report::text(&found));
+    if let Some(r) = &recorder {
+        let absorbed = r.absorbed();
+        if absorbed > 0 {
+            println!("the recording upstream answered {absorbed} repeated deliveries of a key from its first execution");
+        }
+    }
+    if let Some(path) = &args.html {
+        let title = format!("oncely check of {}", args.target);
+        let page = oncely_check::timeline::html(
+            &title,
+            &found.operations,
+            &found.faults,
+            &found.verdict,
+            &found.effects,
+        );
+        std::fs::write(path, page).map_err(|e| format!("--html {}: {e}", path.display()))?;
+        println!("report: {}", path.display());
+    }
     if found.verdict.passed() {
         Ok(())
     } else {

@@ -54,7 +54,7 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Attack an HTTP API with the requests that break idempotency, and get a verdict per
     /// property (docs/check.md).
-    Check(check::CheckArgs),
+    Check(Box<check::CheckArgs>),
 }
 
 fn main() -> ExitCode {
@@ -88,7 +88,7 @@ fn main() -> ExitCode {
             Command::Outbox(args) => outbox::run(args).await,
             Command::Saga(args) => saga::run(args).await,
             Command::Reconcile(args) => reconcile::run(args).await,
-            Command::Check(args) => check::run(args).await,
+            Command::Check(args) => check::run(*args).await,
             Command::Send(_) => Ok(()), // handled above
         }
     });

@@ -10,6 +10,7 @@
 //! | `identical_successes` | every success for one key (and one request) is the same answer, byte for byte |
 //! | `failure_has_no_effect` | a reference whose every answer was a definite failure took no effect |
 //! | `no_foreign_result` | no answer carries another key's or another tenant's result |
+//! | `key_recovers` | every reference's last answer is settled: a 5xx, a timeout or an "in progress" is not what a retry keeps getting |
 //!
 //! An operation that got no answer (a timeout, a reset) or a 5xx is *indeterminate*: it may
 //! or may not have acted, so it constrains nothing but `at_most_one_effect`.
@@ -48,6 +49,17 @@ impl Outcome {
             _ => Outcome::Indeterminate {
                 reason: status.to_string(),
             },
+        }
+    }
+
+    /// Whether a client may stop retrying on this answer: a success, or a failure that says
+    /// the request will not act. A 408, 409 (in progress), 425 or 429 asks for a retry, and
+    /// an indeterminate answer leaves the client not knowing.
+    pub fn is_settled(&self) -> bool {
+        match self {
+            Outcome::Success { .. } => true,
+            Outcome::Failure { status } => !matches!(status, 408 | 409 | 425 | 429),
+            Outcome::Indeterminate { .. } => false,
         }
     }
 }
@@ -91,16 +103,20 @@ pub enum Property {
     FailureHasNoEffect,
     /// See the module's table.
     NoForeignResult,
+    /// A reference retried until it settles does settle: the last answer is a success or a
+    /// definite failure (a gateway that stored a 500 replays it to every retry).
+    KeyRecovers,
 }
 
 impl Property {
     /// Every property, in report order.
-    pub const ALL: [Property; 5] = [
+    pub const ALL: [Property; 6] = [
         Property::AtMostOneEffect,
         Property::NoPhantomSuccess,
         Property::IdenticalSuccesses,
         Property::FailureHasNoEffect,
         Property::NoForeignResult,
+        Property::KeyRecovers,
     ];
 
     /// Its name in reports.
@@ -111,6 +127,7 @@ impl Property {
             Property::IdenticalSuccesses => "identical_successes",
             Property::FailureHasNoEffect => "failure_has_no_effect",
             Property::NoForeignResult => "no_foreign_result",
+            Property::KeyRecovers => "key_recovers",
         }
     }
 }
@@ -222,6 +239,34 @@ pub fn check(history: &[Operation], effects: &BTreeMap<String, u64>) -> Verdict 
                 });
             }
         }
+        checked(Property::KeyRecovers, 1);
+        let last = ops
+            .iter()
+            .max_by_key(|o| (o.invoked_at, o.id))
+            .unwrap_or(&first);
+        if !last.outcome.is_settled() {
+            let tail: Vec<String> = ops
+                .iter()
+                .rev()
+                .take(3)
+                .map(|o| match &o.outcome {
+                    Outcome::Success { status, .. } | Outcome::Failure { status } => {
+                        status.to_string()
+                    }
+                    Outcome::Indeterminate { reason } => reason.clone(),
+                })
+                .collect();
+            violations.push(Violation {
+                property: Property::KeyRecovers,
+                tenant: first.tenant.clone(),
+                key: first.key.clone(),
+                operations: ids(),
+                detail: format!(
+                    "reference {reference} never settled: its last answers were {}",
+                    tail.join(", ")
+                ),
+            });
+        }
     }
 
     // By tenant, key and request: every success the same answer.
@@ -293,6 +338,76 @@ pub fn check(history: &[Operation], effects: &BTreeMap<String, u64>) -> Verdict 
     }
     v.violations = violations;
     v
+}
+
+/// What the nemesis can do to the system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// The system under test was killed (`--kill-cmd`).
+    Kill,
+    /// It was started again (`--start-cmd`).
+    Start,
+    /// Its store was stopped (`--store-stop-cmd`).
+    StoreStop,
+    /// Its store was started again (`--store-start-cmd`).
+    StoreStart,
+    /// The fault proxy let a request through and threw its answer away.
+    DropResponse,
+    /// The fault proxy reset a connection.
+    Reset,
+    /// The fault proxy held a connection's bytes back for a while.
+    Delay,
+    /// The fault proxy swallowed a connection: nothing through, no answer, no close.
+    BlackHole,
+}
+
+impl FaultKind {
+    /// Every kind, in the order the report lists them.
+    pub const ALL: [FaultKind; 8] = [
+        FaultKind::Kill,
+        FaultKind::Start,
+        FaultKind::StoreStop,
+        FaultKind::StoreStart,
+        FaultKind::DropResponse,
+        FaultKind::Reset,
+        FaultKind::Delay,
+        FaultKind::BlackHole,
+    ];
+
+    /// Its name in the history and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Start => "start",
+            FaultKind::StoreStop => "store-stop",
+            FaultKind::StoreStart => "store-start",
+            FaultKind::DropResponse => "drop-response",
+            FaultKind::Reset => "reset",
+            FaultKind::Delay => "delay",
+            FaultKind::BlackHole => "black-hole",
+        }
+    }
+
+    /// The kind named `name`.
+    pub fn parse(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Whether the system under test (or its store) went down: what recovery is timed from.
+    pub fn is_crash(self) -> bool {
+        matches!(self, FaultKind::Kill | FaultKind::StoreStop)
+    }
+}
+
+/// One act of the nemesis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// When (ms since the epoch).
+    pub at: i64,
+    /// What it did.
+    pub kind: FaultKind,
+    /// To what (a connection, a command's outcome).
+    pub detail: String,
 }
 
 /// How long the API took to work again after each of the nemesis's crashes: from the crash
@@ -378,6 +493,7 @@ mod tests {
                 (Property::AtMostOneEffect, "k1".into(), vec![1, 2]),
                 (Property::NoPhantomSuccess, "k2".into(), vec![3]),
                 (Property::FailureHasNoEffect, "k3".into(), vec![4]),
+                (Property::KeyRecovers, "k4".into(), vec![5]),
                 (Property::IdenticalSuccesses, "k1".into(), vec![1, 2]),
                 (Property::NoForeignResult, "k5".into(), vec![6]),
             ]
@@ -389,9 +505,16 @@ mod tests {
             .detail
             .contains("key k1"));
         assert!(!v.passed());
-        // An indeterminate operation with one effect is fine; with none too.
-        let v = check(&history[4..5], &effects(&[]));
-        assert!(v.passed(), "{v:?}");
+        // An indeterminate operation with one effect is fine, with none too; it only says
+        // that its reference never settled.
+        for n in [0, 1] {
+            let v = check(&history[4..5], &effects(&[("r4", n)]));
+            let found: Vec<Property> = v.violations.iter().map(|x| x.property).collect();
+            assert_eq!(found, [Property::KeyRecovers], "{v:?}");
+        }
+        // A 409 asks for a retry; a 422 settles.
+        assert!(!Outcome::Failure { status: 409 }.is_settled());
+        assert!(Outcome::Failure { status: 422 }.is_settled());
     }
 
     #[test]
@@ -468,6 +591,28 @@ mod tests {
                     echoed: Some(reference),
                 });
             }
+            // The attack retries every reference until it settles: one more success for
+            // each whose last answer left it unknown (the execution, if it had none yet).
+            let mut last: BTreeMap<String, Operation> = BTreeMap::new();
+            for o in &history {
+                last.insert(o.reference.clone(), o.clone());
+            }
+            for (reference, o) in last {
+                if !o.outcome.is_settled() {
+                    let i = history.len();
+                    effects.insert(reference.clone(), 1);
+                    history.push(Operation {
+                        id: i as u64,
+                        invoked_at: i as i64,
+                        completed_at: i as i64 + 1,
+                        outcome: Outcome::Success {
+                            status: 201,
+                            response: format!("answer-{reference}"),
+                        },
+                        ..o
+                    });
+                }
+            }
             (history, effects)
         })
     }
@@ -481,7 +626,7 @@ mod tests {
         fn correct_histories_pass_and_each_fault_is_caught(
             (history, effects) in correct_history(),
             pick in any::<prop::sample::Index>(),
-            fault in 0u8..4,
+            fault in 0u8..5,
         ) {
             let v = check(&history, &effects);
             prop_assert!(v.passed(), "{:?}", v.violations);
@@ -504,11 +649,23 @@ mod tests {
                     if let Outcome::Success { response, .. } = &mut history[i].outcome { response.push('!'); }
                     other.then_some(Property::IdenticalSuccesses)
                 }
-                _ => {
+                3 => {
                     let i = target.id as usize;
                     let success = matches!(history[i].outcome, Outcome::Success { .. });
                     history[i].echoed = Some("someone-else".into());
                     success.then_some(Property::NoForeignResult)
+                }
+                _ => {
+                    // Its reference's last answer becomes a stored 500, replayed once more.
+                    let i = history.len();
+                    history.push(Operation {
+                        id: i as u64,
+                        invoked_at: i as i64,
+                        completed_at: i as i64 + 1,
+                        outcome: Outcome::Indeterminate { reason: "500".into() },
+                        ..target.clone()
+                    });
+                    Some(Property::KeyRecovers)
                 }
             };
             let v = check(&history, &effects);
@@ -569,6 +726,8 @@ pub mod history {
             /// The reference its answer carried.
             echoed: Option<String>,
         },
+        /// The nemesis acted.
+        Nemesis(super::Fault),
     }
 
     /// The JSON line of `event` (without the newline).
@@ -610,6 +769,9 @@ pub mod history {
                 }
                 v
             }
+            Event::Nemesis(f) => serde_json::json!({
+                "type": "nemesis", "at": f.at, "fault": f.kind.as_str(), "detail": f.detail,
+            }),
         };
         v.to_string()
     }
@@ -634,6 +796,15 @@ pub mod history {
                 .ok_or_else(|| err(format!("no `{k}`")))
         };
         let int_of = |k: &str| v[k].as_i64().ok_or_else(|| err(format!("no `{k}`")));
+        if v["type"] == "nemesis" {
+            let kind = str_of("fault")?;
+            return Ok(Event::Nemesis(super::Fault {
+                at: int_of("at")?,
+                kind: super::FaultKind::parse(&kind)
+                    .ok_or_else(|| err(format!("unknown fault {kind:?}")))?,
+                detail: str_of("detail")?,
+            }));
+        }
         let op = v["op"].as_u64().ok_or_else(|| err("no `op`".into()))?;
         let at = int_of("at")?;
         let status = || {
@@ -759,9 +930,21 @@ pub mod history {
                     o.outcome = outcome.clone();
                     o.echoed = echoed.clone();
                 }
+                Event::Nemesis(_) => {}
             }
         }
         Ok(ops.into_values().collect())
+    }
+
+    /// What the nemesis did, in order.
+    pub fn faults(events: &[Event]) -> Vec<super::Fault> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Nemesis(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -790,8 +973,12 @@ mod history_tests {
         ) {
             let invoke = Event::Invoke { op, process, key: key.clone(), tenant, reference: key.clone(), request: "h".into(), at };
             let complete = Event::Complete { op, at: at.wrapping_add(1), outcome, echoed };
-            let text = format!("{}\n{}\n", line(&invoke), line(&complete));
-            prop_assert_eq!(parse(&text).unwrap(), vec![invoke, complete]);
+            let fault = Event::Nemesis(Fault { at, kind: FaultKind::ALL[(op % 8) as usize], detail: key.clone() });
+            let text = format!("{}\n{}\n{}\n", line(&invoke), line(&fault), line(&complete));
+            let events = parse(&text).unwrap();
+            prop_assert_eq!(&events, &vec![invoke, fault.clone(), complete]);
+            prop_assert_eq!(super::history::faults(&events).len(), 1);
+            prop_assert_eq!(operations(&events).unwrap().len(), 1);
         }
     }
 
