@@ -42,11 +42,11 @@ const MIN_BAR: f64 = 3.0;
 /// The plot's width stays between these: narrow attacks fill the page, long ones scroll
 /// rather than squeeze thousands of operations into a few pixels each.
 const MIN_W: f64 = 900.0;
-const MAX_W: f64 = 24_000.0;
+const MAX_W: f64 = 3_000.0;
 /// Pixels per operation of the busiest lane, and per median duration, that the width aims
 /// at.
 const PX_PER_OP: f64 = 8.0;
-const PX_PER_MEDIAN: f64 = 6.0;
+const PX_PER_MEDIAN: f64 = 2.0;
 /// Tick labels at least this far apart.
 const TICK_PX: f64 = 90.0;
 /// Operation ids listed in one violation's row; the row still lights up all of them.
