@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Router;
 use oncely_core::sync::LockIgnoringPoison;
+use oncely_core::{Clock as _, SystemClock};
 
 /// Counts how many times each reference took effect in the system under test.
 #[async_trait]
@@ -19,15 +20,22 @@ pub trait Effects: Send + Sync {
     async fn count(&self, references: &[String]) -> Result<BTreeMap<String, u64>, String>;
 }
 
+/// Whether something between two instants (ms since the epoch) explains why a target
+/// forwarded a request it had already forwarded: a crash, an outage, a broken connection
+/// to its upstream.
+pub type Excuse = Arc<dyn Fn(i64, i64) -> bool + Send + Sync>;
+
 /// How the recording upstream behaves.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RecorderOptions {
     /// Honour the `Idempotency-Key` the target forwards, as a service behind a gateway
-    /// should: a second delivery of one key and reference answers the first answer without
-    /// acting again. A gateway killed after its upstream acted and before it stored the
-    /// answer forwards the request again once the lease ends; only such an upstream makes
-    /// that safe (docs/contract.md). The deliveries it absorbed are counted apart.
-    pub dedupe: bool,
+    /// should, for deliveries this excuses: a second delivery of one key and reference
+    /// answers the first answer without acting again if a crash or a fault came between
+    /// the two. A gateway killed after its upstream acted and before it stored the answer
+    /// forwards the request again once the lease ends; only such an upstream makes that
+    /// safe (docs/contract.md). A second delivery nothing excuses is executed, as a bug of
+    /// the target's, and shows as a second effect. The deliveries absorbed are counted.
+    pub dedupe: Option<Excuse>,
     /// The share (0 to 1) of first deliveries answered 500 without acting: a transient
     /// failure the target must not store, or every retry of that key fails for ever. Which
     /// ones follows from the reference alone.
@@ -43,8 +51,8 @@ struct Seen {
     effects: BTreeMap<String, u64>,
     /// Deliveries per reference, executed or not.
     deliveries: BTreeMap<String, u64>,
-    /// The first answer per (key, reference), for `dedupe`.
-    answers: BTreeMap<(String, String), String>,
+    /// The first answer per (key, reference) and when it was given, for `dedupe`.
+    answers: BTreeMap<(String, String), (String, i64)>,
     /// Deliveries answered from `answers`.
     absorbed: u64,
 }
@@ -107,10 +115,13 @@ impl Recorder {
             *n += 1;
             *n
         };
-        if let (true, Some(k)) = (self.options.dedupe, &key) {
-            if let Some(first) = seen.answers.get(&(k.clone(), r.clone())).cloned() {
-                seen.absorbed += 1;
-                return (StatusCode::CREATED, json, first);
+        let now = SystemClock.now().as_millis();
+        if let (Some(excuse), Some(k)) = (&self.options.dedupe, &key) {
+            if let Some((first, at)) = seen.answers.get(&(k.clone(), r.clone())).cloned() {
+                if excuse(at, now) {
+                    seen.absorbed += 1;
+                    return (StatusCode::CREATED, json, first);
+                }
             }
         }
         if deliveries == 1 && fails_first(&r, self.options.errors) {
@@ -123,8 +134,8 @@ impl Recorder {
         *seen.effects.entry(r.clone()).or_default() += 1;
         let id = format!("ex_{:016x}", rand::random::<u64>());
         let answer = serde_json::json!({ "id": id, "reference": r }).to_string();
-        if let (true, Some(k)) = (self.options.dedupe, key) {
-            seen.answers.insert((k, r), answer.clone());
+        if let (Some(_), Some(k)) = (&self.options.dedupe, key) {
+            seen.answers.insert((k, r), (answer.clone(), now));
         }
         (StatusCode::CREATED, json, answer)
     }
@@ -163,7 +174,11 @@ impl Ledger {
     pub fn new(url: &str) -> Ledger {
         Ledger {
             url: url.to_owned(),
-            http: reqwest::Client::new(),
+            // A ledger that hangs must not hang the verdict.
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
         }
     }
 }

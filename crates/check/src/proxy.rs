@@ -57,6 +57,8 @@ struct Shared {
     rng: Mutex<StdRng>,
     injected: AtomicU64,
     on_fault: OnFault,
+    /// The connections being carried, stopped with the proxy.
+    links: Mutex<Vec<AbortHandle>>,
 }
 
 /// A running fault proxy; dropping it stops it.
@@ -98,18 +100,32 @@ impl FaultProxy {
             plan,
             injected: AtomicU64::new(0),
             on_fault,
+            links: Mutex::default(),
         });
         let s = shared.clone();
         let accept = tokio::spawn(async move {
             let mut n = 0u64;
-            while let Ok((client, peer)) = listener.accept().await {
+            loop {
+                let (client, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    // Out of descriptors, say: a pause, not the end of the proxy.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 n += 1;
                 let fault = s.pick();
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let _ = client.set_nodelay(true);
-                    carry(&s, client, fault, format!("connection {n} from {peer}")).await;
-                });
+                let link = {
+                    let s = s.clone();
+                    tokio::spawn(async move {
+                        let _ = client.set_nodelay(true);
+                        carry(&s, client, fault, format!("connection {n} from {peer}")).await;
+                    })
+                };
+                let mut links = s.links.lock_ignoring_poison();
+                links.retain(|l| !l.is_finished());
+                links.push(link.abort_handle());
             }
         });
         Ok(FaultProxy {
@@ -133,27 +149,39 @@ impl FaultProxy {
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.accept.abort();
+        for link in self.shared.links.lock_ignoring_poison().drain(..) {
+            link.abort();
+        }
     }
 }
 
 impl Shared {
-    /// The fault for the next connection, if any: drawn at the plan's rate while the
-    /// plan's bound is not reached.
+    /// The fault meant for the next connection, if any, drawn at the plan's rate.
     fn pick(&self) -> Option<FaultKind> {
-        if self.plan.kinds.is_empty() {
+        if self.plan.kinds.is_empty() || self.injected.load(Ordering::SeqCst) >= self.plan.max {
             return None;
         }
         let mut rng = self.rng.lock_ignoring_poison();
         if !rng.random_bool(self.plan.rate) {
             return None;
         }
-        let kind = self.plan.kinds[rng.random_range(0..self.plan.kinds.len())];
+        Some(self.plan.kinds[rng.random_range(0..self.plan.kinds.len())])
+    }
+
+    /// Takes one fault from the plan's bound and records it; `false` once the bound is
+    /// reached, and the connection is carried untouched. Counted when applied, not when
+    /// picked: a connection that ends before its fault spends none.
+    fn inject(&self, kind: FaultKind, detail: String) -> bool {
         let taken = self
             .injected
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < self.plan.max).then_some(n + 1)
-            });
-        taken.is_ok().then_some(kind)
+            })
+            .is_ok();
+        if taken {
+            (self.on_fault)(kind, detail);
+        }
+        taken
     }
 }
 
@@ -165,8 +193,7 @@ fn reset(stream: TcpStream) {
 
 async fn carry(s: &Shared, mut client: TcpStream, fault: Option<FaultKind>, who: String) {
     let hold = s.plan.hold;
-    if fault == Some(FaultKind::BlackHole) {
-        (s.on_fault)(FaultKind::BlackHole, who);
+    if fault == Some(FaultKind::BlackHole) && s.inject(FaultKind::BlackHole, who.clone()) {
         // Take whatever comes and say nothing, until the hold ends.
         let mut sink = [0u8; 4096];
         let _ = tokio::time::timeout(hold, async {
@@ -176,24 +203,31 @@ async fn carry(s: &Shared, mut client: TcpStream, fault: Option<FaultKind>, who:
         .await;
         return;
     }
-    let Ok(mut server) = TcpStream::connect(&s.to).await else {
+    let connect = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&s.to));
+    let Ok(Ok(mut server)) = connect.await else {
         // The far side is down: the near side sees what it would see without the proxy.
         reset(client);
         return;
     };
     let _ = server.set_nodelay(true);
     match fault {
-        None => {
+        None | Some(FaultKind::BlackHole) => {
             let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
         }
         Some(FaultKind::Reset) => {
             let mut buf = vec![0u8; 16 * 1024];
-            if let Ok(n @ 1..) = client.read(&mut buf).await {
-                let _ = server.write_all(&buf[..n]).await;
+            let Ok(n @ 1..) = client.read(&mut buf).await else {
+                return;
+            };
+            if server.write_all(&buf[..n]).await.is_err() {
+                return;
             }
-            (s.on_fault)(FaultKind::Reset, who);
-            reset(client);
-            reset(server);
+            if s.inject(FaultKind::Reset, who) {
+                reset(client);
+                reset(server);
+            } else {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            }
         }
         Some(kind) => {
             // drop-response and delay both wait for the answer's first bytes, carrying the
@@ -201,13 +235,19 @@ async fn carry(s: &Shared, mut client: TcpStream, fault: Option<FaultKind>, who:
             let Some((answer, n)) = until_answer(&mut client, &mut server).await else {
                 return;
             };
-            if kind == FaultKind::DropResponse {
-                (s.on_fault)(FaultKind::DropResponse, who);
+            let detail = if kind == FaultKind::Delay {
+                format!("{who}: answer held {hold:?}")
+            } else {
+                who
+            };
+            let injected = s.inject(kind, detail);
+            if injected && kind == FaultKind::DropResponse {
                 reset(client);
                 return;
             }
-            (s.on_fault)(kind, format!("{who}: answer held {hold:?}"));
-            tokio::time::sleep(hold).await;
+            if injected {
+                tokio::time::sleep(hold).await;
+            }
             if client.write_all(&answer[..n]).await.is_ok() {
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
             }

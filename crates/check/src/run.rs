@@ -121,6 +121,10 @@ pub struct Plan {
     pub settle: Duration,
     /// The nemesis's commands.
     pub nemesis: Nemesis,
+    /// One connection per request (a fault proxy sits in front of the target).
+    pub fresh_connections: bool,
+    /// The `Host` header to send, when the target URL is a proxy's in front of it.
+    pub host: Option<String>,
 }
 
 /// Why an attack could not be run.
@@ -135,6 +139,9 @@ pub enum CheckError {
     /// The effects could not be counted.
     #[error("counting effects: {0}")]
     Effects(String),
+    /// No request succeeded, so whatever the properties say proves nothing.
+    #[error("no request succeeded ({0}): the attack proves nothing; check --target, --path, --header and --body")]
+    NothingSucceeded(String),
 }
 
 /// What a run found.
@@ -148,6 +155,27 @@ pub struct Found {
     pub effects: BTreeMap<String, u64>,
     /// The verdict.
     pub verdict: Verdict,
+    /// The nemesis's commands that failed (the run's conclusions are in doubt).
+    pub nemesis_failed: Vec<String>,
+}
+
+/// How `operations` were answered: the count per status or reason, most common first.
+fn answers(operations: &[Operation]) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for o in operations {
+        let what = match &o.outcome {
+            Outcome::Success { status, .. } | Outcome::Failure { status } => status.to_string(),
+            Outcome::Indeterminate { reason } => reason.clone(),
+        };
+        *counts.entry(what).or_default() += 1;
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts
+        .into_iter()
+        .map(|(what, n)| format!("{n}x {what}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The history as it is written: operations and faults, to the file (if any) and in memory.
@@ -167,6 +195,14 @@ impl Journal {
         }
     }
 
+    /// Whether a fault of one of `kinds` began between `from` and `to` (ms).
+    pub fn any_fault_between(&self, from: i64, to: i64, kinds: &[FaultKind]) -> bool {
+        self.faults
+            .lock_ignoring_poison()
+            .iter()
+            .any(|f| f.at >= from && f.at <= to && kinds.contains(&f.kind))
+    }
+
     fn write(&self, event: &Event) -> Result<(), CheckError> {
         if let Some(f) = self.file.lock_ignoring_poison().as_mut() {
             writeln!(f, "{}", line(event)).map_err(|e| CheckError::History(e.to_string()))?;
@@ -176,11 +212,12 @@ impl Journal {
 
     /// Records an act of the nemesis, now.
     pub fn fault(&self, kind: FaultKind, detail: String) {
-        let fault = Fault {
-            at: SystemClock.now().as_millis(),
-            kind,
-            detail,
-        };
+        self.fault_at(SystemClock.now().as_millis(), kind, detail);
+    }
+
+    /// Records an act of the nemesis that began at `at`.
+    pub fn fault_at(&self, at: i64, kind: FaultKind, detail: String) {
+        let fault = Fault { at, kind, detail };
         if let Err(e) = self.write(&Event::Nemesis(fault.clone())) {
             // Seen by the run at its next write, which fails with it.
             *self.failed.lock_ignoring_poison() = Some(e.to_string());
@@ -347,6 +384,9 @@ impl Attack {
             .timeout(timeout)
             .header(http::header::CONTENT_TYPE, "application/json")
             .header("idempotency-key", &r.key);
+        if let Some(host) = &p.host {
+            req = req.header(http::header::HOST, host);
+        }
         for (name, value) in &p.headers {
             req = req.header(name, value);
         }
@@ -422,12 +462,22 @@ impl Attack {
     /// Sends `r` until it settles (a success or a definite failure), as a client that must
     /// learn the truth would, for at most the plan's settle time.
     async fn settle(&self, r: &Request, style: Style) -> Result<(), CheckError> {
+        self.send_until(r, style, Outcome::is_settled).await
+    }
+
+    /// Sends `r` until `enough` says its answer will do, for at most the settle time.
+    async fn send_until(
+        &self,
+        r: &Request,
+        style: Style,
+        enough: fn(&Outcome) -> bool,
+    ) -> Result<(), CheckError> {
         let deadline = Instant::now() + self.plan.settle;
         let mut pause = Duration::from_millis(50);
         loop {
             let outcome = self.send(r, style).await?;
             let left = deadline.saturating_duration_since(Instant::now());
-            if outcome.is_settled() || left.is_zero() {
+            if enough(&outcome) || left.is_zero() {
                 return Ok(());
             }
             tokio::time::sleep(pause.min(left)).await;
@@ -482,7 +532,12 @@ impl Attack {
                     ..base.clone()
                 };
                 used.push(other.reference.clone());
-                self.settle(&other, Style::Plain).await?;
+                // Any refusal will do: 422 is the rule, but some APIs answer a reused key
+                // with 409, which a retry would only get again.
+                self.send_until(&other, Style::Plain, |o| {
+                    o.is_settled() || matches!(o, Outcome::Failure { .. })
+                })
+                .await?;
             }
             Workload::Tenants => match &p.tenants {
                 Some((_, tenants)) => {
@@ -522,29 +577,34 @@ impl Attack {
     }
 }
 
-/// Runs a shell command of the nemesis; what became of it, for the history.
-async fn shell(command: &str) -> String {
+/// The longest a nemesis command may take: one that runs a server in the foreground
+/// (without `&`) would otherwise hold the attack for ever.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs a shell command of the nemesis: `Ok` with the command, or why it failed.
+async fn shell(command: &str) -> Result<String, String> {
     let status = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .status()
-        .await;
-    match status {
-        Ok(s) if s.success() => command.to_owned(),
-        Ok(s) => format!("{command} (failed: {s})"),
-        Err(e) => format!("{command} (did not run: {e})"),
+        .kill_on_drop(true)
+        .status();
+    match tokio::time::timeout(COMMAND_TIMEOUT, status).await {
+        Ok(Ok(s)) if s.success() => Ok(command.to_owned()),
+        Ok(Ok(s)) => Err(format!("`{command}` failed: {s}")),
+        Ok(Err(e)) => Err(format!("`{command}` did not run: {e}")),
+        Err(_) => Err(format!(
+            "`{command}` still ran after {COMMAND_TIMEOUT:?} (a server started without `&`?)"
+        )),
     }
 }
 
 /// The nemesis's commands, act after act, until `done` or its bound; whatever it took down
-/// is brought back before it returns.
-async fn haunt(nemesis: Nemesis, journal: Arc<Journal>, done: Arc<AtomicBool>) {
-    if nemesis.kill.is_none() && nemesis.store.is_none() {
-        return;
-    }
+/// is brought back before it returns. The commands that failed.
+async fn haunt(nemesis: Nemesis, journal: Arc<Journal>, done: Arc<AtomicBool>) -> Vec<String> {
+    let mut failed = Vec::new();
     let mut acts: Vec<(FaultKind, &str, FaultKind, &str)> = Vec::new();
     if let Some((kill, start)) = &nemesis.kill {
         acts.push((FaultKind::Kill, kill, FaultKind::Start, start));
@@ -561,17 +621,31 @@ async fn haunt(nemesis: Nemesis, journal: Arc<Journal>, done: Arc<AtomicBool>) {
             }
         }
     };
+    if acts.is_empty() {
+        return failed;
+    }
     for n in 0..nemesis.max {
         wait(nemesis.every).await;
         if done.load(Ordering::SeqCst) {
-            return;
+            break;
         }
         let (down, take_down, up, bring_up) = acts[n % acts.len()];
-        journal.fault(down, shell(take_down).await);
-        // Stays down for its time even when the attack is over: a restart is what is timed.
-        tokio::time::sleep(nemesis.down_for).await;
-        journal.fault(up, shell(bring_up).await);
+        // Timed from when the command starts: a slow kill is downtime too.
+        for (kind, command) in [(down, take_down), (up, bring_up)] {
+            let at = SystemClock.now().as_millis();
+            let detail = shell(command).await.unwrap_or_else(|e| {
+                failed.push(e.clone());
+                e
+            });
+            journal.fault_at(at, kind, detail);
+            if kind == down {
+                // Stays down for its time even when the attack is over: a restart is
+                // what is timed.
+                tokio::time::sleep(nemesis.down_for).await;
+            }
+        }
     }
+    failed
 }
 
 /// Runs `plan`, recording into `journal`, and counts `effects`.
@@ -593,8 +667,21 @@ pub async fn run(
     if plan.workloads.is_empty() {
         return Err(CheckError::Invalid("no workload to run".into()));
     }
+    if plan.workloads.contains(&Workload::Tenants) && plan.tenants.is_none() {
+        return Err(CheckError::Invalid(
+            "the tenants workload needs --tenant-header and --tenants".into(),
+        ));
+    }
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(plan.concurrency.max(plan.parallel))
+        // A fault proxy spoils connections: one request per connection makes its rate a
+        // rate of requests.
+        .pool_max_idle_per_host(if plan.fresh_connections {
+            0
+        } else {
+            plan.concurrency.max(plan.parallel)
+        })
+        // A redirect would send requests the history does not hold; a 3xx is an answer.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| CheckError::Invalid(e.to_string()))?;
     // Fresh keys and references on every run, seed or not: a second run against the same
@@ -610,7 +697,9 @@ pub async fn run(
     let done = Arc::new(AtomicBool::new(false));
     // While the nemesis has acts left the attack goes on past `keys`: a crash with no
     // traffic around it proves nothing.
-    let haunting = Arc::new(AtomicBool::new(true));
+    let haunting = Arc::new(AtomicBool::new(
+        (plan.nemesis.kill.is_some() || plan.nemesis.store.is_some()) && plan.nemesis.max > 0,
+    ));
     let nemesis = {
         let (nemesis, journal, done, haunting) = (
             plan.nemesis.clone(),
@@ -619,8 +708,9 @@ pub async fn run(
             haunting.clone(),
         );
         tokio::spawn(async move {
-            haunt(nemesis, journal, done).await;
+            let failed = haunt(nemesis, journal, done).await;
             haunting.store(false, Ordering::SeqCst);
+            failed
         })
     };
 
@@ -659,12 +749,21 @@ pub async fn run(
         }
     }
     done.store(true, Ordering::SeqCst);
-    let _ = nemesis.await;
+    let nemesis_failed = nemesis.await.unwrap_or_default();
     if let Some(e) = failed {
         return Err(e);
     }
+    if let Some(e) = journal.failed.lock_ignoring_poison().take() {
+        return Err(CheckError::History(e));
+    }
     let mut operations = attack.operations.lock_ignoring_poison().clone();
     operations.sort_by_key(|o| o.id);
+    if !operations
+        .iter()
+        .any(|o| matches!(o.outcome, Outcome::Success { .. }))
+    {
+        return Err(CheckError::NothingSucceeded(answers(&operations)));
+    }
     references.sort();
     references.dedup();
     let counted = effects
@@ -678,6 +777,7 @@ pub async fn run(
         faults,
         effects: counted,
         verdict,
+        nemesis_failed,
     })
 }
 

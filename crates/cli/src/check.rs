@@ -51,7 +51,7 @@ pub(crate) struct CheckArgs {
     #[arg(long, default_value_t = 14)]
     keys: usize,
     /// The workloads, comma-separated: sequential, concurrent, other-body, tenants,
-    /// respelled, chunked, timeout (default: all).
+    /// respelled, chunked, timeout (default: all; tenants with --tenant-header only).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     workloads: Vec<String>,
     /// Draw each key's workload at random (from --seed) instead of in turn.
@@ -76,8 +76,10 @@ pub(crate) struct CheckArgs {
     /// The timeout workload's first attempt gives up after this.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     short_timeout: Duration,
-    /// How long each reference is retried until it settles.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    /// How long each reference is retried until it settles: with a kill nemesis, longer
+    /// than the target's lease plus --down-for (a key whose holder died is held until
+    /// its lease ends).
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
     settle: Duration,
 
     /// Count effects with a recording upstream listening here (put it behind the target).
@@ -130,16 +132,16 @@ pub(crate) struct CheckArgs {
     #[arg(long, value_delimiter = ',', value_name = "KINDS")]
     faults: Vec<String>,
     /// Where the fault proxy sits.
-    #[arg(long, value_enum, default_value = "client")]
+    #[arg(long, value_enum, default_value = "client", requires = "faults")]
     fault_between: Between,
     /// The share (0 to 1) of connections the fault proxy spoils.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, requires = "faults")]
     fault_rate: f64,
     /// Faults in all.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, requires = "faults")]
     fault_max: u64,
     /// How long a delay holds an answer, and a black hole a connection.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_duration, requires = "faults")]
     fault_hold: Duration,
 
     /// Write the history (JSON Lines) here as the attack runs.
@@ -150,17 +152,30 @@ pub(crate) struct CheckArgs {
     html: Option<std::path::PathBuf>,
 }
 
-/// `host:port` of an `http://` URL.
-fn authority(url: &str) -> Result<String, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("--faults between the client and {url}: the fault proxy carries http:// only")
-    })?;
-    let host = rest.split('/').next().unwrap_or(rest);
-    Ok(if host.contains(':') {
-        host.to_owned()
-    } else {
-        format!("{host}:80")
-    })
+/// The authority of an `http://` URL as it was written (for `Host`), and the `host:port`
+/// to connect to.
+fn authority(url: &str) -> Result<(String, String), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("--target {url}: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "--faults between the client and {url}: the fault proxy carries http:// only"
+        ));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("--target {url}: no host"))?;
+    let written = uri
+        .authority()
+        .map(|a| {
+            a.as_str()
+                .rsplit('@')
+                .next()
+                .unwrap_or(a.as_str())
+                .to_owned()
+        })
+        .unwrap_or_else(|| host.to_owned());
+    let port = uri.port_u16().unwrap_or(80);
+    Ok((written, format!("{host}:{port}")))
 }
 
 async fn serve_recorder(
@@ -198,7 +213,10 @@ pub(crate) async fn run(args: CheckArgs) -> Result<(), String> {
         headers.push((name.trim().to_owned(), value.trim().to_owned()));
     }
     let workloads = if args.workloads.is_empty() {
-        Workload::ALL.to_vec()
+        Workload::ALL
+            .into_iter()
+            .filter(|w| *w != Workload::Tenants || args.tenant_header.is_some())
+            .collect()
     } else {
         args.workloads
             .iter()
@@ -219,6 +237,12 @@ pub(crate) async fn run(args: CheckArgs) -> Result<(), String> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    if !(0.0..=1.0).contains(&args.upstream_errors) {
+        return Err(format!(
+            "--upstream-errors {}: a share between 0 and 1",
+            args.upstream_errors
+        ));
+    }
     let seed = args.seed.unwrap_or_else(rand::random);
     println!("seed {seed} (--seed {seed} repeats this attack)");
 
@@ -245,12 +269,25 @@ pub(crate) async fn run(args: CheckArgs) -> Result<(), String> {
     let mut recorder = None;
     let effects: Arc<dyn Effects> = match (&args.upstream_listen, &args.ledger, &args.effects_db) {
         (Some(addr), None, None) => {
+            let spoiled = !faults.is_empty() && matches!(args.fault_between, Between::Upstream);
+            // What may make a target forward a request again: a crash or an outage, and
+            // a broken connection to the upstream when the proxy sits there.
+            let mut excuses = vec![FaultKind::Kill, FaultKind::StoreStop];
+            if spoiled {
+                excuses.extend(oncely_check::proxy::PROXY_FAULTS);
+            }
+            let excuse: oncely_check::effects::Excuse = {
+                let journal = journal.clone();
+                Arc::new(move |from, to| journal.any_fault_between(from, to, &excuses))
+            };
+            if spoiled && !args.upstream_dedupe && faults.iter().any(|f| matches!(f, FaultKind::DropResponse | FaultKind::Reset)) {
+                println!("note: a target whose upstream connection breaks after the upstream acted forwards the request again; without --upstream-dedupe that is a second effect");
+            }
             let options = RecorderOptions {
-                dedupe: args.upstream_dedupe,
+                dedupe: args.upstream_dedupe.then_some(excuse),
                 errors: args.upstream_errors,
                 slow: args.upstream_slow,
             };
-            let spoiled = !faults.is_empty() && matches!(args.fault_between, Between::Upstream);
             let (r, bound) = if spoiled {
                 let (r, inner) = serve_recorder("127.0.0.1:0".parse().map_err(|_| "loopback")?, options).await?;
                 let proxy =
@@ -276,10 +313,13 @@ pub(crate) async fn run(args: CheckArgs) -> Result<(), String> {
             )
         }
     };
+    let mut host = None;
     if !faults.is_empty() && matches!(args.fault_between, Between::Client) {
+        let (written, to) = authority(&args.target)?;
+        host = Some(written);
         let proxy = FaultProxy::start(
             "127.0.0.1:0".parse().map_err(|_| "loopback")?,
-            &authority(&args.target)?,
+            &to,
             fault_plan,
             on_fault,
         )
@@ -313,6 +353,8 @@ pub(crate) async fn run(args: CheckArgs) -> Result<(), String> {
         timeout: args.timeout,
         short_timeout: args.short_timeout,
         settle: args.settle,
+        fresh_connections: !faults.is_empty() && matches!(args.fault_between, Between::Client),
+        host,
         nemesis: Nemesis {
             kill: args.kill_cmd.zip(args.start_cmd),
             store: args.store_stop_cmd.zip(args.store_start_cmd),
@@ -343,6 +385,12 @@ pub(crate) async fn run(args: CheckArgs) -> Result<(), String> {
         );
         std::fs::write(path, page).map_err(|e| format!("--html {}: {e}", path.display()))?;
         println!("report: {}", path.display());
+    }
+    if !found.nemesis_failed.is_empty() {
+        return Err(format!(
+            "the nemesis failed, so the verdict is in doubt: {}",
+            found.nemesis_failed.join("; ")
+        ));
     }
     if found.verdict.passed() {
         Ok(())

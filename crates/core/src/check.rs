@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 /// How one operation ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// A 2xx: the API says the work is done.
+    /// A 2xx (or a 3xx pointing at the result): the API says the work is done.
     Success {
         /// The status.
         status: u16,
@@ -44,7 +44,7 @@ impl Outcome {
     /// The outcome of an HTTP answer with `status` and a body hashed to `response`.
     pub fn of_status(status: u16, response: String) -> Outcome {
         match status {
-            200..=299 => Outcome::Success { status, response },
+            200..=399 => Outcome::Success { status, response },
             400..=499 => Outcome::Failure { status },
             _ => Outcome::Indeterminate {
                 reason: status.to_string(),
@@ -214,9 +214,11 @@ pub fn check(history: &[Operation], effects: &BTreeMap<String, u64>) -> Verdict 
                 });
             }
         }
+        // A 409 (in progress) or a 429 says another request may be doing the work: only
+        // answers that settle the request say that it did not act.
         if ops
             .iter()
-            .all(|o| matches!(o.outcome, Outcome::Failure { .. }))
+            .all(|o| matches!(o.outcome, Outcome::Failure { .. }) && o.outcome.is_settled())
         {
             checked(Property::FailureHasNoEffect, 1);
             if n > 0 {
@@ -240,11 +242,18 @@ pub fn check(history: &[Operation], effects: &BTreeMap<String, u64>) -> Verdict 
             }
         }
         checked(Property::KeyRecovers, 1);
-        let last = ops
-            .iter()
-            .max_by_key(|o| (o.invoked_at, o.id))
-            .unwrap_or(&first);
-        if !last.outcome.is_settled() {
+        // Ids follow the order operations were sent in, whatever the clock did.
+        let last = ops.iter().max_by_key(|o| o.id).unwrap_or(&first);
+        // A 409 to a key whose other request succeeded is that key's conflict (some APIs
+        // answer 409, not 422, to a key reused with another body), not a stuck key.
+        let conflict_of_a_used_key = matches!(last.outcome, Outcome::Failure { status: 409 })
+            && history.iter().any(|o| {
+                o.key == last.key
+                    && o.tenant == last.tenant
+                    && o.reference != last.reference
+                    && matches!(o.outcome, Outcome::Success { .. })
+            });
+        if !last.outcome.is_settled() && !conflict_of_a_used_key {
             let tail: Vec<String> = ops
                 .iter()
                 .rev()
@@ -545,6 +554,49 @@ mod tests {
             Outcome::of_status(409, "x".into()),
             Outcome::Failure { status: 409 }
         );
+        assert!(matches!(
+            Outcome::of_status(303, "x".into()),
+            Outcome::Success { status: 303, .. }
+        ));
+    }
+
+    #[test]
+    fn a_409_is_neither_a_refusal_nor_a_stuck_key_when_the_key_was_used() {
+        let conflict = Outcome::Failure { status: 409 };
+        // Another copy acted while this one was told "in progress": not a failure that
+        // took effect.
+        let v = check(
+            &[
+                op(
+                    1,
+                    "k1",
+                    "r1",
+                    Outcome::Indeterminate {
+                        reason: "reset".into(),
+                    },
+                ),
+                op(2, "k1", "r1", ok("a")),
+                op(3, "k2", "r2", conflict.clone()),
+                op(4, "k2", "r2", ok("b")),
+            ],
+            &effects(&[("r1", 1), ("r2", 1)]),
+        );
+        assert!(v.passed(), "{v:?}");
+        // The same key with another body answered 409 after the first body succeeded.
+        let reused = vec![
+            op(1, "k1", "r1", ok("a")),
+            op(2, "k1", "r1b", conflict.clone()),
+        ];
+        let v = check(&reused, &effects(&[("r1", 1)]));
+        assert!(v.passed(), "{v:?}");
+        // A key that answers 409 for ever, nothing ever succeeding: stuck.
+        let stuck = vec![
+            op(1, "k1", "r1", conflict.clone()),
+            op(2, "k1", "r1", conflict),
+        ];
+        let v = check(&stuck, &effects(&[]));
+        let found: Vec<Property> = v.violations.iter().map(|x| x.property).collect();
+        assert_eq!(found, [Property::KeyRecovers], "{v:?}");
     }
 
     /// A history an idempotent API could produce: per reference, at most one execution;

@@ -82,19 +82,20 @@ fn a_target_without_idempotency_fails_and_the_gateway_passes() {
         out.contains("took effect 4 times"),
         "the sequential key ran each time: {out}"
     );
-    // Twice or more each: both sequential keys, the concurrent one, the respelled, the
+    // Twice or more each: both sequential keys, both concurrent ones, the respelled, the
     // chunked, and the retry after a timeout.
     assert!(
-        out.contains("9 checked, 6 violated"),
+        out.contains("9 checked, 7 violated"),
         "every key sent more than once ran again: {out}"
     );
     assert!(out.contains("verdict: FAILED"), "{out}");
     let text = std::fs::read_to_string(&history).unwrap();
     let events = oncely_core::check::history::parse(&text).unwrap();
     let ops = oncely_core::check::history::operations(&events).unwrap();
-    // sequential 4, concurrent 12 + 1, other body 2, tenants 1, respelled 2, chunked 2,
-    // timeout 2, sequential 4: every reference settles at its first success.
-    assert_eq!(ops.len(), 30, "every operation is in the history");
+    // sequential 4, concurrent 12 + 1, other body 2, respelled 2, chunked 2, timeout 2,
+    // sequential 4, concurrent 13 (no tenants workload without tenants): every reference
+    // settles at its first success.
+    assert_eq!(ops.len(), 42, "every operation is in the history");
 
     // The gateway in front of the same kind of recorder, which fails a third of first
     // deliveries with a 500 the gateway must not store.
@@ -125,8 +126,43 @@ fn a_target_without_idempotency_fails_and_the_gateway_passes() {
     assert!(ok, "{out}");
     passes_all(&out);
     let page = std::fs::read_to_string(&html).unwrap();
-    assert!(page.contains("<svg") || page.contains("timeline"), "{page}");
+    assert!(page.contains("id=\"op-1\""), "every operation is drawn");
     assert!(page.contains("key_recovers"));
+
+    // An upstream that honours the forwarded key does not hide a target without
+    // idempotency: nothing excuses its second deliveries.
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let upstream = format!("127.0.0.1:{port}");
+    let (ok, out) = check(&[
+        "--target",
+        &url,
+        "--keys",
+        "2",
+        "--workloads",
+        "sequential",
+        "--upstream-listen",
+        &upstream,
+        "--upstream-dedupe",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAIL  at_most_one_effect"), "{out}");
+
+    // A run where nothing succeeds proves nothing: an error, not a pass.
+    let (ok, out) = check(&[
+        "--target",
+        &format!("http://127.0.0.1:{}", free_port()),
+        "--keys",
+        "1",
+        "--workloads",
+        "sequential",
+        "--settle",
+        "200ms",
+        "--ledger",
+        "http://127.0.0.1:9",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("no request succeeded"), "{out}");
 
     // Bad input: one line, non-zero.
     for (target, body, extra, says) in [
@@ -139,6 +175,12 @@ fn a_target_without_idempotency_fails_and_the_gateway_passes() {
             "--workloads nope",
         ),
         ("http://127.0.0.1:9", BODY, "--faults=melt", "--faults melt"),
+        (
+            "http://127.0.0.1:9",
+            BODY,
+            "--workloads=tenants",
+            "the tenants workload needs",
+        ),
     ] {
         let out = oncely()
             .args(["check", "--target", target, "--body", body, extra])
@@ -149,6 +191,14 @@ fn a_target_without_idempotency_fails_and_the_gateway_passes() {
         assert!(!out.status.success() && err.contains(says), "{err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
+    // A fault setting without --faults is refused, not silently ignored.
+    let out = oncely()
+        .args(["check", "--target", "http://127.0.0.1:9", "--body", BODY])
+        .args(["--fault-rate", "0.5", "--ledger", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--faults"));
 }
 
 #[derive(Default)]
@@ -166,7 +216,7 @@ fn header(headers: &http::HeaderMap, name: &str) -> String {
 }
 
 /// Targets that are broken on purpose, one route each, with a ledger of their effects.
-async fn broken_targets(recorder: String) -> String {
+async fn broken_targets() -> String {
     let broken = Arc::new(Broken::default());
     let (b1, b2, b3, b4) = (
         broken.clone(),
@@ -184,7 +234,6 @@ async fn broken_targets(recorder: String) -> String {
             .or_default() += 1;
         serde_json::json!({ "reference": reference }).to_string()
     };
-    let http = reqwest::Client::new();
     let app = axum::Router::new()
         // Remembers answers by key alone, forgetting the tenant.
         .route(
@@ -215,37 +264,33 @@ async fn broken_targets(recorder: String) -> String {
                     if let Some((_, a)) = known {
                         return (http::StatusCode::CREATED, a);
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
                     let a = act(&b, &body);
                     b.answers.lock().unwrap().insert(key, (201, a.clone()));
                     (http::StatusCode::CREATED, a)
                 }
             }),
         )
-        // A caching proxy in front of the recording upstream that stores every answer,
-        // a 500 as well as a 201.
+        // A caching proxy that stores every answer, a 500 as well as a 201, in front of an
+        // upstream whose first attempt fails for every key with an even number.
         .route(
             "/stores-500",
             axum::routing::post(move |headers: http::HeaderMap, body: String| {
-                let (b, http, recorder) = (b3.clone(), http.clone(), recorder.clone());
+                let b = b3.clone();
                 async move {
                     let key = format!("proxy/{}", header(&headers, "idempotency-key"));
-                    let known = b.answers.lock().unwrap().get(&key).cloned();
-                    let (status, a) = match known {
-                        Some(stored) => stored,
-                        None => {
-                            let answer = http
-                                .post(&recorder)
-                                .header("idempotency-key", &key)
-                                .body(body)
-                                .send()
-                                .await
-                                .unwrap();
-                            let stored = (answer.status().as_u16(), answer.text().await.unwrap());
-                            b.answers.lock().unwrap().insert(key, stored.clone());
-                            stored
-                        }
-                    };
+                    let mut answers = b.answers.lock().unwrap();
+                    let (status, a) = answers
+                        .entry(key.clone())
+                        .or_insert_with(|| {
+                            let even = key.ends_with(['0', '2', '4', '6', '8']);
+                            if even {
+                                (500, r#"{"error":"transient"}"#.to_owned())
+                            } else {
+                                (201, act(&b, &body))
+                            }
+                        })
+                        .clone();
                     (http::StatusCode::from_u16(status).unwrap(), a)
                 }
             }),
@@ -270,8 +315,7 @@ async fn broken_targets(recorder: String) -> String {
 /// Each broken target fails the property made for it, and names what broke it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_broken_target_fails_its_property() {
-    let recorder_port = free_port();
-    let url = broken_targets(format!("http://127.0.0.1:{recorder_port}/charges")).await;
+    let url = broken_targets().await;
     let run = move |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -318,7 +362,9 @@ async fn each_broken_target_fails_its_property() {
         "/check-then-insert",
         &[
             "--keys",
-            "3",
+            "2",
+            "--parallel",
+            "1",
             "--workloads",
             "concurrent",
             "--concurrency",
@@ -336,7 +382,6 @@ async fn each_broken_target_fails_its_property() {
         "every copy ran: {out}"
     );
 
-    let recorder = format!("127.0.0.1:{recorder_port}");
     let (ok, out) = run(args(
         "/stores-500",
         &[
@@ -348,10 +393,8 @@ async fn each_broken_target_fails_its_property() {
             "2",
             "--settle",
             "1s",
-            "--upstream-listen",
-            &recorder,
-            "--upstream-errors",
-            "1",
+            "--ledger",
+            &ledger,
         ],
     ))
     .await
@@ -489,7 +532,7 @@ fn survives_the_nemesis(store: &str) {
     );
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(
-        page.contains("kill"),
+        page.contains("<g class=\"fault crash\"><title>kill at +"),
         "the kills are marked in the timeline"
     );
 }
@@ -722,4 +765,56 @@ async fn effects_are_counted_by_a_query_against_the_systems_database() {
     .unwrap();
     assert!(!ok);
     assert!(out.contains("counting effects: the effects query"), "{out}");
+}
+
+/// The fault proxy between the gateway and its upstream, delaying answers and swallowing
+/// requests: the gateway holds an unanswered key for its lease and then forwards it again,
+/// which the upstream sees as a first delivery; every property holds without an upstream
+/// that deduplicates.
+#[test]
+fn the_gateway_survives_a_faulty_upstream_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_port = free_port();
+    let gw = Restartable::new(
+        upstream_port,
+        &format!("sqlite://{}", dir.path().join("oncely.db").display()),
+    );
+    gw.start_and_wait();
+    let history = dir.path().join("history.jsonl");
+    let (ok, out) = check(&[
+        "--target",
+        &format!("http://127.0.0.1:{}", gw.port),
+        "--path",
+        "/payments",
+        "--keys",
+        "14",
+        "--concurrency",
+        "6",
+        "--upstream-listen",
+        &format!("127.0.0.1:{upstream_port}"),
+        "--faults",
+        "delay,black-hole",
+        "--fault-between",
+        "upstream",
+        "--fault-rate",
+        "0.3",
+        "--fault-max",
+        "4",
+        "--fault-hold",
+        "700ms",
+        "--history",
+        history.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}\ngateway log:\n{}", gw.log());
+    passes_all(&out);
+    let events =
+        oncely_core::check::history::parse(&std::fs::read_to_string(&history).unwrap()).unwrap();
+    let kinds: Vec<_> = oncely_core::check::history::faults(&events)
+        .into_iter()
+        .map(|f| f.kind)
+        .collect();
+    assert!(
+        !kinds.is_empty() && kinds.len() <= 4,
+        "the proxy spoiled connections, within its bound: {kinds:?}"
+    );
 }
