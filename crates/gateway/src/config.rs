@@ -216,6 +216,9 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// The audit trail (one event per keyed answer); `None`: none.
     pub audit: Option<crate::audit::AuditConfig>,
+    /// The keys stored responses are sealed with (AES-256-GCM; the first seals, all open:
+    /// `[encryption] keys`); `None`: stored in clear.
+    pub encryption: Option<oncely_store::Keyring>,
 }
 
 /// Where the admin listener binds, and the bearer token it requires (if any).
@@ -324,6 +327,7 @@ impl Config {
             routes: Routes::keyed_post_and_patch(RoutePolicy::default()),
             admin: None,
             audit: None,
+            encryption: None,
         }
     }
 
@@ -421,6 +425,9 @@ impl Config {
         }
         if let Some(a) = file.audit {
             self.audit = Some(a.apply(self.audit.take()).map_err(|e| e.within("audit"))?);
+        }
+        if let Some(e) = file.encryption {
+            self.encryption = Some(e.keyring()?);
         }
         if file.defaults.as_ref().is_some_and(|d| d.path.is_some()) {
             return Err(
@@ -614,6 +621,7 @@ struct FileConfig {
     server: Option<ServerSection>,
     admin: Option<AdminSection>,
     audit: Option<AuditSection>,
+    encryption: Option<EncryptionSection>,
     defaults: Option<PolicySection>,
     routes: Option<Vec<PolicySection>>,
 }
@@ -642,6 +650,38 @@ struct ServerSection {
 struct AdminSection {
     listen: Option<String>,
     token: Option<String>,
+}
+
+/// `[encryption]`: `keys = [{ id = "2026-12", file = "/etc/oncely/2026-12.key" }, ...]`,
+/// the first sealing; each file holds 64 hex digits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EncryptionSection {
+    keys: Vec<KeySource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeySource {
+    id: String,
+    file: String,
+}
+
+impl EncryptionSection {
+    fn keyring(self) -> Result<oncely_store::Keyring, SettingError> {
+        let mut keys = Vec::with_capacity(self.keys.len());
+        for k in self.keys {
+            let hex = std::fs::read_to_string(&k.file).map_err(|e| {
+                SettingError::new(
+                    "encryption.keys",
+                    format!("key {:?}: {}: {e}", k.id, k.file),
+                )
+            })?;
+            keys.push((k.id, hex.trim().to_owned()));
+        }
+        oncely_store::Keyring::from_hex(keys.iter().map(|(i, h)| (i.as_str(), h.as_str())))
+            .map_err(|e| SettingError::new("encryption.keys", e))
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -99,11 +99,7 @@ impl Gateway {
                     store: config.store.to_string(),
                     source,
                 })?;
-        Ok(Gateway {
-            config,
-            store,
-            clock,
-        })
+        Ok(Gateway::with_store(config, store, clock))
     }
 
     /// Uses a given store and clock (tests, embedding).
@@ -112,6 +108,12 @@ impl Gateway {
         store: Arc<dyn StoreAdmin>,
         clock: Arc<dyn Clock>,
     ) -> Gateway {
+        // Sealed under everything else, so the admin API, the purge and the engine all see
+        // responses in clear and the store only ciphertext.
+        let store: Arc<dyn StoreAdmin> = match &config.encryption {
+            Some(ring) => Arc::new(oncely_store::SealedStore::new(store, ring.clone())),
+            None => store,
+        };
         Gateway {
             config,
             store,

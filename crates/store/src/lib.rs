@@ -19,8 +19,10 @@ use oncely_core::{
 };
 
 mod memory;
+pub mod sealed;
 mod timed;
 pub use memory::MemoryStore;
+pub use sealed::{Keyring, SealedStore};
 pub use timed::{StoreMetrics, TimedStore};
 
 #[cfg(feature = "conformance")]

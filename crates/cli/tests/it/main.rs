@@ -3,6 +3,7 @@
 mod audit;
 mod check;
 mod common;
+mod encryption;
 mod outage;
 mod process;
 mod reconcile;

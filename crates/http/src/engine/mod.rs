@@ -696,7 +696,9 @@ impl Engine {
         may_fail_open: bool,
     ) -> Response<BoxBody> {
         tracing::error!(key = %job.record_key, error = %err, "idempotency store failed");
-        let mode = if may_fail_open {
+        // A record that does not read (a sealed one whose key is missing, say) is there:
+        // forwarding unprotected would execute the request again.
+        let mode = if may_fail_open && !matches!(err, StoreError::Corrupt(_)) {
             job.policy.store_failure
         } else {
             StoreFailureMode::FailClosed
