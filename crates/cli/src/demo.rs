@@ -1,5 +1,6 @@
-//! `oncely demo`: a small orders service behind the gateway, and a guided tour of what the
-//! gateway does for it.
+//! `oncely demo`: the reference shop (`oncely-shop`: the API, the saga, the order history,
+//! reconciliation and the UI in one process). `oncely demo --tour` is the earlier demo: a
+//! small orders service behind the gateway, and a guided tour of what the gateway does.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,24 +20,70 @@ use tokio::net::TcpListener;
 
 #[derive(Args)]
 pub(crate) struct DemoArgs {
-    /// Port of the gateway (the orders service gets a free port of its own).
+    /// The gateway tour instead of the shop: an orders service behind the gateway, and
+    /// real requests showing replays, conflicts and refusals.
+    #[arg(long)]
+    tour: bool,
+    /// The shop's address [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["port", "tour"])]
+    listen: Option<SocketAddr>,
+    /// The port on 127.0.0.1 (the shop's, or with --tour the gateway's; 0 picks a free one).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Store URL [default: a SQLite file in a temporary directory].
-    #[arg(long, value_name = "URL")]
+    /// The shop's database: sqlite://PATH [default: a fresh SQLite file in a temporary
+    /// directory, removed at exit].
+    #[arg(long, value_name = "URL", conflicts_with = "tour")]
+    db: Option<String>,
+    /// How often the shop's payments reconciliation runs by itself.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = oncely_core::parse_duration, conflicts_with = "tour")]
+    reconcile_every: Duration,
+    /// How far the shop's order history lags behind its writes (e.g. `3s`), to watch
+    /// eventual consistency and read-your-writes at work.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = oncely_core::parse_duration, conflicts_with = "tour")]
+    history_lag: Duration,
+    /// With --tour: the gateway's store URL [default: a SQLite file in a temporary directory].
+    #[arg(long, value_name = "URL", requires = "tour")]
     store: Option<String>,
-    /// How long the orders service works on each order, in milliseconds.
-    #[arg(long, default_value_t = 1500)]
+    /// With --tour: how long the orders service works on each order, in milliseconds.
+    #[arg(long, default_value_t = 1500, requires = "tour")]
     work_ms: u64,
-    /// Skip the guided tour; just serve.
-    #[arg(long)]
+    /// With --tour: skip the guided tour; just serve.
+    #[arg(long, requires = "tour")]
     no_tour: bool,
-    /// Exit after the tour instead of serving until Ctrl-C.
-    #[arg(long)]
+    /// With --tour: exit after the tour instead of serving until Ctrl-C.
+    #[arg(long, requires = "tour")]
     exit_after_tour: bool,
 }
 
 pub(crate) async fn run(args: DemoArgs) -> Result<(), String> {
+    if args.tour {
+        return run_tour(args).await;
+    }
+    let listen = args
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], args.port)));
+    let db = match &args.db {
+        Some(url) => Some(oncely_shop::DbUrl::parse(url)?),
+        None => None,
+    };
+    let config = oncely_shop::Config {
+        listen,
+        db,
+        reconcile_every: Some(args.reconcile_every),
+        history_lag: args.history_lag,
+        ..oncely_shop::Config::default()
+    };
+    oncely_shop::serve_until(config, crate::serve::shutdown_signal())
+        .await
+        .map_err(|e| match e {
+            oncely_shop::ShopError::Listen { .. } => {
+                format!("{e}; pass --port to use another port (0 picks a free one)")
+            }
+            other => other.to_string(),
+        })
+}
+
+async fn run_tour(args: DemoArgs) -> Result<(), String> {
     let orders = OrdersService::start(Duration::from_millis(args.work_ms)).await?;
     let tmp = std::env::temp_dir().join(format!("oncely-demo-{}", std::process::id()));
     let store = match &args.store {

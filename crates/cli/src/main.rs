@@ -32,7 +32,8 @@ struct Cli {
 enum Command {
     /// Run the gateway in front of an upstream service.
     Serve(serve::ServeArgs),
-    /// Start a small orders service behind the gateway and show what the gateway does.
+    /// Serve the reference shop (API and UI); `--tour`: an orders service behind the
+    /// gateway, and a guided tour of what the gateway does.
     Demo(demo::DemoArgs),
     /// Create or update the store's and the audit trail's tables, reporting each one's
     /// schema version (gateways also do it when they start).

@@ -104,6 +104,21 @@ impl Ledger {
     pub fn fail_next_releases(&self, n: u64) {
         self.fail_next_releases.store(n, Ordering::SeqCst);
     }
+    /// Units in stock of every sku the service knows.
+    pub fn stock_levels(&self) -> BTreeMap<String, u32> {
+        self.books.lock_ignoring_poison().stock.clone()
+    }
+    /// Starts the books over with `stock` (a shop's "start over"): no reservation, no
+    /// release, no fault pending. Keys its layer stored stay stored, so a caller that starts
+    /// over must use new references (and so new keys) from then on.
+    pub fn reset(&self, stock: BTreeMap<String, u32>) {
+        *self.books.lock_ignoring_poison() = Books {
+            stock,
+            ..Books::default()
+        };
+        self.fail_next.store(0, Ordering::SeqCst);
+        self.fail_next_releases.store(0, Ordering::SeqCst);
+    }
 }
 
 fn take_one(counter: &AtomicU64) -> bool {

@@ -53,6 +53,26 @@ pub enum OrdersDb {
 }
 
 /// The event announcing that an order was settled.
+/// The moves of an order that settle it, each from one status: the SQL is fixed text, never
+/// built from input.
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    /// pending -> confirmed, with its charge.
+    Confirm,
+    /// confirmed -> cancelled, with the reason (a buyer's cancel after the checkout).
+    CancelConfirmed,
+}
+
+impl Settle {
+    /// The status it moves to, the column it sets, the status it moves from.
+    fn transition(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Settle::Confirm => ("confirmed", "charge_id", "pending"),
+            Settle::CancelConfirmed => ("cancelled", "cancel_reason", "confirmed"),
+        }
+    }
+}
+
 fn settled_event(id: &str, status: &str, detail: serde_json::Value) -> NewEvent {
     NewEvent {
         aggregate_type: "order".into(),
@@ -203,54 +223,12 @@ impl OrdersDb {
     /// transaction. The status it has after the call, or `None` when there is no such
     /// order; a repeated call finds `confirmed` already and enqueues nothing.
     pub async fn confirm(&self, id: &str, charge_id: &str) -> Result<Option<String>, String> {
-        let (id, charge) = (id.to_owned(), charge_id.to_owned());
-        let event = settled_event(&id, "confirmed", serde_json::json!({ "charge_id": charge }));
-        match self {
-            OrdersDb::Sqlite(conn) => {
-                Self::sqlite_run(conn, move |c| {
-                    let tx = c.unchecked_transaction()?;
-                    let changed = tx.execute(
-                        "UPDATE orders SET status = 'confirmed', charge_id = ?2
-                         WHERE id = ?1 AND status = 'pending'",
-                        params![id, charge],
-                    )?;
-                    announce_sqlite(&tx, changed, &event)?;
-                    let status = tx
-                        .query_row("SELECT status FROM orders WHERE id = ?1", [&id], |r| {
-                            r.get(0)
-                        })
-                        .optional()?;
-                    tx.commit()?;
-                    Ok(status)
-                })
-                .await
-            }
-            OrdersDb::Postgres(pool, s, outbox) => {
-                let mut client = pool.get().await.map_err(|e| e.to_string())?;
-                let tx = client.transaction().await.map_err(|e| pg_error(&e))?;
-                let changed = tx
-                    .execute(
-                        &format!(
-                            "UPDATE \"{s}\".orders SET status = 'confirmed', charge_id = $2
-                             WHERE id = $1 AND status = 'pending'"
-                        ),
-                        &[&id, &charge],
-                    )
-                    .await
-                    .map_err(|e| pg_error(&e))?;
-                announce_pg(outbox, &tx, changed, &event).await?;
-                let status = tx
-                    .query_opt(
-                        &format!("SELECT status FROM \"{s}\".orders WHERE id = $1"),
-                        &[&id],
-                    )
-                    .await
-                    .map_err(|e| pg_error(&e))?
-                    .map(|r| r.get(0));
-                tx.commit().await.map_err(|e| pg_error(&e))?;
-                Ok(status)
-            }
-        }
+        let event = settled_event(
+            id,
+            "confirmed",
+            serde_json::json!({ "charge_id": charge_id }),
+        );
+        self.settle(id, Settle::Confirm, charge_id, event).await
     }
 
     /// Cancels `order` for `reason` and enqueues `order.cancelled`, in one transaction: a
@@ -295,6 +273,76 @@ impl OrdersDb {
                     .map_err(|e| pg_error(&e))?;
                 announce_pg(outbox, &tx, changed, &event).await?;
                 tx.commit().await.map_err(|e| pg_error(&e))
+            }
+        }
+    }
+
+    /// Cancels a confirmed order for `reason` (a buyer's cancel after the checkout, once
+    /// its refund and the release of its stock are done) and enqueues `order.cancelled`, in
+    /// one transaction. The status it has after the call, or `None` when there is no such
+    /// order; a pending order stays pending (its saga decides it), and a repeated call finds
+    /// `cancelled` already and enqueues nothing.
+    pub async fn cancel_confirmed(&self, id: &str, reason: &str) -> Result<Option<String>, String> {
+        let event = settled_event(id, "cancelled", serde_json::json!({ "reason": reason }));
+        self.settle(id, Settle::CancelConfirmed, reason, event)
+            .await
+    }
+
+    /// Moves order `id` along `how` (setting its column to `value`) and enqueues `event` only
+    /// if it moved, in one transaction; the status it has after, `None` if there is no such
+    /// order.
+    async fn settle(
+        &self,
+        id: &str,
+        how: Settle,
+        value: &str,
+        event: NewEvent,
+    ) -> Result<Option<String>, String> {
+        let (id, value) = (id.to_owned(), value.to_owned());
+        let (to, column, from) = how.transition();
+        match self {
+            OrdersDb::Sqlite(conn) => {
+                let update = format!(
+                    "UPDATE orders SET status = '{to}', {column} = ?2 WHERE id = ?1 AND status = '{from}'"
+                );
+                Self::sqlite_run(conn, move |c| {
+                    let tx = c.unchecked_transaction()?;
+                    let changed = tx.execute(&update, params![id, value])?;
+                    announce_sqlite(&tx, changed, &event)?;
+                    let status = tx
+                        .query_row("SELECT status FROM orders WHERE id = ?1", [&id], |r| {
+                            r.get(0)
+                        })
+                        .optional()?;
+                    tx.commit()?;
+                    Ok(status)
+                })
+                .await
+            }
+            OrdersDb::Postgres(pool, s, outbox) => {
+                let mut client = pool.get().await.map_err(|e| e.to_string())?;
+                let tx = client.transaction().await.map_err(|e| pg_error(&e))?;
+                let changed = tx
+                    .execute(
+                        &format!(
+                            "UPDATE \"{s}\".orders SET status = '{to}', {column} = $2
+                             WHERE id = $1 AND status = '{from}'"
+                        ),
+                        &[&id, &value],
+                    )
+                    .await
+                    .map_err(|e| pg_error(&e))?;
+                announce_pg(outbox, &tx, changed, &event).await?;
+                let status = tx
+                    .query_opt(
+                        &format!("SELECT status FROM \"{s}\".orders WHERE id = $1"),
+                        &[&id],
+                    )
+                    .await
+                    .map_err(|e| pg_error(&e))?
+                    .map(|r| r.get(0));
+                tx.commit().await.map_err(|e| pg_error(&e))?;
+                Ok(status)
             }
         }
     }

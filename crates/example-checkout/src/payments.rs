@@ -1,8 +1,9 @@
 //! A fake payment provider: a separate HTTP service with idempotency of its own (the same
 //! layer, in front of its charge handler), as a real provider has. It keeps a ledger of the
 //! charges it actually executed, which is what tests count, lists them page by page for
-//! reconciliation (`GET /charges?from=&to=&after=&limit=`), and can announce each charge by
-//! webhook, unreliably on purpose ([`Chaos`]: dropped, duplicated, late).
+//! reconciliation (`GET /charges?from=&to=&after=&limit=`), refunds a whole charge once
+//! (`POST /refunds`), and can announce each charge by webhook, unreliably on purpose
+//! ([`Chaos`]: dropped, duplicated, late).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,21 @@ pub struct Charge {
     pub reference: String,
     /// `paid`.
     pub status: String,
+    /// When it was made, in milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// One refund the provider executed, as `POST /refunds` answers it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Refund {
+    /// `rf_N`, numbered in the order of execution: a refund made twice shows as two ids.
+    pub id: String,
+    /// The charge refunded.
+    pub charge: String,
+    /// The order id of that charge.
+    pub reference: String,
+    /// The amount in cents: the whole charge.
+    pub amount: u64,
     /// When it was made, in milliseconds since the epoch.
     pub created_at: i64,
 }
@@ -89,6 +105,7 @@ struct Webhooks {
 #[derive(Default)]
 pub struct Ledger {
     charges: Mutex<Vec<Charge>>,
+    refunds: Mutex<Vec<Refund>>,
     /// Rows listed as they are, beside the charges (a provider's malformed rows).
     raw: Mutex<Vec<(i64, serde_json::Value)>>,
     webhooks: Mutex<Option<Webhooks>>,
@@ -105,6 +122,29 @@ impl Ledger {
     /// The charges made, in order; declined and failed requests leave none.
     pub fn charges(&self) -> Vec<Charge> {
         self.charges.lock_ignoring_poison().clone()
+    }
+    /// The refunds made, in order.
+    pub fn refunds(&self) -> Vec<Refund> {
+        self.refunds.lock_ignoring_poison().clone()
+    }
+    /// Starts the books over (a shop's "start over"): no charge, no refund, no raw row, no
+    /// fault pending, the counts at zero; the webhook settings stay. Keys its layer stored
+    /// stay stored, so a caller that starts over must use new references (and so new keys).
+    pub fn reset(&self) {
+        self.charges.lock_ignoring_poison().clear();
+        self.refunds.lock_ignoring_poison().clear();
+        self.raw.lock_ignoring_poison().clear();
+        for counter in [
+            &self.dropped,
+            &self.requests,
+            &self.received,
+            &self.fail_next,
+            &self.slow_next,
+        ] {
+            counter.store(0, Ordering::SeqCst);
+        }
+        self.sent.store(0, Ordering::SeqCst);
+        self.delivered.store(0, Ordering::SeqCst);
     }
     /// Charge requests that reached the handler (replays by the layer do not).
     pub fn executions(&self) -> u64 {
@@ -278,6 +318,46 @@ async fn charge(
     (StatusCode::CREATED, Json(serde_json::json!(c)))
 }
 
+#[derive(Deserialize)]
+struct RefundRequest {
+    charge: String,
+    reference: String,
+}
+
+/// `POST /refunds`: refunds a whole charge, once: a second refund of one charge, under any
+/// key, gets the first back (200). A charge that does not exist, or belongs to another
+/// order, is refused with 404.
+async fn refund(
+    State(ledger): State<Arc<Ledger>>,
+    Json(req): Json<RefundRequest>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let charge = ledger
+        .charges
+        .lock_ignoring_poison()
+        .iter()
+        .find(|c| c.id == req.charge && c.reference == req.reference)
+        .cloned();
+    let Some(charge) = charge else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "no_such_charge"})),
+        );
+    };
+    let mut refunds = ledger.refunds.lock_ignoring_poison();
+    if let Some(r) = refunds.iter().find(|r| r.charge == charge.id) {
+        return (StatusCode::OK, Json(serde_json::json!(r)));
+    }
+    let r = Refund {
+        id: format!("rf_{}", refunds.len() + 1),
+        charge: charge.id,
+        reference: charge.reference,
+        amount: charge.amount,
+        created_at: SystemClock.now().as_millis(),
+    };
+    refunds.push(r.clone());
+    (StatusCode::CREATED, Json(serde_json::json!(r)))
+}
+
 /// Counts every charge request before the idempotency layer sees it.
 async fn count(
     State(ledger): State<Arc<Ledger>>,
@@ -380,16 +460,16 @@ fn list(ledger: &Ledger, q: ListQuery) -> serde_json::Value {
     })
 }
 
-/// The provider's router: `POST /charges` (an `Idempotency-Key` is required), `GET /charges`
-/// (the ledger, paged), `POST /control/fail-next?n=N` and `POST /control/slow-next?ms=N`
-/// (fault injection).
+/// The provider's router: `POST /charges` and `POST /refunds` (an `Idempotency-Key` is
+/// required on both), `GET /charges` (the ledger, paged), `GET /refunds`,
+/// `POST /control/fail-next?n=N` and `POST /control/slow-next?ms=N` (fault injection).
 pub fn router() -> Result<(Router, Arc<Ledger>), String> {
     let ledger = Arc::new(Ledger::default());
     let engine = Arc::new(Engine::new(
         Arc::new(MemoryStore::new(Arc::new(SystemClock))),
         Arc::new(SystemClock),
         crate::keyed_routes(
-            &["/charges"],
+            &["/charges", "/refunds"],
             RoutePolicy {
                 key: KeyRequirement::Required,
                 ..RoutePolicy::default()
@@ -404,6 +484,10 @@ pub fn router() -> Result<(Router, Arc<Ledger>), String> {
                     Json(list(&l, q))
                 },
             ),
+        )
+        .route(
+            "/refunds",
+            post(refund).get(|State(l): State<Arc<Ledger>>| async move { Json(l.refunds()) }),
         )
         .route(
             "/control/fail-next",

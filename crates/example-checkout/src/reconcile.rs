@@ -107,15 +107,34 @@ pub fn invariant() -> Invariant {
 
 /// The job over the shop's orders and the provider at `provider` (its base URL).
 pub fn job(orders: OrdersDb, provider: &str, windows: WindowPlan) -> Job {
+    job_with(
+        orders_source(orders.clone()),
+        mark_paid(orders),
+        provider,
+        windows,
+    )
+}
+
+/// The job with another side of ours and another heal: a shop that keeps whether an order
+/// is paid somewhere else than in the orders' status (the reference shop marks it paid when
+/// the provider's webhook arrives). `ours` speaks the job's vocabulary (`pending`, `paid`,
+/// `cancelled`), and `healer` applies `mark_paid`; the rules, the invariant and the
+/// provider's side are this job's.
+pub fn job_with(
+    ours: Arc<dyn Source>,
+    healer: Arc<dyn Healer>,
+    provider: &str,
+    windows: WindowPlan,
+) -> Job {
     Job {
         name: JOB.into(),
-        ours: orders_source(orders.clone()),
+        ours,
         theirs: Arc::new(ChargesSource {
             url: format!("{}/charges", provider.trim_end_matches('/')),
             http: reqwest::Client::new(),
         }),
         rules: rules(),
-        healer: mark_paid(orders),
+        healer,
         invariant: invariant(),
         windows,
         page_size: 500,

@@ -89,6 +89,19 @@ impl Service {
     }
 }
 
+/// Says that `test` is skipped because `why` (a tool or a browser missing), or, under
+/// `ONCELY_REQUIRE_SERVICES=1`, fails it: the same rule as for services.
+pub fn skip(test: &str, why: &str) {
+    let msg = format!("{test}: {why}");
+    if required() {
+        panic!("{msg} ({REQUIRE_VAR}=1 turns this skip into a failure)");
+    }
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("SKIPPED {msg}\n").as_bytes(),
+    );
+}
+
 fn required() -> bool {
     std::env::var(REQUIRE_VAR).is_ok_and(|v| !v.is_empty() && v != "0")
 }

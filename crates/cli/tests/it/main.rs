@@ -1,6 +1,7 @@
 //! The integration tests of this crate, in one binary (one link instead of one per file).
 
 mod audit;
+mod browser;
 mod check;
 mod common;
 mod encryption;

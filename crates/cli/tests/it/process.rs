@@ -206,6 +206,7 @@ fn the_demo_tour_runs_and_shows_one_execution_per_key() {
     let out = oncely()
         .args([
             "demo",
+            "--tour",
             "--port",
             "0",
             "--work-ms",
@@ -228,6 +229,43 @@ fn the_demo_tour_runs_and_shows_one_execution_per_key() {
     assert!(stdout.contains("{201: 1, 409: 9}"), "{stdout}");
     assert!(stdout.contains("executed 2 order(s)"), "{stdout}");
     assert!(stdout.contains("curl -i -X POST"), "{stdout}");
+}
+
+/// `oncely demo` serves the shop: its API and its UI, on a database of its own that it
+/// removes when stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_the_shop_until_stopped() {
+    let mut child = oncely()
+        .args(["--log-level", "warn", "demo", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let url = listening_url(&mut child);
+    let shop = KillOnDrop(child);
+    let client = TestClient::new();
+    let users = client
+        .send("GET", &format!("{url}/api/users"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(users.status, 200);
+    assert_eq!(users.json()[0]["id"], "ada");
+    let checkout = client
+        .post_keyed(
+            &format!("{url}/api/checkout"),
+            "demo-1",
+            r#"{"card":"tok_ok","items":[{"product":"tea","qty":1}]}"#,
+            &[("x-shop-user", "ada")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(checkout.status, 201, "{:?}", checkout.json());
+    let ui = client.send("GET", &url, &[], "").await.unwrap();
+    assert_eq!(ui.status, 200);
+    assert!(ui
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/html")));
+    shop.stop();
 }
 
 /// `oncely send` through `oncely serve`: the retry client and the gateway together.
