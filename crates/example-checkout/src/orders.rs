@@ -113,6 +113,28 @@ async fn announce_pg(
     Ok(())
 }
 
+/// [`OrdersDb::settle`] on SQLite, in `tx`: whether the order moved, and its status after.
+fn settle_sqlite(
+    tx: &rusqlite::Transaction<'_>,
+    how: Settle,
+    id: &str,
+    value: &str,
+    event: &NewEvent,
+) -> rusqlite::Result<(bool, Option<String>)> {
+    let (to, column, from) = how.transition();
+    let update = format!(
+        "UPDATE orders SET status = '{to}', {column} = ?2 WHERE id = ?1 AND status = '{from}'"
+    );
+    let changed = tx.execute(&update, params![id, value])?;
+    announce_sqlite(tx, changed, event)?;
+    let status = tx
+        .query_row("SELECT status FROM orders WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok((changed == 1, status))
+}
+
 const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS orders (
     id TEXT PRIMARY KEY, saga_id TEXT NOT NULL, email TEXT NOT NULL, items TEXT NOT NULL,
     amount INTEGER NOT NULL, status TEXT NOT NULL, charge_id TEXT, cancel_reason TEXT,
@@ -302,18 +324,9 @@ impl OrdersDb {
         let (to, column, from) = how.transition();
         match self {
             OrdersDb::Sqlite(conn) => {
-                let update = format!(
-                    "UPDATE orders SET status = '{to}', {column} = ?2 WHERE id = ?1 AND status = '{from}'"
-                );
                 Self::sqlite_run(conn, move |c| {
                     let tx = c.unchecked_transaction()?;
-                    let changed = tx.execute(&update, params![id, value])?;
-                    announce_sqlite(&tx, changed, &event)?;
-                    let status = tx
-                        .query_row("SELECT status FROM orders WHERE id = ?1", [&id], |r| {
-                            r.get(0)
-                        })
-                        .optional()?;
+                    let (_, status) = settle_sqlite(&tx, how, &id, &value, &event)?;
                     tx.commit()?;
                     Ok(status)
                 })
@@ -345,6 +358,19 @@ impl OrdersDb {
                 Ok(status)
             }
         }
+    }
+
+    /// [`OrdersDb::cancel_confirmed`] inside a transaction the caller holds on the SQLite
+    /// file of the orders table, so that the caller commits it together with writes of its
+    /// own (the shop records the refund with it). Whether it moved the order now, and the
+    /// status it has in the transaction (`None` when there is no such order).
+    pub fn cancel_confirmed_in(
+        tx: &rusqlite::Transaction<'_>,
+        id: &str,
+        reason: &str,
+    ) -> rusqlite::Result<(bool, Option<String>)> {
+        let event = settled_event(id, "cancelled", serde_json::json!({ "reason": reason }));
+        settle_sqlite(tx, Settle::CancelConfirmed, id, reason, &event)
     }
 
     /// One order.

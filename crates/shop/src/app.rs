@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use oncely_saga::{Runner, RunnerConfig, SagaStore};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::chaos::Chaos;
+use crate::chaos::{Chaos, Fault, Faults};
 use crate::config::{Config, DbUrl, LEASE};
 use crate::events::Consumers;
 use crate::store::sqlite::SqliteShop;
@@ -56,6 +57,10 @@ pub(crate) struct Shop {
     pub(crate) provider: Arc<payments::Ledger>,
     /// The fault switches.
     pub(crate) chaos: Arc<Chaos>,
+    /// The faults only a test arms ([`Running::inject`]).
+    pub(crate) faults: Arc<Faults>,
+    /// How many provider webhooks the reorder switch has held back.
+    pub(crate) webhooks_held: AtomicU64,
     /// The audit trail.
     pub(crate) trail: Arc<Trail>,
     /// Runs and findings.
@@ -157,6 +162,18 @@ impl Running {
                 .map_err(ShopError::Database)?;
         }
         Ok(events.len())
+    }
+
+    /// Arms `fault` for the next `times` times (0 disarms it): a crash or a database error
+    /// placed exactly where a test needs it (see [`Fault`]).
+    pub fn inject(&self, fault: Fault, times: u64) {
+        self.shop.faults.arm(fault, times);
+    }
+
+    /// How many provider webhooks the reorder switch has held back so far (each is let
+    /// through after the next one, or after a second).
+    pub fn webhooks_held(&self) -> u64 {
+        self.shop.webhooks_held.load(Ordering::SeqCst)
     }
 
     /// Stops the listeners, the runner, the relay and the periodic reconciliation, lets the
@@ -343,11 +360,13 @@ pub async fn start(config: Config) -> Result<Running, ShopError> {
     );
 
     let history_moved = Arc::new(Notify::new());
+    let faults = Arc::new(Faults::default());
     let consumers = Arc::new(Consumers::new(
         store.clone(),
         trail.clone(),
         history_moved.clone(),
         config.history_lag,
+        faults.clone(),
     ));
     let relay = Relay::new(
         outbox.clone(),
@@ -389,6 +408,8 @@ pub async fn start(config: Config) -> Result<Running, ShopError> {
         inventory,
         provider,
         chaos: Arc::new(Chaos::default()),
+        faults,
+        webhooks_held: AtomicU64::new(0),
         trail,
         reconciler: Reconciler::new(
             reconcile_store.clone(),

@@ -144,6 +144,48 @@ impl Chaos {
     }
 }
 
+/// A fault no switch of `/api/chaos` reaches: the crashes and database errors a test must
+/// be able to place exactly, armed through [`crate::Running::inject`] for the next N times.
+/// Nothing arms them in a running demo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A keyed write (`POST /api/checkout`, `POST /api/orders/{id}/cancel`) does all its
+    /// work and then answers 503 instead of its outcome, as a process dying before it
+    /// answered would: the idempotency layer stores nothing, so a retry under the same key
+    /// runs the handler again against what the first attempt left.
+    AnswerLost,
+    /// The follow-up of an order's settlement (the cart emptied, the saga's decision
+    /// audited) fails before it does anything, as a database error would: the relay hands
+    /// the event over again later.
+    FollowUpFails,
+}
+
+/// The armed [`Fault`]s, each a "next N" count.
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    answer_lost: AtomicU64,
+    follow_up_fails: AtomicU64,
+}
+
+impl Faults {
+    fn slot(&self, fault: Fault) -> &AtomicU64 {
+        match fault {
+            Fault::AnswerLost => &self.answer_lost,
+            Fault::FollowUpFails => &self.follow_up_fails,
+        }
+    }
+
+    /// Arms `fault` for the next `times` times (0 disarms it).
+    pub(crate) fn arm(&self, fault: Fault, times: u64) {
+        self.slot(fault).store(times, Ordering::SeqCst);
+    }
+
+    /// Whether `fault` strikes now (one use of its count).
+    pub(crate) fn strikes(&self, fault: Fault) -> bool {
+        take(self.slot(fault))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

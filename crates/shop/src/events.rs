@@ -1,8 +1,9 @@
-//! The in-process consumers of the outbox: the order history (the read model) and the
-//! notifications, each behind the inbox, so an event has its effect once however often the
-//! relay delivers it. The relay hands each event to [`Consumers`], a publisher that applies
-//! it for both and confirms only when both committed; a retry after one failed finds the
-//! other's copy in its inbox and applies nothing there.
+//! The in-process consumers of the outbox: the order history (the read model), the
+//! follow-up of an order's settlement (its cart emptied, the saga's decision audited) and
+//! the notifications, each behind the inbox under its own name, so an event has each effect
+//! once however often the relay delivers it. The relay hands each event to [`Consumers`], a
+//! publisher that applies it for all three and confirms only when all committed; a retry
+//! after one failed finds the others' copies in the inbox and applies nothing there.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use async_trait::async_trait;
 use oncely_outbox::{OutboxEvent, PublishError, Publisher};
 use tokio::sync::Notify;
 
+use crate::chaos::{Fault, Faults};
 use crate::store::{Applied, Consumer, ShopStore};
 use crate::trail::{Entity, Trail};
 
@@ -22,6 +24,8 @@ pub(crate) struct Consumers {
     history_moved: Arc<Notify>,
     /// How long after its commit an event is delivered.
     lag: std::time::Duration,
+    /// The faults a test arms.
+    faults: Arc<Faults>,
 }
 
 impl Consumers {
@@ -31,16 +35,20 @@ impl Consumers {
         trail: Arc<Trail>,
         history_moved: Arc<Notify>,
         lag: std::time::Duration,
+        faults: Arc<Faults>,
     ) -> Self {
         Consumers {
             store,
             trail,
             history_moved,
             lag,
+            faults,
         }
     }
 
-    /// Applies `event` for both consumers; whether each applied it now.
+    /// Applies `event` for both consumers, and follows up an order's settlement; whether
+    /// each consumer applied it now. Each of the three is behind the inbox on its own, so a
+    /// delivery after one of them failed does what is left and nothing twice.
     pub(crate) async fn deliver(&self, event: &OutboxEvent) -> Result<(Applied, Applied), String> {
         let history = self
             .store
@@ -48,9 +56,7 @@ impl Consumers {
             .await
             .map_err(|e| e.to_string())?;
         self.history_moved.notify_waiters();
-        if history == Applied::Now {
-            self.after_history(event).await?;
-        }
+        self.follow_up(event).await?;
         let notifications = self
             .store
             .apply(Consumer::Notifications, event)
@@ -59,10 +65,12 @@ impl Consumers {
         Ok((history, notifications))
     }
 
-    /// What follows an order's confirmation or cancellation by its checkout, once: the
-    /// cart emptied (the checkout's answer may never have reached the buyer) and the audit
-    /// event of the saga's decision.
-    async fn after_history(&self, event: &OutboxEvent) -> Result<(), String> {
+    /// What follows an order's confirmation or cancellation by its checkout: the cart
+    /// emptied (the checkout's answer may never have reached the buyer) and the audit event
+    /// of the saga's decision. Tried on every delivery and done once: the store keeps the
+    /// event's id with the cart's change under an inbox consumer of its own, and the audit
+    /// events are recorded only by the delivery that did it.
+    async fn follow_up(&self, event: &OutboxEvent) -> Result<(), String> {
         let order = event.aggregate_id.as_str();
         let saga_decided = match event.event_type.as_str() {
             "order.confirmed" => Some("order.confirmed"),
@@ -73,32 +81,30 @@ impl Consumers {
         let Some(action) = saga_decided else {
             return Ok(());
         };
-        if action == "order.confirmed" {
-            if let Some(o) = self
-                .store
-                .shop_order(order)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                let emptied = self
-                    .store
-                    .empty_cart_for(order, &o.user, event.created_at.0)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if let Some(w) = emptied {
-                    self.trail.by_system(
-                        "checkout-saga",
-                        "cart.emptied",
-                        Entity {
-                            kind: "cart",
-                            id: &o.user,
-                        },
-                        None,
-                        w.old.map(|c| serde_json::json!(c)),
-                        Some(serde_json::json!({ "items": [], "version": w.new.value.version, "order": order })),
-                    );
-                }
-            }
+        if self.faults.strikes(Fault::FollowUpFails) {
+            return Err("injected: the follow-up failed".into());
+        }
+        let confirmed = action == "order.confirmed";
+        let Some(done) = self
+            .store
+            .follow_up(event, confirmed)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        if let Some((user, w)) = done.emptied {
+            self.trail.by_system(
+                "checkout-saga",
+                "cart.emptied",
+                Entity {
+                    kind: "cart",
+                    id: &user,
+                },
+                None,
+                w.old.map(|c| serde_json::json!(c)),
+                Some(serde_json::json!({ "items": [], "version": w.new.value.version, "order": order })),
+            );
         }
         self.trail.by_system(
             "checkout-saga",

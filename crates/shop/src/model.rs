@@ -123,6 +123,8 @@ pub struct ShopOrder {
     pub charge_id: Option<String>,
     /// When it was placed (ms since the epoch).
     pub created_at: i64,
+    /// The `Idempotency-Key` of the buyer's cancel that refunded it.
+    pub cancel_key: Option<String>,
 }
 
 /// An order as the order history (the read model) shows it.

@@ -124,7 +124,9 @@ fn operations() -> Vec<(&'static str, &'static str, Value)> {
         "cancelled: refunded through the provider, stock released",
         schema("Order"),
     );
-    cancelled["headers"] = token;
+    cancelled["headers"] = token.clone();
+    let mut progress = ok("the progress", schema("CheckoutProgress"));
+    progress["headers"] = token;
     vec![
         ("get", "/api/users", op("The shop's named users (no user header needed)", Needs::default(),
             None, vec![("200", ok("the users", json!({ "type": "array", "items": schema("User") })))])),
@@ -159,7 +161,7 @@ fn operations() -> Vec<(&'static str, &'static str, Value)> {
             ("409", problem("`urn:oncely:shop:out-of-stock`, or the key still in progress")),
         ])),
         ("get", "/api/checkouts/{id}", op("A checkout's progress, from the saga's own store", USER, None, vec![
-            ("200", ok("the progress", schema("CheckoutProgress"))),
+            ("200", progress),
             ("404", problem("no such checkout of the caller's")),
         ])),
         ("get", "/api/orders", op("The caller's order history (the read model), newest first", consistent, None, vec![
@@ -171,10 +173,10 @@ fn operations() -> Vec<(&'static str, &'static str, Value)> {
             ("400", problem("`urn:oncely:shop:invalid-consistency-token`")),
             ("404", problem("not in the caller's history (yet)")),
         ])),
-        ("post", "/api/orders/{id}/cancel", op("Cancels a confirmed order", with_key, None, vec![
+        ("post", "/api/orders/{id}/cancel", op("Cancels a confirmed order (a retry under the key of the cancel that cancelled it answers 200 again)", with_key, None, vec![
             ("200", cancelled),
             ("404", problem("no such order")),
-            ("409", problem("`urn:oncely:shop:not-cancellable`: cancelled already, still checking out, or not the caller's")),
+            ("409", problem("`urn:oncely:shop:not-cancellable`: cancelled already (by anything but this key's cancel), still checking out, or not the caller's")),
         ])),
         ("get", "/api/profile", op("The caller's profile, with ETag and Last-Modified", USER, None, vec![
             ("200", ok("the profile", schema("Profile"))),
@@ -198,8 +200,10 @@ fn operations() -> Vec<(&'static str, &'static str, Value)> {
         ("get", "/api/notifications", op("The caller's notifications, written once per event by an inbox consumer", USER, None, vec![
             ("200", ok("the notifications", json!({ "type": "array", "items": schema("Notification") }))),
         ])),
-        ("get", "/api/audit", op("Audit events about one entity (`?entity=order:ord_…`), or the caller's own", USER, None, vec![
+        ("get", "/api/audit", op("Audit events about one of the caller's own entities (`?entity=order:ord_…`, `cart:ada`, `profile:ada`, `favourites:ada`), or the events the caller caused", USER, None, vec![
             ("200", ok("the events, newest first", json!({ "type": "array", "items": schema("AuditEvent") }))),
+            ("400", problem("`entity` empty or too long")),
+            ("404", problem("`urn:oncely:shop:not-found`: not an entity of the caller's")),
         ])),
         ("post", "/api/audit/redact", op("Redacts one user's personal fields (actor, client address, user agent)", USER,
             Some(json!({ "type": "object", "required": ["user"], "properties": { "user": { "type": "string" } } })), vec![

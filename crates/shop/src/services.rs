@@ -95,6 +95,7 @@ async fn webhook_gate(
             }
             None => {
                 let serial = HELD.fetch_add(1, Ordering::SeqCst);
+                shop.webhooks_held.fetch_add(1, Ordering::SeqCst);
                 *shop.held_webhook.lock_ignoring_poison() = Some(HeldWebhook {
                     headers,
                     body,

@@ -1,10 +1,12 @@
 //! The web UI, embedded at build time from `web/dist` (see `build.rs`): each file at its
 //! path, any other path outside `/api` answered with `index.html` (the UI routes on the
-//! client). Files whose names carry a content hash are cached for good; `index.html` is
-//! revalidated every time, so a new build reaches the browser at once.
+//! client) unless it names a file, which is 404. Files whose names carry a content hash are
+//! cached for good; `index.html` is revalidated every time, so a new build reaches the
+//! browser at once. Every answer carries `X-Content-Type-Options: nosniff`.
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Response, StatusCode};
+use axum::response::IntoResponse;
 
 /// One embedded file.
 #[derive(Debug)]
@@ -38,29 +40,50 @@ pub fn is_built() -> bool {
     !ASSETS.is_empty()
 }
 
-/// The answer for `path` (outside `/api`) from `assets`.
-pub fn answer_from(assets: &[Asset], path: &str) -> Response<Body> {
-    let found = assets
+fn find<'a>(assets: &'a [Asset], path: &str) -> Option<&'a Asset> {
+    assets
         .binary_search_by(|a| a.path.cmp(path))
         .ok()
         .and_then(|i| assets.get(i))
-        .or_else(|| {
-            // A client-side route: the UI's entry page.
-            assets
-                .binary_search_by(|a| a.path.cmp("/index.html"))
-                .ok()
-                .and_then(|i| assets.get(i))
-        });
-    let Some(asset) = found else {
-        return page(NOT_BUILT.as_bytes(), "text/html; charset=utf-8", false);
-    };
-    page(asset.bytes, asset.content_type, asset.immutable)
+}
+
+/// Whether `path` names a file rather than a route of the UI: anything under `/assets/`, or
+/// a last segment with an extension (`/favicon.ico`). The UI's own routes (`/orders/ord_1`)
+/// have none.
+fn names_a_file(path: &str) -> bool {
+    path.starts_with("/assets/") || path.rsplit('/').next().is_some_and(|s| s.contains('.'))
+}
+
+/// The answer for `path` (outside `/api`) from `assets`: the file, the UI's entry page for
+/// its own routes, or 404 for a file that is not there (answering it with the entry page
+/// would hand a script or stylesheet tag an HTML page with 200).
+pub fn answer_from(assets: &[Asset], path: &str) -> Response<Body> {
+    if let Some(asset) = find(assets, path) {
+        return page(asset.bytes, asset.content_type, asset.immutable);
+    }
+    if path != "/index.html" && names_a_file(path) {
+        let mut r =
+            crate::problem::Problem::not_found(format!("no file {path} in the UI")).into_response();
+        let h = r.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+        return r;
+    }
+    match find(assets, "/index.html") {
+        // A client-side route: the UI's entry page.
+        Some(index) => page(index.bytes, index.content_type, index.immutable),
+        None => page(NOT_BUILT.as_bytes(), "text/html; charset=utf-8", false),
+    }
 }
 
 /// The answer for `path` (outside `/api`).
 pub fn answer(path: &str) -> Response<Body> {
     answer_from(ASSETS, path)
 }
+
+/// Every UI answer says so: a browser takes each file as the type it is served with, never
+/// as what its bytes look like.
+const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 
 fn page(bytes: &'static [u8], content_type: &'static str, immutable: bool) -> Response<Body> {
     let mut r = Response::new(Body::from(bytes));
@@ -75,6 +98,7 @@ fn page(bytes: &'static [u8], content_type: &'static str, immutable: bool) -> Re
             "no-cache"
         }),
     );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
     r
 }
 
@@ -127,5 +151,37 @@ mod tests {
             "text/html; charset=utf-8"
         );
         assert_eq!(route.headers()[header::CACHE_CONTROL], "no-cache");
+        for r in [&js, &route] {
+            assert_eq!(r.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_404_never_the_entry_page() {
+        let assets = [Asset {
+            path: "/index.html",
+            bytes: b"<html>",
+            content_type: "text/html; charset=utf-8",
+            immutable: false,
+        }];
+        for built in [&assets[..], &[]] {
+            for path in [
+                "/assets/app-Old12345.js",
+                "/assets/x",
+                "/favicon.ico",
+                "/a/b.css",
+            ] {
+                let r = answer_from(built, path);
+                assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+                assert_eq!(
+                    r.headers()[header::CONTENT_TYPE],
+                    oncely_core::problem::PROBLEM_CONTENT_TYPE
+                );
+                assert_eq!(r.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+            }
+            for path in ["/", "/index.html", "/orders/ord_1"] {
+                assert_eq!(answer_from(built, path).status(), StatusCode::OK, "{path}");
+            }
+        }
     }
 }

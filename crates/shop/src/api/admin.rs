@@ -22,8 +22,8 @@ use crate::chaos::SwitchesChange;
 use crate::problem::{json_answer, parse_body, Problem};
 use crate::trail::Entity;
 
-/// `GET /api/audit?entity=order:ord_…`: the events about one entity, newest first; without
-/// `entity`, the events the caller caused.
+/// `GET /api/audit?entity=order:ord_…`: the events about one entity of the caller's own
+/// (404 for anyone else's), newest first; without `entity`, the events the caller caused.
 pub(super) async fn audit(
     State(shop): State<Arc<Shop>>,
     Extension(caller): Extension<Caller>,
@@ -35,11 +35,38 @@ pub(super) async fn audit(
                 "`entity` is `kind:id`, such as `order:ord_…`",
             ))
         }
-        Some(entity) => shop.trail.about(entity, 500).await,
+        Some(entity) => {
+            if !owns(&shop, &caller, entity).await? {
+                // The same answer whether it exists or not: another user's entity is not
+                // confirmed to exist.
+                return Err(Problem::not_found(format!(
+                    "no audit events about {entity} of yours"
+                )));
+            }
+            shop.trail.about(entity, 500).await
+        }
         None => shop.trail.by(caller.user.id, 500).await,
     }
     .map_err(Problem::unavailable)?;
     Ok(json_answer(StatusCode::OK, &events))
+}
+
+/// Whether `entity` (`kind:id`) is the caller's own: one of their orders, or their cart,
+/// profile or favourites. The events about anything else carry other people's client
+/// addresses and user agents.
+async fn owns(shop: &Shop, caller: &Caller, entity: &str) -> Result<bool, Problem> {
+    let Some((kind, id)) = entity.split_once(':') else {
+        return Ok(false);
+    };
+    Ok(match kind {
+        "order" => shop
+            .store
+            .shop_order(id)
+            .await?
+            .is_some_and(|o| o.user == caller.user.id),
+        "cart" | "profile" | "favourites" => id == caller.user.id,
+        _ => false,
+    })
 }
 
 #[derive(Deserialize)]

@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 
 use super::Caller;
 use crate::app::Shop;
+use crate::chaos::Fault;
 use crate::events::BUYER_CANCEL;
 use crate::model::{check_lines, Line, OrderView, ShopOrder};
 use crate::problem::{json_answer, parse_body, Problem};
@@ -65,6 +66,17 @@ async fn with_token(shop: &Shop, order: &str, mut answer: Response<Body>) -> Res
     answer
 }
 
+/// The 503 a test's [`Fault::AnswerLost`] puts in place of a keyed write's answer, once its
+/// work is done.
+fn answer_lost(shop: &Shop) -> Result<(), Problem> {
+    if shop.faults.strikes(Fault::AnswerLost) {
+        return Err(Problem::unavailable(
+            "injected: the answer was lost after the work was done",
+        ));
+    }
+    Ok(())
+}
+
 fn with_location(mut answer: Response<Body>, checkout: &str) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(&format!("/api/checkouts/{checkout}")) {
         answer.headers_mut().insert(header::LOCATION, v);
@@ -98,15 +110,74 @@ pub(super) async fn start(
         &k.scope.route,
         k.key.as_str(),
     ]);
+    // A retry whose first attempt started the saga answers from the saga's own input: the
+    // e-mail in the profile may have changed since, and rebuilding the input from it would
+    // make another checkout of the same key.
+    let input = match stored_input(&shop, &id).await? {
+        Some(input) => input,
+        None => begin(&shop, &caller, &id, &request).await?,
+    };
+    same_request(&input, &request.card, &request.items)?;
+    let order_id = input.order_id.clone();
+    let total_cents = input.amount;
+    let deadline = tokio::time::Instant::now() + shop.timing.checkout_wait;
+    let outcome = loop {
+        let outcome = outcome_of(&shop, &id).await?;
+        let pending = matches!(outcome, Outcome::Pending { .. } | Outcome::Stuck { .. });
+        if !pending || tokio::time::Instant::now() >= deadline {
+            break outcome;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let answer = match &outcome {
+        Outcome::Confirmed(_) => {
+            empty_cart(&shop, &caller, &order_id).await;
+            json_answer(
+                StatusCode::CREATED,
+                &json!({
+                    "checkout": id, "order": order_id, "status": "confirmed",
+                    "total_cents": total_cents,
+                }),
+            )
+        }
+        Outcome::Cancelled { reason, .. } => turned_back(&id, &order_id, reason).into_response(),
+        Outcome::Pending { .. } | Outcome::Stuck { .. } => json_answer(
+            StatusCode::ACCEPTED,
+            &json!({ "checkout": id, "order": order_id, "status": "pending" }),
+        ),
+    };
+    shop.wake_relay.notify_one();
+    answer_lost(&shop)?;
+    Ok(with_token(&shop, &order_id, with_location(answer, &id)).await)
+}
+
+/// The input the checkout `id` was started with, if it was.
+async fn stored_input(shop: &Shop, id: &str) -> Result<Option<CheckoutInput>, Problem> {
+    let Some((saga, _)) = shop.sagas.get(id).await.map_err(Problem::unavailable)? else {
+        return Ok(None);
+    };
+    serde_json::from_value(saga.input)
+        .map(Some)
+        .map_err(|e| Problem::unavailable(format!("checkout {id} has an unreadable input: {e}")))
+}
+
+/// Places the order of a new checkout `id` and starts its saga, with the e-mail the profile
+/// has now; the saga's input.
+async fn begin(
+    shop: &Shop,
+    caller: &Caller,
+    id: &str,
+    request: &CheckoutBody,
+) -> Result<CheckoutInput, Problem> {
     let email = match shop.store.profile(caller.user.id).await? {
         Some(p) => p.value.email,
         None => caller.user.email.to_owned(),
     };
     let input = CheckoutInput::new(
-        &id,
+        id,
         CheckoutRequest {
             email,
-            card: request.card,
+            card: request.card.clone(),
             items: request
                 .items
                 .iter()
@@ -121,14 +192,14 @@ pub(super) async fn start(
     let order = NewOrder {
         id: input.order_id.clone(),
         user: caller.user.id.to_owned(),
-        checkout: id.clone(),
+        checkout: id.to_owned(),
         items: request.items.clone(),
         total_cents: input.amount,
     };
     if shop.store.place_order(&order, shop.now()).await? {
         shop.wake_relay.notify_one();
         shop.trail.by_user(
-            &caller,
+            caller,
             "order.placed",
             Entity {
                 kind: "order",
@@ -138,47 +209,33 @@ pub(super) async fn start(
             Some(json!({ "items": order.items, "total_cents": order.total_cents, "checkout": id })),
         );
     }
-    match Checkout::start(&shop.runner, &id, &input).await {
-        Ok(_) => {}
-        // The same key and body with another e-mail in the profile meanwhile.
-        Err(e @ SagaError::Conflict(_)) => {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "checkout-conflict",
-                "This checkout exists with another input",
-                e.to_string(),
-            ))
-        }
-        Err(e) => return Err(Problem::unavailable(e)),
+    match Checkout::start(&shop.runner, id, &input).await {
+        Ok(_) => Ok(input),
+        // Started meanwhile by an attempt that outlived its key's lease: its input stands.
+        Err(SagaError::Conflict(_)) => stored_input(shop, id)
+            .await?
+            .ok_or_else(|| Problem::unavailable(format!("checkout {id} vanished"))),
+        Err(e) => Err(Problem::unavailable(e)),
     }
-    let deadline = tokio::time::Instant::now() + shop.timing.checkout_wait;
-    let outcome = loop {
-        let outcome = outcome_of(&shop, &id).await?;
-        let pending = matches!(outcome, Outcome::Pending { .. } | Outcome::Stuck { .. });
-        if !pending || tokio::time::Instant::now() >= deadline {
-            break outcome;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let answer = match &outcome {
-        Outcome::Confirmed(_) => {
-            empty_cart(&shop, &caller, &order.id).await;
-            json_answer(
-                StatusCode::CREATED,
-                &json!({
-                    "checkout": id, "order": order.id, "status": "confirmed",
-                    "total_cents": order.total_cents,
-                }),
-            )
-        }
-        Outcome::Cancelled { reason, .. } => turned_back(&id, &order.id, reason).into_response(),
-        Outcome::Pending { .. } | Outcome::Stuck { .. } => json_answer(
-            StatusCode::ACCEPTED,
-            &json!({ "checkout": id, "order": order.id, "status": "pending" }),
-        ),
-    };
-    shop.wake_relay.notify_one();
-    Ok(with_token(&shop, &order.id, with_location(answer, &id)).await)
+}
+
+/// Refuses a request that does not ask for what the checkout of its key was started with
+/// (the idempotency layer refuses that first, while it keeps the key's record; the saga
+/// outlives the record).
+fn same_request(input: &CheckoutInput, card: &str, items: &[Line]) -> Result<(), Problem> {
+    let same_items = input.items.len() == items.len()
+        && input
+            .items
+            .iter()
+            .zip(items)
+            .all(|(i, l)| i.sku == l.product && i.qty == l.qty);
+    if input.card == card && same_items {
+        return Ok(());
+    }
+    Err(Problem::unprocessable(
+        "checkout-conflict",
+        "this Idempotency-Key started a checkout of other items or with another card; use a new key for a new checkout",
+    ))
 }
 
 /// Why a checkout turned back, as its answer.
@@ -303,7 +360,9 @@ fn steps(saga: &SagaRecord, log: &[LogEntry]) -> Vec<Value> {
         .collect()
 }
 
-/// `GET /api/checkouts/{id}`: the saga's progress, from its own store (strong).
+/// `GET /api/checkouts/{id}`: the saga's progress, from its own store (strong), with the
+/// consistency token of its order's newest event (a client that waited out a 202 reads the
+/// history fresh with it).
 pub(super) async fn progress(
     State(shop): State<Arc<Shop>>,
     Extension(caller): Extension<Caller>,
@@ -321,7 +380,7 @@ pub(super) async fn progress(
     if owner.as_ref().is_none_or(|o| o.user != caller.user.id) {
         return Err(not_found());
     }
-    Ok(json_answer(
+    let answer = json_answer(
         StatusCode::OK,
         &json!({
             "checkout": id,
@@ -331,7 +390,10 @@ pub(super) async fn progress(
             "steps": steps(&saga, &log),
             "updated_at": format_rfc3339(saga.updated_at),
         }),
-    ))
+    );
+    // Read after the saga: a checkout seen settled has its settling event at or below the
+    // token, so a history read presenting it sees the order as this answer does.
+    Ok(with_token(&shop, &order, answer).await)
 }
 
 fn not_cancellable(detail: impl Into<String>) -> Problem {
@@ -379,18 +441,22 @@ fn order_json(order: &ShopOrder, status: &str, payment: &str, updated_at: i64) -
 }
 
 /// `POST /api/orders/{id}/cancel`: a confirmed order of the caller's is refunded through
-/// the provider, its stock released at the inventory, and then cancelled (each call keyed by
-/// the order, so a retry after a failure repeats nothing). 409 when it is cancelled
-/// already, still being checked out, or not the caller's.
+/// the provider, its stock released at the inventory, and then cancelled with its payment
+/// recorded as refunded, in one transaction (each call keyed by the order, so a retry after a
+/// failure repeats nothing). A retry of the cancel that cancelled the order (its answer lost:
+/// the same key), or an order an earlier build left cancelled but not refunded, is finished
+/// and answered 200 again. 409 when it is cancelled already by anything else, still being
+/// checked out, or not the caller's.
 pub(super) async fn cancel(
     State(shop): State<Arc<Shop>>,
     Extension(caller): Extension<Caller>,
     claimed: Option<Extension<Claimed>>,
     Path(id): Path<String>,
 ) -> Result<Response<Body>, Problem> {
-    if claimed.is_none() {
+    let Some(Extension(claimed)) = claimed else {
         return Err(missing_claim());
-    }
+    };
+    let key = claimed.record_key.key.as_str();
     let order = shop
         .store
         .shop_order(&id)
@@ -404,8 +470,14 @@ pub(super) async fn cancel(
         .await
         .map_err(Problem::unavailable)?
         .ok_or_else(|| not_cancellable(format!("order {id} is still being checked out")))?;
+    let reason = format!("{BUYER_CANCEL}{}", caller.user.id);
     match placed.status.as_str() {
         "confirmed" => {}
+        // The buyer's own cancel got this far before: its retry finishes it (the refund and
+        // the release replay under their keys, the final transaction writes what is left).
+        "cancelled"
+            if placed.cancel_reason.as_deref() == Some(reason.as_str())
+                && (order.payment != "refunded" || order.cancel_key.as_deref() == Some(key)) => {}
         "cancelled" => return Err(not_cancellable(format!("order {id} is cancelled already"))),
         _ => {
             return Err(not_cancellable(format!(
@@ -431,26 +503,29 @@ pub(super) async fn cancel(
         json!({}),
     )
     .await?;
-    let reason = format!("{BUYER_CANCEL}{}", caller.user.id);
-    crate::app::orders(&shop)
-        .cancel_confirmed(&id, &reason)
-        .await
-        .map_err(Problem::unavailable)?;
-    let refund_id = refund["id"].as_str().unwrap_or_default().to_owned();
-    shop.store
-        .mark_refunded(&id, &refund_id, shop.now())
+    let refund_id = refund["id"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| Problem::unavailable(format!("the provider's refund of {id} has no id")))?
+        .to_owned();
+    let settled = shop
+        .store
+        .cancel_refunded(&id, &reason, &refund_id, key, shop.now())
         .await?;
-    shop.wake_relay.notify_one();
-    shop.trail.by_user(
-        &caller,
-        "order.cancelled",
-        Entity {
-            kind: "order",
-            id: &id,
-        },
-        Some(json!({ "status": "confirmed", "payment": order.payment })),
-        Some(json!({ "status": "cancelled", "payment": "refunded", "refund_id": refund_id })),
-    );
+    if settled.cancelled || settled.refunded {
+        shop.wake_relay.notify_one();
+        shop.trail.by_user(
+            &caller,
+            "order.cancelled",
+            Entity {
+                kind: "order",
+                id: &id,
+            },
+            Some(json!({ "status": placed.status, "payment": order.payment })),
+            Some(json!({ "status": "cancelled", "payment": "refunded", "refund_id": refund_id })),
+        );
+    }
+    answer_lost(&shop)?;
     let view = order_json(&order, "cancelled", "refunded", shop.now());
     Ok(with_token(&shop, &id, json_answer(StatusCode::OK, &view)).await)
 }

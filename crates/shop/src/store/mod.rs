@@ -84,6 +84,22 @@ pub(crate) enum Applied {
     Before,
 }
 
+/// What a buyer's cancel changed in its final transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CancelSettled {
+    /// The order moved from confirmed to cancelled now.
+    pub cancelled: bool,
+    /// The payment was recorded as refunded now.
+    pub refunded: bool,
+}
+
+/// What following up an order's settlement did, the first time.
+#[derive(Debug, Clone)]
+pub(crate) struct FollowedUp {
+    /// The buyer and their cart, if it was emptied now.
+    pub emptied: Option<(String, Written<Cart>)>,
+}
+
 /// An order to record as placed (with its `order.placed` event).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NewOrder {
@@ -184,9 +200,21 @@ pub(crate) trait ShopStore: Send + Sync + 'static {
         by: &str,
         at: i64,
     ) -> Result<MarkedPaid, DbError>;
-    /// Records the payment of `order` as refunded by `refund` and enqueues
-    /// `order.refunded`, once; whether it changed.
-    async fn mark_refunded(&self, order: &str, refund: &str, at: i64) -> Result<bool, DbError>;
+    /// A buyer's cancel, once the refund and the release are done: cancels the confirmed
+    /// order `order` for `reason` in the checkout's orders table (enqueuing
+    /// `order.cancelled`) and records its payment as refunded by `refund` under the cancel's
+    /// idempotency key `key` (enqueuing `order.refunded`), in one transaction, so that no
+    /// crash leaves the order cancelled with its payment still paid. Each part changes only
+    /// what has not changed yet, so a retry finishes what an earlier attempt left; an order
+    /// neither confirmed nor cancelled is refused and nothing is written.
+    async fn cancel_refunded(
+        &self,
+        order: &str,
+        reason: &str,
+        refund: &str,
+        key: &str,
+        at: i64,
+    ) -> Result<CancelSettled, DbError>;
     /// Orders placed in `[from, to)` after `after` (their time and id), oldest first, at
     /// most `limit`: reconciliation's side of ours.
     async fn payments_between(
@@ -203,6 +231,15 @@ pub(crate) trait ShopStore: Send + Sync + 'static {
     async fn positions(&self) -> Result<Positions, DbError>;
     /// Applies `event` for `consumer`, once however often it comes.
     async fn apply(&self, consumer: Consumer, event: &OutboxEvent) -> Result<Applied, DbError>;
+    /// The follow-up of an order's settlement by its checkout (`order.confirmed`, or
+    /// `order.cancelled` by the saga), once per event however often it comes, under an
+    /// inbox consumer of its own: with `empty_cart`, the buyer's cart emptied for the order
+    /// (once per order, whoever did it first). `None` when the event was followed up before.
+    async fn follow_up(
+        &self,
+        event: &OutboxEvent,
+        empty_cart: bool,
+    ) -> Result<Option<FollowedUp>, DbError>;
     /// Up to `limit` events the relay delivered already, oldest first (to hand them to the
     /// consumers again: a redelivery the inbox must absorb).
     async fn delivered_events(&self, limit: usize) -> Result<Vec<OutboxEvent>, DbError>;

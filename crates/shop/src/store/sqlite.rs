@@ -12,13 +12,17 @@ use oncely_conditional::{Current, Table, Timestamp, WriteError, WriteGuard};
 use oncely_core::conditional::format_rfc3339;
 use oncely_core::sync::LockIgnoringPoison;
 use oncely_db::migrate::{Migration, Migrations};
+use oncely_example_checkout::orders::OrdersDb;
 use oncely_outbox::inbox::sqlite::apply_once;
 use oncely_outbox::inbox::Applied as InboxApplied;
 use oncely_outbox::sqlite::SqliteOutbox;
 use oncely_outbox::{EventId, NewEvent, OutboxEvent};
 use rusqlite::{params, Connection, OptionalExtension as _, Row, TransactionBehavior};
 
-use super::{Applied, Consumer, Guarded, MarkedPaid, NewOrder, NotesSaved, ShopStore, Written};
+use super::{
+    Applied, CancelSettled, Consumer, FollowedUp, Guarded, MarkedPaid, NewOrder, NotesSaved,
+    ShopStore, Written,
+};
 use crate::catalog::USERS;
 use crate::model::{
     Address, Cart, Line, Notes, Notification, OrderView, PaymentRow, Positions, Profile,
@@ -121,8 +125,19 @@ BEGIN
     INSERT INTO shop_outbox_positions (event_id, aggregate_id) VALUES (NEW.id, NEW.aggregate_id);
 END;
 ",
+    }, Migration {
+        version: 2,
+        description: "the idempotency key of the buyer's cancel that refunded an order",
+        // A retry of that cancel (its answer lost) is told apart from another cancel of an
+        // order cancelled already.
+        sql: "ALTER TABLE shop_orders ADD COLUMN cancel_key TEXT;",
     }],
 };
+
+/// The inbox consumer of the follow-up of an order's settlement (the cart emptied): apart
+/// from the order history's, so that a follow-up that failed is done on the next delivery
+/// even though the history applied the event already.
+const FOLLOW_UP: &str = "order-follow-up";
 
 const CARTS: Table = Table::new("shop_carts", "user_id", "items");
 const PROFILES: Table = Table::new("shop_profiles", "user_id", "name, email, addresses");
@@ -245,6 +260,72 @@ fn enqueue(
         .prepare_cached("SELECT position FROM shop_outbox_positions WHERE event_id = ?1")?
         .query_row([id.to_string()], |r| r.get(0))?;
     Ok(cents(position))
+}
+
+/// Empties the cart of `user` for the confirmed order `order` in `tx`, once per order (the
+/// order's `cart_emptied` flag); `None` when that was done before or there is no cart.
+fn empty_cart_in(
+    tx: &rusqlite::Transaction<'_>,
+    order: &str,
+    user: &str,
+    at: i64,
+) -> Result<Option<Written<Cart>>, DbError> {
+    let first = tx.execute(
+        "UPDATE shop_orders SET cart_emptied = 1 WHERE id = ?1 AND cart_emptied = 0",
+        [order],
+    )?;
+    if first == 0 {
+        return Ok(None);
+    }
+    let old = versioned::read(tx, &CARTS, &user, cart_row)?.map(|c| c.value);
+    // The checkout itself empties the cart: no precondition, it is not an edit based on a
+    // version the buyer saw.
+    let new = versioned::update(
+        tx,
+        &CARTS,
+        &user,
+        &WriteGuard::default(),
+        "items = '[]'",
+        &[],
+        Change {
+            by: Some("checkout"),
+            at: Timestamp(at),
+        },
+        cart_row,
+    );
+    match new {
+        Ok(new) => Ok(Some(Written { old, new })),
+        // No cart row (a user outside the seed): nothing to empty.
+        Err(WriteError::Gone | WriteError::Stale(_)) => Ok(None),
+        Err(WriteError::Database(e)) => Err(e.into()),
+    }
+}
+
+/// Records the payment of `order` as refunded by `refund` under the cancel's key `key` in
+/// `tx`, and enqueues `order.refunded`, once; whether it changed.
+fn refund_in(
+    tx: &rusqlite::Transaction<'_>,
+    order: &str,
+    refund: &str,
+    key: &str,
+    at: i64,
+) -> Result<bool, DbError> {
+    let changed = tx.execute(
+        "UPDATE shop_orders SET payment = 'refunded', refund_id = ?2, cancel_key = ?3,
+             updated_at = ?4
+         WHERE id = ?1 AND payment <> 'refunded'",
+        params![order, refund, key, at],
+    )?;
+    if changed == 1 {
+        enqueue(
+            tx,
+            order,
+            "order.refunded",
+            serde_json::json!({ "order_id": order, "refund_id": refund }),
+            at,
+        )?;
+    }
+    Ok(changed == 1)
 }
 
 fn history_row(row: &Row<'_>) -> rusqlite::Result<(String, OrderView)> {
@@ -469,40 +550,9 @@ impl ShopStore for SqliteShop {
         let (order, user) = (order.to_owned(), user.to_owned());
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let first = tx.execute(
-                "UPDATE shop_orders SET cart_emptied = 1 WHERE id = ?1 AND cart_emptied = 0",
-                [&order],
-            )?;
-            if first == 0 {
-                return Ok(None);
-            }
-            let old = versioned::read(&tx, &CARTS, &user, cart_row)?.map(|c| c.value);
-            // The checkout itself empties the cart: no precondition, it is not an edit
-            // based on a version the buyer saw.
-            let new = versioned::update(
-                &tx,
-                &CARTS,
-                &user,
-                &WriteGuard::default(),
-                "items = '[]'",
-                &[],
-                Change {
-                    by: Some("checkout"),
-                    at: Timestamp(at),
-                },
-                cart_row,
-            );
-            let new = match new {
-                Ok(c) => c,
-                // No cart row (a user outside the seed): nothing to empty.
-                Err(WriteError::Gone | WriteError::Stale(_)) => {
-                    tx.commit()?;
-                    return Ok(None);
-                }
-                Err(WriteError::Database(e)) => return Err(e.into()),
-            };
+            let emptied = empty_cart_in(&tx, &order, &user, at)?;
             tx.commit()?;
-            Ok(Some(Written { old, new }))
+            Ok(emptied)
         })
         .await
     }
@@ -734,7 +784,7 @@ impl ShopStore for SqliteShop {
             Ok(conn
                 .prepare_cached(
                     "SELECT id, user_id, checkout_id, items, total_cents, payment, charge_id,
-                         created_at
+                         created_at, cancel_key
                      FROM shop_orders WHERE id = ?1",
                 )?
                 .query_row([id], |r| {
@@ -747,6 +797,7 @@ impl ShopStore for SqliteShop {
                         payment: r.get(5)?,
                         charge_id: r.get(6)?,
                         created_at: r.get(7)?,
+                        cancel_key: r.get(8)?,
                     })
                 })
                 .optional()?)
@@ -804,26 +855,37 @@ impl ShopStore for SqliteShop {
         .await
     }
 
-    async fn mark_refunded(&self, order: &str, refund: &str, at: i64) -> Result<bool, DbError> {
-        let (order, refund) = (order.to_owned(), refund.to_owned());
+    async fn cancel_refunded(
+        &self,
+        order: &str,
+        reason: &str,
+        refund: &str,
+        key: &str,
+        at: i64,
+    ) -> Result<CancelSettled, DbError> {
+        let (order, reason, refund, key) = (
+            order.to_owned(),
+            reason.to_owned(),
+            refund.to_owned(),
+            key.to_owned(),
+        );
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let changed = tx.execute(
-                "UPDATE shop_orders SET payment = 'refunded', refund_id = ?2, updated_at = ?3
-                 WHERE id = ?1 AND payment <> 'refunded'",
-                params![order, refund, at],
-            )?;
-            if changed == 1 {
-                enqueue(
-                    &tx,
-                    &order,
-                    "order.refunded",
-                    serde_json::json!({ "order_id": order, "refund_id": refund }),
-                    at,
-                )?;
+            let (cancelled, status) = OrdersDb::cancel_confirmed_in(&tx, &order, &reason)?;
+            // Confirmed (and cancelled now) or cancelled before: anything else is an order
+            // this cancel must not touch; the transaction rolls back.
+            if status.as_deref() != Some("cancelled") {
+                return Err(DbError::Unavailable(format!(
+                    "order {order} is {} in the checkout's table, not cancellable",
+                    status.as_deref().unwrap_or("missing")
+                )));
             }
+            let refunded = refund_in(&tx, &order, &refund, &key, at)?;
             tx.commit()?;
-            Ok(changed == 1)
+            Ok(CancelSettled {
+                cancelled,
+                refunded,
+            })
         })
         .await
     }
@@ -966,6 +1028,42 @@ impl ShopStore for SqliteShop {
                 });
             }
             Ok(events)
+        })
+        .await
+    }
+
+    async fn follow_up(
+        &self,
+        event: &OutboxEvent,
+        empty_cart: bool,
+    ) -> Result<Option<FollowedUp>, DbError> {
+        let event = event.clone();
+        self.run(move |conn| {
+            let id = event.id.to_string();
+            let order = event.aggregate_id.clone();
+            let at = event.created_at.0;
+            let applied = apply_once(conn, FOLLOW_UP, &id, event.created_at, |tx| {
+                if !empty_cart {
+                    return Ok::<_, DbError>(FollowedUp { emptied: None });
+                }
+                let user: Option<String> = tx
+                    .query_row(
+                        "SELECT user_id FROM shop_orders WHERE id = ?1",
+                        [&order],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                // An order the shop has no record of (placed before a reset): no cart.
+                let Some(user) = user else {
+                    return Ok(FollowedUp { emptied: None });
+                };
+                let emptied = empty_cart_in(tx, &order, &user, at)?.map(|w| (user, w));
+                Ok(FollowedUp { emptied })
+            })?;
+            Ok(match applied {
+                InboxApplied::Now(done) => Some(done),
+                InboxApplied::Before => None,
+            })
         })
         .await
     }

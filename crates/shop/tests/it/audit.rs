@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::common::{key, tea, TestShop};
+use crate::common::{assert_problem, key, tea, TestShop};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_are_audited_with_their_request_and_redacted_per_user() {
@@ -151,4 +151,79 @@ async fn profile_events_record_what_changed_never_the_personal_values() {
         json!({ "version": 2, "changed": ["name", "email", "addresses"] })
     );
     assert!(!e.to_string().contains("lovelace.example"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_answers_only_about_the_callers_own_entities() {
+    let shop = TestShop::start().await;
+    let cart = json!({ "items": [{ "product": "cake", "qty": 1 }] }).to_string();
+    let graces = [("if-match", "\"v1\""), ("user-agent", "graces-browser/1")];
+    assert_eq!(
+        shop.put("grace", "/api/cart", &graces, &cart).await.status,
+        200
+    );
+    let doc = json!({ "name": "Grace", "email": "grace@navy.example", "addresses": [] });
+    assert_eq!(
+        shop.put("grace", "/api/profile", &graces, &doc.to_string())
+            .await
+            .status,
+        200
+    );
+    let placed = shop
+        .send(
+            "POST",
+            "/api/checkout",
+            "grace",
+            &[
+                ("idempotency-key", &key("graces")),
+                ("user-agent", "graces-browser/1"),
+            ],
+            &tea(1, "tok_ok"),
+        )
+        .await;
+    assert_eq!(placed.status, 201, "{:?}", placed.json());
+    let order = placed.json()["order"].as_str().unwrap().to_owned();
+
+    // Grace sees her own.
+    for entity in [
+        "cart:grace".to_owned(),
+        "profile:grace".to_owned(),
+        format!("order:{order}"),
+    ] {
+        let own = shop
+            .eventually(
+                "grace",
+                &format!("/api/audit?entity={entity}"),
+                "her own events",
+                |a| a.status == 200 && a.json().as_array().is_some_and(|e| !e.is_empty()),
+            )
+            .await;
+        assert!(
+            String::from_utf8_lossy(&own.body).contains("graces-browser/1"),
+            "{entity}"
+        );
+    }
+    // Ada sees none of them, nor anything that is nobody's own.
+    for entity in [
+        "cart:grace".to_owned(),
+        "profile:grace".to_owned(),
+        "favourites:grace".to_owned(),
+        format!("order:{order}"),
+        "order:ord_nothing".to_owned(),
+        "user:grace".to_owned(),
+        "chaos:switches".to_owned(),
+        "nonsense".to_owned(),
+    ] {
+        let other = shop
+            .get("ada", &format!("/api/audit?entity={entity}"))
+            .await;
+        assert_problem(&other, 404, "urn:oncely:shop:not-found");
+        assert!(
+            !String::from_utf8_lossy(&other.body).contains("graces-browser"),
+            "{entity}"
+        );
+    }
+    // Her own entities still answer Ada, even when nothing happened to them yet.
+    let mine = shop.get("ada", "/api/audit?entity=cart:ada").await;
+    assert_eq!((mine.status, mine.json()), (200, json!([])));
 }

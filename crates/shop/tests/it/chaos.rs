@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::common::{assert_problem, key, tea, TestShop};
+use crate::common::{assert_problem, count_where, key, tea, TestShop};
 
 async fn paid_order(shop: &TestShop, name: &str) -> (String, String) {
     let placed = shop.checkout("ada", &key(name), &tea(1, "tok_ok")).await;
@@ -122,14 +122,16 @@ async fn a_duplicated_webhook_and_redelivered_events_change_nothing_twice() {
     let shop = TestShop::start().await;
     shop.chaos(json!({ "webhook_duplicate_next": 1 })).await;
     let (order, _) = paid_order(&shop, "twice").await;
-    let notes = shop
-        .eventually(
-            "ada",
-            "/api/notifications",
-            "the payment's notification",
-            |a| count(a, "Payment received") >= 1,
-        )
-        .await;
+    shop.eventually(
+        "ada",
+        &format!("/api/orders/{order}"),
+        "the payment in the history",
+        |a| a.json()["payment"] == "paid",
+    )
+    .await;
+    // Whatever the second copy could have enqueued is delivered before anything is counted.
+    shop.drained().await;
+    let notes = shop.get("ada", "/api/notifications").await;
     assert_eq!(
         shop.get("ada", "/api/chaos").await.json()["webhook_duplicate_next"],
         0,
@@ -162,7 +164,7 @@ async fn reordered_webhooks_each_arrive_once() {
     shop.chaos(json!({ "webhook_reorder": true })).await;
     let (first, _) = paid_order(&shop, "first").await;
     let (second, _) = paid_order(&shop, "second").await;
-    for order in [first, second] {
+    for order in [&first, &second] {
         shop.eventually(
             "ada",
             &format!("/api/orders/{order}"),
@@ -170,6 +172,30 @@ async fn reordered_webhooks_each_arrive_once() {
             |a| a.json()["payment"] == "paid",
         )
         .await;
+    }
+    assert!(
+        shop.running.webhooks_held() >= 1,
+        "the switch held no webhook back"
+    );
+    shop.drained().await;
+    let notes = shop.get("ada", "/api/notifications").await;
+    for order in [&first, &second] {
+        assert_eq!(
+            count(&notes, &format!("Payment received for order {order}")),
+            1,
+            "{:?}",
+            notes.json()
+        );
+        let paid = shop
+            .eventually(
+                "ada",
+                &format!("/api/audit?entity=order:{order}"),
+                "the payment audited",
+                |a| count_where(&a.json(), "action", "order.paid") >= 1,
+            )
+            .await
+            .json();
+        assert_eq!(count_where(&paid, "action", "order.paid"), 1, "{paid}");
     }
 }
 

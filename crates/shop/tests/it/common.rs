@@ -125,6 +125,37 @@ impl TestShop {
     }
 }
 
+impl TestShop {
+    /// Waits until the outbox has nothing pending and the order history has applied every
+    /// event committed: whatever the consumers will ever do about the events so far is done.
+    pub(crate) async fn drained(&self) {
+        self.eventually("ada", "/api/admin/outbox", "the outbox drained", |a| {
+            let page = a.json();
+            page["pending"] == 0 && page["read_model_position"] == page["outbox_position"]
+        })
+        .await;
+    }
+
+    /// `POST /api/orders/{order}/cancel` as `user` under `key`.
+    pub(crate) async fn cancel(&self, user: &str, order: &str, key: &str) -> Answer {
+        self.send(
+            "POST",
+            &format!("/api/orders/{order}/cancel"),
+            user,
+            &[("idempotency-key", key)],
+            "",
+        )
+        .await
+    }
+}
+
+/// How many of `events` (an array answer) have `field` equal to `value`.
+pub(crate) fn count_where(events: &serde_json::Value, field: &str, value: &str) -> usize {
+    events
+        .as_array()
+        .map_or(0, |all| all.iter().filter(|e| e[field] == value).count())
+}
+
 /// A checkout body of `qty` tea paid with `card`.
 pub(crate) fn tea(qty: u32, card: &str) -> String {
     serde_json::json!({ "card": card, "items": [{ "product": "tea", "qty": qty }] }).to_string()

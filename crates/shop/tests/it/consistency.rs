@@ -2,14 +2,18 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use crate::common::{key, tea, TestShop};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_makes_the_read_wait_for_the_write_and_answer_fresh() {
-    // The history 1.5 s behind the writes: without the wait, the read would miss it.
+    // The history well behind the writes: without the wait, the read would miss them; and
+    // a second checkout and the read after it fit in the lag even on a loaded machine.
+    let lag = Duration::from_secs(4);
     let shop = TestShop::start_with(|c| {
-        c.history_lag = Duration::from_millis(1500);
-        c.consistency_wait = Duration::from_secs(5);
+        c.history_lag = lag;
+        c.consistency_wait = Duration::from_secs(10);
     })
     .await;
     let placed = shop.checkout("ada", &key("ryw"), &tea(1, "tok_ok")).await;
@@ -48,9 +52,16 @@ async fn a_token_makes_the_read_wait_for_the_write_and_answer_fresh() {
 
     // Without a token: at once, eventual, and (the history lagging) without the new
     // order's next change.
+    let before_second = Instant::now();
     let second = shop.checkout("ada", &key("ryw-2"), &tea(1, "tok_ok")).await;
     assert_eq!(second.status, 201, "{:?}", second.json());
     let plain = shop.get("ada", "/api/orders").await;
+    // Its events were committed after `before_second`: within the lag, none is applied yet.
+    let took = before_second.elapsed();
+    assert!(
+        took < lag,
+        "the checkout and the read took {took:?}, past the {lag:?} lag: nothing to check"
+    );
     assert_eq!(plain.header("x-consistency"), Some("eventual"));
     assert!(plain.header("x-read-model-position").is_some());
     assert_eq!(
@@ -126,4 +137,47 @@ async fn the_outbox_page_shows_events_published_and_the_history_caught_up() {
     assert!(page["published"].as_u64() >= Some(2), "{page}");
     assert!(page["outbox_position"].as_u64() >= Some(token), "{page}");
     assert_eq!(page["oldest_pending_age_ms"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkouts_progress_carries_the_token_of_its_order() {
+    // A slow provider (202), and the history a second behind: a read of the history right
+    // after the checkout confirmed needs the progress's token to see it confirmed.
+    let shop = TestShop::start_with(|c| {
+        c.checkout_wait = Duration::from_millis(200);
+        c.history_lag = Duration::from_secs(1);
+        c.consistency_wait = Duration::from_secs(5);
+    })
+    .await;
+    shop.chaos(json!({ "provider_slow_ms": 600 })).await;
+    let a = shop
+        .checkout("ada", &key("progress-token"), &tea(1, "tok_ok"))
+        .await;
+    assert_eq!(a.status, 202, "{:?}", a.json());
+    let order = a.json()["order"].as_str().unwrap().to_owned();
+    let location = a.header("location").unwrap().to_owned();
+    let running = shop.get("ada", &location).await;
+    assert!(running.header("x-consistency-token").is_some());
+    let done = shop
+        .eventually("ada", &location, "the checkout confirms", |p| {
+            p.json()["status"] == "confirmed"
+        })
+        .await;
+    let token = done
+        .header("x-consistency-token")
+        .expect("the progress carries a consistency token")
+        .to_owned();
+    let read = shop
+        .send(
+            "GET",
+            "/api/orders",
+            "ada",
+            &[("x-consistency-token", &token)],
+            "",
+        )
+        .await;
+    assert_eq!(read.header("x-consistency"), Some("fresh"));
+    let orders = read.json();
+    assert_eq!(orders[0]["id"], order.as_str(), "{orders}");
+    assert_eq!(orders[0]["status"], "confirmed", "{orders}");
 }

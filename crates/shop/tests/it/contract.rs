@@ -112,6 +112,49 @@ async fn favourites_are_added_listed_and_removed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_file_is_404_and_the_ui_says_nosniff() {
+    let shop = TestShop::start().await;
+    for path in [
+        "/assets/index-0000aaaa.js",
+        "/assets/gone",
+        "/favicon.ico",
+        "/orders/report.csv",
+    ] {
+        let a = shop.get("", path).await;
+        assert_problem(&a, 404, "urn:oncely:shop:not-found");
+        assert_eq!(
+            a.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+    }
+    for path in ["/", "/index.html", "/orders/ord_1"] {
+        let a = shop.get("", path).await;
+        assert_eq!(a.status, 200, "{path}");
+        assert_eq!(
+            a.header("content-type"),
+            Some("text/html; charset=utf-8"),
+            "{path}"
+        );
+        assert_eq!(
+            a.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+    }
+    if oncely_shop::web::is_built() {
+        let html = String::from_utf8_lossy(&shop.get("", "/").await.body).into_owned();
+        let asset = html
+            .split('"')
+            .find(|s| s.starts_with("/assets/"))
+            .expect("the built index.html names its assets");
+        let a = shop.get("", asset).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ui_is_served_outside_api_with_its_cache_headers() {
     let shop = TestShop::start().await;
     let root = shop.get("", "/").await;
